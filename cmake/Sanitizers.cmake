@@ -1,0 +1,10 @@
+# One sanitizer configuration per build directory (see .ci/run).
+if(MOAT_SANITIZE STREQUAL "address")
+  add_compile_options(-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined)
+  add_link_options(-fsanitize=address,undefined)
+elseif(MOAT_SANITIZE STREQUAL "thread")
+  add_compile_options(-fsanitize=thread -fno-omit-frame-pointer)
+  add_link_options(-fsanitize=thread)
+elseif(NOT MOAT_SANITIZE STREQUAL "")
+  message(FATAL_ERROR "MOAT_SANITIZE must be '', 'address' or 'thread', not '${MOAT_SANITIZE}'")
+endif()

@@ -1,0 +1,274 @@
+// Per-connection protocol handling: MQTT 3.1.1 sections 3 and 4 from the server side.
+#include <spdlog/spdlog.h>
+
+#include "broker/shard.hpp"
+#include "codec/topic.hpp"
+
+namespace moat::broker {
+
+using codec::ConnectReturnCode;
+using codec::ProtocolError;
+using codec::QoS;
+
+Client::Client(Shard& shard, Transport& transport, const ListenerPolicy& listener)
+    : shard_(shard), transport_(transport), listener_(listener) {
+  decoder_.max_packet_size = shard.shared().limits.max_packet_size;
+  accepted_at_ = last_packet_at_ = shard.now();
+  shard_.add_client(this);
+}
+
+Client::~Client() {
+  // Torn down without close() (broker shutdown or migration): leave the session
+  // consistent but touch no transport, which may be going away too.
+  if (session_) session_->client = nullptr;
+  shard_.remove_client(this);
+}
+
+std::size_t Client::on_bytes(std::span<const std::uint8_t> data) {
+  std::size_t used = 0;
+  while (state_ != State::Closed && !migrating_ && used < data.size()) {
+    auto r = codec::decode(data.subspan(used), decoder_);
+    if (r.status == codec::DecodeStatus::NeedMore) break;
+    if (r.status == codec::DecodeStatus::Error) {
+      if (r.error == ProtocolError::UnsupportedProtocolVersion && state_ == State::AwaitConnect) {
+        // [MQTT-3.1.2-2] answer with return code 0x01, then disconnect.
+        refuse_connect(ConnectReturnCode::UnacceptableProtocolVersion, codec::describe(r.error));
+      } else {
+        protocol_error(r.error);
+      }
+      break;
+    }
+    last_packet_at_ = shard_.now();
+    handle(r.packet);
+    if (migrating_) break;  // the CONNECT is decoded again on the owning shard
+    used += r.consumed;
+  }
+  return used;
+}
+
+void Client::on_disconnected() {
+  if (state_ == State::Closed) return;
+  close(CloseKind::Abnormal, "connection lost");
+}
+
+void Client::check_deadlines(TimePoint now) {
+  if (state_ == State::AwaitConnect) {
+    if (now - accepted_at_ >= shard_.shared().limits.connect_timeout)
+      protocol_error(ProtocolError::ConnectTimeout);
+    return;
+  }
+  // [MQTT-3.1.2-24] one and a half times the keep-alive without a control packet.
+  if (state_ == State::Connected && keep_alive_.count() > 0 &&
+      now - last_packet_at_ >= keep_alive_ + keep_alive_ / 2)
+    protocol_error(ProtocolError::KeepAliveTimeout);
+}
+
+void Client::send(const codec::Packet& p) {
+  transport_.output().append(p);
+  transport_.flush_soon();
+}
+
+void Client::protocol_error(ProtocolError e) {
+  shard_.stats().protocol_errors.add();
+  spdlog::debug("protocol error from {} ({}): {}", transport_.peer(),
+                client_id_.empty() ? "-" : client_id_, codec::describe(e));
+  close(CloseKind::Abnormal, codec::describe(e));
+}
+
+void Client::refuse_connect(ConnectReturnCode code, const char* why) {
+  spdlog::info("refused connection from {} ({}): {} (CONNACK {})", transport_.peer(),
+               client_id_.empty() ? "-" : client_id_, why, static_cast<int>(code));
+  send(codec::Connack{false, code});
+  close(CloseKind::Normal, why);
+}
+
+void Client::close(CloseKind kind, const char* reason) {
+  if (state_ == State::Closed) return;
+  const bool was_connected = state_ == State::Connected;
+  state_ = State::Closed;
+  if (was_connected) {
+    shard_.stats().clients_connected.sub();
+    spdlog::debug("client {} from {} disconnected: {}", client_id_, transport_.peer(), reason);
+  }
+  if (session_) {
+    Session& s = *session_;
+    session_ = nullptr;
+    s.client = nullptr;
+    // [MQTT-3.1.2-6] a clean session ends with its network connection.
+    if (s.clean_session) shard_.destroy_session(s);
+  }
+  // [MQTT-3.1.2-8] the will is published when the connection closes for any
+  // reason but a DISCONNECT (which discarded it already). The session is detached
+  // first, so a persistent session subscribed to its own will queues it.
+  if (kind == CloseKind::Abnormal && will_) {
+    const MessagePtr& w = *will_;
+    if (w->retain && shard_.shared().retained.update(w)) shard_.persist_retained(w);
+    shard_.route(w);
+  }
+  will_.reset();
+  transport_.close();
+}
+
+void Client::handle(const codec::Packet& p) {
+  if (const auto* c = std::get_if<codec::Connect>(&p)) {
+    if (state_ == State::Connected) return protocol_error(ProtocolError::SecondConnect);
+    return handle_connect(*c);
+  }
+  if (state_ != State::Connected) return protocol_error(ProtocolError::FirstPacketNotConnect);
+  std::visit(
+      [&](const auto& pkt) {
+        using T = std::decay_t<decltype(pkt)>;
+        if constexpr (std::is_same_v<T, codec::Publish>) {
+          handle_publish(pkt);
+        } else if constexpr (std::is_same_v<T, codec::Ack>) {
+          handle_ack(pkt);
+        } else if constexpr (std::is_same_v<T, codec::Subscribe>) {
+          handle_subscribe(pkt);
+        } else if constexpr (std::is_same_v<T, codec::Unsubscribe>) {
+          handle_unsubscribe(pkt);
+        } else if constexpr (std::is_same_v<T, codec::Pingreq>) {
+          send(codec::Pingresp{});  // [MQTT-3.12.4-1]
+        } else if constexpr (std::is_same_v<T, codec::Disconnect>) {
+          will_.reset();  // [MQTT-3.14.4-3]
+          close(CloseKind::Normal, "DISCONNECT");
+        }
+        // The decoder refuses server-to-client packets, so nothing else arrives here.
+      },
+      p);
+}
+
+void Client::handle_connect(const codec::Connect& c) {
+  decoder_.version = c.version;
+  std::string client_id(c.client_id);
+  client_id_ = client_id;
+  if (c.version == codec::ProtocolVersion::V31 && (client_id.empty() || client_id.size() > 23)) {
+    // MQTT 3.1 section 3.1: identifiers are 1 to 23 characters.
+    return refuse_connect(ConnectReturnCode::IdentifierRejected, "MQTT 3.1 client identifier length");
+  }
+  if (client_id.empty()) {
+    // [MQTT-3.1.3-8] an empty identifier needs clean session 1 ...
+    if (!c.clean_session)
+      return refuse_connect(ConnectReturnCode::IdentifierRejected, codec::describe(ProtocolError::ClientIdRejected));
+    // ... and then the server assigns a unique one [MQTT-3.1.3-6].
+    client_id = shard_.assign_client_id();
+    client_id_ = client_id;
+  }
+  const auto owner = shard_of(client_id, shard_.shared().shard_count);
+  if (owner != shard_.index()) {
+    migrating_ = true;
+    transport_.migrate(owner);
+    return;
+  }
+
+  security::ConnectInfo info{listener_.name, transport_.peer(), client_id, c.username, c.password};
+  const auto auth = listener_.auth.authenticate(info);
+  if (auth.decision == security::AuthDecision::BadCredentials)
+    return refuse_connect(ConnectReturnCode::BadUsernameOrPassword, "bad user name or password");
+  if (auth.decision != security::AuthDecision::Allow)
+    return refuse_connect(ConnectReturnCode::NotAuthorized, "not authorized");
+
+  // [MQTT-3.1.4-2] a second connection with the same identifier takes over.
+  if (Session* existing = shard_.find_session(client_id); existing && existing->client) {
+    Client* old = existing->client;
+    shard_.stats().takeovers.add();
+    spdlog::info("client {} taken over: {} replaces {}", client_id, transport_.peer(),
+                 old->transport_.peer());
+    old->close(CloseKind::Abnormal, "taken over by a new connection");
+  }
+
+  bool present = false;
+  Session& s = shard_.open_session(client_id, c.clean_session, present);
+  session_ = &s;
+  s.client = this;
+  state_ = State::Connected;
+  keep_alive_ = std::chrono::seconds(c.keep_alive);
+  if (c.will) {
+    will_ = make_message(c.will->topic, c.will->payload, c.will->qos, c.will->retain);
+  }
+  shard_.stats().clients_connected.add();
+  spdlog::debug("client {} connected from {} on {} (MQTT {}, clean {}, keep-alive {} s{})",
+                client_id, transport_.peer(), listener_.name,
+                c.version == codec::ProtocolVersion::V31 ? "3.1" : "3.1.1", c.clean_session,
+                c.keep_alive, present ? ", session resumed" : "");
+  // [MQTT-3.2.2-1..3] session present only for a resumed persistent session.
+  send(codec::Connack{present, ConnectReturnCode::Accepted});
+  if (present) shard_.resume(s);
+}
+
+void Client::handle_publish(const codec::Publish& p) {
+  Session& s = *session_;
+  shard_.stats().messages_received.add();
+  const bool duplicate_qos2 =
+      p.qos == QoS::ExactlyOnce && s.awaiting_pubrel.count(p.packet_id) != 0;
+  if (!duplicate_qos2) {
+    auto m = make_message(p.topic, p.payload, p.qos, p.retain);
+    if (p.retain && shard_.shared().retained.update(m)) shard_.persist_retained(m);
+    shard_.route(m);
+  }
+  if (p.qos == QoS::AtLeastOnce) {
+    send(codec::Ack{codec::PacketType::Puback, p.packet_id});  // [MQTT-4.3.2-2]
+  } else if (p.qos == QoS::ExactlyOnce) {
+    // [MQTT-4.3.3-2] until PUBREL arrives, a PUBLISH with this id is the same message.
+    s.awaiting_pubrel.insert(p.packet_id);
+    send(codec::Ack{codec::PacketType::Pubrec, p.packet_id});
+  }
+}
+
+void Client::handle_ack(const codec::Ack& a) {
+  Session& s = *session_;
+  if (a.type == codec::PacketType::Pubrel) {
+    s.awaiting_pubrel.erase(a.packet_id);
+    send(codec::Ack{codec::PacketType::Pubcomp, a.packet_id});  // [MQTT-4.3.3-2]
+    return;
+  }
+  const auto want = a.type == codec::PacketType::Puback   ? Session::OutState::AwaitPuback
+                    : a.type == codec::PacketType::Pubrec ? Session::OutState::AwaitPubrec
+                                                          : Session::OutState::AwaitPubcomp;
+  for (auto it = s.inflight.begin(); it != s.inflight.end(); ++it) {
+    if (it->packet_id != a.packet_id) continue;
+    if (it->state != want) return;  // an acknowledgement out of turn is ignored
+    if (want == Session::OutState::AwaitPubrec) {
+      // [MQTT-4.3.3-1] answer PUBREC with PUBREL and keep the id until PUBCOMP.
+      it->state = Session::OutState::AwaitPubcomp;
+      it->message.reset();
+      send(codec::Ack{codec::PacketType::Pubrel, a.packet_id});
+      return;
+    }
+    s.inflight.erase(it);
+    shard_.pump(s);
+    return;
+  }
+}
+
+void Client::handle_subscribe(const codec::Subscribe& sub) {
+  Session& s = *session_;
+  codec::Suback ack;
+  ack.packet_id = sub.packet_id;  // [MQTT-3.8.4-2]
+  for (const auto& f : sub.subscriptions) {
+    if (!codec::valid_topic_filter(f.filter)) {
+      spdlog::debug("client {}: invalid topic filter '{}' refused", client_id_, f.filter);
+      ack.return_codes.push_back(codec::kSubackFailure);
+      continue;
+    }
+    shard_.subscribe(s, f.filter, f.qos);
+    ack.return_codes.push_back(static_cast<std::uint8_t>(f.qos));
+  }
+  // [MQTT-3.8.4-5] one return code per filter, in order.
+  send(ack);
+  // [MQTT-3.3.1-6][MQTT-3.8.4-3] retained messages for each (re-)subscribed filter.
+  for (std::size_t i = 0; i < sub.subscriptions.size(); ++i) {
+    if (ack.return_codes[i] == codec::kSubackFailure) continue;
+    const auto granted = sub.subscriptions[i].qos;
+    shard_.shared().retained.for_each_match(sub.subscriptions[i].filter, [&](const MessagePtr& m) {
+      shard_.deliver(s, m, min_qos(granted, m->qos), true);
+    });
+  }
+}
+
+void Client::handle_unsubscribe(const codec::Unsubscribe& u) {
+  Session& s = *session_;
+  for (const auto f : u.filters) shard_.unsubscribe(s, f);
+  send(codec::Unsuback{u.packet_id});  // [MQTT-3.10.4-4][MQTT-3.10.4-5]
+}
+
+}  // namespace moat::broker

@@ -1,0 +1,20 @@
+// Broker-wide limits, filled from [limits] in moat.toml (see docs/configuration.md).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+
+namespace moat::broker {
+
+struct Limits {
+  std::uint32_t max_packet_size = 16 * 1024 * 1024;   // whole packet, bytes
+  std::chrono::milliseconds connect_timeout{10'000};  // accept → CONNECT
+  std::uint32_t max_inflight_messages = 20;           // per session, outbound QoS 1/2
+  std::uint32_t max_queued_messages = 1000;           // per session, beyond in-flight
+  bool queue_qos0_offline = false;                    // queue QoS 0 for offline sessions
+};
+
+using Clock = std::chrono::steady_clock;
+using TimePoint = Clock::time_point;
+
+}  // namespace moat::broker

@@ -1,0 +1,267 @@
+#include "broker/shard.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <random>
+
+namespace moat::broker {
+
+using codec::QoS;
+
+namespace {
+// Session ids are unique across shards: the shard index in the top 16 bits.
+constexpr int kShardShift = 48;
+constexpr auto kDropWarningInterval = std::chrono::seconds(10);
+}  // namespace
+
+std::uint32_t shard_of(std::string_view client_id, std::uint32_t shard_count) {
+  if (shard_count <= 1) return 0;
+  // FNV-1a: stable, cheap, and independent of the standard library's hash.
+  std::uint64_t h = 14695981039346656037ull;
+  for (unsigned char c : client_id) {
+    h ^= c;
+    h *= 1099511628211ull;
+  }
+  return static_cast<std::uint32_t>(h % shard_count);
+}
+
+Shard::Shard(std::uint32_t index, BrokerShared& shared, ShardBus& bus)
+    : index_(index), shared_(shared), bus_(bus), now_(Clock::now()),
+      outboxes_(shared.shard_count) {}
+
+Shard::~Shard() = default;
+
+Session* Shard::find_session(std::string_view client_id) {
+  auto it = sessions_.find(std::string(client_id));
+  return it == sessions_.end() ? nullptr : it->second.get();
+}
+
+std::string Shard::assign_client_id() {
+  // Random, and chosen so that it hashes to this shard: the connection stays here.
+  static thread_local std::mt19937_64 rng{std::random_device{}()};
+  for (;;) {
+    std::string id = fmt::format("moat-{:016x}", rng());
+    if (shard_of(id, shared_.shard_count) == index_ && !find_session(id)) return id;
+  }
+}
+
+Session& Shard::open_session(const std::string& client_id, bool clean, bool& present) {
+  present = false;
+  if (auto it = sessions_.find(client_id); it != sessions_.end()) {
+    Session& old = *it->second;
+    // [MQTT-3.1.2-4] resume a persistent session; [MQTT-3.1.2-6] clean 1 discards it.
+    if (!clean && !old.clean_session) {
+      present = true;
+      return old;
+    }
+    destroy_session(old);
+  }
+  const std::uint64_t id = (static_cast<std::uint64_t>(index_) << kShardShift) | next_session_seq_++;
+  auto s = std::make_unique<Session>(client_id, id, clean);
+  Session& ref = *s;
+  sessions_by_id_[id] = s.get();
+  sessions_.emplace(client_id, std::move(s));
+  stats_.sessions.add();
+  if (!clean) persist(ref);
+  return ref;
+}
+
+void Shard::destroy_session(Session& s) {
+  subs_.remove_session(s.id);
+  broadcast(SessionGoneEvent{s.id});
+  if (!s.clean_session && shared_.store) shared_.store->erase_session(s.client_id);
+  sessions_by_id_.erase(s.id);
+  stats_.sessions.sub();
+  const std::string key = s.client_id;  // s dies inside erase; do not pass its own member
+  sessions_.erase(key);
+}
+
+void Shard::persist(const Session& s) {
+  if (s.clean_session || !shared_.store) return;
+  store::SessionRecord r;
+  r.client_id = s.client_id;
+  for (const auto& [filter, qos] : s.subscriptions)
+    r.subscriptions.emplace_back(filter, static_cast<std::uint8_t>(qos));
+  shared_.store->save_session(r);
+}
+
+void Shard::persist_retained(const MessagePtr& m) {
+  if (!shared_.store) return;
+  if (m->payload.empty())
+    shared_.store->erase_retained(m->topic);
+  else
+    shared_.store->save_retained({m->topic, m->payload, static_cast<std::uint8_t>(m->qos)});
+}
+
+void Shard::restore(const std::vector<store::SessionRecord>& records) {
+  for (const auto& r : records) {
+    if (shard_of(r.client_id, shared_.shard_count) != index_) continue;
+    bool present = false;
+    Session& s = open_session(r.client_id, false, present);
+    for (const auto& [filter, qos] : r.subscriptions) subscribe(s, filter, static_cast<QoS>(qos));
+  }
+}
+
+void Shard::subscribe(Session& s, std::string_view filter, QoS qos) {
+  // [MQTT-3.8.4-3] a subscription to an existing filter replaces its QoS.
+  s.subscriptions.insert_or_assign(std::string(filter), qos);
+  Subscriber sub{s.id, index_, qos};
+  subs_.add(filter, sub);
+  broadcast(SubscribeEvent{std::string(filter), sub});
+  persist(s);
+}
+
+void Shard::unsubscribe(Session& s, std::string_view filter) {
+  auto it = s.subscriptions.find(filter);
+  if (it == s.subscriptions.end()) return;  // [MQTT-3.10.4-5] still acknowledged
+  s.subscriptions.erase(it);
+  subs_.remove(filter, s.id);
+  broadcast(UnsubscribeEvent{std::string(filter), s.id});
+  persist(s);
+}
+
+void Shard::broadcast(const ShardEvent& e) {
+  for (std::uint32_t i = 0; i < shared_.shard_count; ++i)
+    if (i != index_) queue_event(i, ShardEvent(e));
+}
+
+void Shard::queue_event(std::uint32_t to, ShardEvent&& e) {
+  outboxes_[to].push_back(std::move(e));
+  if (!flush_requested_) {
+    flush_requested_ = true;
+    bus_.request_flush(index_);
+  }
+}
+
+void Shard::flush_outboxes() {
+  flush_requested_ = false;
+  for (std::uint32_t i = 0; i < outboxes_.size(); ++i) {
+    if (outboxes_[i].empty()) continue;
+    std::vector<ShardEvent> batch;
+    batch.swap(outboxes_[i]);
+    bus_.send(i, std::move(batch));
+  }
+}
+
+void Shard::apply(std::vector<ShardEvent>& batch) {
+  for (auto& e : batch) {
+    std::visit(
+        [&](auto& ev) {
+          using T = std::decay_t<decltype(ev)>;
+          if constexpr (std::is_same_v<T, DeliverEvent>) {
+            deliver_local(ev.session_id, ev.message, ev.qos);
+          } else if constexpr (std::is_same_v<T, SubscribeEvent>) {
+            subs_.add(ev.filter, ev.subscriber);
+          } else if constexpr (std::is_same_v<T, UnsubscribeEvent>) {
+            subs_.remove(ev.filter, ev.session_id);
+          } else {
+            subs_.remove_session(ev.session_id);
+          }
+        },
+        e);
+  }
+}
+
+void Shard::route(const MessagePtr& m) {
+  match_scratch_.clear();
+  subs_.match(m->topic, match_scratch_);
+  dedupe_max_qos(match_scratch_);
+  for (const auto& sub : match_scratch_) {
+    const QoS q = min_qos(m->qos, sub.qos);  // [MQTT-3.8.4-6]
+    if (sub.shard == index_)
+      deliver_local(sub.session_id, m, q);
+    else
+      queue_event(sub.shard, DeliverEvent{sub.session_id, m, q});
+  }
+}
+
+void Shard::deliver_local(std::uint64_t session_id, const MessagePtr& m, QoS qos) {
+  auto it = sessions_by_id_.find(session_id);
+  if (it == sessions_by_id_.end()) return;  // the session ended while this was in flight
+  // [MQTT-3.3.1-9] a message matching an established subscription goes out with RETAIN 0.
+  deliver(*it->second, m, qos, false);
+}
+
+void Shard::deliver(Session& s, const MessagePtr& m, QoS qos, bool retain) {
+  if (!s.client && qos == QoS::AtMostOnce && !shared_.limits.queue_qos0_offline) {
+    stats_.dropped_offline_qos0.add();
+    return;
+  }
+  // Anything already queued goes first, whatever its QoS, so order holds [MQTT-4.6.0-6].
+  if (s.client && s.queue.empty() &&
+      (qos == QoS::AtMostOnce || s.inflight.size() < shared_.limits.max_inflight_messages)) {
+    send_publish(s, m, qos, retain);
+    return;
+  }
+  if (s.queue.size() >= shared_.limits.max_queued_messages) {
+    stats_.dropped_queue_full.add();
+    ++s.drops_since_warning;
+    if (now_ - s.last_drop_warning >= kDropWarningInterval) {
+      spdlog::warn("queue full for client {} ({} messages, max_queued_messages): {} message(s) "
+                   "dropped since the last warning",
+                   s.client_id, s.queue.size(), s.drops_since_warning);
+      s.last_drop_warning = now_;
+      s.drops_since_warning = 0;
+    }
+    return;
+  }
+  s.queue.push_back(Session::Queued{m, qos, retain});
+}
+
+void Shard::send_publish(Session& s, const MessagePtr& m, QoS qos, bool retain) {
+  std::uint16_t id = 0;
+  if (qos != QoS::AtMostOnce) {
+    // [MQTT-2.3.1-2] an id not in use by another unacknowledged message.
+    auto in_use = [&](std::uint16_t candidate) {
+      for (const auto& f : s.inflight)
+        if (f.packet_id == candidate) return true;
+      return false;
+    };
+    do {
+      id = s.next_packet_id++;
+      if (s.next_packet_id == 0) s.next_packet_id = 1;
+    } while (in_use(id));
+    s.inflight.push_back(Session::Inflight{
+        id, qos == QoS::AtLeastOnce ? Session::OutState::AwaitPuback : Session::OutState::AwaitPubrec,
+        m, qos, retain});
+  }
+  Transport& t = s.client->transport();
+  t.output().append_publish(m, qos, false, retain, id);
+  t.flush_soon();
+  stats_.messages_sent.add();
+}
+
+void Shard::pump(Session& s) {
+  while (s.client && !s.queue.empty()) {
+    auto& q = s.queue.front();
+    if (q.qos != QoS::AtMostOnce && s.inflight.size() >= shared_.limits.max_inflight_messages) break;
+    auto item = std::move(q);
+    s.queue.pop_front();
+    send_publish(s, item.message, item.qos, item.retain);
+  }
+}
+
+void Shard::resume(Session& s) {
+  // [MQTT-4.4.0-1] resend unacknowledged PUBLISH (DUP=1) and PUBREL packets, in
+  // their original order, before anything new.
+  Transport& t = s.client->transport();
+  for (const auto& f : s.inflight) {
+    if (f.state == Session::OutState::AwaitPubcomp) {
+      t.output().append(codec::Ack{codec::PacketType::Pubrel, f.packet_id});
+    } else {
+      t.output().append_publish(f.message, f.qos, true, f.retain, f.packet_id);
+      stats_.messages_sent.add();
+    }
+  }
+  t.flush_soon();
+  pump(s);
+}
+
+void Shard::tick(TimePoint now) {
+  now_ = now;
+  // check_deadlines may close a client, which only marks it; net removes it later.
+  std::vector<Client*> snapshot(clients_.begin(), clients_.end());
+  for (Client* c : snapshot) c->check_deadlines(now);
+}
+
+}  // namespace moat::broker

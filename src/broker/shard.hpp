@@ -1,0 +1,250 @@
+// The MQTT protocol state machine of one event loop ("shard"), free of sockets.
+//
+// A Shard owns the sessions whose client identifier hashes to it, a replica of the
+// subscription index, and the Clients (network connections) attached to it. net/
+// feeds it bytes and events and implements Transport (per connection) and ShardBus
+// (between loops). Everything here runs on the shard's own thread; other shards are
+// reached only through ShardBus, in batches.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <span>
+#include <string>
+#include <unordered_map>
+#include <unordered_set>
+#include <variant>
+#include <vector>
+
+#include "broker/limits.hpp"
+#include "broker/message.hpp"
+#include "broker/output.hpp"
+#include "broker/retained.hpp"
+#include "broker/stats.hpp"
+#include "broker/subscription_index.hpp"
+#include "codec/decoder.hpp"
+#include "security/authn.hpp"
+#include "store/store.hpp"
+
+namespace moat::broker {
+
+class Shard;
+class Session;
+
+// One network connection, as the broker sees it. Implemented by net/.
+class Transport {
+ public:
+  virtual ~Transport() = default;
+  // Bytes queued here are written at the end of the loop turn, in one gather write.
+  virtual OutputQueue& output() = 0;
+  virtual void flush_soon() = 0;
+  // Write what is queued, then close. The broker sends nothing more afterwards.
+  virtual void close() = 0;
+  // Hand the connection, with its unconsumed input, to another shard's loop.
+  virtual void migrate(std::uint32_t shard) = 0;
+  virtual const std::string& peer() const = 0;
+};
+
+// Per listener: what a connection accepted there is allowed to do.
+struct ListenerPolicy {
+  std::string name;
+  security::AuthChain auth;
+};
+
+// Events sent between shards, applied in the order sent.
+struct DeliverEvent {
+  std::uint64_t session_id;
+  MessagePtr message;
+  codec::QoS qos;
+};
+struct SubscribeEvent {
+  std::string filter;
+  Subscriber subscriber;
+};
+struct UnsubscribeEvent {
+  std::string filter;
+  std::uint64_t session_id;
+};
+struct SessionGoneEvent {
+  std::uint64_t session_id;
+};
+using ShardEvent = std::variant<DeliverEvent, SubscribeEvent, UnsubscribeEvent, SessionGoneEvent>;
+
+class ShardBus {
+ public:
+  virtual ~ShardBus() = default;
+  // Thread-safe. Delivers the batch to shard `to`, which applies it in order with
+  // Shard::apply(); batches from one sender arrive in the order sent.
+  virtual void send(std::uint32_t to, std::vector<ShardEvent>&& batch) = 0;
+  // Ask for Shard::flush_outboxes() on shard `from` once the current loop turn is done.
+  virtual void request_flush(std::uint32_t from) = 0;
+};
+
+// State shared by every shard, fixed at start-up (the stores are thread-safe).
+struct BrokerShared {
+  Limits limits;
+  RetainedStore retained;
+  store::Store* store = nullptr;
+  std::uint32_t shard_count = 1;
+};
+
+// Which shard owns a client identifier: every connection with that identifier
+// is moved there after CONNECT, so takeover and session state stay loop-local.
+std::uint32_t shard_of(std::string_view client_id, std::uint32_t shard_count);
+
+class Client;
+
+class Session {
+ public:
+  enum class OutState : std::uint8_t { AwaitPuback, AwaitPubrec, AwaitPubcomp };
+  struct Inflight {
+    std::uint16_t packet_id;
+    OutState state;
+    MessagePtr message;
+    codec::QoS qos;
+    bool retain;
+  };
+  struct Queued {
+    MessagePtr message;
+    codec::QoS qos;
+    bool retain;
+  };
+
+  Session(std::string cid, std::uint64_t session_id, bool clean)
+      : client_id(std::move(cid)), id(session_id), clean_session(clean) {}
+
+  const std::string client_id;
+  const std::uint64_t id;
+  bool clean_session;
+  Client* client = nullptr;  // null while offline
+  std::map<std::string, codec::QoS, std::less<>> subscriptions;
+  std::deque<Inflight> inflight;  // in the order sent
+  std::deque<Queued> queue;       // waiting for the client or a window slot
+  std::unordered_set<std::uint16_t> awaiting_pubrel;  // inbound QoS 2 [MQTT-4.3.3-2]
+  std::uint16_t next_packet_id = 1;
+  TimePoint last_drop_warning{};
+  std::uint64_t drops_since_warning = 0;
+};
+
+class Client {
+ public:
+  Client(Shard& shard, Transport& transport, const ListenerPolicy& listener);
+  ~Client();
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+
+  // Decodes and handles every complete packet; returns the bytes consumed. After
+  // close or migrate it consumes nothing more.
+  std::size_t on_bytes(std::span<const std::uint8_t> data);
+  // The network connection ended without the broker closing it.
+  void on_disconnected();
+  // Keep-alive and CONNECT deadlines; called by Shard::tick.
+  void check_deadlines(TimePoint now);
+
+  bool connected() const { return state_ == State::Connected; }
+  Session* session() const { return session_; }
+  Transport& transport() { return transport_; }
+
+ private:
+  friend class Shard;
+  enum class State : std::uint8_t { AwaitConnect, Connected, Closed };
+  enum class CloseKind : std::uint8_t { Normal, Abnormal };
+
+  void handle(const codec::Packet& p);
+  void handle_connect(const codec::Connect& c);
+  void handle_publish(const codec::Publish& p);
+  void handle_ack(const codec::Ack& a);
+  void handle_subscribe(const codec::Subscribe& s);
+  void handle_unsubscribe(const codec::Unsubscribe& u);
+  void protocol_error(codec::ProtocolError e);
+  void refuse_connect(codec::ConnectReturnCode code, const char* why);
+  // Detaches from the session, publishes the will unless `kind` is Normal, and
+  // closes the transport.
+  void close(CloseKind kind, const char* reason);
+  void send(const codec::Packet& p);
+
+  Shard& shard_;
+  Transport& transport_;
+  const ListenerPolicy& listener_;
+  State state_ = State::AwaitConnect;
+  bool migrating_ = false;
+  codec::DecoderOptions decoder_;
+  TimePoint accepted_at_;
+  TimePoint last_packet_at_;
+  std::chrono::milliseconds keep_alive_{0};
+  Session* session_ = nullptr;
+  std::optional<MessagePtr> will_;
+  std::string client_id_;  // for logs
+};
+
+class Shard {
+ public:
+  Shard(std::uint32_t index, BrokerShared& shared, ShardBus& bus);
+  ~Shard();
+  Shard(const Shard&) = delete;
+  Shard& operator=(const Shard&) = delete;
+
+  std::uint32_t index() const { return index_; }
+  // The loop's clock, set by net before it dispatches events (a fake clock in tests).
+  void set_now(TimePoint now) { now_ = now; }
+  TimePoint now() const { return now_; }
+
+  // Restores this shard's persistent sessions from the store (start-up).
+  void restore(const std::vector<store::SessionRecord>& sessions);
+  // Applies a batch from another shard.
+  void apply(std::vector<ShardEvent>& batch);
+  // Sends the events queued for other shards during this loop turn.
+  void flush_outboxes();
+  // Deadlines of every client; call a few times per second.
+  void tick(TimePoint now);
+
+  // Routes a message to every matching subscription, local or on other shards.
+  void route(const MessagePtr& m);
+
+  ShardStats& stats() { return stats_; }
+  const ShardStats& stats() const { return stats_; }
+  const SubscriptionIndex& subscription_index() const { return subs_; }
+  std::size_t session_count() const { return sessions_.size(); }
+  Session* find_session(std::string_view client_id);
+  BrokerShared& shared() { return shared_; }
+
+ private:
+  friend class Client;
+
+  void add_client(Client* c) { clients_.insert(c); }
+  void remove_client(Client* c) { clients_.erase(c); }
+  Session& open_session(const std::string& client_id, bool clean, bool& present);
+  void destroy_session(Session& s);
+  void subscribe(Session& s, std::string_view filter, codec::QoS qos);
+  void unsubscribe(Session& s, std::string_view filter);
+  void persist(const Session& s);
+  void persist_retained(const MessagePtr& m);
+  void deliver_local(std::uint64_t session_id, const MessagePtr& m, codec::QoS qos);
+  void broadcast(const ShardEvent& e);
+  void queue_event(std::uint32_t to, ShardEvent&& e);
+  std::string assign_client_id();
+
+  // Session delivery (the session's owner shard only).
+  void deliver(Session& s, const MessagePtr& m, codec::QoS qos, bool retain);
+  void send_publish(Session& s, const MessagePtr& m, codec::QoS qos, bool retain);
+  void pump(Session& s);
+  void resume(Session& s);  // after reconnect: resend in-flight, then the queue
+
+  const std::uint32_t index_;
+  BrokerShared& shared_;
+  ShardBus& bus_;
+  TimePoint now_{};
+  ShardStats stats_;
+  SubscriptionIndex subs_;
+  std::unordered_map<std::string, std::unique_ptr<Session>> sessions_;
+  std::unordered_map<std::uint64_t, Session*> sessions_by_id_;
+  std::unordered_set<Client*> clients_;
+  std::vector<std::vector<ShardEvent>> outboxes_;
+  bool flush_requested_ = false;
+  std::uint64_t next_session_seq_ = 1;
+  std::vector<Subscriber> match_scratch_;
+};
+
+}  // namespace moat::broker

@@ -1,0 +1,51 @@
+// moatd configuration: one TOML file (see docs/configuration.md), validated whole
+// before anything starts. Every error names file:line:column, the key and why.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "broker/limits.hpp"
+
+namespace moat::config {
+
+class ConfigError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct Listener {
+  std::string name;
+  std::string host;  // numeric address
+  std::uint16_t port = 1883;
+  std::string transport = "tcp";
+  std::vector<std::string> auth;
+};
+
+struct Config {
+  std::filesystem::path source;  // the file read; empty for the built-in default
+  std::filesystem::path data_dir = "moat-data";
+  std::uint32_t threads = 0;  // 0: one event loop per core
+  std::string log_level = "info";
+  std::string store_engine = "memory";
+  broker::Limits limits;
+  std::vector<Listener> listeners;
+};
+
+// The safe default: plain MQTT on 127.0.0.1:1883, anonymous clients, data in
+// ./moat-data.
+Config default_config();
+
+// Parses and validates; relative paths are resolved against the file's folder.
+Config load_file(const std::filesystem::path& file);
+// The same on text already read; `source` names it in errors.
+Config parse(std::string_view text, const std::filesystem::path& source);
+
+// "HOST:PORT" or "[IPV6]:PORT"; throws ConfigError-free std::invalid_argument with the reason.
+void parse_bind(std::string_view bind, std::string& host, std::uint16_t& port);
+
+}  // namespace moat::config

@@ -1,0 +1,468 @@
+#include "net/server.hpp"
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ip/v6_only.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/write.hpp>
+#include <mutex>
+#include <thread>
+
+namespace moat::net {
+
+namespace asio = boost::asio;
+using asio::ip::tcp;
+using boost::system::error_code;
+
+namespace {
+
+constexpr std::size_t kReadChunk = 16 * 1024;
+constexpr auto kTickInterval = std::chrono::milliseconds(200);
+constexpr auto kDrainTimeout = std::chrono::seconds(2);
+
+class Loop;
+
+// One TCP connection. Lives on one loop; every handler runs on that loop's thread.
+class Connection final : public broker::Transport, public std::enable_shared_from_this<Connection> {
+ public:
+  Connection(Loop& loop, tcp::socket socket, const broker::ListenerPolicy& listener,
+             std::string peer, std::vector<std::uint8_t> pending_input);
+
+  void start();
+
+  // broker::Transport
+  broker::OutputQueue& output() override { return pending_; }
+  void flush_soon() override;
+  void close() override;
+  void migrate(std::uint32_t shard) override { migrate_to_ = shard; }
+  const std::string& peer() const override { return peer_; }
+
+ private:
+  void read();
+  void on_read(const error_code& ec, std::size_t n);
+  void process_input();
+  void flush();
+  void on_written(const error_code& ec);
+  // drain: send FIN and read until the peer closes; otherwise close at once.
+  void finish_close(bool drain);
+  void hand_over(std::uint32_t shard);
+
+  Loop& loop_;
+  tcp::socket socket_;
+  const broker::ListenerPolicy& listener_;
+  std::string peer_;
+  std::unique_ptr<broker::Client> client_;
+  std::vector<std::uint8_t> in_;
+  std::size_t in_len_ = 0;
+  broker::OutputQueue pending_;
+  broker::OutputQueue writing_;
+  std::vector<asio::const_buffer> gather_;
+  bool flush_posted_ = false;
+  bool write_active_ = false;
+  bool closing_ = false;   // no more input is handed to the broker
+  bool draining_ = false;  // FIN sent; reading until the peer closes too
+  bool dead_ = false;      // socket closed
+  std::optional<std::uint32_t> migrate_to_;
+  std::unique_ptr<asio::steady_timer> drain_timer_;
+};
+
+struct Bus;
+
+class Loop {
+ public:
+  Loop(std::uint32_t index, broker::BrokerShared& shared, Bus& bus);
+  asio::io_context& io() { return io_; }
+  broker::Shard& shard() { return shard_; }
+  std::uint32_t index() const { return index_; }
+  Bus& bus() { return bus_; }
+
+  // Called from any thread: queue a batch and wake the loop if it was idle.
+  void enqueue(std::vector<broker::ShardEvent>&& batch);
+  void start_ticks();
+
+ private:
+  void drain_inbox();
+  void tick();
+
+  const std::uint32_t index_;
+  Bus& bus_;
+  // The shard outlives the io_context: handlers destroyed with the io_context
+  // own connections whose Client refers to the shard.
+  broker::Shard shard_;
+  asio::io_context io_{1};
+  asio::steady_timer ticker_{io_};
+  std::mutex inbox_mu_;
+  std::vector<std::vector<broker::ShardEvent>> inbox_;
+  std::vector<std::vector<broker::ShardEvent>> draining_;
+};
+
+struct Bus final : broker::ShardBus {
+  std::vector<std::unique_ptr<Loop>>* loops = nullptr;
+  void send(std::uint32_t to, std::vector<broker::ShardEvent>&& batch) override {
+    (*loops)[to]->enqueue(std::move(batch));
+  }
+  void request_flush(std::uint32_t from) override {
+    Loop& l = *(*loops)[from];
+    // Posted behind the handlers already queued: a whole loop turn is batched.
+    asio::post(l.io(), [&l] { l.shard().flush_outboxes(); });
+  }
+};
+
+Loop::Loop(std::uint32_t index, broker::BrokerShared& shared, Bus& bus)
+    : index_(index), bus_(bus), shard_(index, shared, bus) {}
+
+void Loop::enqueue(std::vector<broker::ShardEvent>&& batch) {
+  bool wake = false;
+  {
+    std::lock_guard lock(inbox_mu_);
+    wake = inbox_.empty();
+    inbox_.push_back(std::move(batch));
+  }
+  if (wake) asio::post(io_, [this] { drain_inbox(); });
+}
+
+void Loop::drain_inbox() {
+  {
+    std::lock_guard lock(inbox_mu_);
+    draining_.swap(inbox_);
+  }
+  shard_.set_now(broker::Clock::now());
+  for (auto& batch : draining_) shard_.apply(batch);
+  draining_.clear();
+}
+
+void Loop::start_ticks() {
+  ticker_.expires_after(kTickInterval);
+  ticker_.async_wait([this](const error_code& ec) {
+    if (ec) return;
+    tick();
+  });
+}
+
+void Loop::tick() {
+  shard_.tick(broker::Clock::now());
+  start_ticks();
+}
+
+std::string format_peer(const tcp::socket& s) {
+  error_code ec;
+  const auto ep = s.remote_endpoint(ec);
+  if (ec) return "unknown";
+  const auto addr = ep.address();
+  return addr.is_v6() ? fmt::format("[{}]:{}", addr.to_string(), ep.port())
+                      : fmt::format("{}:{}", addr.to_string(), ep.port());
+}
+
+void set_nodelay(tcp::socket& s) {
+  error_code ec;
+  s.set_option(tcp::no_delay(true), ec);  // Nagle + delayed ACK would cost 40 ms per stall
+}
+
+Connection::Connection(Loop& loop, tcp::socket socket, const broker::ListenerPolicy& listener,
+                       std::string peer, std::vector<std::uint8_t> pending_input)
+    : loop_(loop), socket_(std::move(socket)), listener_(listener), peer_(std::move(peer)),
+      in_(std::move(pending_input)) {
+  in_len_ = in_.size();
+  in_.resize(std::max(in_.size(), kReadChunk));
+}
+
+void Connection::start() {
+  client_ = std::make_unique<broker::Client>(loop_.shard(), *this, listener_);
+  if (in_len_ > 0) {
+    // Bytes read on the loop that accepted the connection, CONNECT first.
+    process_input();
+    if (dead_) return;
+  }
+  read();
+}
+
+void Connection::read() {
+  if (in_.size() - in_len_ < kReadChunk / 2) in_.resize(in_.size() * 2);
+  socket_.async_read_some(asio::buffer(in_.data() + in_len_, in_.size() - in_len_),
+                          [self = shared_from_this()](const error_code& ec, std::size_t n) {
+                            self->on_read(ec, n);
+                          });
+}
+
+void Connection::on_read(const error_code& ec, std::size_t n) {
+  if (dead_) return;
+  if (ec) {
+    if (!closing_) {
+      if (ec != asio::error::eof && ec != asio::error::connection_reset)
+        spdlog::debug("read error from {}: {}", peer_, ec.message());
+      closing_ = true;
+      client_->on_disconnected();  // publishes the will; its close() is a no-op now
+    }
+    return finish_close(false);
+  }
+  if (closing_) {
+    in_len_ = 0;  // discard what arrives after we decided to close
+    return read();
+  }
+  in_len_ += n;
+  loop_.shard().set_now(broker::Clock::now());
+  process_input();
+  if (migrate_to_ || dead_) return;
+  read();
+}
+
+void Connection::process_input() {
+  const std::size_t used = client_->on_bytes({in_.data(), in_len_});
+  if (used > 0) {
+    std::memmove(in_.data(), in_.data() + used, in_len_ - used);
+    in_len_ -= used;
+  }
+  if (migrate_to_) hand_over(*migrate_to_);
+}
+
+void Connection::hand_over(std::uint32_t shard) {
+  // The socket moves to the loop that owns the client identifier. A duplicate
+  // descriptor carries the TCP connection; the unread bytes travel with it.
+  const int fd = ::dup(socket_.native_handle());
+  error_code ec;
+  socket_.close(ec);
+  dead_ = true;
+  client_.reset();
+  if (fd < 0) {
+    spdlog::warn("cannot move connection from {} to loop {}: {}", peer_, shard, std::strerror(errno));
+    return;
+  }
+  std::vector<std::uint8_t> rest(in_.begin(), in_.begin() + static_cast<std::ptrdiff_t>(in_len_));
+  Loop& target = *(*loop_.bus().loops)[shard];
+  asio::post(target.io(), [&target, fd, &listener = listener_, peer = std::move(peer_),
+                           rest = std::move(rest)]() mutable {
+    tcp::socket s(target.io());
+    error_code aec;
+    s.assign(tcp::v4(), fd, aec);  // the protocol family only selects option handling
+    if (aec) {
+      ::close(fd);
+      return;
+    }
+    target.shard().set_now(broker::Clock::now());
+    std::make_shared<Connection>(target, std::move(s), listener, std::move(peer), std::move(rest))
+        ->start();
+  });
+}
+
+void Connection::flush_soon() {
+  if (flush_posted_ || write_active_ || dead_) return;
+  flush_posted_ = true;
+  asio::post(loop_.io(), [self = shared_from_this()] {
+    self->flush_posted_ = false;
+    self->flush();
+  });
+}
+
+void Connection::flush() {
+  if (write_active_ || dead_) return;
+  if (pending_.empty()) {
+    if (closing_ && !draining_) finish_close(true);
+    return;
+  }
+  pending_.swap(writing_);
+  gather_.clear();
+  for (const auto& p : writing_.pieces())
+    gather_.emplace_back(p.data ? p.data : reinterpret_cast<const char*>(writing_.buffer().data()) + p.offset,
+                         p.size);
+  write_active_ = true;
+  asio::async_write(socket_, gather_, [self = shared_from_this()](const error_code& ec, std::size_t) {
+    self->on_written(ec);
+  });
+}
+
+void Connection::on_written(const error_code& ec) {
+  write_active_ = false;
+  writing_.clear();
+  if (dead_) return;
+  if (ec) {
+    if (!closing_) {
+      closing_ = true;
+      client_->on_disconnected();
+    }
+    return finish_close(false);
+  }
+  flush();
+}
+
+void Connection::close() {
+  if (closing_) return;
+  closing_ = true;
+  if (!write_active_) flush_soon();  // flush() finishes the close once output is out
+}
+
+void Connection::finish_close(bool drain) {
+  if (dead_) return;
+  error_code ec;
+  if (drain && !draining_) {
+    // Send FIN, then read until the peer closes (or a short timeout), so that bytes
+    // it sent meanwhile do not turn our close into a reset that loses the last
+    // packet we wrote (a CONNACK with an error code, for instance).
+    draining_ = true;
+    socket_.shutdown(tcp::socket::shutdown_send, ec);
+    if (!ec) {
+      drain_timer_ = std::make_unique<asio::steady_timer>(loop_.io(), kDrainTimeout);
+      drain_timer_->async_wait([self = shared_from_this()](const error_code& tec) {
+        if (!tec) self->finish_close(false);
+      });
+      return;
+    }
+  }
+  dead_ = true;
+  if (drain_timer_) drain_timer_->cancel();
+  socket_.close(ec);
+}
+
+}  // namespace
+
+struct Server::Impl {
+  ServerOptions options;
+  broker::BrokerShared& shared;
+  Bus bus;
+  std::vector<std::unique_ptr<Loop>> loops;
+  std::vector<std::unique_ptr<broker::ListenerPolicy>> policies;
+  std::vector<std::unique_ptr<tcp::acceptor>> acceptors;
+  std::vector<std::unique_ptr<asio::steady_timer>> retry_timers;
+  std::vector<std::thread> threads;
+  std::vector<asio::executor_work_guard<asio::io_context::executor_type>> guards;
+  std::atomic<std::uint32_t> next_loop{0};
+  std::once_flag stopped;
+
+  Impl(ServerOptions o, broker::BrokerShared& s) : options(std::move(o)), shared(s) {}
+  ~Impl();
+  void accept(std::size_t i);
+};
+
+void Server::Impl::accept(std::size_t i) {
+  Loop& target = *loops[next_loop++ % loops.size()];
+  acceptors[i]->async_accept(target.io(), [this, i, &target](const error_code& ec, tcp::socket s) {
+    if (ec == asio::error::operation_aborted) return;
+    if (ec) {
+      // Out of descriptors or memory: back off rather than spin on the error.
+      spdlog::warn("listener {}: accept failed: {}", policies[i]->name, ec.message());
+      retry_timers[i]->expires_after(std::chrono::milliseconds(100));
+      retry_timers[i]->async_wait([this, i](const error_code& tec) {
+        if (!tec) accept(i);
+      });
+      return;
+    }
+    set_nodelay(s);
+    auto peer = format_peer(s);
+    asio::post(target.io(), [&target, s = std::move(s), &policy = *policies[i],
+                             peer = std::move(peer)]() mutable {
+      target.shard().set_now(broker::Clock::now());
+      std::make_shared<Connection>(target, std::move(s), policy, std::move(peer),
+                                   std::vector<std::uint8_t>{})
+          ->start();
+    });
+    accept(i);
+  });
+}
+
+Server::Server(ServerOptions options, broker::BrokerShared& shared)
+    : impl_(std::make_unique<Impl>(std::move(options), shared)) {
+  auto& m = *impl_;
+  m.bus.loops = &m.loops;
+  for (std::uint32_t i = 0; i < m.options.threads; ++i)
+    m.loops.push_back(std::make_unique<Loop>(i, shared, m.bus));
+  for (const auto& l : m.options.listeners) {
+    auto p = std::make_unique<broker::ListenerPolicy>();
+    p->name = l.name;
+    for (const auto& a : l.auth) p->auth.add(security::make_authenticator(a));
+    m.policies.push_back(std::move(p));
+  }
+}
+
+Server::~Server() { stop(); }
+
+void Server::start() {
+  auto& m = *impl_;
+  asio::io_context& accept_io = m.loops[0]->io();
+  for (std::size_t i = 0; i < m.options.listeners.size(); ++i) {
+    const auto& spec = m.options.listeners[i];
+    error_code ec;
+    const auto addr = asio::ip::make_address(spec.host, ec);
+    if (ec) throw std::runtime_error(fmt::format("listener {}: bad address '{}'", spec.name, spec.host));
+    tcp::endpoint ep(addr, spec.port);
+    auto acc = std::make_unique<tcp::acceptor>(accept_io);
+    acc->open(ep.protocol(), ec);
+    if (!ec) acc->set_option(tcp::acceptor::reuse_address(true), ec);
+    if (!ec && addr.is_v6()) acc->set_option(asio::ip::v6_only(true), ec);
+    if (!ec) acc->bind(ep, ec);
+    if (!ec) acc->listen(asio::socket_base::max_listen_connections, ec);
+    if (ec)
+      throw std::runtime_error(fmt::format("listener {}: cannot listen on {}:{}: {}", spec.name,
+                                           spec.host, spec.port, ec.message()));
+    const auto bound = acc->local_endpoint();
+    spdlog::info("listening on {}:{} (listener \"{}\", tcp)",
+                 addr.is_v6() ? "[" + addr.to_string() + "]" : addr.to_string(), bound.port(),
+                 spec.name);
+    m.acceptors.push_back(std::move(acc));
+    m.retry_timers.push_back(std::make_unique<asio::steady_timer>(accept_io));
+  }
+  for (std::size_t i = 0; i < m.acceptors.size(); ++i) m.accept(i);
+  for (auto& l : m.loops) {
+    m.guards.emplace_back(l->io().get_executor());
+    l->start_ticks();
+  }
+  for (auto& l : m.loops) {
+    Loop* lp = l.get();
+    m.threads.emplace_back([lp] {
+      try {
+        lp->io().run();
+      } catch (const std::exception& e) {
+        spdlog::critical("event loop {} stopped: {}", lp->index(), e.what());
+        std::abort();
+      }
+    });
+  }
+}
+
+void Server::stop() {
+  auto& m = *impl_;
+  std::call_once(m.stopped, [&m] {
+    for (auto& l : m.loops) l->io().stop();
+    for (auto& t : m.threads)
+      if (t.joinable()) t.join();
+  });
+}
+
+Server::Impl::~Impl() {
+  // Acceptors and timers belong to loop 0's io_context: release them first. Then
+  // each loop destroys its pending handlers (and their connections), then its shard.
+  acceptors.clear();
+  retry_timers.clear();
+  guards.clear();
+  loops.clear();
+}
+
+std::vector<std::uint16_t> Server::ports() const {
+  std::vector<std::uint16_t> out;
+  for (const auto& a : impl_->acceptors) out.push_back(a->local_endpoint().port());
+  return out;
+}
+
+Server::Totals Server::totals() const {
+  Totals t{};
+  for (const auto& l : impl_->loops) {
+    const auto& s = l->shard().stats();
+    t.clients_connected += s.clients_connected.get();
+    t.sessions += s.sessions.get();
+    t.messages_received += s.messages_received.get();
+    t.messages_sent += s.messages_sent.get();
+    t.dropped_queue_full += s.dropped_queue_full.get();
+    t.dropped_offline_qos0 += s.dropped_offline_qos0.get();
+    t.protocol_errors += s.protocol_errors.get();
+    t.takeovers += s.takeovers.get();
+  }
+  return t;
+}
+
+}  // namespace moat::net

@@ -1,0 +1,54 @@
+// The network side of moatd: N event loops (one io_context and one broker::Shard
+// per thread), listeners, and connections that stay on one loop.
+//
+// The Asio types live only in server.cpp, so including this header is cheap.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "broker/shard.hpp"
+
+namespace moat::net {
+
+struct ListenerSpec {
+  std::string name;
+  std::string host;  // numeric IPv4 or IPv6 address
+  std::uint16_t port = 1883;
+  std::vector<std::string> auth;  // authenticator names, in order
+};
+
+struct ServerOptions {
+  std::uint32_t threads = 1;
+  std::vector<ListenerSpec> listeners;
+};
+
+class Server {
+ public:
+  Server(ServerOptions options, broker::BrokerShared& shared);
+  ~Server();
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // Binds every listener (throws std::runtime_error naming the listener and the
+  // address on failure) and starts the loop threads.
+  void start();
+  // Stops the loops and joins their threads. Safe to call from any thread, once.
+  void stop();
+  // The bound ports, in listener order (useful with port 0).
+  std::vector<std::uint16_t> ports() const;
+  // Sum of every shard's counters.
+  struct Totals {
+    std::uint64_t clients_connected, sessions, messages_received, messages_sent,
+        dropped_queue_full, dropped_offline_qos0, protocol_errors, takeovers;
+  };
+  Totals totals() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace moat::net

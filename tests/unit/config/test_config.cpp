@@ -1,0 +1,131 @@
+// moat.toml parsing: every error names file:line:column, the key and the reason.
+#include <gtest/gtest.h>
+
+#include "config/config.hpp"
+
+namespace moat::config {
+namespace {
+
+std::string error_of(std::string_view text) {
+  try {
+    parse(text, "/etc/moat/moat.toml");
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  return "no error";
+}
+
+constexpr std::string_view kListener = R"(
+[[listener]]
+name = "local"
+bind = "127.0.0.1:1883"
+auth = ["anonymous"]
+)";
+
+TEST(Config, DefaultIsLoopbackAnonymous) {
+  const auto c = default_config();
+  ASSERT_EQ(c.listeners.size(), 1u);
+  EXPECT_EQ(c.listeners[0].host, "127.0.0.1");
+  EXPECT_EQ(c.listeners[0].port, 1883);
+  EXPECT_EQ(c.listeners[0].auth, std::vector<std::string>{"anonymous"});
+  EXPECT_EQ(c.data_dir, "moat-data");
+}
+
+TEST(Config, FullFileParsesAndResolvesPathsAgainstItsFolder) {
+  const auto c = parse(std::string(R"(
+[broker]
+data_dir = "state"
+threads = 3
+[log]
+level = "warn"
+[limits]
+max_packet_size = 65536
+connect_timeout = 2.5
+max_inflight_messages = 50
+max_queued_messages = 0
+queue_qos0_offline = true
+[store]
+engine = "memory"
+)") + std::string(kListener) + R"(
+[[listener]]
+name = "v6"
+bind = "[::1]:0"
+transport = "tcp"
+auth = ["anonymous"]
+)", "/etc/moat/moat.toml");
+  EXPECT_EQ(c.data_dir, "/etc/moat/state");
+  EXPECT_EQ(c.threads, 3u);
+  EXPECT_EQ(c.log_level, "warn");
+  EXPECT_EQ(c.limits.max_packet_size, 65536u);
+  EXPECT_EQ(c.limits.connect_timeout, std::chrono::milliseconds(2500));
+  EXPECT_EQ(c.limits.max_inflight_messages, 50u);
+  EXPECT_EQ(c.limits.max_queued_messages, 0u);
+  EXPECT_TRUE(c.limits.queue_qos0_offline);
+  ASSERT_EQ(c.listeners.size(), 2u);
+  EXPECT_EQ(c.listeners[1].host, "::1");
+  EXPECT_EQ(c.listeners[1].port, 0);
+}
+
+TEST(Config, UnknownKeyNamesFileLineAndKey) {
+  const auto e = error_of(std::string(kListener) + "\n[broker]\nthreads = 1\nbogus = 2\n");
+  EXPECT_NE(e.find("/etc/moat/moat.toml:9:"), std::string::npos) << e;
+  EXPECT_NE(e.find("broker.bogus"), std::string::npos) << e;
+  EXPECT_NE(e.find("unknown key"), std::string::npos) << e;
+}
+
+TEST(Config, UnknownSectionAndListenerKey) {
+  EXPECT_NE(error_of(std::string(kListener) + "[brokr]\n").find("brokr: unknown key"), std::string::npos);
+  EXPECT_NE(error_of(std::string(kListener) + "port = 1\n").find("listener[0].port: unknown key"), std::string::npos);
+}
+
+TEST(Config, WrongTypesAndRanges) {
+  auto e = error_of(std::string(kListener) + "[broker]\nthreads = \"x\"\n");
+  EXPECT_NE(e.find(":7:"), std::string::npos) << e;
+  EXPECT_NE(e.find("broker.threads: must be an integer"), std::string::npos) << e;
+  e = error_of(std::string(kListener) + "[limits]\nmax_inflight_messages = 0\n");
+  EXPECT_NE(e.find("limits.max_inflight_messages: must be between 1 and 65535"), std::string::npos) << e;
+  e = error_of(std::string(kListener) + "[log]\nlevel = \"loud\"\n");
+  EXPECT_NE(e.find("log.level: 'loud' is not one of"), std::string::npos) << e;
+}
+
+TEST(Config, ListenerErrors) {
+  EXPECT_NE(error_of("[broker]\nthreads = 1\n").find("no [[listener]]"), std::string::npos);
+  EXPECT_NE(error_of("[[listener]]\nname = \"a\"\nbind = \"localhost:1883\"\nauth = [\"anonymous\"]\n")
+                .find("not a numeric IP address"), std::string::npos);
+  EXPECT_NE(error_of("[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:70000\"\nauth = [\"anonymous\"]\n")
+                .find("not a port number"), std::string::npos);
+  EXPECT_NE(error_of("[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\n").find("missing key 'auth'"),
+            std::string::npos);
+  EXPECT_NE(error_of(std::string(kListener) + std::string(kListener)).find("duplicate listener name"),
+            std::string::npos);
+  EXPECT_NE(error_of("[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\nauth = [\"magic\"]\n")
+                .find("'magic' is not an authentication method"), std::string::npos);
+}
+
+TEST(Config, FeaturesOfLaterVersionsAreRefusedNotIgnored) {
+  EXPECT_NE(error_of("[[listener]]\nname = \"a\"\nbind = \"0.0.0.0:8883\"\ntransport = \"tls\"\nauth = [\"anonymous\"]\n")
+                .find("not available in this version"), std::string::npos);
+  EXPECT_NE(error_of(std::string(kListener) + "[store]\nengine = \"rocksdb\"\n").find("not available"),
+            std::string::npos);
+}
+
+TEST(Config, SyntaxErrorHasPosition) {
+  const auto e = error_of("[broker\nthreads = 1\n");
+  EXPECT_NE(e.find("/etc/moat/moat.toml:1:"), std::string::npos) << e;
+}
+
+TEST(Config, ParseBind) {
+  std::string h;
+  std::uint16_t p = 0;
+  parse_bind("0.0.0.0:8883", h, p);
+  EXPECT_EQ(h, "0.0.0.0");
+  EXPECT_EQ(p, 8883);
+  parse_bind("[::]:1883", h, p);
+  EXPECT_EQ(h, "::");
+  EXPECT_THROW(parse_bind("::1:1883", h, p), std::invalid_argument);
+  EXPECT_THROW(parse_bind("127.0.0.1", h, p), std::invalid_argument);
+  EXPECT_THROW(parse_bind(":1883", h, p), std::invalid_argument);
+}
+
+}  // namespace
+}  // namespace moat::config
