@@ -259,9 +259,39 @@ void Shard::resume(Session& s) {
 
 void Shard::tick(TimePoint now) {
   now_ = now;
+  if (started_at_ == TimePoint{}) started_at_ = now;  // the first tick starts the uptime
+  if (index_ == 0 && shared_.sys_interval.count() > 0 && now >= next_sys_) {
+    publish_sys();
+    next_sys_ = now + shared_.sys_interval;
+  }
   // check_deadlines may close a client, which only marks it; net removes it later.
   std::vector<Client*> snapshot(clients_.begin(), clients_.end());
   for (Client* c : snapshot) c->check_deadlines(now);
+}
+
+
+void Shard::publish_sys() {
+  ShardStats::Snapshot t{};
+  for (const ShardStats* st : shared_.all_stats) t += st->snapshot();
+  const auto uptime = std::chrono::duration_cast<std::chrono::seconds>(now_ - started_at_).count();
+  auto put = [&](std::string_view topic, const std::string& value) {
+    auto m = make_message(topic, value, QoS::AtMostOnce, true);
+    shared_.retained.update(m);
+    route(m);
+  };
+  // Names follow Mosquitto's $SYS tree where one exists, so dashboards carry over.
+  put("$SYS/broker/version", shared_.version);
+  put("$SYS/broker/uptime", fmt::format("{} seconds", uptime));
+  put("$SYS/broker/clients/connected", std::to_string(t.clients_connected));
+  put("$SYS/broker/clients/total", std::to_string(t.sessions));
+  put("$SYS/broker/messages/received", std::to_string(t.messages_received));
+  put("$SYS/broker/messages/sent", std::to_string(t.messages_sent));
+  put("$SYS/broker/messages/dropped/queue_full", std::to_string(t.dropped_queue_full));
+  put("$SYS/broker/messages/dropped/offline_qos0", std::to_string(t.dropped_offline_qos0));
+  put("$SYS/broker/retained messages/count", std::to_string(shared_.retained.size()));
+  put("$SYS/broker/subscriptions/count", std::to_string(subs_.size()));
+  put("$SYS/broker/connections/protocol_errors", std::to_string(t.protocol_errors));
+  put("$SYS/broker/connections/takeovers", std::to_string(t.takeovers));
 }
 
 }  // namespace moat::broker

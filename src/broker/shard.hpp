@@ -88,6 +88,10 @@ struct BrokerShared {
   RetainedStore retained;
   store::Store* store = nullptr;
   std::uint32_t shard_count = 1;
+  // $SYS/broker/... statistics, published retained by shard 0 (0 s = off).
+  std::chrono::seconds sys_interval{10};
+  std::string version;
+  std::vector<const ShardStats*> all_stats;  // every shard's counters, for $SYS
 };
 
 // Which shard owns a client identifier: every connection with that identifier
@@ -225,6 +229,7 @@ class Shard {
   void broadcast(const ShardEvent& e);
   void queue_event(std::uint32_t to, ShardEvent&& e);
   std::string assign_client_id();
+  void publish_sys();
 
   // Session delivery (the session's owner shard only).
   void deliver(Session& s, const MessagePtr& m, codec::QoS qos, bool retain);
@@ -245,6 +250,8 @@ class Shard {
   bool flush_requested_ = false;
   std::uint64_t next_session_seq_ = 1;
   std::vector<Subscriber> match_scratch_;
+  TimePoint started_at_{};
+  TimePoint next_sys_{};
 };
 
 }  // namespace moat::broker

@@ -23,6 +23,26 @@ struct ShardStats {
   Counter dropped_offline_qos0;  // QoS 0 deliveries to offline sessions (not queued by default)
   Counter protocol_errors;       // connections closed for a protocol violation
   Counter takeovers;
+
+  struct Snapshot {
+    std::uint64_t clients_connected, sessions, messages_received, messages_sent, dropped_queue_full,
+        dropped_offline_qos0, protocol_errors, takeovers;
+    Snapshot& operator+=(const Snapshot& o) {
+      clients_connected += o.clients_connected;
+      sessions += o.sessions;
+      messages_received += o.messages_received;
+      messages_sent += o.messages_sent;
+      dropped_queue_full += o.dropped_queue_full;
+      dropped_offline_qos0 += o.dropped_offline_qos0;
+      protocol_errors += o.protocol_errors;
+      takeovers += o.takeovers;
+      return *this;
+    }
+  };
+  Snapshot snapshot() const {
+    return {clients_connected.get(), sessions.get(), messages_received.get(), messages_sent.get(),
+            dropped_queue_full.get(), dropped_offline_qos0.get(), protocol_errors.get(), takeovers.get()};
+  }
 };
 
 }  // namespace moat::broker

@@ -137,6 +137,9 @@ ProtocolError parse_subscribe(Reader& r, Subscribe& s) {
     sub.filter = r.utf8();
     const auto q = r.u8();
     if (r.error() != ProtocolError::None) break;
+    // A malformed filter is a protocol violation, which closes the connection
+    // [MQTT-4.8.0-1]; SUBACK 0x80 is for filters the server refuses to grant.
+    if (!valid_topic_filter(sub.filter)) return ProtocolError::InvalidTopicFilter;
     if (q > 2) return ProtocolError::InvalidRequestedQos;
     sub.qos = static_cast<QoS>(q);
     s.subscriptions.push_back(sub);
@@ -149,7 +152,11 @@ ProtocolError parse_subscribe(Reader& r, Subscribe& s) {
 ProtocolError parse_unsubscribe(Reader& r, Unsubscribe& u) {
   u.packet_id = r.u16();
   if (r.error() == ProtocolError::None && u.packet_id == 0) return ProtocolError::ZeroPacketId;
-  while (r.error() == ProtocolError::None && !r.at_end()) u.filters.push_back(r.utf8());
+  while (r.error() == ProtocolError::None && !r.at_end()) {
+    const auto f = r.utf8();
+    if (r.error() == ProtocolError::None && !valid_topic_filter(f)) return ProtocolError::InvalidTopicFilter;
+    u.filters.push_back(f);
+  }
   if (r.error() == ProtocolError::None && u.filters.empty()) return ProtocolError::NoUnsubscriptions;
   return r.finish();
 }
@@ -256,7 +263,7 @@ DecodeResult decode(std::span<const std::uint8_t> in, const DecoderOptions& opts
   if (total > opts.max_packet_size) return fail(ProtocolError::PacketTooLarge);
   if (!fixed_flags_ok(type, fh.flags)) return fail(ProtocolError::InvalidFixedHeaderFlags);
   if (opts.server ? sent_by_server(type) : sent_by_client_only(type))
-    return fail(ProtocolError::UnexpectedServerPacket);
+    return fail(ProtocolError::WrongDirection);
   if (in.size() < total) return res;  // NeedMore
 
   Reader r(in.subspan(fh.header_size, fh.remaining_length));

@@ -12,7 +12,7 @@ enum class ProtocolError : std::uint8_t {
   PacketTooLarge,               // remaining length exceeds the configured maximum packet size
   ReservedPacketType,           // [MQTT-2.2.1] packet type 0 or 15
   InvalidFixedHeaderFlags,      // [MQTT-2.2.2-2] reserved flag bits of the fixed header
-  UnexpectedServerPacket,       // a server-to-client packet (CONNACK, SUBACK...) sent to the server
+  WrongDirection,               // a packet only the other side sends (CONNACK to a server, CONNECT to a client)
   MalformedLength,              // a field runs past the end of the packet
   TrailingBytes,                // bytes left over after the last field of the packet
   InvalidUtf8,                  // [MQTT-1.5.3-1] ill-formed UTF-8 or a surrogate code point
@@ -27,6 +27,7 @@ enum class ProtocolError : std::uint8_t {
   ZeroPacketId,                 // [MQTT-2.3.1-1] QoS>0 PUBLISH, SUBSCRIBE or UNSUBSCRIBE with id 0
   InvalidTopicName,             // [MQTT-3.3.2-1][MQTT-3.3.2-2] empty or wildcard topic name
   NoSubscriptions,              // [MQTT-3.8.3-3] SUBSCRIBE without a topic filter
+  InvalidTopicFilter,           // [MQTT-4.7.1-2][MQTT-4.7.1-3][MQTT-4.7.3-1] bad wildcard or empty filter
   InvalidRequestedQos,          // [MQTT-3-8.3-4] requested QoS with reserved bits or 3
   NoUnsubscriptions,            // [MQTT-3.10.3-2] UNSUBSCRIBE without a topic filter
   // State errors found by the broker rather than the decoder.

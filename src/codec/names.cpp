@@ -46,7 +46,7 @@ const char* describe(ProtocolError e) {
     case ProtocolError::PacketTooLarge: return "packet larger than max_packet_size";
     case ProtocolError::ReservedPacketType: return "[MQTT-2.2.1] reserved packet type";
     case ProtocolError::InvalidFixedHeaderFlags: return "[MQTT-2.2.2-2] invalid fixed header flags";
-    case ProtocolError::UnexpectedServerPacket: return "[MQTT-2.2.1] packet type not sent in this direction";
+    case ProtocolError::WrongDirection: return "[MQTT-2.2.1] packet type not sent in this direction";
     case ProtocolError::MalformedLength: return "[MQTT-1.5.3] field runs past the end of the packet";
     case ProtocolError::TrailingBytes: return "[MQTT-2.2.3] bytes after the last field of the packet";
     case ProtocolError::InvalidUtf8: return "[MQTT-1.5.3-1] ill-formed UTF-8 string";
@@ -60,6 +60,7 @@ const char* describe(ProtocolError e) {
     case ProtocolError::InvalidQos: return "[MQTT-3.3.1-4] PUBLISH with QoS 3";
     case ProtocolError::ZeroPacketId: return "[MQTT-2.3.1-1] packet identifier 0";
     case ProtocolError::InvalidTopicName: return "[MQTT-3.3.2-2] invalid topic name in PUBLISH";
+    case ProtocolError::InvalidTopicFilter: return "[MQTT-4.7.1-2] invalid topic filter (wildcard placement or empty)";
     case ProtocolError::NoSubscriptions: return "[MQTT-3.8.3-3] SUBSCRIBE without topic filters";
     case ProtocolError::InvalidRequestedQos: return "[MQTT-3.8.3-4] invalid requested QoS";
     case ProtocolError::NoUnsubscriptions: return "[MQTT-3.10.3-2] UNSUBSCRIBE without topic filters";

@@ -196,7 +196,8 @@ Config parse(std::string_view text, const std::filesystem::path& source) {
   only_keys(r, root, "", {"broker", "log", "limits", "listener", "store"});
 
   if (const auto* t = get_table(r, root, "broker")) {
-    only_keys(r, *t, "broker", {"data_dir", "threads"});
+    only_keys(r, *t, "broker", {"data_dir", "threads", "sys_interval"});
+    c.sys_interval = std::chrono::seconds(get_int(r, *t, "broker", "sys_interval", c.sys_interval.count(), 0, 86400));
     c.data_dir = get_string(r, *t, "broker", "data_dir", c.data_dir.string());
     if (c.data_dir.empty()) r.fail_at(*t->get("data_dir"), "broker.data_dir", "must not be empty");
     c.threads = static_cast<std::uint32_t>(get_int(r, *t, "broker", "threads", 0, 0, 256));

@@ -370,8 +370,10 @@ Server::Server(ServerOptions options, broker::BrokerShared& shared)
     : impl_(std::make_unique<Impl>(std::move(options), shared)) {
   auto& m = *impl_;
   m.bus.loops = &m.loops;
-  for (std::uint32_t i = 0; i < m.options.threads; ++i)
+  for (std::uint32_t i = 0; i < m.options.threads; ++i) {
     m.loops.push_back(std::make_unique<Loop>(i, shared, m.bus));
+    shared.all_stats.push_back(&m.loops.back()->shard().stats());
+  }
   for (const auto& l : m.options.listeners) {
     auto p = std::make_unique<broker::ListenerPolicy>();
     p->name = l.name;
@@ -449,19 +451,9 @@ std::vector<std::uint16_t> Server::ports() const {
   return out;
 }
 
-Server::Totals Server::totals() const {
-  Totals t{};
-  for (const auto& l : impl_->loops) {
-    const auto& s = l->shard().stats();
-    t.clients_connected += s.clients_connected.get();
-    t.sessions += s.sessions.get();
-    t.messages_received += s.messages_received.get();
-    t.messages_sent += s.messages_sent.get();
-    t.dropped_queue_full += s.dropped_queue_full.get();
-    t.dropped_offline_qos0 += s.dropped_offline_qos0.get();
-    t.protocol_errors += s.protocol_errors.get();
-    t.takeovers += s.takeovers.get();
-  }
+broker::ShardStats::Snapshot Server::totals() const {
+  broker::ShardStats::Snapshot t{};
+  for (const auto& l : impl_->loops) t += l->shard().stats().snapshot();
   return t;
 }
 

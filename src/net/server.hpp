@@ -40,11 +40,7 @@ class Server {
   // The bound ports, in listener order (useful with port 0).
   std::vector<std::uint16_t> ports() const;
   // Sum of every shard's counters.
-  struct Totals {
-    std::uint64_t clients_connected, sessions, messages_received, messages_sent,
-        dropped_queue_full, dropped_offline_qos0, protocol_errors, takeovers;
-  };
-  Totals totals() const;
+  broker::ShardStats::Snapshot totals() const;
 
  private:
   struct Impl;

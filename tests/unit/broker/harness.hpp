@@ -133,11 +133,13 @@ class BrokerFixture : public ::testing::Test {
   void make(std::uint32_t shards = 1) {
     shared.shard_count = shards;
     shared.store = &store;
+    shared.sys_interval = std::chrono::seconds(0);  // tests that want $SYS turn it on
     policy.name = "test";
     policy.auth.add(security::make_authenticator("anonymous"));
     for (std::uint32_t i = 0; i < shards; ++i) {
       shard_list.push_back(std::make_unique<broker::Shard>(i, shared, bus));
       bus.shards.push_back(shard_list.back().get());
+      shared.all_stats.push_back(&shard_list.back()->stats());
       shard_list.back()->set_now(now);
     }
   }

@@ -1,4 +1,6 @@
 // Session, QoS and routing state machines without sockets (MQTT 3.1.1 sections 3 and 4).
+#include <map>
+
 #include "harness.hpp"
 
 namespace moat::test {
@@ -191,18 +193,29 @@ TEST_F(ShardTest, QosIsDowngradedToGranted_MQTT_3_8_4_6) {
   EXPECT_EQ(got[0].qos, QoS::AtMostOnce);
 }
 
-TEST_F(ShardTest, InvalidFiltersGetFailureCodeOthersGranted) {
+TEST_F(ShardTest, InvalidFilterIsAProtocolViolation_MQTT_4_8_0_1) {
   make();
   auto& c = connect("s");
   codec::Subscribe s;
   s.packet_id = 9;
-  s.subscriptions = {{"a/#/b", QoS::AtMostOnce}, {"ok/+", QoS::AtLeastOnce}, {"a+", QoS::AtMostOnce}};
+  s.subscriptions = {{"ok/+", QoS::AtLeastOnce}, {"a/#/b", QoS::AtMostOnce}};
+  c.send(s);
+  EXPECT_TRUE(c.take().empty());
+  EXPECT_TRUE(c.closed);
+  EXPECT_EQ(shard_list[0]->subscription_index().size(), 0u) << "nothing of the packet is applied";
+}
+
+TEST_F(ShardTest, SubackCarriesOneGrantedQosPerFilterInOrder_MQTT_3_8_4_5) {
+  make();
+  auto& c = connect("s");
+  codec::Subscribe s;
+  s.packet_id = 9;
+  s.subscriptions = {{"a", QoS::ExactlyOnce}, {"b/+", QoS::AtMostOnce}, {"#", QoS::AtLeastOnce}};
   c.send(s);
   auto got = c.take();
   ASSERT_EQ(got.size(), 1u);
   EXPECT_EQ(got[0].packet_id, 9);
-  EXPECT_EQ(got[0].return_codes, (std::vector<std::uint8_t>{0x80, 1, 0x80}));
-  EXPECT_FALSE(c.closed);
+  EXPECT_EQ(got[0].return_codes, (std::vector<std::uint8_t>{2, 0, 1}));
 }
 
 TEST_F(ShardTest, RetainedSetReplaceClearAndDeliveredWithRetainFlag) {
@@ -423,6 +436,32 @@ TEST_F(ShardTest, RestoreFromStoreRecreatesPersistentSessions) {
   EXPECT_EQ(a.session_count() + b.session_count(), 1u);
   EXPECT_EQ(a.subscription_index().size(), 1u);
   EXPECT_EQ(b.subscription_index().size(), 1u);
+}
+
+TEST_F(ShardTest, SysTopicsPublishCountersFromEveryShard) {
+  make(2);
+  shared.sys_interval = std::chrono::seconds(5);
+  shared.limits.max_queued_messages = 0;
+  shared.limits.max_inflight_messages = 1;
+  auto& sub = connect("s");
+  subscribe(sub, "x", QoS::AtLeastOnce);
+  auto& pub = connect("p");
+  publish(pub, "x", "1", QoS::AtLeastOnce, 1);
+  publish(pub, "x", "2", QoS::AtLeastOnce, 2);  // window full, no queue: dropped
+  auto& watcher = connect("w");
+  subscribe(watcher, "$SYS/broker/messages/#", QoS::AtMostOnce);
+  watcher.take();
+  advance(std::chrono::milliseconds(10));
+  std::map<std::string, std::string> seen;
+  for (const auto& r : watcher.take()) seen[r.topic] = r.payload;
+  EXPECT_EQ(seen["$SYS/broker/messages/received"], "2");
+  EXPECT_EQ(seen["$SYS/broker/messages/sent"], "1");
+  EXPECT_EQ(seen["$SYS/broker/messages/dropped/queue_full"], "1");
+  // Not again before the interval has passed.
+  advance(std::chrono::seconds(2));
+  EXPECT_TRUE(watcher.take().empty());
+  advance(std::chrono::seconds(4));
+  EXPECT_FALSE(watcher.take().empty());
 }
 
 }  // namespace
