@@ -96,6 +96,8 @@ int main(int argc, char** argv) {
   shared.limits = cfg.limits;
   shared.store = &store;
   shared.shard_count = cfg.threads;
+  shared.sys_interval = cfg.sys_interval;
+  shared.version = std::string("moat ") + MOAT_VERSION;
 
   moat::net::ServerOptions opts;
   opts.threads = cfg.threads;
