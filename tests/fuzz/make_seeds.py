@@ -146,13 +146,42 @@ def topic_seeds():
     return seeds
 
 
+def broker_seeds():
+    """Operation streams for fuzz_broker: feed (conn, bytes), drop (conn), tick (steps)."""
+    def feed(conn, data):
+        out = b""
+        for i in range(0, len(data), 255):
+            chunk = data[i:i + 255]
+            out += bytes([conn & 0x3F, len(chunk)]) + chunk
+        return out
+
+    def drop(conn):
+        return bytes([0x40 | conn])
+
+    def tick(steps):
+        return bytes([0x80 | steps])
+
+    sub = connect("sub", clean=False) + subscribe(1, ("a/#", 2), ("+/b", 1))
+    pub = connect("pub", will=("a/will", b"bye", 1, True))
+    seeds = {
+        "fanout": feed(0, sub) + feed(1, pub + publish("a/b", b"x", 1) + publish("a/b", b"y", 2, packet_id=2)),
+        "offline_queue": feed(0, sub) + drop(0) + feed(1, pub + publish("a/c", b"q", 1)) + feed(0, sub),
+        "will_on_drop": feed(0, sub) + feed(1, pub) + drop(1) + tick(8),
+        "keepalive": feed(0, sub) + feed(1, connect("k", keep_alive=1)) + tick(10) + tick(10),
+        "retained": feed(1, pub + publish("a/r", b"keep", 1, retain=True)) + feed(0, sub),
+        "takeover": feed(0, sub) + feed(2, connect("sub", clean=False)) + feed(1, pub + publish("a/x", b"1", 1)),
+    }
+    return seeds
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out_dir")
     ap.add_argument("--topic", action="store_true", help="write fuzz_topic seeds instead")
+    ap.add_argument("--broker", action="store_true", help="write fuzz_broker seeds instead")
     args = ap.parse_args()
     os.makedirs(args.out_dir, exist_ok=True)
-    seeds = topic_seeds() if args.topic else decoder_seeds()
+    seeds = topic_seeds() if args.topic else broker_seeds() if args.broker else decoder_seeds()
     for name, data in sorted(seeds.items()):
         with open(os.path.join(args.out_dir, name), "wb") as f:
             f.write(data)
