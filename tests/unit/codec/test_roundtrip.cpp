@@ -45,6 +45,9 @@ void expect_bytes(const Packet& p, const Bytes& expected, const DecoderOptions& 
 struct RemainingLengthCase {
   std::uint32_t value;
   Bytes bytes;
+  // Names the case by its value (GoogleTest would otherwise print raw object bytes,
+  // padding included, into the test names CTest discovers).
+  friend void PrintTo(const RemainingLengthCase& c, std::ostream* os) { *os << c.value; }
 };
 
 class RemainingLength : public ::testing::TestWithParam<RemainingLengthCase> {};
