@@ -25,9 +25,12 @@ int lock_data_dir(const std::filesystem::path& dir) {
   if (ec) throw std::runtime_error(fmt::format("data_dir {}: {}", dir.string(), ec.message()));
   const auto lock = dir / "LOCK";
   const int fd = ::open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-  if (fd < 0) throw std::runtime_error(fmt::format("{}: {}", lock.string(), std::strerror(errno)));
+  if (fd < 0)
+    throw std::runtime_error(
+        fmt::format("{}: {}", lock.string(), std::error_code(errno, std::system_category()).message()));
   if (::flock(fd, LOCK_EX | LOCK_NB) != 0)
-    throw std::runtime_error(fmt::format("{} is in use by another moatd (lock {})", dir.string(), lock.string()));
+    throw std::runtime_error(
+        fmt::format("{} is in use by another moatd (lock {})", dir.string(), lock.string()));
   return fd;
 }
 

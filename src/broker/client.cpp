@@ -70,8 +70,8 @@ void Client::send(const codec::Packet& p) {
 
 void Client::protocol_error(ProtocolError e) {
   shard_.stats().protocol_errors.add();
-  spdlog::debug("protocol error from {} ({}): {}", transport_.peer(),
-                client_id_.empty() ? "-" : client_id_, codec::describe(e));
+  spdlog::debug("protocol error from {} ({}): {}", transport_.peer(), client_id_.empty() ? "-" : client_id_,
+                codec::describe(e));
   close(CloseKind::Abnormal, codec::describe(e));
 }
 
@@ -148,7 +148,8 @@ void Client::handle_connect(const codec::Connect& c) {
   if (client_id.empty()) {
     // [MQTT-3.1.3-8] an empty identifier needs clean session 1 ...
     if (!c.clean_session)
-      return refuse_connect(ConnectReturnCode::IdentifierRejected, codec::describe(ProtocolError::ClientIdRejected));
+      return refuse_connect(ConnectReturnCode::IdentifierRejected,
+                            codec::describe(ProtocolError::ClientIdRejected));
     // ... and then the server assigns a unique one [MQTT-3.1.3-6].
     client_id = shard_.assign_client_id();
     client_id_ = client_id;
@@ -186,10 +187,9 @@ void Client::handle_connect(const codec::Connect& c) {
     will_ = make_message(c.will->topic, c.will->payload, c.will->qos, c.will->retain);
   }
   shard_.stats().clients_connected.add();
-  spdlog::debug("client {} connected from {} on {} (MQTT {}, clean {}, keep-alive {} s{})",
-                client_id, transport_.peer(), listener_.name,
-                c.version == codec::ProtocolVersion::V31 ? "3.1" : "3.1.1", c.clean_session,
-                c.keep_alive, present ? ", session resumed" : "");
+  spdlog::debug("client {} connected from {} on {} (MQTT {}, clean {}, keep-alive {} s{})", client_id,
+                transport_.peer(), listener_.name, c.version == codec::ProtocolVersion::V31 ? "3.1" : "3.1.1",
+                c.clean_session, c.keep_alive, present ? ", session resumed" : "");
   // [MQTT-3.2.2-1..3] session present only for a resumed persistent session.
   send(codec::Connack{present, ConnectReturnCode::Accepted});
   if (present) shard_.resume(s);
@@ -198,8 +198,7 @@ void Client::handle_connect(const codec::Connect& c) {
 void Client::handle_publish(const codec::Publish& p) {
   Session& s = *session_;
   shard_.stats().messages_received.add();
-  const bool duplicate_qos2 =
-      p.qos == QoS::ExactlyOnce && s.awaiting_pubrel.count(p.packet_id) != 0;
+  const bool duplicate_qos2 = p.qos == QoS::ExactlyOnce && s.awaiting_pubrel.count(p.packet_id) != 0;
   if (!duplicate_qos2) {
     auto m = make_message(p.topic, p.payload, p.qos, p.retain);
     if (p.retain && shard_.shared().retained.update(m)) shard_.persist_retained(m);

@@ -22,9 +22,10 @@ struct Message {
 
 using MessagePtr = std::shared_ptr<const Message>;
 
-MessagePtr make_message(std::string_view topic, std::string_view payload, codec::QoS qos,
-                        bool retain);
+MessagePtr make_message(std::string_view topic, std::string_view payload, codec::QoS qos, bool retain);
 
-inline codec::QoS min_qos(codec::QoS a, codec::QoS b) { return a < b ? a : b; }
+inline codec::QoS min_qos(codec::QoS a, codec::QoS b) {
+  return a < b ? a : b;
+}
 
 }  // namespace moat::broker

@@ -5,8 +5,7 @@ namespace moat::broker {
 void OutputQueue::commit_bytes() {
   const std::size_t n = bytes_.size() - committed_;
   if (n == 0) return;
-  if (!pieces_.empty() && !pieces_.back().data &&
-      pieces_.back().offset + pieces_.back().size == committed_) {
+  if (!pieces_.empty() && !pieces_.back().data && pieces_.back().offset + pieces_.back().size == committed_) {
     pieces_.back().size += n;
   } else {
     pieces_.push_back(Piece{committed_, n, nullptr, nullptr});

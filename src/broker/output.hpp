@@ -30,8 +30,7 @@ class OutputQueue {
   // Call after appending to bytes() so the new bytes are ordered before later pieces.
   void commit_bytes();
   void append(const codec::Packet& p);
-  void append_publish(const MessagePtr& m, codec::QoS qos, bool dup, bool retain,
-                      std::uint16_t packet_id);
+  void append_publish(const MessagePtr& m, codec::QoS qos, bool dup, bool retain, std::uint16_t packet_id);
 
   bool empty() const { return pieces_.empty() && bytes_.size() == committed_; }
   std::size_t size() const { return total_; }

@@ -26,8 +26,7 @@ std::uint32_t shard_of(std::string_view client_id, std::uint32_t shard_count) {
 }
 
 Shard::Shard(std::uint32_t index, BrokerShared& shared, ShardBus& bus)
-    : index_(index), shared_(shared), bus_(bus), now_(Clock::now()),
-      outboxes_(shared.shard_count) {}
+    : index_(index), shared_(shared), bus_(bus), now_(Clock::now()), outboxes_(shared.shard_count) {}
 
 Shard::~Shard() = default;
 
@@ -197,9 +196,10 @@ void Shard::deliver(Session& s, const MessagePtr& m, QoS qos, bool retain) {
     stats_.dropped_queue_full.add();
     ++s.drops_since_warning;
     if (now_ - s.last_drop_warning >= kDropWarningInterval) {
-      spdlog::warn("queue full for client {} ({} messages, max_queued_messages): {} message(s) "
-                   "dropped since the last warning",
-                   s.client_id, s.queue.size(), s.drops_since_warning);
+      spdlog::warn(
+          "queue full for client {} ({} messages, max_queued_messages): {} message(s) "
+          "dropped since the last warning",
+          s.client_id, s.queue.size(), s.drops_since_warning);
       s.last_drop_warning = now_;
       s.drops_since_warning = 0;
     }
@@ -222,8 +222,8 @@ void Shard::send_publish(Session& s, const MessagePtr& m, QoS qos, bool retain) 
       if (s.next_packet_id == 0) s.next_packet_id = 1;
     } while (in_use(id));
     s.inflight.push_back(Session::Inflight{
-        id, qos == QoS::AtLeastOnce ? Session::OutState::AwaitPuback : Session::OutState::AwaitPubrec,
-        m, qos, retain});
+        id, qos == QoS::AtLeastOnce ? Session::OutState::AwaitPuback : Session::OutState::AwaitPubrec, m, qos,
+        retain});
   }
   Transport& t = s.client->transport();
   t.output().append_publish(m, qos, false, retain, id);
@@ -268,7 +268,6 @@ void Shard::tick(TimePoint now) {
   std::vector<Client*> snapshot(clients_.begin(), clients_.end());
   for (Client* c : snapshot) c->check_deadlines(now);
 }
-
 
 void Shard::publish_sys() {
   ShardStats::Snapshot t{};

@@ -124,8 +124,8 @@ class Session {
   bool clean_session;
   Client* client = nullptr;  // null while offline
   std::map<std::string, codec::QoS, std::less<>> subscriptions;
-  std::deque<Inflight> inflight;  // in the order sent
-  std::deque<Queued> queue;       // waiting for the client or a window slot
+  std::deque<Inflight> inflight;                      // in the order sent
+  std::deque<Queued> queue;                           // waiting for the client or a window slot
   std::unordered_set<std::uint16_t> awaiting_pubrel;  // inbound QoS 2 [MQTT-4.3.3-2]
   std::uint16_t next_packet_id = 1;
   TimePoint last_drop_warning{};

@@ -23,8 +23,7 @@ bool upsert(std::vector<Subscriber>& v, const Subscriber& s) {
 }
 
 bool erase(std::vector<Subscriber>& v, std::uint64_t session_id) {
-  auto it = std::find_if(v.begin(), v.end(),
-                         [&](const Subscriber& e) { return e.session_id == session_id; });
+  auto it = std::find_if(v.begin(), v.end(), [&](const Subscriber& e) { return e.session_id == session_id; });
   if (it == v.end()) return false;
   *it = v.back();
   v.pop_back();
@@ -47,8 +46,7 @@ bool SubscriptionIndex::add(std::string_view filter, const Subscriber& s) {
       return;
     }
     auto it = n->children.find(level);
-    if (it == n->children.end())
-      it = n->children.emplace(std::string(level), std::make_unique<Node>()).first;
+    if (it == n->children.end()) it = n->children.emplace(std::string(level), std::make_unique<Node>()).first;
     n = it->second.get();
   });
   const bool added = upsert(hash ? n->hash : n->subs, s);
@@ -89,7 +87,7 @@ bool SubscriptionIndex::remove(std::string_view filter, std::uint64_t session_id
   --count_;
   if (auto it = by_session_.find(session_id); it != by_session_.end()) {
     auto& filters = it->second;
-    filters.erase(std::find(filters.begin(), filters.end(), filter));
+    if (auto f = std::find(filters.begin(), filters.end(), filter); f != filters.end()) filters.erase(f);
     if (filters.empty()) by_session_.erase(it);
   }
   for (auto it = path.rbegin(); it != path.rend(); ++it) {
@@ -118,8 +116,8 @@ void SubscriptionIndex::match(std::string_view topic, std::vector<Subscriber>& o
   match_from(*root_, levels_, 0, out);
 }
 
-void SubscriptionIndex::match_from(const Node& n, const std::vector<std::string_view>& levels,
-                                   std::size_t i, std::vector<Subscriber>& out) const {
+void SubscriptionIndex::match_from(const Node& n, const std::vector<std::string_view>& levels, std::size_t i,
+                                   std::vector<Subscriber>& out) const {
   // "a/#" also matches "a" itself (section 4.7.1.2), so '#' subscribers of this
   // node match whether or not levels remain.
   const bool dollar_root = i == 0 && !levels[0].empty() && levels[0].front() == '$';
@@ -138,11 +136,10 @@ void dedupe_max_qos(std::vector<Subscriber>& subs) {
   std::sort(subs.begin(), subs.end(), [](const Subscriber& a, const Subscriber& b) {
     return a.session_id != b.session_id ? a.session_id < b.session_id : a.qos > b.qos;
   });
-  subs.erase(std::unique(subs.begin(), subs.end(),
-                         [](const Subscriber& a, const Subscriber& b) {
-                           return a.session_id == b.session_id;
-                         }),
-             subs.end());
+  subs.erase(
+      std::unique(subs.begin(), subs.end(),
+                  [](const Subscriber& a, const Subscriber& b) { return a.session_id == b.session_id; }),
+      subs.end());
 }
 
 }  // namespace moat::broker

@@ -46,17 +46,14 @@ class SubscriptionIndex {
   struct Node;
   struct StringHash {
     using is_transparent = void;
-    std::size_t operator()(std::string_view s) const noexcept {
-      return std::hash<std::string_view>{}(s);
-    }
+    std::size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
   };
-  using Children =
-      std::unordered_map<std::string, std::unique_ptr<Node>, StringHash, std::equal_to<>>;
+  using Children = std::unordered_map<std::string, std::unique_ptr<Node>, StringHash, std::equal_to<>>;
   struct Node {
     Children children;
-    std::unique_ptr<Node> plus;   // the '+' edge
-    std::vector<Subscriber> subs; // filters ending at this node
-    std::vector<Subscriber> hash; // filters ending with '/#' below this node ('#' at the root)
+    std::unique_ptr<Node> plus;    // the '+' edge
+    std::vector<Subscriber> subs;  // filters ending at this node
+    std::vector<Subscriber> hash;  // filters ending with '/#' below this node ('#' at the root)
     bool empty() const { return children.empty() && !plus && subs.empty() && hash.empty(); }
   };
 

@@ -144,8 +144,7 @@ ProtocolError parse_subscribe(Reader& r, Subscribe& s) {
     sub.qos = static_cast<QoS>(q);
     s.subscriptions.push_back(sub);
   }
-  if (r.error() == ProtocolError::None && s.subscriptions.empty())
-    return ProtocolError::NoSubscriptions;
+  if (r.error() == ProtocolError::None && s.subscriptions.empty()) return ProtocolError::NoSubscriptions;
   return r.finish();
 }
 
@@ -217,8 +216,7 @@ bool sent_by_client_only(PacketType t) {
 
 }  // namespace
 
-DecodeStatus decode_fixed_header(std::span<const std::uint8_t> in, FixedHeader& out,
-                                 ProtocolError& err) {
+DecodeStatus decode_fixed_header(std::span<const std::uint8_t> in, FixedHeader& out, ProtocolError& err) {
   if (in.empty()) return DecodeStatus::NeedMore;
   out.type = static_cast<std::uint8_t>(in[0] >> 4);
   out.flags = static_cast<std::uint8_t>(in[0] & 0x0F);

@@ -30,7 +30,7 @@ inline constexpr std::uint32_t kMaxRemainingLength = 268'435'455;
 struct DecoderOptions {
   // Whole packet, fixed header included: by default the largest MQTT can express.
   std::uint32_t max_packet_size = kMaxRemainingLength + 5;
-  bool server = true;  // a server refuses packets that only a server sends
+  bool server = true;                               // a server refuses packets that only a server sends
   ProtocolVersion version = ProtocolVersion::V311;  // set once CONNECT is decoded
 };
 
@@ -46,7 +46,6 @@ struct FixedHeader {
   std::uint32_t remaining_length = 0;
   std::size_t header_size = 0;
 };
-DecodeStatus decode_fixed_header(std::span<const std::uint8_t> in, FixedHeader& out,
-                                 ProtocolError& err);
+DecodeStatus decode_fixed_header(std::span<const std::uint8_t> in, FixedHeader& out, ProtocolError& err);
 
 }  // namespace moat::codec

@@ -15,7 +15,9 @@ void put_string(std::string_view s, Bytes& out) {
   out.insert(out.end(), s.begin(), s.end());
 }
 
-std::size_t string_size(std::string_view s) { return 2 + s.size(); }
+std::size_t string_size(std::string_view s) {
+  return 2 + s.size();
+}
 
 void put_header(PacketType t, std::uint8_t flags, std::size_t remaining, Bytes& out) {
   out.push_back(static_cast<std::uint8_t>((static_cast<std::uint8_t>(t) << 4) | flags));
@@ -69,8 +71,8 @@ std::size_t encode_remaining_length(std::uint32_t len, Bytes& out) {
   return n;
 }
 
-void encode_publish_prefix(QoS qos, bool dup, bool retain, std::string_view topic,
-                           std::size_t payload_size, Bytes& out) {
+void encode_publish_prefix(QoS qos, bool dup, bool retain, std::string_view topic, std::size_t payload_size,
+                           Bytes& out) {
   std::uint8_t flags = static_cast<std::uint8_t>(static_cast<std::uint8_t>(qos) << 1);
   if (dup) flags |= 0x08;
   if (retain) flags |= 0x01;

@@ -20,7 +20,7 @@ std::size_t encode_remaining_length(std::uint32_t len, Bytes& out);
 // A PUBLISH in three parts so that one encoding serves every subscriber:
 // [prefix: fixed header + topic] [packet id, only for QoS>0] [payload].
 // The prefix depends on (qos, dup, retain, topic, payload size) only.
-void encode_publish_prefix(QoS qos, bool dup, bool retain, std::string_view topic,
-                           std::size_t payload_size, Bytes& out);
+void encode_publish_prefix(QoS qos, bool dup, bool retain, std::string_view topic, std::size_t payload_size,
+                           Bytes& out);
 
 }  // namespace moat::codec

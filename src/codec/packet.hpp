@@ -111,8 +111,8 @@ struct Pingreq {};
 struct Pingresp {};
 struct Disconnect {};
 
-using Packet = std::variant<Connect, Connack, Publish, Ack, Subscribe, Suback, Unsubscribe,
-                            Unsuback, Pingreq, Pingresp, Disconnect>;
+using Packet = std::variant<Connect, Connack, Publish, Ack, Subscribe, Suback, Unsubscribe, Unsuback, Pingreq,
+                            Pingresp, Disconnect>;
 
 PacketType type_of(const Packet& p);
 const char* name_of(PacketType t);

@@ -74,7 +74,6 @@ bool topic_matches(std::string_view filter, std::string_view topic) {
     const auto fend = std::min(filter.find('/', f), filter.size());
     const auto flevel = filter.substr(f, fend - f);
     if (flevel == "#") return true;  // matches the parent level too ("a/#" matches "a")
-    if (t > topic.size()) return false;
     const auto tend = std::min(topic.find('/', t), topic.size());
     if (flevel != "+" && flevel != topic.substr(t, tend - t)) return false;
     const bool flast = fend == filter.size();

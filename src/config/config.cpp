@@ -2,12 +2,12 @@
 
 #include <fmt/format.h>
 
+#include <toml++/toml.h>
 #include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <set>
 #include <sstream>
-#include <toml++/toml.h>
 
 #include "codec/decoder.hpp"
 #include "security/authn.hpp"
@@ -22,8 +22,8 @@ class Reporter {
 
   [[noreturn]] void fail(const toml::source_region& where, std::string_view key,
                          std::string_view reason) const {
-    throw ConfigError(fmt::format("{}:{}:{}: {}: {}", source_.string(), where.begin.line,
-                                  where.begin.column, key, reason));
+    throw ConfigError(
+        fmt::format("{}:{}:{}: {}: {}", source_.string(), where.begin.line, where.begin.column, key, reason));
   }
   [[noreturn]] void fail_at(const toml::node& n, std::string_view key, std::string_view reason) const {
     fail(n.source(), key, reason);
@@ -59,8 +59,8 @@ std::string get_string(const Reporter& r, const toml::table& t, std::string_view
   return std::string(*n->value<std::string_view>());
 }
 
-std::int64_t get_int(const Reporter& r, const toml::table& t, std::string_view section,
-                     std::string_view key, std::int64_t fallback, std::int64_t lo, std::int64_t hi) {
+std::int64_t get_int(const Reporter& r, const toml::table& t, std::string_view section, std::string_view key,
+                     std::int64_t fallback, std::int64_t lo, std::int64_t hi) {
   const toml::node* n = t.get(key);
   if (!n) return fallback;
   if (!n->is_integer()) r.fail_at(*n, qualified(section, key), "must be an integer");
@@ -70,8 +70,8 @@ std::int64_t get_int(const Reporter& r, const toml::table& t, std::string_view s
   return v;
 }
 
-double get_seconds(const Reporter& r, const toml::table& t, std::string_view section,
-                   std::string_view key, double fallback, double lo, double hi) {
+double get_seconds(const Reporter& r, const toml::table& t, std::string_view section, std::string_view key,
+                   double fallback, double lo, double hi) {
   const toml::node* n = t.get(key);
   if (!n) return fallback;
   if (!n->is_number()) r.fail_at(*n, qualified(section, key), "must be a number of seconds");
@@ -81,8 +81,8 @@ double get_seconds(const Reporter& r, const toml::table& t, std::string_view sec
   return v;
 }
 
-bool get_bool(const Reporter& r, const toml::table& t, std::string_view section,
-              std::string_view key, bool fallback) {
+bool get_bool(const Reporter& r, const toml::table& t, std::string_view section, std::string_view key,
+              bool fallback) {
   const toml::node* n = t.get(key);
   if (!n) return fallback;
   if (!n->is_boolean()) r.fail_at(*n, qualified(section, key), "must be true or false");
@@ -111,7 +111,8 @@ void read_listener(const Reporter& r, const toml::table& t, std::size_t i, Confi
   Listener l;
   l.name = get_string(r, t, sec, "name", "");
   if (l.name.empty()) r.fail(t.source(), sec, "every listener needs a non-empty name");
-  if (!names.insert(l.name).second) r.fail_at(*t.get("name"), qualified(sec, "name"), "duplicate listener name");
+  if (!names.insert(l.name).second)
+    r.fail_at(*t.get("name"), qualified(sec, "name"), "duplicate listener name");
   const toml::node* bind = t.get("bind");
   if (!bind) r.fail(t.source(), sec, "missing key 'bind' (\"HOST:PORT\")");
   const std::string b = get_string(r, t, sec, "bind", "");
@@ -127,15 +128,18 @@ void read_listener(const Reporter& r, const toml::table& t, std::size_t i, Confi
               fmt::format("transport '{}' is not available in this version of moatd (tcp is)", l.transport));
   if (const toml::node* a = t.get("auth")) {
     const toml::array* arr = a->as_array();
-    if (!arr || arr->empty()) r.fail_at(*a, qualified(sec, "auth"), "must be a non-empty array of method names");
+    if (!arr || arr->empty())
+      r.fail_at(*a, qualified(sec, "auth"), "must be a non-empty array of method names");
     for (const auto& m : *arr) {
       if (!m.is_string()) r.fail_at(m, qualified(sec, "auth"), "method names are strings");
       const std::string name(*m.value<std::string_view>());
-      static constexpr std::string_view known[] = {"anonymous", "password", "certificate", "psk", "jwt", "http"};
+      static constexpr std::string_view known[] = {"anonymous", "password", "certificate",
+                                                   "psk",       "jwt",      "http"};
       if (std::find(std::begin(known), std::end(known), name) == std::end(known))
         r.fail_at(m, qualified(sec, "auth"),
                   fmt::format("'{}' is not an authentication method (anonymous | password | "
-                              "certificate | psk | jwt | http)", name));
+                              "certificate | psk | jwt | http)",
+                              name));
       if (!security::is_supported_auth_method(name))
         r.fail_at(m, qualified(sec, "auth"),
                   fmt::format("method '{}' is not available in this version of moatd", name));
@@ -197,7 +201,8 @@ Config parse(std::string_view text, const std::filesystem::path& source) {
 
   if (const auto* t = get_table(r, root, "broker")) {
     only_keys(r, *t, "broker", {"data_dir", "threads", "sys_interval"});
-    c.sys_interval = std::chrono::seconds(get_int(r, *t, "broker", "sys_interval", c.sys_interval.count(), 0, 86400));
+    c.sys_interval =
+        std::chrono::seconds(get_int(r, *t, "broker", "sys_interval", c.sys_interval.count(), 0, 86400));
     c.data_dir = get_string(r, *t, "broker", "data_dir", c.data_dir.string());
     if (c.data_dir.empty()) r.fail_at(*t->get("data_dir"), "broker.data_dir", "must not be empty");
     c.threads = static_cast<std::uint32_t>(get_int(r, *t, "broker", "threads", 0, 0, 256));
@@ -216,9 +221,8 @@ Config parse(std::string_view text, const std::filesystem::path& source) {
                "queue_qos0_offline"});
     auto& l = c.limits;
     // The smallest useful limit still admits a CONNECT with a short client id.
-    l.max_packet_size = static_cast<std::uint32_t>(get_int(r, *t, "limits", "max_packet_size",
-                                                           l.max_packet_size, 64,
-                                                           codec::kMaxRemainingLength + 5));
+    l.max_packet_size = static_cast<std::uint32_t>(
+        get_int(r, *t, "limits", "max_packet_size", l.max_packet_size, 64, codec::kMaxRemainingLength + 5));
     const double secs = get_seconds(r, *t, "limits", "connect_timeout",
                                     static_cast<double>(l.connect_timeout.count()) / 1000.0, 0.1, 3600);
     l.connect_timeout = std::chrono::milliseconds(static_cast<std::int64_t>(std::llround(secs * 1000)));
@@ -233,9 +237,9 @@ Config parse(std::string_view text, const std::filesystem::path& source) {
     c.store_engine = get_string(r, *t, "store", "engine", c.store_engine);
     one_of(r, *t, "store", "engine", c.store_engine, {"rocksdb", "memory"});
     if (c.store_engine != "memory")
-      r.fail_at(*t->get("engine"), "store.engine",
-                fmt::format("engine '{}' is not available in this version of moatd (memory is)",
-                            c.store_engine));
+      r.fail_at(
+          *t->get("engine"), "store.engine",
+          fmt::format("engine '{}' is not available in this version of moatd (memory is)", c.store_engine));
   }
   if (const toml::node* n = root.get("listener")) {
     const toml::array* arr = n->as_array();
@@ -254,7 +258,9 @@ Config parse(std::string_view text, const std::filesystem::path& source) {
 
 Config load_file(const std::filesystem::path& file) {
   std::ifstream in(file, std::ios::binary);
-  if (!in) throw ConfigError(fmt::format("{}: cannot open: {}", file.string(), std::strerror(errno)));
+  if (!in)
+    throw ConfigError(fmt::format("{}: cannot open: {}", file.string(),
+                                  std::error_code(errno, std::system_category()).message()));
   std::stringstream ss;
   ss << in.rdbuf();
   return parse(ss.str(), file);

@@ -29,7 +29,7 @@ struct Listener {
 struct Config {
   std::filesystem::path source;  // the file read; empty for the built-in default
   std::filesystem::path data_dir = "moat-data";
-  std::uint32_t threads = 0;  // 0: one event loop per core
+  std::uint32_t threads = 0;              // 0: one event loop per core
   std::chrono::seconds sys_interval{10};  // $SYS statistics; 0 = off
   std::string log_level = "info";
   std::string store_engine = "memory";

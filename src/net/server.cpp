@@ -24,7 +24,7 @@ using boost::system::error_code;
 
 namespace {
 
-constexpr std::size_t kReadChunk = 16 * 1024;
+constexpr std::size_t kReadChunk = std::size_t{16} * 1024;
 constexpr auto kTickInterval = std::chrono::milliseconds(200);
 constexpr auto kDrainTimeout = std::chrono::seconds(2);
 
@@ -33,8 +33,8 @@ class Loop;
 // One TCP connection. Lives on one loop; every handler runs on that loop's thread.
 class Connection final : public broker::Transport, public std::enable_shared_from_this<Connection> {
  public:
-  Connection(Loop& loop, tcp::socket socket, const broker::ListenerPolicy& listener,
-             std::string peer, std::vector<std::uint8_t> pending_input);
+  Connection(Loop& loop, tcp::socket socket, const broker::ListenerPolicy& listener, std::string peer,
+             std::vector<std::uint8_t> pending_input);
 
   void start();
 
@@ -168,7 +168,10 @@ void set_nodelay(tcp::socket& s) {
 
 Connection::Connection(Loop& loop, tcp::socket socket, const broker::ListenerPolicy& listener,
                        std::string peer, std::vector<std::uint8_t> pending_input)
-    : loop_(loop), socket_(std::move(socket)), listener_(listener), peer_(std::move(peer)),
+    : loop_(loop),
+      socket_(std::move(socket)),
+      listener_(listener),
+      peer_(std::move(peer)),
       in_(std::move(pending_input)) {
   in_len_ = in_.size();
   in_.resize(std::max(in_.size(), kReadChunk));
@@ -186,10 +189,9 @@ void Connection::start() {
 
 void Connection::read() {
   if (in_.size() - in_len_ < kReadChunk / 2) in_.resize(in_.size() * 2);
-  socket_.async_read_some(asio::buffer(in_.data() + in_len_, in_.size() - in_len_),
-                          [self = shared_from_this()](const error_code& ec, std::size_t n) {
-                            self->on_read(ec, n);
-                          });
+  socket_.async_read_some(
+      asio::buffer(in_.data() + in_len_, in_.size() - in_len_),
+      [self = shared_from_this()](const error_code& ec, std::size_t n) { self->on_read(ec, n); });
 }
 
 void Connection::on_read(const error_code& ec, std::size_t n) {
@@ -232,7 +234,8 @@ void Connection::hand_over(std::uint32_t shard) {
   dead_ = true;
   client_.reset();
   if (fd < 0) {
-    spdlog::warn("cannot move connection from {} to loop {}: {}", peer_, shard, std::strerror(errno));
+    spdlog::warn("cannot move connection from {} to loop {}: {}", peer_, shard,
+                 std::error_code(errno, std::system_category()).message());
     return;
   }
   std::vector<std::uint8_t> rest(in_.begin(), in_.begin() + static_cast<std::ptrdiff_t>(in_len_));
@@ -247,8 +250,7 @@ void Connection::hand_over(std::uint32_t shard) {
       return;
     }
     target.shard().set_now(broker::Clock::now());
-    std::make_shared<Connection>(target, std::move(s), listener, std::move(peer), std::move(rest))
-        ->start();
+    std::make_shared<Connection>(target, std::move(s), listener, std::move(peer), std::move(rest))->start();
   });
 }
 
@@ -273,9 +275,8 @@ void Connection::flush() {
     gather_.emplace_back(p.data ? p.data : reinterpret_cast<const char*>(writing_.buffer().data()) + p.offset,
                          p.size);
   write_active_ = true;
-  asio::async_write(socket_, gather_, [self = shared_from_this()](const error_code& ec, std::size_t) {
-    self->on_written(ec);
-  });
+  asio::async_write(socket_, gather_,
+                    [self = shared_from_this()](const error_code& ec, std::size_t) { self->on_written(ec); });
 }
 
 void Connection::on_written(const error_code& ec) {
@@ -358,8 +359,7 @@ void Server::Impl::accept(std::size_t i) {
     asio::post(target.io(), [&target, s = std::move(s), &policy = *policies[i],
                              peer = std::move(peer)]() mutable {
       target.shard().set_now(broker::Clock::now());
-      std::make_shared<Connection>(target, std::move(s), policy, std::move(peer),
-                                   std::vector<std::uint8_t>{})
+      std::make_shared<Connection>(target, std::move(s), policy, std::move(peer), std::vector<std::uint8_t>{})
           ->start();
     });
     accept(i);
@@ -382,7 +382,9 @@ Server::Server(ServerOptions options, broker::BrokerShared& shared)
   }
 }
 
-Server::~Server() { stop(); }
+Server::~Server() {
+  stop();
+}
 
 void Server::start() {
   auto& m = *impl_;
@@ -400,12 +402,11 @@ void Server::start() {
     if (!ec) acc->bind(ep, ec);
     if (!ec) acc->listen(asio::socket_base::max_listen_connections, ec);
     if (ec)
-      throw std::runtime_error(fmt::format("listener {}: cannot listen on {}:{}: {}", spec.name,
-                                           spec.host, spec.port, ec.message()));
+      throw std::runtime_error(fmt::format("listener {}: cannot listen on {}:{}: {}", spec.name, spec.host,
+                                           spec.port, ec.message()));
     const auto bound = acc->local_endpoint();
     spdlog::info("listening on {}:{} (listener \"{}\", tcp)",
-                 addr.is_v6() ? "[" + addr.to_string() + "]" : addr.to_string(), bound.port(),
-                 spec.name);
+                 addr.is_v6() ? "[" + addr.to_string() + "]" : addr.to_string(), bound.port(), spec.name);
     m.acceptors.push_back(std::move(acc));
     m.retry_timers.push_back(std::make_unique<asio::steady_timer>(accept_io));
   }

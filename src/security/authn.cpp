@@ -14,7 +14,9 @@ AuthResult AuthChain::authenticate(const ConnectInfo& info) const {
   return AuthResult{AuthDecision::NotAuthorized, {}, "end of chain"};
 }
 
-bool is_supported_auth_method(std::string_view name) { return name == "anonymous"; }
+bool is_supported_auth_method(std::string_view name) {
+  return name == "anonymous";
+}
 
 std::unique_ptr<Authenticator> make_authenticator(std::string_view name) {
   if (name == "anonymous") return std::make_unique<AnonymousAuthenticator>();

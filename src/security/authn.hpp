@@ -19,7 +19,7 @@ struct ConnectInfo {
 };
 
 enum class AuthDecision {
-  Continue,        // no opinion: ask the next authenticator
+  Continue,  // no opinion: ask the next authenticator
   Allow,
   BadCredentials,  // CONNACK 0x04
   NotAuthorized,   // CONNACK 0x05

@@ -24,7 +24,9 @@ struct Bus final : broker::ShardBus {
   std::vector<broker::Shard*> shards;
   std::vector<std::pair<std::uint32_t, std::vector<broker::ShardEvent>>> batches;
   std::vector<std::uint32_t> flushes;
-  void send(std::uint32_t to, std::vector<broker::ShardEvent>&& b) override { batches.emplace_back(to, std::move(b)); }
+  void send(std::uint32_t to, std::vector<broker::ShardEvent>&& b) override {
+    batches.emplace_back(to, std::move(b));
+  }
   void request_flush(std::uint32_t from) override { flushes.push_back(from); }
   void settle() {
     while (!flushes.empty() || !batches.empty()) {
@@ -39,7 +41,8 @@ struct Bus final : broker::ShardBus {
 };
 
 struct Conn final : broker::Transport {
-  Conn(broker::Shard& s, const broker::ListenerPolicy& p) : client(std::make_unique<broker::Client>(s, *this, p)) {}
+  Conn(broker::Shard& s, const broker::ListenerPolicy& p)
+      : client(std::make_unique<broker::Client>(s, *this, p)) {}
   broker::OutputQueue& output() override { return out; }
   void flush_soon() override {}
   void close() override { closed = true; }

@@ -31,7 +31,8 @@ using namespace moat::codec::testing;
 [[noreturn]] void fail(const char* what, std::span<const std::uint8_t> in, const DecoderOptions& o,
                        const Packet* p = nullptr) {
   std::fprintf(stderr, "fuzz_decoder: %s\n  server=%d max_packet_size=%u\n  input %s\n", what,
-               o.server ? 1 : 0, o.max_packet_size, hex(in.subspan(0, std::min<std::size_t>(in.size(), 256))).c_str());
+               o.server ? 1 : 0, o.max_packet_size,
+               hex(in.subspan(0, std::min<std::size_t>(in.size(), 256))).c_str());
   if (p) std::fprintf(stderr, "  packet %s\n", dump(*p).c_str());
   std::abort();
 }

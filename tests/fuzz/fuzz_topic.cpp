@@ -128,7 +128,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (check_utf8(in) != ref_utf8(in)) fail("check_utf8 differs from the reference (whole input)", in, in);
   if (check_utf8(topic) != ref_utf8(topic)) fail("check_utf8 differs from the reference", filter, topic);
   if (valid_topic_name(topic) != ref_topic_name(topic)) fail("valid_topic_name differs", filter, topic);
-  if (valid_topic_filter(filter) != ref_topic_filter(filter)) fail("valid_topic_filter differs", filter, topic);
+  if (valid_topic_filter(filter) != ref_topic_filter(filter))
+    fail("valid_topic_filter differs", filter, topic);
 
   // Memory safety on any arguments.
   (void)topic_matches(filter, topic);
@@ -145,7 +146,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   }
   if (filter_ok && topic_ok) {
     const bool m = topic_matches(filter, topic);
-    if (m != ref_matches(filter, topic)) fail(m ? "matches, reference says no" : "no match, reference says yes", filter, topic);
+    if (m != ref_matches(filter, topic))
+      fail(m ? "matches, reference says no" : "no match, reference says yes", filter, topic);
     if (filter == topic && !m) fail("a filter equal to the topic does not match it", filter, topic);
   }
   return 0;

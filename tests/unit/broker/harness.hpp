@@ -80,7 +80,8 @@ class FakeConnection final : public broker::Transport {
   std::vector<Received> take() {
     codec::Bytes bytes;
     for (const auto& piece : out_.pieces()) {
-      const char* d = piece.data ? piece.data : reinterpret_cast<const char*>(out_.buffer().data()) + piece.offset;
+      const char* d =
+          piece.data ? piece.data : reinterpret_cast<const char*>(out_.buffer().data()) + piece.offset;
       bytes.insert(bytes.end(), d, d + piece.size);
     }
     out_.clear();
@@ -152,7 +153,8 @@ class BrokerFixture : public ::testing::Test {
   FakeConnection& connect(const std::string& client_id, bool clean = true, std::uint16_t keep_alive = 0,
                           std::optional<codec::Will> will = std::nullopt, bool* present = nullptr) {
     const auto owner = broker::shard_of(client_id, shared.shard_count);
-    conns.push_back(std::make_unique<FakeConnection>(*shard_list[owner], policy, "127.0.0.1:" + std::to_string(10000 + conns.size())));
+    conns.push_back(std::make_unique<FakeConnection>(*shard_list[owner], policy,
+                                                     "127.0.0.1:" + std::to_string(10000 + conns.size())));
     auto& c = *conns.back();
     codec::Connect p;
     p.client_id = client_id;

@@ -388,9 +388,10 @@ TEST_F(ShardTest, InflightWindowQueuesInOrderAndFullQueueIsCounted) {
   subscribe(sub, "x", QoS::AtLeastOnce);
   sub.take();
   auto& pub = connect("p");
-  for (int i = 0; i < 7; ++i) publish(pub, "x", std::to_string(i), QoS::AtLeastOnce, static_cast<std::uint16_t>(i + 1));
+  for (int i = 0; i < 7; ++i)
+    publish(pub, "x", std::to_string(i), QoS::AtLeastOnce, static_cast<std::uint16_t>(i + 1));
   auto got = sub.take();
-  ASSERT_EQ(got.size(), 2u);  // the window
+  ASSERT_EQ(got.size(), 2u);                                       // the window
   EXPECT_EQ(shard_list[0]->stats().dropped_queue_full.get(), 2u);  // 7 - 2 in flight - 3 queued
   std::vector<std::string> seen{got[0].payload, got[1].payload};
   for (int round = 0; round < 4 && !got.empty(); ++round) {

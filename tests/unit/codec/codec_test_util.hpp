@@ -22,8 +22,7 @@ namespace moat::codec::testing {
 inline bool same_will(const std::optional<Will>& a, const std::optional<Will>& b) {
   if (a.has_value() != b.has_value()) return false;
   if (!a) return true;
-  return a->topic == b->topic && a->payload == b->payload && a->qos == b->qos &&
-         a->retain == b->retain;
+  return a->topic == b->topic && a->payload == b->payload && a->qos == b->qos && a->retain == b->retain;
 }
 
 // Field-by-field equality of two packets (the codec defines no operator==).
@@ -35,19 +34,17 @@ inline bool same_packet(const Packet& a, const Packet& b) {
         const T& y = std::get<T>(b);
         if constexpr (std::is_same_v<T, Connect>) {
           return x.version == y.version && x.clean_session == y.clean_session &&
-                 x.keep_alive == y.keep_alive && x.client_id == y.client_id &&
-                 same_will(x.will, y.will) && x.username == y.username &&
-                 x.password == y.password;
+                 x.keep_alive == y.keep_alive && x.client_id == y.client_id && same_will(x.will, y.will) &&
+                 x.username == y.username && x.password == y.password;
         } else if constexpr (std::is_same_v<T, Connack>) {
           return x.session_present == y.session_present && x.code == y.code;
         } else if constexpr (std::is_same_v<T, Publish>) {
-          return x.dup == y.dup && x.qos == y.qos && x.retain == y.retain &&
-                 x.topic == y.topic && x.packet_id == y.packet_id && x.payload == y.payload;
+          return x.dup == y.dup && x.qos == y.qos && x.retain == y.retain && x.topic == y.topic &&
+                 x.packet_id == y.packet_id && x.payload == y.payload;
         } else if constexpr (std::is_same_v<T, Ack>) {
           return x.type == y.type && x.packet_id == y.packet_id;
         } else if constexpr (std::is_same_v<T, Subscribe>) {
-          if (x.packet_id != y.packet_id || x.subscriptions.size() != y.subscriptions.size())
-            return false;
+          if (x.packet_id != y.packet_id || x.subscriptions.size() != y.subscriptions.size()) return false;
           for (std::size_t i = 0; i < x.subscriptions.size(); ++i)
             if (x.subscriptions[i].filter != y.subscriptions[i].filter ||
                 x.subscriptions[i].qos != y.subscriptions[i].qos)
@@ -89,19 +86,18 @@ inline std::string dump(const Packet& p) {
         using T = std::decay_t<decltype(x)>;
         auto num = [](auto v) { return std::to_string(static_cast<unsigned>(v)); };
         if constexpr (std::is_same_v<T, Connect>) {
-          s += " v=" + num(x.version) + " clean=" + num(x.clean_session) +
-               " ka=" + num(x.keep_alive) + " id=" + quoted(x.client_id);
+          s += " v=" + num(x.version) + " clean=" + num(x.clean_session) + " ka=" + num(x.keep_alive) +
+               " id=" + quoted(x.client_id);
           if (x.will)
-            s += " will{" + quoted(x.will->topic) + "," + quoted(x.will->payload) +
-                 ",q=" + num(x.will->qos) + ",r=" + num(x.will->retain) + "}";
+            s += " will{" + quoted(x.will->topic) + "," + quoted(x.will->payload) + ",q=" + num(x.will->qos) +
+                 ",r=" + num(x.will->retain) + "}";
           if (x.username) s += " user=" + quoted(*x.username);
           if (x.password) s += " pass=" + quoted(*x.password);
         } else if constexpr (std::is_same_v<T, Connack>) {
           s += " sp=" + num(x.session_present) + " rc=" + num(x.code);
         } else if constexpr (std::is_same_v<T, Publish>) {
           s += " dup=" + num(x.dup) + " q=" + num(x.qos) + " r=" + num(x.retain) +
-               " topic=" + quoted(x.topic) + " id=" + num(x.packet_id) +
-               " payload=" + quoted(x.payload);
+               " topic=" + quoted(x.topic) + " id=" + num(x.packet_id) + " payload=" + quoted(x.payload);
         } else if constexpr (std::is_same_v<T, Ack> || std::is_same_v<T, Unsuback>) {
           s += " id=" + num(x.packet_id);
         } else if constexpr (std::is_same_v<T, Subscribe>) {
@@ -125,14 +121,18 @@ inline Bytes encoded(const Packet& p) {
   return out;
 }
 
-inline std::span<const std::uint8_t> as_span(const Bytes& b) { return {b.data(), b.size()}; }
+inline std::span<const std::uint8_t> as_span(const Bytes& b) {
+  return {b.data(), b.size()};
+}
 
 // Concatenation of byte strings, e.g. Bytes{0x00, 0x04} + raw("MQTT").
 inline Bytes operator+(Bytes a, const Bytes& b) {
   a.insert(a.end(), b.begin(), b.end());
   return a;
 }
-inline Bytes raw(std::string_view s) { return Bytes(s.begin(), s.end()); }
+inline Bytes raw(std::string_view s) {
+  return Bytes(s.begin(), s.end());
+}
 // A length-prefixed string: two length bytes (big-endian) then the bytes.
 inline Bytes str(std::string_view s) {
   Bytes b{static_cast<std::uint8_t>(s.size() >> 8), static_cast<std::uint8_t>(s.size() & 0xFF)};

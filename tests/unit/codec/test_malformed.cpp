@@ -19,7 +19,8 @@ const DecoderOptions kClient{.server = false};
 void expect_error(const Bytes& in, ProtocolError expected, const DecoderOptions& opts = kServer) {
   const auto r = decode(as_span(in), opts);
   EXPECT_EQ(r.status, DecodeStatus::Error)
-      << "input " << hex(as_span(in)) << (r.status == DecodeStatus::Ok ? " decoded as " + dump(r.packet) : "");
+      << "input " << hex(as_span(in))
+      << (r.status == DecodeStatus::Ok ? " decoded as " + dump(r.packet) : "");
   EXPECT_EQ(r.error, expected) << "input " << hex(as_span(in)) << "\n  expected: " << describe(expected)
                                << "\n  actual:   " << describe(r.error);
   EXPECT_EQ(r.consumed, 0u);
@@ -32,8 +33,7 @@ void expect_ok(const Bytes& in, const DecoderOptions& opts = kServer) {
 }
 
 // A CONNECT: protocol name, level, flags, keep alive 60, then the payload fields.
-Bytes connect_packet(std::string_view name, std::uint8_t level, std::uint8_t flags,
-                     const Bytes& payload) {
+Bytes connect_packet(std::string_view name, std::uint8_t level, std::uint8_t flags, const Bytes& payload) {
   return packet(0x10, str(name) + Bytes{level, flags, 0x00, 0x3C} + payload);
 }
 Bytes connect311(std::uint8_t flags, const Bytes& payload) {
@@ -106,8 +106,7 @@ TEST(Malformed, WrongFixedHeaderFlags_2_2_2_2) {
     for (std::uint8_t flags = 0; flags < 16; ++flags) {
       if (flags == required) continue;
       const std::uint8_t first = static_cast<std::uint8_t>(type << 4 | flags);
-      SCOPED_TRACE(std::string(name_of(static_cast<PacketType>(type))) + " flags " +
-                   std::to_string(flags));
+      SCOPED_TRACE(std::string(name_of(static_cast<PacketType>(type))) + " flags " + std::to_string(flags));
       // The flags are judged from the header, in both directions, before any body arrives.
       expect_error({first, 0x02}, ProtocolError::InvalidFixedHeaderFlags, kServer);
       expect_error({first, 0x02}, ProtocolError::InvalidFixedHeaderFlags, kClient);
@@ -123,7 +122,7 @@ TEST(Malformed, CommonFlagMistakes) {
   expect_error(packet(0x80, Bytes{0x00, 0x01} + str("a") + Bytes{0x00}),
                ProtocolError::InvalidFixedHeaderFlags);  // SUBSCRIBE 0000
   expect_error(packet(0xA0, Bytes{0x00, 0x01} + str("a")),
-               ProtocolError::InvalidFixedHeaderFlags);  // UNSUBSCRIBE 0000
+               ProtocolError::InvalidFixedHeaderFlags);                            // UNSUBSCRIBE 0000
   expect_error({0x42, 0x02, 0x00, 0x01}, ProtocolError::InvalidFixedHeaderFlags);  // PUBACK 0010
   expect_error({0xC1, 0x00}, ProtocolError::InvalidFixedHeaderFlags);              // PINGREQ
   expect_error({0xE2, 0x00}, ProtocolError::InvalidFixedHeaderFlags);              // DISCONNECT
@@ -132,11 +131,11 @@ TEST(Malformed, CommonFlagMistakes) {
 // Section 2.2.1 table 2.1 gives each type its direction: a server never receives CONNACK,
 // SUBACK, UNSUBACK or PINGRESP.
 TEST(Malformed, ServerOnlyPacketsSentToAServer_2_2_1) {
-  expect_error({0x20, 0x02, 0x00, 0x00}, ProtocolError::WrongDirection);  // CONNACK
+  expect_error({0x20, 0x02, 0x00, 0x00}, ProtocolError::WrongDirection);        // CONNACK
   expect_error({0x90, 0x03, 0x00, 0x01, 0x00}, ProtocolError::WrongDirection);  // SUBACK
-  expect_error({0xB0, 0x02, 0x00, 0x01}, ProtocolError::WrongDirection);  // UNSUBACK
-  expect_error({0xD0, 0x00}, ProtocolError::WrongDirection);              // PINGRESP
-  expect_error({0x20, 0x02}, ProtocolError::WrongDirection);  // header alone suffices
+  expect_error({0xB0, 0x02, 0x00, 0x01}, ProtocolError::WrongDirection);        // UNSUBACK
+  expect_error({0xD0, 0x00}, ProtocolError::WrongDirection);                    // PINGRESP
+  expect_error({0x20, 0x02}, ProtocolError::WrongDirection);                    // header alone suffices
 }
 
 // ... and a client never receives CONNECT, SUBSCRIBE, UNSUBSCRIBE, PINGREQ or DISCONNECT.
@@ -146,8 +145,8 @@ TEST(Malformed, ClientOnlyPacketsSentToAClient_2_2_1) {
   expect_error(encoded(c), ProtocolError::WrongDirection, kClient);
   expect_error(encoded(Subscribe{.packet_id = 1, .subscriptions = {{"a", QoS::AtMostOnce}}}),
                ProtocolError::WrongDirection, kClient);
-  expect_error(encoded(Unsubscribe{.packet_id = 1, .filters = {"a"}}),
-               ProtocolError::WrongDirection, kClient);
+  expect_error(encoded(Unsubscribe{.packet_id = 1, .filters = {"a"}}), ProtocolError::WrongDirection,
+               kClient);
   expect_error({0xC0, 0x00}, ProtocolError::WrongDirection, kClient);  // PINGREQ
   expect_error({0xE0, 0x00}, ProtocolError::WrongDirection, kClient);  // DISCONNECT
 }
@@ -158,8 +157,8 @@ TEST(Malformed, ClientOnlyPacketsSentToAClient_2_2_1) {
 // Section 1.5.3: a string is a two-byte length then that many bytes, all inside the packet.
 TEST(Malformed, StringLengthPastTheEnd_1_5_3) {
   expect_error({0x30, 0x03, 0x00, 0x05, 'a'}, ProtocolError::MalformedLength);  // topic
-  expect_error({0x30, 0x01, 0x00}, ProtocolError::MalformedLength);  // half a length
-  expect_error({0x30, 0x00}, ProtocolError::MalformedLength);        // no topic at all
+  expect_error({0x30, 0x01, 0x00}, ProtocolError::MalformedLength);             // half a length
+  expect_error({0x30, 0x00}, ProtocolError::MalformedLength);                   // no topic at all
   expect_error(connect311(0x02, {0x00, 0x09, 'a', 'b'}), ProtocolError::MalformedLength);
   expect_error(packet(0x10, {0x00, 0x04, 'M', 'Q'}), ProtocolError::MalformedLength);  // name
   // Will topic, will message, user name and password each cut short.
@@ -215,11 +214,10 @@ TEST(Malformed, TrailingBytes_2_2_3) {
   expect_error({0xC0, 0x01, 0x00}, ProtocolError::TrailingBytes);              // PINGREQ
   expect_error({0xE0, 0x01, 0x00}, ProtocolError::TrailingBytes);              // DISCONNECT
   expect_error(connect311(0x02, str("c") + Bytes{0x00}), ProtocolError::TrailingBytes);
-  expect_error(connect311(0xC2, str("c") + str("u") + str("p") + Bytes{'!'}),
-               ProtocolError::TrailingBytes);
+  expect_error(connect311(0xC2, str("c") + str("u") + str("p") + Bytes{'!'}), ProtocolError::TrailingBytes);
   expect_error({0x20, 0x03, 0x00, 0x00, 0x00}, ProtocolError::TrailingBytes, kClient);  // CONNACK
   expect_error({0xB0, 0x03, 0x00, 0x01, 0x00}, ProtocolError::TrailingBytes, kClient);  // UNSUBACK
-  expect_error({0xD0, 0x01, 0x00}, ProtocolError::TrailingBytes, kClient);  // PINGRESP
+  expect_error({0xD0, 0x01, 0x00}, ProtocolError::TrailingBytes, kClient);              // PINGRESP
 }
 
 // A PUBLISH payload is everything after the variable header: never trailing.
@@ -282,8 +280,8 @@ TEST(MalformedUtf8, InWillTopicAndUserName_3_1_3) {
   for (const auto& c : bad_utf8()) {
     SCOPED_TRACE(c.what);
     const Bytes s = Bytes{0x00, static_cast<std::uint8_t>(c.bytes.size())} + c.bytes;
-    expect_error(connect311(0x06, str("c") + s + str("msg")), c.error);      // will topic
-    expect_error(connect311(0x82, str("c") + s), c.error);                   // user name
+    expect_error(connect311(0x06, str("c") + s + str("msg")), c.error);  // will topic
+    expect_error(connect311(0x82, str("c") + s), c.error);               // user name
     expect_error(connect311(0xC2, str("c") + s + str("pw")), c.error);
   }
 }
@@ -313,14 +311,14 @@ TEST(MalformedUtf8, BinaryFieldsAcceptAnyByte) {
   const Bytes field = Bytes{0x00, static_cast<std::uint8_t>(junk.size())} + junk;
   expect_ok(connect311(0xC2, str("c") + str("u") + field));  // password
   expect_ok(connect311(0x06, str("c") + str("w") + field));  // will message
-  expect_ok(packet(0x30, str("t") + junk));                    // payload
+  expect_ok(packet(0x30, str("t") + junk));                  // payload
 }
 
 TEST(MalformedUtf8, WellFormedMultiByteIsAccepted) {
-  expect_ok(publish_qos0({0xC2, 0x80, 0xDF, 0xBF}));                         // U+0080, U+07FF
+  expect_ok(publish_qos0({0xC2, 0x80, 0xDF, 0xBF}));                                // U+0080, U+07FF
   expect_ok(publish_qos0({0xE0, 0xA0, 0x80, 0xED, 0x9F, 0xBF, 0xEE, 0x80, 0x80}));  // U+0800 U+D7FF U+E000
-  expect_ok(publish_qos0({0xEF, 0xBF, 0xBF, 0xEF, 0xBB, 0xBF}));             // U+FFFF, BOM
-  expect_ok(publish_qos0({0xF0, 0x90, 0x80, 0x80, 0xF4, 0x8F, 0xBF, 0xBF}));  // U+10000, U+10FFFF
+  expect_ok(publish_qos0({0xEF, 0xBF, 0xBF, 0xEF, 0xBB, 0xBF}));                    // U+FFFF, BOM
+  expect_ok(publish_qos0({0xF0, 0x90, 0x80, 0x80, 0xF4, 0x8F, 0xBF, 0xBF}));        // U+10000, U+10FFFF
 }
 
 // ---------------------------------------------------------------------------
@@ -339,11 +337,9 @@ TEST(MalformedConnect, InvalidProtocolName_3_1_2_1) {
 // [MQTT-3.1.2-2] a level the server does not serve (answered with CONNACK 0x01).
 TEST(MalformedConnect, UnsupportedProtocolLevel_3_1_2_2) {
   for (std::uint8_t level : {0, 1, 2, 3, 5, 6, 7, 255})
-    expect_error(connect_packet("MQTT", level, 0x02, str("c")),
-                 ProtocolError::UnsupportedProtocolVersion);
+    expect_error(connect_packet("MQTT", level, 0x02, str("c")), ProtocolError::UnsupportedProtocolVersion);
   for (std::uint8_t level : {0, 4, 5})
-    expect_error(connect_packet("MQIsdp", level, 0x02, str("c")),
-                 ProtocolError::UnsupportedProtocolVersion);
+    expect_error(connect_packet("MQIsdp", level, 0x02, str("c")), ProtocolError::UnsupportedProtocolVersion);
   expect_ok(connect_packet("MQTT", 4, 0x02, str("c")));
   expect_ok(connect_packet("MQIsdp", 3, 0x02, str("c")));
 }
@@ -450,8 +446,7 @@ TEST(MalformedSubscribe, NoFilters_3_8_3_3) {
 TEST(MalformedSubscribe, RequestedQos3OrReservedBits_3_8_3_4) {
   for (std::uint8_t q : {0x03, 0x04, 0x05, 0x80, 0x81, 0xFC, 0xFF}) {
     SCOPED_TRACE(static_cast<int>(q));
-    expect_error(packet(0x82, Bytes{0x00, 0x01} + str("a") + Bytes{q}),
-                 ProtocolError::InvalidRequestedQos);
+    expect_error(packet(0x82, Bytes{0x00, 0x01} + str("a") + Bytes{q}), ProtocolError::InvalidRequestedQos);
     expect_error(packet(0x82, Bytes{0x00, 0x01} + str("a") + Bytes{0x01} + str("b") + Bytes{q}),
                  ProtocolError::InvalidRequestedQos);
   }
@@ -460,19 +455,16 @@ TEST(MalformedSubscribe, RequestedQos3OrReservedBits_3_8_3_4) {
 // [MQTT-4.7.1-2] '#' alone and last, [MQTT-4.7.1-3] '+' a whole level, [MQTT-4.7.3-1] not
 // empty: a malformed filter is a protocol violation that closes the connection [MQTT-4.8.0-1].
 TEST(MalformedSubscribe, InvalidTopicFilter_4_7_1_2_and_4_7_1_3_and_4_7_3_1) {
-  for (std::string_view f : {"", "a/#/b", "a#", "a+", "+a/b", "##", "#/", "sport/tennis#",
-                             "sport+", "a/+b/c"}) {
+  for (std::string_view f :
+       {"", "a/#/b", "a#", "a+", "+a/b", "##", "#/", "sport/tennis#", "sport+", "a/+b/c"}) {
     SCOPED_TRACE(std::string(f));
-    expect_error(packet(0x82, Bytes{0x00, 0x01} + str(f) + Bytes{0x00}),
-                 ProtocolError::InvalidTopicFilter);
+    expect_error(packet(0x82, Bytes{0x00, 0x01} + str(f) + Bytes{0x00}), ProtocolError::InvalidTopicFilter);
     // The second of two filters, and a bad filter with a bad QoS: the filter is judged first.
     expect_error(packet(0x82, Bytes{0x00, 0x01} + str("ok/#") + Bytes{0x01} + str(f) + Bytes{0x02}),
                  ProtocolError::InvalidTopicFilter);
-    expect_error(packet(0x82, Bytes{0x00, 0x01} + str(f) + Bytes{0x03}),
-                 ProtocolError::InvalidTopicFilter);
+    expect_error(packet(0x82, Bytes{0x00, 0x01} + str(f) + Bytes{0x03}), ProtocolError::InvalidTopicFilter);
     expect_error(packet(0xA2, Bytes{0x00, 0x01} + str(f)), ProtocolError::InvalidTopicFilter);
-    expect_error(packet(0xA2, Bytes{0x00, 0x01} + str("ok") + str(f)),
-                 ProtocolError::InvalidTopicFilter);
+    expect_error(packet(0xA2, Bytes{0x00, 0x01} + str("ok") + str(f)), ProtocolError::InvalidTopicFilter);
   }
   expect_ok(packet(0x82, Bytes{0x00, 0x01} + str("+/+/#") + Bytes{0x02}));
   expect_ok(packet(0xA2, Bytes{0x00, 0x01} + str("+/+/#")));

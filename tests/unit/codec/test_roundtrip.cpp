@@ -22,8 +22,8 @@ const DecoderOptions kClient{.server = false};
 void expect_roundtrip(const Packet& p, const DecoderOptions& opts = kServer) {
   const Bytes bytes = encoded(p);
   const DecodeResult r = decode(as_span(bytes), opts);
-  ASSERT_EQ(r.status, DecodeStatus::Ok) << dump(p) << " error " << describe(r.error) << " bytes "
-                                        << hex(as_span(bytes));
+  ASSERT_EQ(r.status, DecodeStatus::Ok)
+      << dump(p) << " error " << describe(r.error) << " bytes " << hex(as_span(bytes));
   EXPECT_EQ(r.error, ProtocolError::None);
   EXPECT_EQ(r.consumed, bytes.size());
   EXPECT_TRUE(same_packet(r.packet, p)) << "sent    " << dump(p) << "\nreceived " << dump(r.packet);
@@ -114,7 +114,9 @@ INSTANTIATE_TEST_SUITE_P(
                       RemainingLengthCase{2097152, {0x80, 0x80, 0x80, 0x01}},
                       RemainingLengthCase{268435455, {0xFF, 0xFF, 0xFF, 0x7F}}));
 
-TEST(RemainingLength, MaxConstantIsSpecMaximum) { EXPECT_EQ(kMaxRemainingLength, 268435455u); }
+TEST(RemainingLength, MaxConstantIsSpecMaximum) {
+  EXPECT_EQ(kMaxRemainingLength, 268435455u);
+}
 
 // Section 2.2.3: remaining lengths up to 268,435,455 (256 MB) are legal, so the default
 // DecoderOptions ("the max") must let such a packet through: the whole packet, which
@@ -160,8 +162,7 @@ TEST(RoundTripConnect, ExactBytesMinimal311) {
   c.clean_session = true;
   c.keep_alive = 60;
   // Section 3.1.2: protocol name "MQTT", level 4, flags 0x02 (clean), keep alive 60.
-  expect_bytes(c, {0x10, 0x0D, 0x00, 0x04, 'M', 'Q', 'T', 'T', 0x04, 0x02, 0x00, 0x3C, 0x00, 0x01,
-                   'a'});
+  expect_bytes(c, {0x10, 0x0D, 0x00, 0x04, 'M', 'Q', 'T', 'T', 0x04, 0x02, 0x00, 0x3C, 0x00, 0x01, 'a'});
 }
 
 TEST(RoundTripConnect, ExactBytesMinimal31) {
@@ -169,8 +170,8 @@ TEST(RoundTripConnect, ExactBytesMinimal31) {
   c.version = ProtocolVersion::V31;
   c.keep_alive = 10;
   // MQTT 3.1: protocol name "MQIsdp", version 3.
-  expect_bytes(c, {0x10, 0x0F, 0x00, 0x06, 'M', 'Q', 'I', 's', 'd', 'p', 0x03, 0x02, 0x00, 0x0A,
-                   0x00, 0x01, 'a'});
+  expect_bytes(
+      c, {0x10, 0x0F, 0x00, 0x06, 'M', 'Q', 'I', 's', 'd', 'p', 0x03, 0x02, 0x00, 0x0A, 0x00, 0x01, 'a'});
 }
 
 TEST(RoundTripConnect, ExactBytesEveryField) {
@@ -181,16 +182,16 @@ TEST(RoundTripConnect, ExactBytesEveryField) {
   c.username = "u";
   c.password = "pw";
   // Flags: user 0x80 | password 0x40 | will retain 0x20 | will QoS 1 0x08 | will 0x04 | clean 0x02.
-  const Bytes body = str("MQTT") + Bytes{0x04, 0xEE, 0x12, 0x34} + str("id") + str("w/t") +
-                     str("bye") + str("u") + str("pw");
+  const Bytes body = str("MQTT") + Bytes{0x04, 0xEE, 0x12, 0x34} + str("id") + str("w/t") + str("bye") +
+                     str("u") + str("pw");
   const Bytes expected = packet(0x10, body);
   EXPECT_EQ(expected[1], body.size());
   expect_bytes(c, expected);
 }
 
 TEST(RoundTripConnect, DecodedFieldsOfHandWrittenConnect) {
-  const Bytes in = packet(0x10, str("MQTT") + Bytes{0x04, 0xD4, 0x00, 0x05} + str("cid") +
-                                    str("a/b") + str("xyz") + str("user") + str("pass"));
+  const Bytes in = packet(0x10, str("MQTT") + Bytes{0x04, 0xD4, 0x00, 0x05} + str("cid") + str("a/b") +
+                                    str("xyz") + str("user") + str("pass"));
   // 0xD4: user, password, will QoS 2 (0x10), will (0x04), no clean session, no retain.
   const auto r = decode(as_span(in), kServer);
   ASSERT_EQ(r.status, DecodeStatus::Ok) << describe(r.error);
@@ -263,8 +264,8 @@ TEST(RoundTripConnect, PasswordWithoutUsernameIsAllowedIn31) {
 }
 
 TEST(RoundTripConnect, MultiByteUtf8Strings) {
-  Connect c = connect311("\xC3\xA9t\xC3\xA9");                 // "été"
-  c.will = Will{.topic = "\xE6\xB0\xB4/\xF0\x9F\x98\x80",        // "水/😀"
+  Connect c = connect311("\xC3\xA9t\xC3\xA9");             // "été"
+  c.will = Will{.topic = "\xE6\xB0\xB4/\xF0\x9F\x98\x80",  // "水/😀"
                 .payload = "p",
                 .qos = QoS::AtLeastOnce,
                 .retain = false};
@@ -276,20 +277,24 @@ TEST(RoundTripConnect, MultiByteUtf8Strings) {
 // PUBLISH (section 3.3)
 
 TEST(RoundTripPublish, ExactBytesQos0) {
-  Publish p{.dup = false, .qos = QoS::AtMostOnce, .retain = false, .topic = "a/b", .packet_id = 0,
-            .payload = "hi"};
+  Publish p{
+      .dup = false, .qos = QoS::AtMostOnce, .retain = false, .topic = "a/b", .packet_id = 0, .payload = "hi"};
   expect_bytes(p, {0x30, 0x07, 0x00, 0x03, 'a', '/', 'b', 'h', 'i'});
   expect_bytes(p, {0x30, 0x07, 0x00, 0x03, 'a', '/', 'b', 'h', 'i'}, kClient);
 }
 
 TEST(RoundTripPublish, ExactBytesQos1DupRetain) {
-  Publish p{.dup = true, .qos = QoS::AtLeastOnce, .retain = true, .topic = "a/b", .packet_id = 10,
-            .payload = "hi"};
+  Publish p{
+      .dup = true, .qos = QoS::AtLeastOnce, .retain = true, .topic = "a/b", .packet_id = 10, .payload = "hi"};
   expect_bytes(p, {0x3B, 0x09, 0x00, 0x03, 'a', '/', 'b', 0x00, 0x0A, 'h', 'i'});
 }
 
 TEST(RoundTripPublish, ExactBytesQos2) {
-  Publish p{.dup = false, .qos = QoS::ExactlyOnce, .retain = false, .topic = "t", .packet_id = 0xBEEF,
+  Publish p{.dup = false,
+            .qos = QoS::ExactlyOnce,
+            .retain = false,
+            .topic = "t",
+            .packet_id = 0xBEEF,
             .payload = ""};
   expect_bytes(p, {0x34, 0x05, 0x00, 0x01, 't', 0xBE, 0xEF});
 }
@@ -299,10 +304,13 @@ TEST(RoundTripPublish, AllFlagCombinations) {
     for (bool dup : {false, true}) {
       if (dup && q == 0) continue;  // [MQTT-3.3.1-2]
       for (bool retain : {false, true}) {
-        for (std::string_view payload : {std::string_view(""), std::string_view("x"),
-                                         std::string_view("\x00\xFF\x80 binary", 10)}) {
-          Publish p{.dup = dup, .qos = static_cast<QoS>(q), .retain = retain,
-                    .topic = "sport/tennis/player1", .packet_id = q ? std::uint16_t(65535) : std::uint16_t(0),
+        for (std::string_view payload :
+             {std::string_view(""), std::string_view("x"), std::string_view("\x00\xFF\x80 binary", 10)}) {
+          Publish p{.dup = dup,
+                    .qos = static_cast<QoS>(q),
+                    .retain = retain,
+                    .topic = "sport/tennis/player1",
+                    .packet_id = q ? std::uint16_t(65535) : std::uint16_t(0),
                     .payload = payload};
           SCOPED_TRACE(dump(p));
           expect_roundtrip(p, kServer);
@@ -325,8 +333,12 @@ TEST(RoundTripPublish, EmptyPayloadQos0HasNoBodyAfterTopic) {
 TEST(RoundTripPublish, Payload64KiB) {
   std::string payload(64 * 1024, '\0');
   for (std::size_t i = 0; i < payload.size(); ++i) payload[i] = static_cast<char>(i * 31 + 7);
-  Publish p{.dup = false, .qos = QoS::AtLeastOnce, .retain = true, .topic = "big/one",
-            .packet_id = 7, .payload = payload};
+  Publish p{.dup = false,
+            .qos = QoS::AtLeastOnce,
+            .retain = true,
+            .topic = "big/one",
+            .packet_id = 7,
+            .payload = payload};
   const Bytes b = encoded(p);
   // Remaining length 2+7 + 2 + 65536 = 65547 = 0x1000B -> 8B 80 04.
   ASSERT_GE(b.size(), 4u);
@@ -347,8 +359,12 @@ TEST(RoundTripPublish, PayloadLargerThan64KiBAndTopicOf65535Bytes) {
 
 TEST(RoundTripPublish, PrefixPlusIdPlusPayloadEqualsEncode) {
   for (int q = 0; q < 3; ++q) {
-    Publish p{.dup = q == 2, .qos = static_cast<QoS>(q), .retain = q == 1, .topic = "x/y",
-              .packet_id = static_cast<std::uint16_t>(q ? 0x0102 : 0), .payload = "payload"};
+    Publish p{.dup = q == 2,
+              .qos = static_cast<QoS>(q),
+              .retain = q == 1,
+              .topic = "x/y",
+              .packet_id = static_cast<std::uint16_t>(q ? 0x0102 : 0),
+              .payload = "payload"};
     Bytes parts;
     encode_publish_prefix(p.qos, p.dup, p.retain, p.topic, p.payload.size(), parts);
     if (q) parts.insert(parts.end(), {0x01, 0x02});
@@ -390,8 +406,7 @@ TEST(RoundTripAck, BothDirections) {
 TEST(RoundTripSubscribe, ExactBytes) {
   Subscribe s{.packet_id = 10, .subscriptions = {{"a/b", QoS::AtLeastOnce}, {"c/#", QoS::ExactlyOnce}}};
   // Section 3.8.3 example layout: id, then (length, filter, requested QoS) per filter.
-  expect_bytes(s, {0x82, 0x0E, 0x00, 0x0A, 0x00, 0x03, 'a', '/', 'b', 0x01, 0x00, 0x03, 'c', '/',
-                   '#', 0x02});
+  expect_bytes(s, {0x82, 0x0E, 0x00, 0x0A, 0x00, 0x03, 'a', '/', 'b', 0x01, 0x00, 0x03, 'c', '/', '#', 0x02});
 }
 
 TEST(RoundTripSubscribe, SeveralFilters) {
@@ -439,16 +454,14 @@ TEST(RoundTripClient, ConnackExactBytes) {
                {0x20, 0x02, 0x00, 0x00}, kClient);
   expect_bytes(Connack{.session_present = true, .code = ConnectReturnCode::Accepted},
                {0x20, 0x02, 0x01, 0x00}, kClient);
-  expect_bytes(Connack{.session_present = false,
-                       .code = ConnectReturnCode::UnacceptableProtocolVersion},
+  expect_bytes(Connack{.session_present = false, .code = ConnectReturnCode::UnacceptableProtocolVersion},
                {0x20, 0x02, 0x00, 0x01}, kClient);
 }
 
 TEST(RoundTripClient, ConnackEveryReturnCode) {
   for (int rc = 0; rc <= 5; ++rc)
     for (bool sp : {false, true})
-      expect_roundtrip(Connack{.session_present = sp, .code = static_cast<ConnectReturnCode>(rc)},
-                       kClient);
+      expect_roundtrip(Connack{.session_present = sp, .code = static_cast<ConnectReturnCode>(rc)}, kClient);
 }
 
 TEST(RoundTripClient, SubackExactBytes) {
@@ -459,8 +472,7 @@ TEST(RoundTripClient, SubackExactBytes) {
 
 TEST(RoundTripClient, SubackSizes) {
   expect_roundtrip(Suback{.packet_id = 1, .return_codes = {0x01}}, kClient);
-  expect_roundtrip(Suback{.packet_id = 2, .return_codes = std::vector<std::uint8_t>(300, 0x02)},
-                   kClient);
+  expect_roundtrip(Suback{.packet_id = 2, .return_codes = std::vector<std::uint8_t>(300, 0x02)}, kClient);
 }
 
 TEST(RoundTripClient, UnsubackExactBytes) {
@@ -469,8 +481,7 @@ TEST(RoundTripClient, UnsubackExactBytes) {
 
 TEST(RoundTripClient, PingrespAndPublishAndAcks) {
   expect_roundtrip(Pingresp{}, kClient);
-  expect_roundtrip(Publish{.qos = QoS::ExactlyOnce, .topic = "t/u", .packet_id = 3, .payload = "d"},
-                   kClient);
+  expect_roundtrip(Publish{.qos = QoS::ExactlyOnce, .topic = "t/u", .packet_id = 3, .payload = "d"}, kClient);
   for (auto t : {PacketType::Puback, PacketType::Pubrec, PacketType::Pubrel, PacketType::Pubcomp})
     expect_roundtrip(Ack{t, 42}, kClient);
 }
@@ -514,8 +525,12 @@ std::vector<Packet> sample_packets() {
   c.password = "p";
   return {c,
           Publish{.qos = QoS::AtMostOnce, .topic = "a", .payload = "b"},
-          Publish{.dup = true, .qos = QoS::ExactlyOnce, .retain = true, .topic = "a/b",
-                  .packet_id = 9, .payload = std::string_view("\0\1\2", 3)},
+          Publish{.dup = true,
+                  .qos = QoS::ExactlyOnce,
+                  .retain = true,
+                  .topic = "a/b",
+                  .packet_id = 9,
+                  .payload = std::string_view("\0\1\2", 3)},
           Ack{PacketType::Puback, 1},
           Ack{PacketType::Pubrel, 2},
           Subscribe{.packet_id = 3, .subscriptions = {{"a/#", QoS::AtLeastOnce}, {"+", QoS::AtMostOnce}}},
@@ -544,8 +559,8 @@ TEST(Incremental, LargePacketNeedsMoreUntilComplete) {
   const std::string payload(20000, 'z');
   const Publish p{.qos = QoS::AtLeastOnce, .topic = "t", .packet_id = 1, .payload = payload};
   const Bytes b = encoded(p);
-  for (std::size_t n : {std::size_t{1}, std::size_t{2}, std::size_t{3}, std::size_t{4},
-                        std::size_t{100}, b.size() / 2, b.size() - 1}) {
+  for (std::size_t n : {std::size_t{1}, std::size_t{2}, std::size_t{3}, std::size_t{4}, std::size_t{100},
+                        b.size() / 2, b.size() - 1}) {
     EXPECT_EQ(decode(std::span(b.data(), n), kServer).status, DecodeStatus::NeedMore) << n;
   }
   EXPECT_EQ(decode(as_span(b), kServer).status, DecodeStatus::Ok);
@@ -580,18 +595,19 @@ TEST(Incremental, PacketFollowedByPartOfTheNext) {
 }
 
 TEST(Incremental, ClientStreamOfServerPackets) {
-  const std::vector<Packet> packets{Connack{.session_present = true},
-                                    Suback{.packet_id = 1, .return_codes = {0, 0x80}},
-                                    Publish{.qos = QoS::AtLeastOnce, .topic = "x", .packet_id = 2, .payload = ""},
-                                    Ack{PacketType::Pubrel, 3}, Unsuback{.packet_id = 4},
-                                    Pingresp{}};
+  const std::vector<Packet> packets{
+      Connack{.session_present = true},
+      Suback{.packet_id = 1, .return_codes = {0, 0x80}},
+      Publish{.qos = QoS::AtLeastOnce, .topic = "x", .packet_id = 2, .payload = ""},
+      Ack{PacketType::Pubrel, 3},
+      Unsuback{.packet_id = 4},
+      Pingresp{}};
   Bytes stream;
   for (const auto& p : packets) encode(p, stream);
   std::size_t pos = 0;
   for (const auto& p : packets) {
     for (std::size_t n = pos; n < pos + encoded(p).size(); ++n)
-      ASSERT_EQ(decode(std::span(stream.data() + pos, n - pos), kClient).status,
-                DecodeStatus::NeedMore);
+      ASSERT_EQ(decode(std::span(stream.data() + pos, n - pos), kClient).status, DecodeStatus::NeedMore);
     const auto r = decode(std::span(stream).subspan(pos), kClient);
     ASSERT_EQ(r.status, DecodeStatus::Ok) << describe(r.error);
     EXPECT_TRUE(same_packet(r.packet, p));

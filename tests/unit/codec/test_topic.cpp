@@ -62,8 +62,7 @@ TEST(CheckUtf8, RejectsIllFormed) {
       {"surrogate U+DBFF", bytes({0xED, 0xAF, 0xBF}), ProtocolError::InvalidUtf8},
       {"surrogate U+DC00", bytes({0xED, 0xB0, 0x80}), ProtocolError::InvalidUtf8},
       {"surrogate U+DFFF", bytes({0xED, 0xBF, 0xBF}), ProtocolError::InvalidUtf8},
-      {"surrogate pair (CESU-8)", bytes({0xED, 0xA0, 0xBD, 0xED, 0xB8, 0x80}),
-       ProtocolError::InvalidUtf8},
+      {"surrogate pair (CESU-8)", bytes({0xED, 0xA0, 0xBD, 0xED, 0xB8, 0x80}), ProtocolError::InvalidUtf8},
       {"lone continuation 80", bytes({0x80}), ProtocolError::InvalidUtf8},
       {"lone continuation BF after ASCII", "a" + bytes({0xBF}), ProtocolError::InvalidUtf8},
       {"two-byte lead then ASCII", bytes({0xC3, 0x41}), ProtocolError::InvalidUtf8},
@@ -104,7 +103,7 @@ TEST(CheckUtf8, EveryCodePoint) {
       s += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
       s += static_cast<char>(0x80 | (cp & 0x3F));
     }
-    const ProtocolError expected = cp == 0 ? ProtocolError::NullCharacter
+    const ProtocolError expected = cp == 0                          ? ProtocolError::NullCharacter
                                    : (cp >= 0xD800 && cp <= 0xDFFF) ? ProtocolError::InvalidUtf8
                                                                     : ProtocolError::None;
     const ProtocolError actual = check_utf8(s);
@@ -141,11 +140,10 @@ TEST(CheckUtf8, EveryTwoByteString) {
 // Topic names: [MQTT-4.7.3-1] at least one character, [MQTT-4.7.1-1] no wildcards.
 
 TEST(ValidTopicName, Table) {
-  for (std::string_view t : {"a", "/", "//", "a/b", "/finance", "sport/tennis/player1", "$SYS/x",
-                             "$", " ", "a b", "a//b", "sport/", "\xC3\xA9"})
+  for (std::string_view t : {"a", "/", "//", "a/b", "/finance", "sport/tennis/player1", "$SYS/x", "$", " ",
+                             "a b", "a//b", "sport/", "\xC3\xA9"})
     EXPECT_TRUE(valid_topic_name(t)) << t;
-  for (std::string_view t : {"", "#", "+", "a/#", "a/+", "+/a", "a+", "a#", "sport/tennis#",
-                             "#/a", "a/+/b"})
+  for (std::string_view t : {"", "#", "+", "a/#", "a/+", "+/a", "a+", "a#", "sport/tennis#", "#/a", "a/+/b"})
     EXPECT_FALSE(valid_topic_name(t)) << t;
 }
 
@@ -153,16 +151,33 @@ TEST(ValidTopicName, Table) {
 // Topic filters: [MQTT-4.7.1-2] '#' alone and last, [MQTT-4.7.1-3] '+' a whole level.
 
 TEST(ValidTopicFilter, Valid) {
-  for (std::string_view f :
-       {"#", "+", "a/#", "+/+", "/+", "a//b", "$SYS/#", "sport/tennis/player1/#", "sport/#",
-        "sport/tennis/+", "+/tennis/#", "/", "+/", "/#", "+/+/+", "a/+/b/+/#", "$SYS/monitor/+",
-        "a", "a/b/c", "//", "sport/+/player1"})
+  for (std::string_view f : {"#",
+                             "+",
+                             "a/#",
+                             "+/+",
+                             "/+",
+                             "a//b",
+                             "$SYS/#",
+                             "sport/tennis/player1/#",
+                             "sport/#",
+                             "sport/tennis/+",
+                             "+/tennis/#",
+                             "/",
+                             "+/",
+                             "/#",
+                             "+/+/+",
+                             "a/+/b/+/#",
+                             "$SYS/monitor/+",
+                             "a",
+                             "a/b/c",
+                             "//",
+                             "sport/+/player1"})
     EXPECT_TRUE(valid_topic_filter(f)) << f;
 }
 
 TEST(ValidTopicFilter, Invalid) {
-  for (std::string_view f : {"", "a/#/b", "a#", "a+", "+a/b", "##", "#/", "#/a", "sport/tennis#",
-                             "sport+", "++", "+#", "#+", "a/b#", "a/#/#", "a/++/b", "a/+b"})
+  for (std::string_view f : {"", "a/#/b", "a#", "a+", "+a/b", "##", "#/", "#/a", "sport/tennis#", "sport+",
+                             "++", "+#", "#+", "a/b#", "a/#/#", "a/++/b", "a/+b"})
     EXPECT_FALSE(valid_topic_filter(f)) << f;
 }
 
@@ -232,55 +247,29 @@ TEST(TopicMatches, DollarTopics_4_7_2_1) {
 
 TEST(TopicMatches, EmptyLevels) {
   check({
-      {"a//b", "a//b", true},
-      {"a/+/b", "a//b", true},
-      {"a//b", "a/b", false},
-      {"a/b", "a//b", false},
-      {"+", "/", false},
-      {"+/+", "/", true},
-      {"/", "/", true},
-      {"#", "/", true},
-      {"/#", "/", true},
-      {"/#", "/a/b", true},
-      {"/#", "a", false},
-      {"+/#", "/", true},
-      {"a/#", "a/", true},
-      {"a/+", "a/", true},
-      {"a/+/+", "a/", false},
-      {"a/+/+", "a//", true},
-      {"//", "//", true},
-      {"+/+/+", "//", true},
-      {"+/+", "//", false},
-      {"a/", "a", false},
+      {"a//b", "a//b", true}, {"a/+/b", "a//b", true}, {"a//b", "a/b", false}, {"a/b", "a//b", false},
+      {"+", "/", false},      {"+/+", "/", true},      {"/", "/", true},       {"#", "/", true},
+      {"/#", "/", true},      {"/#", "/a/b", true},    {"/#", "a", false},     {"+/#", "/", true},
+      {"a/#", "a/", true},    {"a/+", "a/", true},     {"a/+/+", "a/", false}, {"a/+/+", "a//", true},
+      {"//", "//", true},     {"+/+/+", "//", true},   {"+/+", "//", false},   {"a/", "a", false},
       {"a", "a/", false},
   });
 }
 
 TEST(TopicMatches, ExactAndPrefixes) {
   check({
-      {"a", "a", true},
-      {"a/b/c", "a/b/c", true},
-      {"a/b", "a/b/c", false},
-      {"a/b/c", "a/b", false},
-      {"a/b", "a/bc", false},
-      {"a/bc", "a/b", false},
-      {"ab", "a", false},
-      {"a", "ab", false},
+      {"a", "a", true},         {"a/b/c", "a/b/c", true},
+      {"a/b", "a/b/c", false},  {"a/b/c", "a/b", false},
+      {"a/b", "a/bc", false},   {"a/bc", "a/b", false},
+      {"ab", "a", false},       {"a", "ab", false},
       {"A", "a", false},  // case sensitive
-      {"a/b/#", "a", false},
-      {"a/+/#", "a", false},
-      {"a/+/#", "a/b", true},
-      {"+/#", "a", true},
-      {"+", "a", true},
-      {"+", "a/b", false},
-      {"+/+", "a", false},
-      {"#", "a", true},
-      {"#", "a/b/c/d/e", true},
-      {"a/#", "b", false},
-      {"a/#", "ab", false},
-      {"+/b", "a/b", true},
-      {"+/b", "a/c", false},
-      {"\xC3\xA9/+", "\xC3\xA9/x", true},
+      {"a/b/#", "a", false},    {"a/+/#", "a", false},
+      {"a/+/#", "a/b", true},   {"+/#", "a", true},
+      {"+", "a", true},         {"+", "a/b", false},
+      {"+/+", "a", false},      {"#", "a", true},
+      {"#", "a/b/c/d/e", true}, {"a/#", "b", false},
+      {"a/#", "ab", false},     {"+/b", "a/b", true},
+      {"+/b", "a/c", false},    {"\xC3\xA9/+", "\xC3\xA9/x", true},
   });
 }
 

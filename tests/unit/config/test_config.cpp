@@ -46,13 +46,15 @@ max_queued_messages = 0
 queue_qos0_offline = true
 [store]
 engine = "memory"
-)") + std::string(kListener) + R"(
+)") + std::string(kListener) +
+                           R"(
 [[listener]]
 name = "v6"
 bind = "[::1]:0"
 transport = "tcp"
 auth = ["anonymous"]
-)", "/etc/moat/moat.toml");
+)",
+                       "/etc/moat/moat.toml");
   EXPECT_EQ(c.data_dir, "/etc/moat/state");
   EXPECT_EQ(c.threads, 3u);
   EXPECT_EQ(c.log_level, "warn");
@@ -75,7 +77,8 @@ TEST(Config, UnknownKeyNamesFileLineAndKey) {
 
 TEST(Config, UnknownSectionAndListenerKey) {
   EXPECT_NE(error_of(std::string(kListener) + "[brokr]\n").find("brokr: unknown key"), std::string::npos);
-  EXPECT_NE(error_of(std::string(kListener) + "port = 1\n").find("listener[0].port: unknown key"), std::string::npos);
+  EXPECT_NE(error_of(std::string(kListener) + "port = 1\n").find("listener[0].port: unknown key"),
+            std::string::npos);
 }
 
 TEST(Config, WrongTypesAndRanges) {
@@ -91,20 +94,25 @@ TEST(Config, WrongTypesAndRanges) {
 TEST(Config, ListenerErrors) {
   EXPECT_NE(error_of("[broker]\nthreads = 1\n").find("no [[listener]]"), std::string::npos);
   EXPECT_NE(error_of("[[listener]]\nname = \"a\"\nbind = \"localhost:1883\"\nauth = [\"anonymous\"]\n")
-                .find("not a numeric IP address"), std::string::npos);
+                .find("not a numeric IP address"),
+            std::string::npos);
   EXPECT_NE(error_of("[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:70000\"\nauth = [\"anonymous\"]\n")
-                .find("not a port number"), std::string::npos);
+                .find("not a port number"),
+            std::string::npos);
   EXPECT_NE(error_of("[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\n").find("missing key 'auth'"),
             std::string::npos);
   EXPECT_NE(error_of(std::string(kListener) + std::string(kListener)).find("duplicate listener name"),
             std::string::npos);
   EXPECT_NE(error_of("[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\nauth = [\"magic\"]\n")
-                .find("'magic' is not an authentication method"), std::string::npos);
+                .find("'magic' is not an authentication method"),
+            std::string::npos);
 }
 
 TEST(Config, FeaturesOfLaterVersionsAreRefusedNotIgnored) {
-  EXPECT_NE(error_of("[[listener]]\nname = \"a\"\nbind = \"0.0.0.0:8883\"\ntransport = \"tls\"\nauth = [\"anonymous\"]\n")
-                .find("not available in this version"), std::string::npos);
+  EXPECT_NE(error_of("[[listener]]\nname = \"a\"\nbind = \"0.0.0.0:8883\"\ntransport = \"tls\"\nauth = "
+                     "[\"anonymous\"]\n")
+                .find("not available in this version"),
+            std::string::npos);
   EXPECT_NE(error_of(std::string(kListener) + "[store]\nengine = \"rocksdb\"\n").find("not available"),
             std::string::npos);
 }
