@@ -1,0 +1,84 @@
+// moat: the command-line client. Shared declarations of main.cpp (options),
+// run.cpp (the event loop: pub and sub), output.cpp (printing) and init.cpp.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "client/client.hpp"
+
+namespace moat::cli {
+
+// Exit statuses; docs/cli.md lists them. Each failure class has its own.
+enum Exit : int {
+  kOk = 0,
+  kUsage = 1,        // bad flag, topic, QoS, file; moat init refusing a folder
+  kUnreachable = 2,  // TCP/Unix connect failed
+  kRefused = 3,      // CONNACK 1, 2 or 3; every subscription refused
+  kAuthFailed = 4,   // CONNACK 4 or 5
+  kTimeout = 5,      // -W elapsed, or no CONNACK within the connect timeout
+  kLost = 6,         // connection lost or protocol error mid-session
+};
+
+// Flags shared by pub and sub, already validated.
+struct Common {
+  std::string command;  // "pub" or "sub": prefixes every message
+  client::Options options;
+  bool debug = false;
+};
+
+enum class Source { Message, File, Lines, Null, Stdin };
+
+struct PubArgs {
+  Common common;
+  std::string topic;
+  Source source = Source::Message;
+  std::string payload;  // for Message, File, Null and Stdin (already read)
+  client::QoS qos = client::QoS::AtMostOnce;
+  bool retain = false;
+};
+
+enum class Format { Text, Json };
+
+struct SubArgs {
+  Common common;
+  std::vector<std::string> filters;
+  client::QoS qos = client::QoS::AtMostOnce;
+  std::vector<std::string> filter_out;  // -T
+  bool verbose = false;                 // -v
+  bool no_eol = false;                  // -N
+  bool no_retained = false;             // -R
+  std::size_t count = 0;                // -C; 0 = no limit
+  unsigned timeout_s = 0;               // -W; 0 = none
+  Format format = Format::Text;
+};
+
+int run_pub(const PubArgs& a);
+int run_sub(const SubArgs& a);
+int run_init(const std::string& dir, bool force);
+
+// Prints "moat CMD: MESSAGE" as one line on stderr (newlines in MESSAGE are folded).
+void error_line(std::string_view command, std::string_view message);
+// Prints "moat: MESSAGE" on stderr (the -d lines).
+void debug_line(std::string_view message);
+
+// Why `topic` is not a valid PUBLISH topic name; nullopt when it is.
+std::optional<std::string> topic_name_problem(std::string_view topic);
+// Why `filter` is not a valid SUBSCRIBE topic filter; nullopt when it is.
+std::optional<std::string> topic_filter_problem(std::string_view filter);
+
+// Writes one received message to stdout in the chosen format and flushes.
+void print_message(const SubArgs& a, const client::Message& m);
+// For -d: `'topic'` quoted with non-printable bytes escaped.
+std::string quoted(std::string_view s);
+
+// Exposed for tests of the output format (and used by print_message).
+std::string base64(std::string_view bytes);
+std::string rfc3339_now_utc();
+bool is_utf8_text(std::string_view s);
+
+}  // namespace moat::cli

@@ -1,0 +1,140 @@
+"""The client library's reconnect and resend, seen through `moat pub`/`moat sub
+--reconnect`, while the broker is stopped and restarted mid-stream.
+
+The broker here is Debian's mosquitto with persistence on: stopped with SIGTERM
+it writes its sessions (queued messages, in-flight QoS 2 state) to disk and
+restores them on restart, so every loss or duplicate the test could see would
+be the client's. (moatd joins this test with its durable store.)
+
+A publisher streams numbered QoS 1 or QoS 2 messages from stdin; a persistent
+subscriber counts them. Both reconnect by themselves. QoS 2 must arrive exactly
+once, QoS 1 at least once, and nothing may be missing."""
+
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from util import scaled
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+MOAT = os.environ.get("MOAT") or os.path.join(REPO, "build", "apps", "moat", "moat")
+MOSQUITTO = os.environ.get("MOSQUITTO", "/usr/sbin/mosquitto")
+COUNT = 1500
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Mosquitto:
+    def __init__(self, tmp_path):
+        self.port = free_port()
+        self.dir = tmp_path / "mosquitto"
+        self.dir.mkdir()
+        self.conf = self.dir / "mosquitto.conf"
+        self.conf.write_text(
+            "listener %d 127.0.0.1\nallow_anonymous true\npersistence true\n"
+            "persistence_location %s/\nautosave_interval 3600\nmax_queued_messages 0\n"
+            "set_tcp_nodelay true\n" % (self.port, self.dir))
+        if os.geteuid() == 0:
+            # Run as root, mosquitto drops to user "mosquitto", which cannot write here.
+            self.conf.write_text(self.conf.read_text() + "user root\n")
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + scaled(10)
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                assert self.proc.poll() is None, "mosquitto exited"
+                assert time.monotonic() < deadline, "mosquitto is not listening"
+                time.sleep(0.02)
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)  # mosquitto saves its sessions on SIGTERM
+        self.proc.wait(timeout=scaled(10))
+
+
+@pytest.fixture
+def mosquitto(tmp_path):
+    m = Mosquitto(tmp_path)
+    m.start()
+    yield m
+    if m.proc.poll() is None:
+        m.proc.kill()
+        m.proc.wait()
+
+
+def lines_of(stream, into, ready=None, marker=None):
+    for raw in iter(stream.readline, b""):
+        line = raw.decode(errors="replace").rstrip("\n")
+        into.append(line)
+        if ready is not None and marker in line:
+            ready.set()
+
+
+@pytest.mark.parametrize("qos", [1, 2])
+def test_stream_survives_broker_restart(mosquitto, qos):
+    common = ["-h", "127.0.0.1", "-p", str(mosquitto.port), "-q", str(qos), "--reconnect", "-c", "-d"]
+    # No -C: at QoS 1 duplicates are allowed, so the count of lines says nothing.
+    sub = subprocess.Popen([MOAT, "sub", "-t", "restart/#", "-i", "restart-sub-%d" % qos] + common,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    got, sub_log = [], []
+    ready = threading.Event()
+    threading.Thread(target=lines_of, args=(sub.stdout, got), daemon=True).start()
+    threading.Thread(target=lines_of, args=(sub.stderr, sub_log, ready, "subscribed to"), daemon=True).start()
+    assert ready.wait(scaled(10)), "subscriber not ready:\n" + "\n".join(sub_log)
+
+    pub = subprocess.Popen([MOAT, "pub", "-t", "restart/x", "-l", "-i", "restart-pub-%d" % qos] + common,
+                           stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    pub_log = []
+    pub_ready = threading.Event()
+    threading.Thread(target=lines_of, args=(pub.stderr, pub_log, pub_ready, "received CONNACK"),
+                     daemon=True).start()
+    try:
+        assert pub_ready.wait(scaled(10)), "publisher not connected:\n" + "\n".join(pub_log)
+        pub.stdin.write(b"".join(b"%d\n" % i for i in range(COUNT // 2)))
+        pub.stdin.flush()
+        # Mid-stream: wait until messages flow, then restart with some in flight.
+        deadline = time.monotonic() + scaled(20)
+        while len(got) < COUNT // 8:
+            assert time.monotonic() < deadline, "no messages arrive:\n" + "\n".join(sub_log[-20:])
+            time.sleep(0.005)
+        mosquitto.stop()
+        mosquitto.start()
+        pub.stdin.write(b"".join(b"%d\n" % i for i in range(COUNT // 2, COUNT)))
+        pub.stdin.close()
+        assert pub.wait(timeout=scaled(60)) == 0, "publisher failed:\n" + "\n".join(pub_log[-20:])
+        want = {str(i) for i in range(COUNT)}
+        deadline = time.monotonic() + scaled(30)
+        while not want.issubset(got) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        sub.send_signal(signal.SIGTERM)
+        assert sub.wait(timeout=scaled(10)) == 0, "subscriber failed:\n" + "\n".join(sub_log[-15:])
+    finally:
+        for p in (pub, sub):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert sum("received CONNACK" in l for l in pub_log) >= 2, "the publisher never reconnected"
+    assert sum("received CONNACK" in l for l in sub_log) >= 2, "the subscriber never reconnected"
+    counts = {}
+    for payload in got:
+        counts[payload] = counts.get(payload, 0) + 1
+    missing = [i for i in range(COUNT) if str(i) not in counts]
+    assert not missing, "%d messages lost, first %s" % (len(missing), missing[:10])
+    if qos == 2:
+        dups = {k: v for k, v in counts.items() if v > 1}
+        assert not dups, "QoS 2 delivered more than once: %s" % list(dups.items())[:10]
