@@ -15,6 +15,7 @@
 #include "config/config.hpp"
 #include "net/server.hpp"
 #include "store/memory_store.hpp"
+#include "store/rocksdb_store.hpp"
 
 namespace {
 
@@ -54,8 +55,10 @@ int main(int argc, char** argv) {
   CLI::App app{"moatd - the Moat MQTT broker"};
   std::string config_file;
   bool check_only = false;
+  bool check_store = false;
   app.add_option("-c,--config", config_file, "configuration file (moat.toml)")->check(CLI::ExistingFile);
   app.add_flag("--check-config", check_only, "validate the configuration and exit");
+  app.add_flag("--check-store", check_store, "report what the data directory holds, verify it, and exit");
   app.set_version_flag("-V,--version", std::string("moatd ") + MOAT_VERSION);
   CLI11_PARSE(app, argc, argv);
 
@@ -94,10 +97,48 @@ int main(int argc, char** argv) {
     return 1;
   }
 
-  moat::store::MemoryStore store;
+  std::unique_ptr<moat::store::Store> store;
+  moat::store::Snapshot snapshot;
+  try {
+    if (cfg.store_engine == "rocksdb") {
+      moat::store::RocksDbOptions so;
+      so.dir = cfg.data_dir / "store";
+      so.durability = cfg.durability == "sync"       ? moat::store::Durability::Sync
+                      : cfg.durability == "interval" ? moat::store::Durability::Interval
+                                                     : moat::store::Durability::None;
+      so.sync_interval = cfg.sync_interval;
+      auto rocks = std::make_unique<moat::store::RocksDbStore>(so);
+      if (check_store) {
+        const auto r = rocks->check();
+        fmt::print(
+            "{}\n  sessions {}\n  queued messages {} ({} in flight)\n  QoS 2 ids awaiting PUBREL {}\n"
+            "  retained messages {}\n  bytes {}\n  entries of ended sessions {}\n  damaged entries {}\n",
+            rocks->describe(), r.sessions, r.queued, r.inflight, r.pubrel, r.retained, r.bytes, r.orphans,
+            r.damaged);
+        return r.damaged ? 3 : 0;
+      }
+      store = std::move(rocks);
+    } else {
+      if (check_store) {
+        fmt::print("store engine is memory: nothing is kept between runs\n");
+        return 0;
+      }
+      store = std::make_unique<moat::store::MemoryStore>();
+    }
+    snapshot = store->load();
+  } catch (const std::exception& e) {
+    spdlog::critical("cannot use the store in {}: {}", cfg.data_dir.string(), e.what());
+    return 1;
+  }
+  if (snapshot.orphans_removed)
+    spdlog::warn("store: removed {} stored message(s) of sessions that had ended before the last stop",
+                 snapshot.orphans_removed);
+
   moat::broker::BrokerShared shared;
   shared.limits = cfg.limits;
-  shared.store = &store;
+  shared.store = store.get();
+  shared.next_seq = snapshot.next_seq;
+  shared.next_session_id = snapshot.next_session_id;
   shared.shard_count = cfg.threads;
   shared.sys_interval = cfg.sys_interval;
   shared.version = std::string("moat ") + MOAT_VERSION;
@@ -111,6 +152,15 @@ int main(int argc, char** argv) {
       spdlog::warn("listener {} admits anonymous clients on {}, which is not loopback-only", l.name, l.host);
   }
   moat::net::Server server(std::move(opts), shared);
+  // Retained messages and sessions come back before the first connection.
+  for (const auto& r : snapshot.retained)
+    shared.retained.update(moat::broker::make_message(r.topic, r.payload, static_cast<moat::codec::QoS>(r.qos), true));
+  server.restore(snapshot);
+  std::size_t queued = 0;
+  for (const auto& s : snapshot.sessions) queued += s.queued.size();
+  spdlog::info("store: {}; restored {} session(s), {} queued message(s), {} retained message(s)", store->describe(),
+               snapshot.sessions.size(), queued, snapshot.retained.size());
+  snapshot = {};
   try {
     server.start();
   } catch (const std::exception& e) {

@@ -94,6 +94,7 @@ void Client::close(CloseKind kind, const char* reason) {
     Session& s = *session_;
     session_ = nullptr;
     s.client = nullptr;
+    s.offline_since = shard_.now();
     // [MQTT-3.1.2-6] a clean session ends with its network connection.
     if (s.clean_session) shard_.destroy_session(s);
   }
@@ -208,7 +209,9 @@ void Client::handle_publish(const codec::Publish& p) {
     send(codec::Ack{codec::PacketType::Puback, p.packet_id});  // [MQTT-4.3.2-2]
   } else if (p.qos == QoS::ExactlyOnce) {
     // [MQTT-4.3.3-2] until PUBREL arrives, a PUBLISH with this id is the same message.
-    s.awaiting_pubrel.insert(p.packet_id);
+    // Stored with the message, so a resend after a restart is still recognised.
+    if (s.awaiting_pubrel.insert(p.packet_id).second && s.durable() && shard_.shared().store)
+      shard_.writes().put_pubrel(s.id, p.packet_id);
     send(codec::Ack{codec::PacketType::Pubrec, p.packet_id});
   }
 }
@@ -216,7 +219,8 @@ void Client::handle_publish(const codec::Publish& p) {
 void Client::handle_ack(const codec::Ack& a) {
   Session& s = *session_;
   if (a.type == codec::PacketType::Pubrel) {
-    s.awaiting_pubrel.erase(a.packet_id);
+    if (s.awaiting_pubrel.erase(a.packet_id) && s.durable() && shard_.shared().store)
+      shard_.writes().erase_pubrel(s.id, a.packet_id);
     send(codec::Ack{codec::PacketType::Pubcomp, a.packet_id});  // [MQTT-4.3.3-2]
     return;
   }
@@ -230,9 +234,12 @@ void Client::handle_ack(const codec::Ack& a) {
       // [MQTT-4.3.3-1] answer PUBREC with PUBREL and keep the id until PUBCOMP.
       it->state = Session::OutState::AwaitPubcomp;
       it->message.reset();
+      // Stored before PUBREL leaves: after a restart the PUBLISH is never resent.
+      if (it->seq) shard_.writes().put_inflight(s.id, it->seq, it->packet_id, 2);
       send(codec::Ack{codec::PacketType::Pubrel, a.packet_id});
       return;
     }
+    shard_.acknowledged(s, *it);
     s.inflight.erase(it);
     shard_.pump(s);
     return;

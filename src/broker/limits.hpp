@@ -12,6 +12,7 @@ struct Limits {
   std::uint32_t max_inflight_messages = 20;           // per session, outbound QoS 1/2
   std::uint32_t max_queued_messages = 1000;           // per session, beyond in-flight
   bool queue_qos0_offline = false;                    // queue QoS 0 for offline sessions
+  std::chrono::seconds session_expiry{0};             // offline persistent sessions; 0 = never
 };
 
 using Clock = std::chrono::steady_clock;

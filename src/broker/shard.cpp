@@ -9,9 +9,8 @@ namespace moat::broker {
 using codec::QoS;
 
 namespace {
-// Session ids are unique across shards: the shard index in the top 16 bits.
-constexpr int kShardShift = 48;
 constexpr auto kDropWarningInterval = std::chrono::seconds(10);
+constexpr auto kExpiryCheckInterval = std::chrono::seconds(1);
 }  // namespace
 
 std::uint32_t shard_of(std::string_view client_id, std::uint32_t shard_count) {
@@ -55,7 +54,8 @@ Session& Shard::open_session(const std::string& client_id, bool clean, bool& pre
     }
     destroy_session(old);
   }
-  const std::uint64_t id = (static_cast<std::uint64_t>(index_) << kShardShift) | next_session_seq_++;
+  // Unique across shards and restarts (the counter is restored from the store).
+  const std::uint64_t id = shared_.next_session_id.fetch_add(1, std::memory_order_relaxed);
   auto s = std::make_unique<Session>(client_id, id, clean);
   Session& ref = *s;
   sessions_by_id_[id] = s.get();
@@ -68,7 +68,7 @@ Session& Shard::open_session(const std::string& client_id, bool clean, bool& pre
 void Shard::destroy_session(Session& s) {
   subs_.remove_session(s.id);
   broadcast(SessionGoneEvent{s.id});
-  if (!s.clean_session && shared_.store) shared_.store->erase_session(s.client_id);
+  if (s.durable() && shared_.store) writes().erase_session(s.client_id, s.id);
   sessions_by_id_.erase(s.id);
   stats_.sessions.sub();
   const std::string key = s.client_id;  // s dies inside erase; do not pass its own member
@@ -76,35 +76,73 @@ void Shard::destroy_session(Session& s) {
 }
 
 void Shard::persist(const Session& s) {
-  if (s.clean_session || !shared_.store) return;
+  if (!s.durable() || !shared_.store) return;
   store::SessionRecord r;
   r.client_id = s.client_id;
+  r.session_id = s.id;
   for (const auto& [filter, qos] : s.subscriptions)
     r.subscriptions.emplace_back(filter, static_cast<std::uint8_t>(qos));
-  shared_.store->save_session(r);
+  writes().put_session(r);
 }
 
 void Shard::persist_retained(const MessagePtr& m) {
   if (!shared_.store) return;
   if (m->payload.empty())
-    shared_.store->erase_retained(m->topic);
+    writes().erase_retained(m->topic);
   else
-    shared_.store->save_retained({m->topic, m->payload, static_cast<std::uint8_t>(m->qos)});
+    writes().put_retained({m->topic, m->payload, static_cast<std::uint8_t>(m->qos)});
 }
 
-void Shard::restore(const std::vector<store::SessionRecord>& records) {
-  for (const auto& r : records) {
+store::Batch& Shard::writes() {
+  request_end_turn();
+  return batch_;
+}
+
+void Shard::request_end_turn() {
+  if (!flush_requested_) {
+    flush_requested_ = true;
+    bus_.request_flush(index_);
+  }
+}
+
+void Shard::restore(const store::Snapshot& snapshot) {
+  for (const auto& stored : snapshot.sessions) {
+    const auto& r = stored.record;
     if (shard_of(r.client_id, shared_.shard_count) != index_) continue;
-    bool present = false;
-    Session& s = open_session(r.client_id, false, present);
-    for (const auto& [filter, qos] : r.subscriptions) subscribe(s, filter, static_cast<QoS>(qos));
+    auto owned = std::make_unique<Session>(r.client_id, r.session_id, false);
+    Session& s = *owned;
+    s.offline_since = now_;
+    sessions_by_id_[s.id] = &s;
+    sessions_.emplace(r.client_id, std::move(owned));
+    stats_.sessions.add();
+    for (const auto& [filter, qos] : r.subscriptions) {
+      s.subscriptions.insert_or_assign(filter, static_cast<QoS>(qos));
+      const Subscriber sub{s.id, index_, static_cast<QoS>(qos), true};
+      subs_.add(filter, sub);
+      broadcast(SubscribeEvent{filter, sub});
+    }
+    // Stored in seq order: messages sent before the stop come back in flight (to
+    // be resent with DUP=1 on reconnect), the rest queued behind them.
+    for (const auto& q : stored.queued) {
+      auto m = make_message(q.topic, q.payload, static_cast<QoS>(q.qos), q.retain);
+      const auto qos = static_cast<QoS>(q.qos);
+      if (q.state == 0) {
+        s.queue.push_back(Session::Queued{m, qos, q.retain, q.seq});
+      } else {
+        const auto st = q.state == 2                 ? Session::OutState::AwaitPubcomp
+                        : qos == QoS::AtLeastOnce ? Session::OutState::AwaitPuback
+                                                     : Session::OutState::AwaitPubrec;
+        s.inflight.push_back(Session::Inflight{q.packet_id, st, m, qos, q.retain, q.seq});
+      }
+    }
+    s.awaiting_pubrel.insert(stored.awaiting_pubrel.begin(), stored.awaiting_pubrel.end());
   }
 }
 
 void Shard::subscribe(Session& s, std::string_view filter, QoS qos) {
   // [MQTT-3.8.4-3] a subscription to an existing filter replaces its QoS.
   s.subscriptions.insert_or_assign(std::string(filter), qos);
-  Subscriber sub{s.id, index_, qos};
+  const Subscriber sub{s.id, index_, qos, s.durable()};
   subs_.add(filter, sub);
   broadcast(SubscribeEvent{std::string(filter), sub});
   persist(s);
@@ -126,14 +164,23 @@ void Shard::broadcast(const ShardEvent& e) {
 
 void Shard::queue_event(std::uint32_t to, ShardEvent&& e) {
   outboxes_[to].push_back(std::move(e));
-  if (!flush_requested_) {
-    flush_requested_ = true;
-    bus_.request_flush(index_);
-  }
+  request_end_turn();
 }
 
-void Shard::flush_outboxes() {
+void Shard::end_turn() {
   flush_requested_ = false;
+  if (!batch_.empty() && shared_.store) {
+    try {
+      shared_.store->commit(batch_);
+    } catch (const std::exception& e) {
+      // Acknowledging what could not be stored would break the promise of QoS 1/2.
+      spdlog::critical("cannot write the store, stopping: {}", e.what());
+      std::abort();
+    }
+  }
+  batch_.clear();
+  // Deliveries leave for other shards only once stored here: a shard never sends
+  // a message whose storage could still be lost.
   for (std::uint32_t i = 0; i < outboxes_.size(); ++i) {
     if (outboxes_[i].empty()) continue;
     std::vector<ShardEvent> batch;
@@ -148,7 +195,7 @@ void Shard::apply(std::vector<ShardEvent>& batch) {
         [&](auto& ev) {
           using T = std::decay_t<decltype(ev)>;
           if constexpr (std::is_same_v<T, DeliverEvent>) {
-            deliver_local(ev.session_id, ev.message, ev.qos);
+            deliver_local(ev.session_id, ev.message, ev.qos, ev.seq);
           } else if constexpr (std::is_same_v<T, SubscribeEvent>) {
             subs_.add(ev.filter, ev.subscriber);
           } else if constexpr (std::is_same_v<T, UnsubscribeEvent>) {
@@ -167,32 +214,48 @@ void Shard::route(const MessagePtr& m) {
   dedupe_max_qos(match_scratch_);
   for (const auto& sub : match_scratch_) {
     const QoS q = min_qos(m->qos, sub.qos);  // [MQTT-3.8.4-6]
+    // A QoS 1/2 delivery to a persistent session is stored by the shard that
+    // routes it, in this turn's batch: the publisher's PUBACK/PUBREC waits for it.
+    std::uint64_t seq = 0;
+    if (sub.durable && q != QoS::AtMostOnce && shared_.store) {
+      seq = shared_.next_seq.fetch_add(1, std::memory_order_relaxed);
+      writes().put_queued(sub.session_id, {seq, m->topic, m->payload, static_cast<std::uint8_t>(q), false, 0, 0});
+    }
     if (sub.shard == index_)
-      deliver_local(sub.session_id, m, q);
+      deliver_local(sub.session_id, m, q, seq);
     else
-      queue_event(sub.shard, DeliverEvent{sub.session_id, m, q});
+      queue_event(sub.shard, DeliverEvent{sub.session_id, m, q, seq});
   }
 }
 
-void Shard::deliver_local(std::uint64_t session_id, const MessagePtr& m, QoS qos) {
+void Shard::deliver_local(std::uint64_t session_id, const MessagePtr& m, QoS qos, std::uint64_t seq) {
   auto it = sessions_by_id_.find(session_id);
-  if (it == sessions_by_id_.end()) return;  // the session ended while this was in flight
+  if (it == sessions_by_id_.end()) {
+    // The session ended while this was on its way: forget what was stored for it.
+    if (seq) writes().erase_queued(session_id, seq);
+    return;
+  }
   // [MQTT-3.3.1-9] a message matching an established subscription goes out with RETAIN 0.
-  deliver(*it->second, m, qos, false);
+  deliver(*it->second, m, qos, false, seq);
 }
 
-void Shard::deliver(Session& s, const MessagePtr& m, QoS qos, bool retain) {
+void Shard::deliver(Session& s, const MessagePtr& m, QoS qos, bool retain, std::uint64_t seq) {
   if (!s.client && qos == QoS::AtMostOnce && !shared_.limits.queue_qos0_offline) {
     stats_.dropped_offline_qos0.add();
     return;
   }
+  if (seq == 0 && s.durable() && qos != QoS::AtMostOnce && shared_.store) {
+    seq = shared_.next_seq.fetch_add(1, std::memory_order_relaxed);
+    writes().put_queued(s.id, {seq, m->topic, m->payload, static_cast<std::uint8_t>(qos), retain, 0, 0});
+  }
   // Anything already queued goes first, whatever its QoS, so order holds [MQTT-4.6.0-6].
   if (s.client && s.queue.empty() &&
       (qos == QoS::AtMostOnce || s.inflight.size() < shared_.limits.max_inflight_messages)) {
-    send_publish(s, m, qos, retain);
+    send_publish(s, m, qos, retain, seq);
     return;
   }
   if (s.queue.size() >= shared_.limits.max_queued_messages) {
+    if (seq) writes().erase_queued(s.id, seq);
     stats_.dropped_queue_full.add();
     ++s.drops_since_warning;
     if (now_ - s.last_drop_warning >= kDropWarningInterval) {
@@ -205,10 +268,10 @@ void Shard::deliver(Session& s, const MessagePtr& m, QoS qos, bool retain) {
     }
     return;
   }
-  s.queue.push_back(Session::Queued{m, qos, retain});
+  s.queue.push_back(Session::Queued{m, qos, retain, seq});
 }
 
-void Shard::send_publish(Session& s, const MessagePtr& m, QoS qos, bool retain) {
+void Shard::send_publish(Session& s, const MessagePtr& m, QoS qos, bool retain, std::uint64_t seq) {
   std::uint16_t id = 0;
   if (qos != QoS::AtMostOnce) {
     // [MQTT-2.3.1-2] an id not in use by another unacknowledged message.
@@ -223,7 +286,11 @@ void Shard::send_publish(Session& s, const MessagePtr& m, QoS qos, bool retain) 
     } while (in_use(id));
     s.inflight.push_back(Session::Inflight{
         id, qos == QoS::AtLeastOnce ? Session::OutState::AwaitPuback : Session::OutState::AwaitPubrec, m, qos,
-        retain});
+        retain, seq});
+    // The packet id is stored before the PUBLISH leaves (output waits for the
+    // commit): after a restart the resend carries the same id, which is what
+    // lets the receiver recognise a QoS 2 duplicate.
+    if (seq) writes().put_inflight(s.id, seq, id, 1);
   }
   Transport& t = s.client->transport();
   t.output().append_publish(m, qos, false, retain, id);
@@ -237,7 +304,23 @@ void Shard::pump(Session& s) {
     if (q.qos != QoS::AtMostOnce && s.inflight.size() >= shared_.limits.max_inflight_messages) break;
     auto item = std::move(q);
     s.queue.pop_front();
-    send_publish(s, item.message, item.qos, item.retain);
+    send_publish(s, item.message, item.qos, item.retain, item.seq);
+  }
+}
+
+void Shard::acknowledged(Session& s, const Session::Inflight& f) {
+  if (f.seq) writes().erase_queued(s.id, f.seq);
+}
+
+void Shard::expire_sessions() {
+  std::vector<Session*> expired;
+  for (auto& [id, s] : sessions_)
+    if (!s->client && s->durable() && now_ - s->offline_since >= shared_.limits.session_expiry)
+      expired.push_back(s.get());
+  for (Session* s : expired) {
+    spdlog::info("session of client {} expired after {} s offline ({} queued messages dropped)", s->client_id,
+                 shared_.limits.session_expiry.count(), s->queue.size() + s->inflight.size());
+    destroy_session(*s);
   }
 }
 
@@ -263,6 +346,10 @@ void Shard::tick(TimePoint now) {
   if (index_ == 0 && shared_.sys_interval.count() > 0 && now >= next_sys_) {
     publish_sys();
     next_sys_ = now + shared_.sys_interval;
+  }
+  if (shared_.limits.session_expiry.count() > 0 && now >= next_expiry_check_) {
+    expire_sessions();
+    next_expiry_check_ = now + kExpiryCheckInterval;
   }
   // check_deadlines may close a client, which only marks it; net removes it later.
   std::vector<Client*> snapshot(clients_.begin(), clients_.end());

@@ -7,6 +7,7 @@
 // reached only through ShardBus, in batches.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <map>
@@ -58,6 +59,7 @@ struct DeliverEvent {
   std::uint64_t session_id;
   MessagePtr message;
   codec::QoS qos;
+  std::uint64_t seq;  // store sequence number when stored for a durable session, else 0
 };
 struct SubscribeEvent {
   std::string filter;
@@ -78,7 +80,8 @@ class ShardBus {
   // Thread-safe. Delivers the batch to shard `to`, which applies it in order with
   // Shard::apply(); batches from one sender arrive in the order sent.
   virtual void send(std::uint32_t to, std::vector<ShardEvent>&& batch) = 0;
-  // Ask for Shard::flush_outboxes() on shard `from` once the current loop turn is done.
+  // Ask for Shard::end_turn() on shard `from` once the current loop turn is done,
+  // and to write the connections' output only after it.
   virtual void request_flush(std::uint32_t from) = 0;
 };
 
@@ -86,8 +89,11 @@ class ShardBus {
 struct BrokerShared {
   Limits limits;
   RetainedStore retained;
-  store::Store* store = nullptr;
+  store::Store* store = nullptr;  // null: nothing is stored
   std::uint32_t shard_count = 1;
+  // Broker-wide counters for stored messages and sessions (restored at start-up).
+  std::atomic<std::uint64_t> next_seq{1};
+  std::atomic<std::uint64_t> next_session_id{1};
   // $SYS/broker/... statistics, published retained by shard 0 (0 s = off).
   std::chrono::seconds sys_interval{10};
   std::string version;
@@ -109,11 +115,13 @@ class Session {
     MessagePtr message;
     codec::QoS qos;
     bool retain;
+    std::uint64_t seq;  // store key, 0 when not stored
   };
   struct Queued {
     MessagePtr message;
     codec::QoS qos;
     bool retain;
+    std::uint64_t seq;
   };
 
   Session(std::string cid, std::uint64_t session_id, bool clean)
@@ -122,7 +130,9 @@ class Session {
   const std::string client_id;
   const std::uint64_t id;
   bool clean_session;
+  bool durable() const { return !clean_session; }
   Client* client = nullptr;  // null while offline
+  TimePoint offline_since{};  // for session expiry
   std::map<std::string, codec::QoS, std::less<>> subscriptions;
   std::deque<Inflight> inflight;                      // in the order sent
   std::deque<Queued> queue;                           // waiting for the client or a window slot
@@ -196,11 +206,13 @@ class Shard {
   TimePoint now() const { return now_; }
 
   // Restores this shard's persistent sessions from the store (start-up).
-  void restore(const std::vector<store::SessionRecord>& sessions);
+  void restore(const store::Snapshot& snapshot);
   // Applies a batch from another shard.
   void apply(std::vector<ShardEvent>& batch);
-  // Sends the events queued for other shards during this loop turn.
-  void flush_outboxes();
+  // The end of a loop turn: commits this turn's store writes, then sends the
+  // events queued for other shards. Output that depends on the writes (acks,
+  // deliveries) must be written to sockets only after this returns.
+  void end_turn();
   // Deadlines of every client; call a few times per second.
   void tick(TimePoint now);
 
@@ -217,6 +229,7 @@ class Shard {
  private:
   friend class Client;
 
+  void request_end_turn();
   void add_client(Client* c) { clients_.insert(c); }
   void remove_client(Client* c) { clients_.erase(c); }
   Session& open_session(const std::string& client_id, bool clean, bool& present);
@@ -225,15 +238,21 @@ class Shard {
   void unsubscribe(Session& s, std::string_view filter);
   void persist(const Session& s);
   void persist_retained(const MessagePtr& m);
-  void deliver_local(std::uint64_t session_id, const MessagePtr& m, codec::QoS qos);
+  // This turn's store writes; asks for end_turn() so they get committed.
+  store::Batch& writes();
+  void deliver_local(std::uint64_t session_id, const MessagePtr& m, codec::QoS qos, std::uint64_t seq);
   void broadcast(const ShardEvent& e);
   void queue_event(std::uint32_t to, ShardEvent&& e);
   std::string assign_client_id();
   void publish_sys();
 
   // Session delivery (the session's owner shard only).
-  void deliver(Session& s, const MessagePtr& m, codec::QoS qos, bool retain);
-  void send_publish(Session& s, const MessagePtr& m, codec::QoS qos, bool retain);
+  // seq != 0: already stored for this session (the router did it); a durable
+  // session stores other QoS 1/2 deliveries (retained on subscribe) itself.
+  void deliver(Session& s, const MessagePtr& m, codec::QoS qos, bool retain, std::uint64_t seq = 0);
+  void send_publish(Session& s, const MessagePtr& m, codec::QoS qos, bool retain, std::uint64_t seq);
+  void acknowledged(Session& s, const Session::Inflight& f);
+  void expire_sessions();
   void pump(Session& s);
   void resume(Session& s);  // after reconnect: resend in-flight, then the queue
 
@@ -248,10 +267,11 @@ class Shard {
   std::unordered_set<Client*> clients_;
   std::vector<std::vector<ShardEvent>> outboxes_;
   bool flush_requested_ = false;
-  std::uint64_t next_session_seq_ = 1;
+  store::Batch batch_;
   std::vector<Subscriber> match_scratch_;
   TimePoint started_at_{};
   TimePoint next_sys_{};
+  TimePoint next_expiry_check_{};
 };
 
 }  // namespace moat::broker

@@ -19,6 +19,7 @@ struct Subscriber {
   std::uint64_t session_id = 0;
   std::uint32_t shard = 0;  // event loop that owns the session
   codec::QoS qos = codec::QoS::AtMostOnce;
+  bool durable = false;  // a persistent session: QoS 1/2 deliveries are stored
 };
 
 class SubscriptionIndex {

@@ -233,13 +233,17 @@ Config parse(std::string_view text, const std::filesystem::path& source) {
     l.queue_qos0_offline = get_bool(r, *t, "limits", "queue_qos0_offline", l.queue_qos0_offline);
   }
   if (const auto* t = get_table(r, root, "store")) {
-    only_keys(r, *t, "store", {"engine"});
+    only_keys(r, *t, "store", {"engine", "durability", "sync_interval", "session_expiry"});
     c.store_engine = get_string(r, *t, "store", "engine", c.store_engine);
     one_of(r, *t, "store", "engine", c.store_engine, {"rocksdb", "memory"});
-    if (c.store_engine != "memory")
-      r.fail_at(
-          *t->get("engine"), "store.engine",
-          fmt::format("engine '{}' is not available in this version of moatd (memory is)", c.store_engine));
+    c.durability = get_string(r, *t, "store", "durability", c.durability);
+    if (t->get("durability")) one_of(r, *t, "store", "durability", c.durability, {"sync", "interval", "none"});
+    const double interval = get_seconds(r, *t, "store", "sync_interval", 0.1, 0.001, 60);
+    c.sync_interval = std::chrono::milliseconds(static_cast<std::int64_t>(std::llround(interval * 1000)));
+    if (t->get("sync_interval") && c.durability != "interval")
+      r.fail_at(*t->get("sync_interval"), "store.sync_interval", "only applies with durability = \"interval\"");
+    c.limits.session_expiry =
+        std::chrono::seconds(get_int(r, *t, "store", "session_expiry", 0, 0, std::int64_t{10} * 365 * 86400));
   }
   if (const toml::node* n = root.get("listener")) {
     const toml::array* arr = n->as_array();

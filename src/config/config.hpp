@@ -32,7 +32,9 @@ struct Config {
   std::uint32_t threads = 0;              // 0: one event loop per core
   std::chrono::seconds sys_interval{10};  // $SYS statistics; 0 = off
   std::string log_level = "info";
-  std::string store_engine = "memory";
+  std::string store_engine = "rocksdb";
+  std::string durability = "sync";                  // sync | interval | none
+  std::chrono::milliseconds sync_interval{100};     // durability = "interval"
   broker::Limits limits;
   std::vector<Listener> listeners;
 };

@@ -41,6 +41,9 @@ class Connection final : public broker::Transport, public std::enable_shared_fro
   // broker::Transport
   broker::OutputQueue& output() override { return pending_; }
   void flush_soon() override;
+  // Writes what is queued; called by the loop at the end of a turn, after the
+  // shard's store commit.
+  void flush();
   void close() override;
   void migrate(std::uint32_t shard) override { migrate_to_ = shard; }
   const std::string& peer() const override { return peer_; }
@@ -49,7 +52,6 @@ class Connection final : public broker::Transport, public std::enable_shared_fro
   void read();
   void on_read(const error_code& ec, std::size_t n);
   void process_input();
-  void flush();
   void on_written(const error_code& ec);
   // drain: send FIN and read until the peer closes; otherwise close at once.
   void finish_close(bool drain);
@@ -65,7 +67,7 @@ class Connection final : public broker::Transport, public std::enable_shared_fro
   broker::OutputQueue pending_;
   broker::OutputQueue writing_;
   std::vector<asio::const_buffer> gather_;
-  bool flush_posted_ = false;
+  bool dirty_ = false;  // on the loop's list of connections to write
   bool write_active_ = false;
   bool closing_ = false;   // no more input is handed to the broker
   bool draining_ = false;  // FIN sent; reading until the peer closes too
@@ -87,10 +89,16 @@ class Loop {
   // Called from any thread: queue a batch and wake the loop if it was idle.
   void enqueue(std::vector<broker::ShardEvent>&& batch);
   void start_ticks();
+  // Once per loop turn, behind every handler already queued: commit the shard's
+  // store writes, send its cross-shard events, then write every connection that
+  // has output. Nothing reaches a socket before the writes it depends on are stored.
+  void schedule_end_turn();
+  void mark_dirty(std::shared_ptr<Connection> c);
 
  private:
   void drain_inbox();
   void tick();
+  void end_turn();
 
   const std::uint32_t index_;
   Bus& bus_;
@@ -102,6 +110,9 @@ class Loop {
   std::mutex inbox_mu_;
   std::vector<std::vector<broker::ShardEvent>> inbox_;
   std::vector<std::vector<broker::ShardEvent>> draining_;
+  bool end_turn_posted_ = false;
+  std::vector<std::shared_ptr<Connection>> dirty_;
+  std::vector<std::shared_ptr<Connection>> writing_;
 };
 
 struct Bus final : broker::ShardBus {
@@ -109,11 +120,7 @@ struct Bus final : broker::ShardBus {
   void send(std::uint32_t to, std::vector<broker::ShardEvent>&& batch) override {
     (*loops)[to]->enqueue(std::move(batch));
   }
-  void request_flush(std::uint32_t from) override {
-    Loop& l = *(*loops)[from];
-    // Posted behind the handlers already queued: a whole loop turn is batched.
-    asio::post(l.io(), [&l] { l.shard().flush_outboxes(); });
-  }
+  void request_flush(std::uint32_t from) override { (*loops)[from]->schedule_end_turn(); }
 };
 
 Loop::Loop(std::uint32_t index, broker::BrokerShared& shared, Bus& bus)
@@ -137,6 +144,25 @@ void Loop::drain_inbox() {
   shard_.set_now(broker::Clock::now());
   for (auto& batch : draining_) shard_.apply(batch);
   draining_.clear();
+}
+
+void Loop::schedule_end_turn() {
+  if (end_turn_posted_) return;
+  end_turn_posted_ = true;
+  asio::post(io_, [this] { end_turn(); });
+}
+
+void Loop::mark_dirty(std::shared_ptr<Connection> c) {
+  dirty_.push_back(std::move(c));
+  schedule_end_turn();
+}
+
+void Loop::end_turn() {
+  end_turn_posted_ = false;
+  shard_.end_turn();
+  writing_.swap(dirty_);
+  for (auto& c : writing_) c->flush();
+  writing_.clear();
 }
 
 void Loop::start_ticks() {
@@ -255,15 +281,13 @@ void Connection::hand_over(std::uint32_t shard) {
 }
 
 void Connection::flush_soon() {
-  if (flush_posted_ || write_active_ || dead_) return;
-  flush_posted_ = true;
-  asio::post(loop_.io(), [self = shared_from_this()] {
-    self->flush_posted_ = false;
-    self->flush();
-  });
+  if (dirty_ || dead_) return;
+  dirty_ = true;
+  loop_.mark_dirty(shared_from_this());
 }
 
 void Connection::flush() {
+  dirty_ = false;
   if (write_active_ || dead_) return;
   if (pending_.empty()) {
     if (closing_ && !draining_) finish_close(true);
@@ -290,13 +314,15 @@ void Connection::on_written(const error_code& ec) {
     }
     return finish_close(false);
   }
-  flush();
+  // More output may have been queued meanwhile; it goes out with the next end of
+  // turn (after its store commit), never straight from here.
+  if (!pending_.empty() || closing_) flush_soon();
 }
 
 void Connection::close() {
   if (closing_) return;
   closing_ = true;
-  if (!write_active_) flush_soon();  // flush() finishes the close once output is out
+  flush_soon();  // flush() finishes the close once output is out
 }
 
 void Connection::finish_close(bool drain) {
@@ -444,6 +470,13 @@ Server::Impl::~Impl() {
   retry_timers.clear();
   guards.clear();
   loops.clear();
+}
+
+void Server::restore(const store::Snapshot& snapshot) {
+  for (auto& l : impl_->loops) {
+    l->shard().set_now(broker::Clock::now());
+    l->shard().restore(snapshot);
+  }
 }
 
 std::vector<std::uint16_t> Server::ports() const {

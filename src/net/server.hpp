@@ -32,6 +32,8 @@ class Server {
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
 
+  // Restores durable sessions into the shards that own them; before start().
+  void restore(const store::Snapshot& snapshot);
   // Binds every listener (throws std::runtime_error naming the listener and the
   // address on failure) and starts the loop threads.
   void start();

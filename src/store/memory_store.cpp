@@ -2,38 +2,89 @@
 
 namespace moat::store {
 
-void MemoryStore::save_session(const SessionRecord& s) {
+void MemoryStore::commit(const Batch& b) {
   std::lock_guard lock(mu_);
-  sessions_.insert_or_assign(s.client_id, s);
+  ++commits_;
+  for (const auto& e : b.entries()) {
+    switch (e.op) {
+      case Batch::Op::PutSession:
+        sessions_.insert_or_assign(e.key, e.value);
+        break;
+      case Batch::Op::EraseSession: {
+        if (auto it = sessions_.find(e.key); it != sessions_.end()) sessions_.erase(it);
+        const auto lo = std::make_pair(e.session_id, std::uint64_t{0});
+        const auto hi = std::make_pair(e.session_id + 1, std::uint64_t{0});
+        queued_.erase(queued_.lower_bound(lo), queued_.lower_bound(hi));
+        inflight_.erase(inflight_.lower_bound(lo), inflight_.lower_bound(hi));
+        pubrel_.erase(pubrel_.lower_bound({e.session_id, 0}), pubrel_.lower_bound({e.session_id + 1, 0}));
+        break;
+      }
+      case Batch::Op::PutQueued:
+        queued_.insert_or_assign({e.session_id, e.seq}, e.value);
+        break;
+      case Batch::Op::PutInflight:
+        inflight_.insert_or_assign({e.session_id, e.seq}, std::make_pair(e.packet_id, e.state));
+        break;
+      case Batch::Op::EraseQueued:
+        queued_.erase({e.session_id, e.seq});
+        inflight_.erase({e.session_id, e.seq});
+        break;
+      case Batch::Op::PutPubrel:
+        pubrel_.insert({e.session_id, static_cast<std::uint16_t>(e.seq)});
+        break;
+      case Batch::Op::ErasePubrel:
+        pubrel_.erase({e.session_id, static_cast<std::uint16_t>(e.seq)});
+        break;
+      case Batch::Op::PutRetained:
+        retained_.insert_or_assign(e.key, e.value);
+        break;
+      case Batch::Op::EraseRetained:
+        if (auto it = retained_.find(e.key); it != retained_.end()) retained_.erase(it);
+        break;
+    }
+  }
 }
 
-void MemoryStore::erase_session(std::string_view client_id) {
+Snapshot MemoryStore::load() {
   std::lock_guard lock(mu_);
-  if (auto it = sessions_.find(client_id); it != sessions_.end()) sessions_.erase(it);
+  Snapshot snap;
+  std::map<std::uint64_t, std::size_t> by_id;
+  for (const auto& [id, bytes] : sessions_) {
+    Snapshot::Session s;
+    s.record = decode_session(bytes);
+    snap.next_session_id = std::max(snap.next_session_id, s.record.session_id + 1);
+    by_id[s.record.session_id] = snap.sessions.size();
+    snap.sessions.push_back(std::move(s));
+  }
+  for (const auto& [key, bytes] : queued_) {
+    auto q = decode_queued(bytes);
+    if (auto f = inflight_.find(key); f != inflight_.end()) {
+      q.packet_id = f->second.first;
+      q.state = f->second.second;
+    }
+    snap.next_seq = std::max(snap.next_seq, q.seq + 1);
+    if (auto it = by_id.find(key.first); it != by_id.end())
+      snap.sessions[it->second].queued.push_back(std::move(q));
+    else
+      ++snap.orphans_removed;
+  }
+  for (const auto& [sid, pid] : pubrel_)
+    if (auto it = by_id.find(sid); it != by_id.end()) snap.sessions[it->second].awaiting_pubrel.push_back(pid);
+  for (const auto& [topic, bytes] : retained_) snap.retained.push_back(decode_retained(bytes));
+  for (auto it = queued_.begin(); it != queued_.end();) {
+    if (!by_id.count(it->first.first)) {
+      inflight_.erase(it->first);
+      it = queued_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  return snap;
 }
 
-void MemoryStore::save_retained(const RetainedRecord& r) {
+std::uint64_t MemoryStore::commits() const {
   std::lock_guard lock(mu_);
-  retained_.insert_or_assign(r.topic, r);
-}
-
-void MemoryStore::erase_retained(std::string_view topic) {
-  std::lock_guard lock(mu_);
-  if (auto it = retained_.find(topic); it != retained_.end()) retained_.erase(it);
-}
-
-std::vector<SessionRecord> MemoryStore::load_sessions() {
-  std::lock_guard lock(mu_);
-  std::vector<SessionRecord> out;
-  for (const auto& [id, s] : sessions_) out.push_back(s);
-  return out;
-}
-
-std::vector<RetainedRecord> MemoryStore::load_retained() {
-  std::lock_guard lock(mu_);
-  std::vector<RetainedRecord> out;
-  for (const auto& [t, r] : retained_) out.push_back(r);
-  return out;
+  return commits_;
 }
 
 }  // namespace moat::store

@@ -1,8 +1,10 @@
-// The in-memory Store: state lives as long as the process.
+// The in-memory Store: durable for the life of the process only. Serves tests
+// and `[store] engine = "memory"`.
 #pragma once
 
 #include <map>
 #include <mutex>
+#include <set>
 
 #include "store/store.hpp"
 
@@ -10,17 +12,19 @@ namespace moat::store {
 
 class MemoryStore final : public Store {
  public:
-  void save_session(const SessionRecord& s) override;
-  void erase_session(std::string_view client_id) override;
-  void save_retained(const RetainedRecord& r) override;
-  void erase_retained(std::string_view topic) override;
-  std::vector<SessionRecord> load_sessions() override;
-  std::vector<RetainedRecord> load_retained() override;
+  void commit(const Batch& b) override;
+  Snapshot load() override;
+  std::string describe() const override { return "memory (not kept across restarts)"; }
+  std::uint64_t commits() const;
 
  private:
-  std::mutex mu_;
-  std::map<std::string, SessionRecord, std::less<>> sessions_;
-  std::map<std::string, RetainedRecord, std::less<>> retained_;
+  mutable std::mutex mu_;
+  std::map<std::string, std::string, std::less<>> sessions_;  // client id -> record
+  std::map<std::pair<std::uint64_t, std::uint64_t>, std::string> queued_;
+  std::map<std::pair<std::uint64_t, std::uint64_t>, std::pair<std::uint16_t, std::uint8_t>> inflight_;
+  std::set<std::pair<std::uint64_t, std::uint16_t>> pubrel_;
+  std::map<std::string, std::string, std::less<>> retained_;
+  std::uint64_t commits_ = 0;
 };
 
 }  // namespace moat::store

@@ -1,10 +1,18 @@
-// Durable broker state behind one interface: persistent sessions with their
-// subscriptions, and retained messages. The broker writes through it and reads
-// it back at start-up. MemoryStore serves tests and the default build; the
-// RocksDB store (and a cluster-backed one) implement the same interface.
+// Durable broker state behind one interface.
+//
+// The broker records every change to durable state in a Batch during one event
+// loop turn and commits the batch at the end of the turn, before any packet that
+// depends on it (PUBACK, PUBREC, PUBREL, a PUBLISH to a durable session) is
+// written to a socket: group commit. Start-up reads everything back with load().
+//
+// What is durable: persistent sessions (clean session 0) with their
+// subscriptions, every message queued for or in flight to them, the inbound
+// QoS 2 packet ids awaiting PUBREL, and retained messages.
 #pragma once
 
 #include <cstdint>
+#include <memory>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -14,7 +22,19 @@ namespace moat::store {
 
 struct SessionRecord {
   std::string client_id;
+  std::uint64_t session_id = 0;
   std::vector<std::pair<std::string, std::uint8_t>> subscriptions;  // filter, QoS
+};
+
+// A message queued for, or in flight to, one durable session.
+struct QueuedRecord {
+  std::uint64_t seq = 0;  // broker-wide, increasing: restores the order
+  std::string topic;
+  std::string payload;
+  std::uint8_t qos = 0;        // delivery QoS
+  bool retain = false;         // RETAIN flag of the delivery
+  std::uint16_t packet_id = 0; // 0 while queued; set once sent
+  std::uint8_t state = 0;      // 0 queued, 1 awaiting PUBACK/PUBREC, 2 awaiting PUBCOMP
 };
 
 struct RetainedRecord {
@@ -23,16 +43,96 @@ struct RetainedRecord {
   std::uint8_t qos = 0;
 };
 
-// Implementations are thread-safe: every event loop writes through the same store.
+// Everything durable, as read at start-up.
+struct Snapshot {
+  struct Session {
+    SessionRecord record;
+    std::vector<QueuedRecord> queued;        // by seq
+    std::vector<std::uint16_t> awaiting_pubrel;
+  };
+  std::vector<Session> sessions;
+  std::vector<RetainedRecord> retained;
+  std::uint64_t next_seq = 1;         // above every stored seq
+  std::uint64_t next_session_id = 1;  // above every stored session id
+  // Messages stored for sessions that had ended when the broker stopped (a crash
+  // between storing a delivery and noticing its session was gone). load()
+  // removes them; the count is reported so the log says so.
+  std::uint64_t orphans_removed = 0;
+};
+
+// Changes made during one loop turn. Store-neutral: each store applies the
+// operations in order, atomically.
+class Batch {
+ public:
+  enum class Op : std::uint8_t {
+    PutSession,
+    EraseSession,
+    PutQueued,
+    PutInflight,
+    EraseQueued,
+    PutPubrel,
+    ErasePubrel,
+    PutRetained,
+    EraseRetained
+  };
+  struct Entry {
+    Op op = Op::PutSession;
+    std::uint64_t session_id = 0;
+    std::uint64_t seq = 0;    // queued seq, or the packet id for Pubrel ops
+    std::uint16_t packet_id = 0;  // PutInflight
+    std::uint8_t state = 0;       // PutInflight
+    std::string key;          // client id or topic
+    std::string value;        // encoded record (see codec functions below)
+  };
+
+  void put_session(const SessionRecord& s);
+  // Removes the session and everything queued or pending for it.
+  void erase_session(std::string_view client_id, std::uint64_t session_id);
+  // A queued message; its packet id and state are kept apart (put_inflight), so
+  // sending it rewrites a few bytes rather than the payload.
+  void put_queued(std::uint64_t session_id, const QueuedRecord& q);
+  void put_inflight(std::uint64_t session_id, std::uint64_t seq, std::uint16_t packet_id, std::uint8_t state);
+  void erase_queued(std::uint64_t session_id, std::uint64_t seq);  // and its in-flight state
+  void put_pubrel(std::uint64_t session_id, std::uint16_t packet_id);
+  void erase_pubrel(std::uint64_t session_id, std::uint16_t packet_id);
+  void put_retained(const RetainedRecord& r);
+  void erase_retained(std::string_view topic);
+
+  bool empty() const { return entries_.empty(); }
+  std::size_t size() const { return entries_.size(); }
+  const std::vector<Entry>& entries() const { return entries_; }
+  void clear() { entries_.clear(); }
+
+ private:
+  Entry& add(Op op, std::uint64_t session_id, std::uint64_t seq);
+  std::vector<Entry> entries_;
+};
+
+// Implementations are thread-safe: every event loop commits its own batches.
 class Store {
  public:
   virtual ~Store() = default;
-  virtual void save_session(const SessionRecord& s) = 0;  // insert or replace
-  virtual void erase_session(std::string_view client_id) = 0;
-  virtual void save_retained(const RetainedRecord& r) = 0;  // insert or replace
-  virtual void erase_retained(std::string_view topic) = 0;
-  virtual std::vector<SessionRecord> load_sessions() = 0;
-  virtual std::vector<RetainedRecord> load_retained() = 0;
+  // Applies the batch atomically; returns once it is as durable as configured.
+  // Throws StoreError when the store cannot write (the broker stops: it must not
+  // acknowledge what it could not keep).
+  virtual void commit(const Batch& b) = 0;
+  virtual Snapshot load() = 0;
+  // Human-readable description for logs and --check-store.
+  virtual std::string describe() const = 0;
 };
+
+class StoreError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// Record encodings shared by the stores (little-endian, versioned).
+std::string encode(const SessionRecord& s);
+std::string encode(const QueuedRecord& q);
+std::string encode(const RetainedRecord& r);
+// Throw StoreError("damaged record ...") on malformed input.
+SessionRecord decode_session(std::string_view bytes);
+QueuedRecord decode_queued(std::string_view bytes);
+RetainedRecord decode_retained(std::string_view bytes);
 
 }  // namespace moat::store

@@ -32,7 +32,7 @@ struct Bus final : broker::ShardBus {
     while (!flushes.empty() || !batches.empty()) {
       auto f = std::move(flushes);
       flushes.clear();
-      for (auto i : f) shards[i]->flush_outboxes();
+      for (auto i : f) shards[i]->end_turn();
       auto b = std::move(batches);
       batches.clear();
       for (auto& [to, batch] : b) shards[to]->apply(batch);

@@ -44,7 +44,7 @@ class FakeBus final : public broker::ShardBus {
     while (!flush_requests.empty() || !in_flight.empty()) {
       auto fr = std::move(flush_requests);
       flush_requests.clear();
-      for (auto i : fr) shards[i]->flush_outboxes();
+      for (auto i : fr) shards[i]->end_turn();
       auto batches = std::move(in_flight);
       in_flight.clear();
       for (auto& [to, b] : batches) shards[to]->apply(b);

@@ -242,7 +242,7 @@ TEST_F(ShardTest, RetainedSetReplaceClearAndDeliveredWithRetainFlag) {
   publish(pub, "r/a", "", QoS::AtMostOnce, 0, true);
   EXPECT_EQ(sub.take().size(), 1u);
   EXPECT_EQ(shared.retained.size(), 1u);
-  EXPECT_EQ(store.load_retained().size(), 1u);
+  EXPECT_EQ(store.load().retained.size(), 1u);
 }
 
 TEST_F(ShardTest, WildcardsDoNotMatchDollarTopics_MQTT_4_7_2_1) {
@@ -377,7 +377,7 @@ TEST_F(ShardTest, CleanSessionDiscardsPersistentState_MQTT_3_1_2_6) {
   auto& pub = connect("p");
   publish(pub, "q", "x", QoS::AtLeastOnce, 1);
   EXPECT_TRUE(s2.take().empty());
-  EXPECT_TRUE(store.load_sessions().empty());
+  EXPECT_TRUE(store.load().sessions.empty());
 }
 
 TEST_F(ShardTest, InflightWindowQueuesInOrderAndFullQueueIsCounted) {
@@ -418,25 +418,89 @@ TEST_F(ShardTest, UnsubscribeStopsDeliveryEverywhere) {
   for (auto& s : shard_list) EXPECT_EQ(s->subscription_index().size(), 0u);
 }
 
-TEST_F(ShardTest, RestoreFromStoreRecreatesPersistentSessions) {
+// A second broker started on the same store gets back every persistent session
+// with its subscriptions, what was queued for it, what was in flight (resent with
+// DUP=1 and the same packet id), and the inbound QoS 2 ids awaiting PUBREL.
+TEST_F(ShardTest, RestartFromStoreRestoresSessionsQueuesAndInflight) {
   make(2);
-  auto& s = connect("dev", false);
-  subscribe(s, "a/#", QoS::AtLeastOnce);
-  ASSERT_EQ(store.load_sessions().size(), 1u);
-  // A second broker on the same store.
+  shared.limits.max_inflight_messages = 2;
+  auto& sub = connect("dev", false);
+  subscribe(sub, "a/#", QoS::ExactlyOnce);
+  sub.take();
+  auto& pub = connect("pub", false);
+  for (int i = 1; i <= 4; ++i) publish(pub, "a/x", "m" + std::to_string(i), QoS::ExactlyOnce, static_cast<std::uint16_t>(i));
+  auto first = sub.take();
+  ASSERT_EQ(first.size(), 2u);  // the window; m3 and m4 are queued
+  sub.send(codec::Ack{PacketType::Pubrec, first[0].packet_id});  // m1 now awaits PUBCOMP
+  bus.settle();
+  // pub's inbound ids 1..4 await PUBREL; release 1 only.
+  pub.send(codec::Ack{PacketType::Pubrel, 1});
+  bus.settle();
+  publish(pub, "a/r", "kept", QoS::AtLeastOnce, 9, true);
+  sub.take();
+
+  const auto snap = store.load();
+  ASSERT_EQ(snap.sessions.size(), 2u);
   broker::BrokerShared shared2;
   shared2.shard_count = 2;
   shared2.store = &store;
+  shared2.sys_interval = std::chrono::seconds(0);
+  shared2.next_seq = snap.next_seq;
+  shared2.next_session_id = snap.next_session_id;
   FakeBus bus2;
   broker::Shard a(0, shared2, bus2), b(1, shared2, bus2);
   bus2.shards = {&a, &b};
-  const auto records = store.load_sessions();
-  a.restore(records);
-  b.restore(records);
+  a.restore(snap);
+  b.restore(snap);
   bus2.settle();
-  EXPECT_EQ(a.session_count() + b.session_count(), 1u);
+  EXPECT_EQ(a.session_count() + b.session_count(), 2u);
   EXPECT_EQ(a.subscription_index().size(), 1u);
   EXPECT_EQ(b.subscription_index().size(), 1u);
+  EXPECT_EQ(snap.retained.size(), 1u);
+
+  auto& owner = broker::shard_of("dev", 2) == 0 ? a : b;
+  FakeConnection again(owner, policy, "127.0.0.1:2");
+  codec::Connect c;
+  c.client_id = "dev";
+  c.clean_session = false;
+  again.send(c);
+  bus2.settle();
+  auto got = again.take();
+  ASSERT_EQ(got.size(), 6u);
+  EXPECT_TRUE(got[0].connack.session_present);
+  EXPECT_EQ(got[1].type, PacketType::Pubrel);  // m1: PUBREC was stored, never resend PUBLISH
+  EXPECT_EQ(got[1].packet_id, first[0].packet_id);
+  EXPECT_EQ(got[2].payload, "m2");
+  EXPECT_TRUE(got[2].dup);
+  EXPECT_EQ(got[2].packet_id, first[1].packet_id);
+  // The queue follows, in order (the new broker's window is the default 20).
+  EXPECT_EQ(got[3].payload, "m3");
+  EXPECT_FALSE(got[3].dup);
+  EXPECT_EQ(got[4].payload, "m4");
+  EXPECT_EQ(got[5].payload, "kept");
+
+  auto& pub_owner = broker::shard_of("pub", 2) == 0 ? a : b;
+  auto* ps = pub_owner.find_session("pub");
+  ASSERT_NE(ps, nullptr);
+  EXPECT_EQ(ps->awaiting_pubrel, (std::unordered_set<std::uint16_t>{2, 3, 4}));
+}
+
+TEST_F(ShardTest, AcknowledgedMessagesLeaveTheStore) {
+  make(1);
+  auto& sub = connect("dev", false);
+  subscribe(sub, "q", QoS::AtLeastOnce);
+  sub.take();
+  auto& pub = connect("p");
+  publish(pub, "q", "x", QoS::AtLeastOnce, 1);
+  auto got = sub.take();
+  ASSERT_EQ(got.size(), 1u);
+  ASSERT_EQ(store.load().sessions.at(0).queued.size(), 1u);
+  EXPECT_EQ(store.load().sessions.at(0).queued.at(0).packet_id, got[0].packet_id);
+  sub.send(codec::Ack{PacketType::Puback, got[0].packet_id});
+  bus.settle();
+  EXPECT_TRUE(store.load().sessions.at(0).queued.empty());
+  // A clean session is never stored.
+  EXPECT_EQ(store.load().sessions.size(), 1u);
 }
 
 TEST_F(ShardTest, SysTopicsPublishCountersFromEveryShard) {

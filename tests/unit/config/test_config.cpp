@@ -113,7 +113,9 @@ TEST(Config, FeaturesOfLaterVersionsAreRefusedNotIgnored) {
                      "[\"anonymous\"]\n")
                 .find("not available in this version"),
             std::string::npos);
-  EXPECT_NE(error_of(std::string(kListener) + "[store]\nengine = \"rocksdb\"\n").find("not available"),
+  EXPECT_NE(error_of(std::string(kListener) + "[store]\nengine = \"etcd\"\n").find("store.engine: 'etcd' is not one of"),
+            std::string::npos);
+  EXPECT_NE(error_of(std::string(kListener) + "[store]\nsync_interval = 0.5\n").find("only applies with durability"),
             std::string::npos);
 }
 

@@ -1,0 +1,188 @@
+#include <bit>
+#include <cstring>
+
+#include "store/store.hpp"
+
+namespace moat::store {
+namespace {
+
+constexpr std::uint8_t kVersion = 1;
+static_assert(std::endian::native == std::endian::little, "records are written in host (little-endian) order");
+
+class Writer {
+ public:
+  explicit Writer(std::uint8_t kind) {
+    out_.push_back(static_cast<char>(kVersion));
+    out_.push_back(static_cast<char>(kind));
+  }
+  void u8(std::uint8_t v) { out_.push_back(static_cast<char>(v)); }
+  void u16(std::uint16_t v) { raw(&v, 2); }
+  void u64(std::uint64_t v) { raw(&v, 8); }
+  void str(std::string_view s) {
+    u64(s.size());
+    out_.append(s);
+  }
+  std::string take() { return std::move(out_); }
+
+ private:
+  void raw(const void* p, std::size_t n) { out_.append(static_cast<const char*>(p), n); }  // little-endian hosts
+  std::string out_;
+};
+
+class Reader {
+ public:
+  Reader(std::string_view in, std::uint8_t kind, const char* what) : in_(in), what_(what) {
+    if (u8() != kVersion) fail("unknown record version");
+    if (u8() != kind) fail("wrong record kind");
+  }
+  std::uint8_t u8() {
+    std::uint8_t v = 0;
+    raw(&v, 1);
+    return v;
+  }
+  std::uint16_t u16() {
+    std::uint16_t v = 0;
+    raw(&v, 2);
+    return v;
+  }
+  std::uint64_t u64() {
+    std::uint64_t v = 0;
+    raw(&v, 8);
+    return v;
+  }
+  std::string str() {
+    const auto n = u64();
+    if (n > in_.size() - pos_) fail("string runs past the end");
+    std::string s(in_.substr(pos_, n));
+    pos_ += n;
+    return s;
+  }
+  void done() {
+    if (pos_ != in_.size()) fail("trailing bytes");
+  }
+
+ private:
+  void raw(void* p, std::size_t n) {
+    if (n > in_.size() - pos_) fail("truncated");
+    std::memcpy(p, in_.data() + pos_, n);
+    pos_ += n;
+  }
+  [[noreturn]] void fail(const char* why) { throw StoreError(std::string("damaged ") + what_ + " record: " + why); }
+  std::string_view in_;
+  std::size_t pos_ = 0;
+  const char* what_;
+};
+
+enum Kind : std::uint8_t { kSession = 1, kQueued = 2, kRetained = 3 };
+
+}  // namespace
+
+std::string encode(const SessionRecord& s) {
+  Writer w(kSession);
+  w.str(s.client_id);
+  w.u64(s.session_id);
+  w.u64(s.subscriptions.size());
+  for (const auto& [f, q] : s.subscriptions) {
+    w.str(f);
+    w.u8(q);
+  }
+  return w.take();
+}
+
+SessionRecord decode_session(std::string_view bytes) {
+  Reader r(bytes, kSession, "session");
+  SessionRecord s;
+  s.client_id = r.str();
+  s.session_id = r.u64();
+  const auto n = r.u64();
+  for (std::uint64_t i = 0; i < n; ++i) {
+    auto f = r.str();
+    s.subscriptions.emplace_back(std::move(f), r.u8());
+  }
+  r.done();
+  return s;
+}
+
+std::string encode(const QueuedRecord& q) {
+  Writer w(kQueued);
+  w.u64(q.seq);
+  w.str(q.topic);
+  w.str(q.payload);
+  w.u8(q.qos);
+  w.u8(q.retain ? 1 : 0);
+  w.u16(q.packet_id);
+  w.u8(q.state);
+  return w.take();
+}
+
+QueuedRecord decode_queued(std::string_view bytes) {
+  Reader r(bytes, kQueued, "queued message");
+  QueuedRecord q;
+  q.seq = r.u64();
+  q.topic = r.str();
+  q.payload = r.str();
+  q.qos = r.u8();
+  q.retain = r.u8() != 0;
+  q.packet_id = r.u16();
+  q.state = r.u8();
+  r.done();
+  return q;
+}
+
+std::string encode(const RetainedRecord& rr) {
+  Writer w(kRetained);
+  w.str(rr.topic);
+  w.str(rr.payload);
+  w.u8(rr.qos);
+  return w.take();
+}
+
+RetainedRecord decode_retained(std::string_view bytes) {
+  Reader r(bytes, kRetained, "retained message");
+  RetainedRecord rr;
+  rr.topic = r.str();
+  rr.payload = r.str();
+  rr.qos = r.u8();
+  r.done();
+  return rr;
+}
+
+Batch::Entry& Batch::add(Op op, std::uint64_t session_id, std::uint64_t seq) {
+  Entry& e = entries_.emplace_back();
+  e.op = op;
+  e.session_id = session_id;
+  e.seq = seq;
+  return e;
+}
+
+void Batch::put_session(const SessionRecord& s) {
+  Entry& e = add(Op::PutSession, s.session_id, 0);
+  e.key = s.client_id;
+  e.value = encode(s);
+}
+void Batch::erase_session(std::string_view client_id, std::uint64_t session_id) {
+  add(Op::EraseSession, session_id, 0).key = std::string(client_id);
+}
+void Batch::put_queued(std::uint64_t session_id, const QueuedRecord& q) {
+  add(Op::PutQueued, session_id, q.seq).value = encode(q);
+}
+void Batch::put_inflight(std::uint64_t session_id, std::uint64_t seq, std::uint16_t packet_id, std::uint8_t state) {
+  Entry& e = add(Op::PutInflight, session_id, seq);
+  e.packet_id = packet_id;
+  e.state = state;
+}
+void Batch::erase_queued(std::uint64_t session_id, std::uint64_t seq) { add(Op::EraseQueued, session_id, seq); }
+void Batch::put_pubrel(std::uint64_t session_id, std::uint16_t packet_id) {
+  add(Op::PutPubrel, session_id, packet_id);
+}
+void Batch::erase_pubrel(std::uint64_t session_id, std::uint16_t packet_id) {
+  add(Op::ErasePubrel, session_id, packet_id);
+}
+void Batch::put_retained(const RetainedRecord& r) {
+  Entry& e = add(Op::PutRetained, 0, 0);
+  e.key = r.topic;
+  e.value = encode(r);
+}
+void Batch::erase_retained(std::string_view topic) { add(Op::EraseRetained, 0, 0).key = std::string(topic); }
+
+}  // namespace moat::store
