@@ -1,0 +1,265 @@
+#include "security/acl.hpp"
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+
+#include "codec/topic.hpp"
+
+namespace moat::security {
+namespace {
+
+constexpr std::size_t kInlineExpansion = 256;
+
+bool is_subst_level(std::string_view level) {
+  return level == "%u" || level == "%c";
+}
+
+// Why a rule is invalid, or empty.
+std::string rule_error(const AclRule& r) {
+  if (r.actions == 0 || (r.actions & ~AclRule::kAll) != 0) return "no valid action";
+  if (r.who == AclRule::Who::User && r.user.empty()) return "empty user name";
+  if (r.filter.empty()) return "empty topic";
+  if (codec::check_utf8(r.filter) != codec::ProtocolError::None)
+    return "topic '" + r.filter + "' is not valid UTF-8";
+  if (!codec::valid_topic_filter(r.filter))
+    return "'" + r.filter + "' is not a valid topic filter ('+' and '#' take a whole level, '#' only last)";
+  if (r.substitute) {
+    std::string bad;
+    codec::for_each_level(r.filter, [&](std::string_view level) {
+      if (bad.empty() && !is_subst_level(level) &&
+          (level.find("%u") != std::string_view::npos || level.find("%c") != std::string_view::npos))
+        bad = std::string(level);
+    });
+    if (!bad.empty())
+      return "'" + bad + "': %u and %c must be the whole topic level (as in 'sensor/%u/data')";
+  }
+  return {};
+}
+
+bool has_subst(std::string_view filter) {
+  bool any = false;
+  codec::for_each_level(filter, [&](std::string_view level) { any = any || is_subst_level(level); });
+  return any;
+}
+
+// A value substituted for %u or %c must be exactly one ordinary level: not empty,
+// no '/', '+' or '#' (which would widen the rule: CVE-2017-7650 in Mosquitto),
+// and not starting with '$' in the first level (which would reach $SYS and other
+// server topics).
+bool safe_level(std::string_view v, bool first) {
+  if (v.empty() || v.find_first_of("/+#") != std::string_view::npos) return false;
+  return !(first && v.front() == '$');
+}
+
+// Expands %u/%c levels into buf (or heap when longer); false when the identity
+// cannot take part in this rule.
+bool expand(std::string_view filter, const Identity& who, char* buf, std::string& heap,
+            std::string_view& out) {
+  // First pass: check values and measure.
+  std::size_t len = 0;
+  bool ok = true;
+  bool first = true;
+  codec::for_each_level(filter, [&](std::string_view level) {
+    std::string_view v = level;
+    if (is_subst_level(level)) {
+      v = level == "%u" ? who.username : who.client_id;
+      if (!safe_level(v, first)) ok = false;
+    }
+    len += v.size() + 1;
+    first = false;
+  });
+  if (!ok) return false;
+  --len;  // no separator after the last level
+  char* dst = buf;
+  if (len > kInlineExpansion) {
+    heap.assign(len, '\0');
+    dst = heap.data();
+  }
+  std::size_t at = 0;
+  codec::for_each_level(filter, [&](std::string_view level) {
+    std::string_view v = level;
+    if (level == "%u")
+      v = who.username;
+    else if (level == "%c")
+      v = who.client_id;
+    if (at > 0) dst[at++] = '/';
+    std::memcpy(dst + at, v.data(), v.size());
+    at += v.size();
+  });
+  out = std::string_view(dst, len);
+  return true;
+}
+
+bool applies(const AclRule& r, const Identity& who, Action action, std::string_view topic) {
+  std::string_view f = r.filter;
+  char buf[kInlineExpansion];
+  std::string heap;
+  if (r.substitute && !expand(r.filter, who, buf, heap, f)) return false;
+  return action == Action::Subscribe ? filter_covers(f, topic) : codec::topic_matches(f, topic);
+}
+
+std::string_view trim(std::string_view s) {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r')) s.remove_suffix(1);
+  return s;
+}
+
+// Splits off the first word (up to a space or tab); returns it and leaves the
+// trimmed rest in `rest`.
+std::string_view first_word(std::string_view s, std::string_view& rest) {
+  const auto end = s.find_first_of(" \t");
+  if (end == std::string_view::npos) {
+    rest = {};
+    return s;
+  }
+  rest = trim(s.substr(end));
+  return s.substr(0, end);
+}
+
+}  // namespace
+
+bool filter_covers(std::string_view rule, std::string_view filter) {
+  std::size_t r = 0;
+  std::size_t f = 0;
+  bool first = true;
+  bool filter_done = false;  // the filter has no level left: its topics end here
+  for (;;) {
+    const auto rend = std::min(rule.find('/', r), rule.size());
+    const auto rl = rule.substr(r, rend - r);
+    if (rl == "#") {
+      // Covers whatever is left, the parent level included, except that a
+      // first-level '#' does not reach '$' topics [MQTT-4.7.2-1].
+      return !(first && !filter_done && f < filter.size() && filter[f] == '$');
+    }
+    if (filter_done) return false;  // topics of the filter end where the rule needs a level
+    const auto fend = std::min(filter.find('/', f), filter.size());
+    const auto fl = filter.substr(f, fend - f);
+    if (fl == "#") return false;  // only '#' covers '#'
+    if (rl == "+") {
+      if (first && !fl.empty() && fl.front() == '$') return false;  // [MQTT-4.7.2-1]
+    } else if (rl != fl) {
+      return false;  // a literal covers only itself ('+' in the filter included)
+    }
+    const bool rlast = rend == rule.size();
+    const bool flast = fend == filter.size();
+    if (rlast) return flast;
+    if (flast)
+      filter_done = true;
+    else
+      f = fend + 1;
+    r = rend + 1;
+    first = false;
+  }
+}
+
+std::shared_ptr<const Acl> Acl::from_rules(std::vector<AclRule> rules) {
+  std::shared_ptr<Acl> acl(new Acl());
+  for (std::size_t i = 0; i < rules.size(); ++i) {
+    AclRule& r = rules[i];
+    if (auto why = rule_error(r); !why.empty())
+      throw std::invalid_argument("rule " + std::to_string(i + 1) +
+                                  (r.line ? " (line " + std::to_string(r.line) + ")" : std::string()) + ": " +
+                                  why);
+    if (r.substitute && !has_subst(r.filter)) r.substitute = false;  // nothing to expand
+    Group* g = &acl->any_;
+    if (r.who == AclRule::Who::Anonymous)
+      g = &acl->anonymous_;
+    else if (r.who == AclRule::Who::User)
+      g = &acl->users_[r.user];
+    (r.allow ? g->allow : g->deny).push_back(std::move(r));
+  }
+  acl->count_ = rules.size();
+  return acl;
+}
+
+std::shared_ptr<const Acl> Acl::parse_mosquitto(std::string_view text, std::string_view source) {
+  std::vector<AclRule> rules;
+  std::string user;  // current `user` section; empty before the first one
+  bool in_user = false;
+  std::size_t lineno = 0;
+  std::size_t start = 0;
+  while (start < text.size()) {
+    auto nl = text.find('\n', start);
+    if (nl == std::string_view::npos) nl = text.size();
+    const std::string_view line = trim(text.substr(start, nl - start));
+    start = nl + 1;
+    ++lineno;
+    auto fail = [&](const std::string& why) -> void {
+      throw std::runtime_error(std::string(source) + ":" + std::to_string(lineno) + ": " + why);
+    };
+    if (line.empty() || line.front() == '#') continue;
+    std::string_view rest;
+    const std::string_view keyword = first_word(line, rest);
+    if (keyword == "user") {
+      if (rest.empty()) fail("'user' needs a user name");
+      user = std::string(rest);
+      in_user = true;
+      continue;
+    }
+    if (keyword != "topic" && keyword != "pattern")
+      fail("unknown keyword '" + std::string(keyword) + "' (expected user, topic or pattern)");
+    if (rest.empty()) fail("'" + std::string(keyword) + "' needs a topic");
+    AclRule r;
+    r.line = lineno;
+    std::string_view after;
+    const std::string_view access = first_word(rest, after);
+    std::string_view topic = rest;
+    r.actions = AclRule::kAll;
+    if (access == "read" || access == "write" || access == "readwrite" || access == "deny") {
+      if (after.empty())
+        fail("missing topic after '" + std::string(access) + "' (a topic named '" + std::string(access) +
+             "' is written '" + std::string(keyword) + " readwrite " + std::string(access) + "')");
+      topic = after;
+      if (access == "read") r.actions = AclRule::kRead;
+      if (access == "write") r.actions = AclRule::kWrite;
+      if (access == "deny") r.allow = false;
+    }
+    r.filter = std::string(topic);
+    if (keyword == "pattern") {
+      r.who = AclRule::Who::Any;  // patterns apply to every client, wherever written
+      r.substitute = true;
+    } else if (in_user) {
+      r.who = AclRule::Who::User;
+      r.user = user;
+    } else {
+      r.who = AclRule::Who::Anonymous;
+    }
+    if (auto why = rule_error(r); !why.empty()) fail(why);
+    rules.push_back(std::move(r));
+  }
+  return from_rules(std::move(rules));
+}
+
+std::shared_ptr<const Acl> Acl::load_mosquitto(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error(path.string() + ": cannot open: " + std::strerror(errno));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return parse_mosquitto(ss.str(), path.string());
+}
+
+Decision Acl::check(const Identity& who, Action action, std::string_view topic) const {
+  // The broker validates names and filters first; a malformed one is refused here too.
+  if (action == Action::Subscribe ? !codec::valid_topic_filter(topic) : !codec::valid_topic_name(topic))
+    return Decision::Deny;
+  const auto bit = static_cast<std::uint8_t>(action);
+  const Group* own = nullptr;
+  if (who.username.empty()) {
+    own = &anonymous_;
+  } else if (auto it = users_.find(who.username); it != users_.end()) {
+    own = &it->second;
+  }
+  auto any_match = [&](const std::vector<AclRule>& rules) {
+    for (const auto& r : rules)
+      if ((r.actions & bit) != 0 && applies(r, who, action, topic)) return true;
+    return false;
+  };
+  if ((own && any_match(own->deny)) || any_match(any_.deny)) return Decision::Deny;
+  if ((own && any_match(own->allow)) || any_match(any_.allow)) return Decision::Allow;
+  return Decision::Deny;
+}
+
+}  // namespace moat::security

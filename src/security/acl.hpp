@@ -1,0 +1,122 @@
+// Authorization by access-control list: rules per identity, action and topic,
+// deny by default. The Mosquitto acl_file format is parsed into the same rule
+// model a TOML rule list will produce. docs/security.md has the exact semantics.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+namespace moat::security {
+
+enum class Action : std::uint8_t {
+  Publish = 1,    // a client publishes to a topic name (will messages included)
+  Subscribe = 2,  // a client subscribes with a topic filter
+  Receive = 4,    // a message on a topic name is delivered to a client (retained included)
+};
+
+enum class Decision : std::uint8_t { Deny, Allow };
+
+// Who asks. An empty user name is an anonymous client.
+struct Identity {
+  std::string_view username;
+  std::string_view client_id;
+};
+
+struct AclRule {
+  enum class Who : std::uint8_t {
+    Anonymous,  // clients without a user name
+    User,       // the client whose user name is `user`
+    Any,        // every client, anonymous included
+  };
+  Who who = Who::Any;
+  std::string user;          // Who::User only
+  std::uint8_t actions = 0;  // bit set of Action
+  std::string filter;        // a topic filter; %u / %c levels when `substitute`
+  bool substitute = false;   // expand %u (user name) and %c (client id) levels
+  bool allow = true;         // false: deny
+  std::size_t line = 0;      // where it was written (0: not from a file)
+
+  static constexpr std::uint8_t kRead =
+      static_cast<std::uint8_t>(Action::Subscribe) | static_cast<std::uint8_t>(Action::Receive);
+  static constexpr std::uint8_t kWrite = static_cast<std::uint8_t>(Action::Publish);
+  static constexpr std::uint8_t kAll = kRead | kWrite;
+};
+
+// The immutable, thread-safe rule table. check() never allocates for rules
+// without %u/%c, nor for pattern rules whose expansion fits in 256 bytes.
+class Acl {
+ public:
+  // From a rule list (any order: the decision does not depend on it). Throws
+  // std::invalid_argument "rule N (line L): reason" for an invalid rule.
+  static std::shared_ptr<const Acl> from_rules(std::vector<AclRule> rules);
+  // Mosquitto acl_file text; throws std::runtime_error "SOURCE:LINE: reason".
+  static std::shared_ptr<const Acl> parse_mosquitto(std::string_view text, std::string_view source);
+  // Same from a file ("FILE: reason" when unreadable).
+  static std::shared_ptr<const Acl> load_mosquitto(const std::filesystem::path& path);
+
+  // Publish and Receive take a topic name, Subscribe a topic filter. A rule
+  // applies when it names the identity (or everyone), includes the action and
+  // its filter matches the topic (Publish/Receive) or covers the whole filter
+  // (Subscribe: every topic the subscription can match is matched by the rule).
+  // Any applicable deny rule denies; otherwise any applicable allow rule allows;
+  // otherwise Deny.
+  Decision check(const Identity& who, Action action, std::string_view topic_or_filter) const;
+
+  std::size_t size() const { return count_; }
+
+  Acl(const Acl&) = delete;
+  Acl& operator=(const Acl&) = delete;
+
+ private:
+  Acl() = default;
+  struct Group {
+    std::vector<AclRule> deny;
+    std::vector<AclRule> allow;
+  };
+  struct Hash {
+    std::size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
+    using is_transparent = void;
+  };
+  Group anonymous_;
+  std::unordered_map<std::string, Group, Hash, std::equal_to<>> users_;
+  Group any_;
+  std::size_t count_ = 0;
+};
+
+// Does every topic name matched by `filter` also match `rule`? Both are valid
+// topic filters. Level by level: '#' in the rule covers the rest (the parent
+// level included); '+' in the rule covers '+' or one literal level; a literal
+// covers only the same literal; '#' or '+' in the filter needs '#' or '+' in
+// the rule; and a first-level '+' or '#' in the rule never covers a filter whose
+// first level is a literal starting with '$' [MQTT-4.7.2-1].
+bool filter_covers(std::string_view rule, std::string_view filter);
+
+// A table that event loops read while a reload replaces it. load() copies a
+// shared_ptr under a mutex (uncontended: ~20 ns): take one snapshot per batch of
+// work, not one per check. (A mutex rather than std::atomic<std::shared_ptr>:
+// libstdc++ 12's lock-bit implementation shows up as a data race under TSan.)
+template <typename T>
+class Reloadable {
+ public:
+  explicit Reloadable(std::shared_ptr<const T> t) : t_(std::move(t)) {}
+  std::shared_ptr<const T> load() const {
+    std::lock_guard lock(mu_);
+    return t_;
+  }
+  void store(std::shared_ptr<const T> t) {
+    std::lock_guard lock(mu_);
+    t_.swap(t);  // the old table is released outside the lock, at `t`'s end
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::shared_ptr<const T> t_;
+};
+
+}  // namespace moat::security

@@ -1,0 +1,546 @@
+// TlsEngine: one server-side SSL* over memory BIOs, and the failure words.
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+#include <climits>
+#include <cstring>
+
+#include "security/tls.hpp"
+#include "security/tls_internal.hpp"
+
+namespace moat::security {
+
+std::string_view to_string(TlsFailure f) {
+  switch (f) {
+    case TlsFailure::None:
+      return "none";
+    case TlsFailure::UnknownCa:
+      return "unknown CA";
+    case TlsFailure::CertExpired:
+      return "certificate expired";
+    case TlsFailure::CertNotYetValid:
+      return "certificate not yet valid";
+    case TlsFailure::CertRevoked:
+      return "certificate revoked";
+    case TlsFailure::CertBadPurpose:
+      return "certificate not for client authentication";
+    case TlsFailure::CertInvalid:
+      return "invalid certificate";
+    case TlsFailure::CrlProblem:
+      return "CRL problem";
+    case TlsFailure::NoClientCert:
+      return "no client certificate";
+    case TlsFailure::NoSharedCipher:
+      return "no shared cipher";
+    case TlsFailure::ProtocolVersion:
+      return "protocol version too old";
+    case TlsFailure::NotTls:
+      return "not TLS";
+    case TlsFailure::PskUnknownIdentity:
+      return "PSK identity unknown";
+    case TlsFailure::PskMismatch:
+      return "PSK key mismatch";
+    case TlsFailure::NoApplicationProtocol:
+      return "no application protocol";
+    case TlsFailure::PeerAlert:
+      return "peer alert";
+    case TlsFailure::BufferLimit:
+      return "buffer limit";
+    case TlsFailure::Protocol:
+      return "TLS protocol error";
+    case TlsFailure::Count:
+      break;
+  }
+  return "?";
+}
+
+namespace {
+
+constexpr std::size_t kReadChunk = 16 * 1024;
+
+std::string name_rfc2253(const X509_NAME* name) {
+  BIO* b = BIO_new(BIO_s_mem());
+  std::string out;
+  if (b && X509_NAME_print_ex(b, name, 0, XN_FLAG_RFC2253) >= 0) {
+    char* data = nullptr;
+    const long n = BIO_get_mem_data(b, &data);
+    out.assign(data, static_cast<std::size_t>(n));
+  }
+  BIO_free(b);
+  return out;
+}
+
+// An ASN.1 string as UTF-8; "" if it holds a NUL (an identity must not be truncatable).
+std::string asn1_utf8(const ASN1_STRING* s) {
+  unsigned char* utf8 = nullptr;
+  const int n = ASN1_STRING_to_UTF8(&utf8, s);
+  if (n < 0) return {};
+  std::string out(reinterpret_cast<const char*>(utf8), static_cast<std::size_t>(n));
+  OPENSSL_free(utf8);
+  if (out.find('\0') != std::string::npos) return {};
+  return out;
+}
+
+struct VerifyWords {
+  TlsFailure failure;
+  std::string_view words;
+};
+
+VerifyWords verify_words(long code) {
+  switch (code) {
+    case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT:
+    case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY:
+    case X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE:
+    case X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT:
+    case X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN:
+    case X509_V_ERR_CERT_UNTRUSTED:
+      return {TlsFailure::UnknownCa, "unknown CA"};
+    case X509_V_ERR_CERT_HAS_EXPIRED:
+      return {TlsFailure::CertExpired, "certificate expired"};
+    case X509_V_ERR_CERT_NOT_YET_VALID:
+      return {TlsFailure::CertNotYetValid, "certificate not yet valid"};
+    case X509_V_ERR_CERT_REVOKED:
+      return {TlsFailure::CertRevoked, "certificate revoked"};
+    case X509_V_ERR_INVALID_PURPOSE:
+    case X509_V_ERR_KEYUSAGE_NO_DIGITAL_SIGNATURE:
+    case X509_V_ERR_KEYUSAGE_NO_CERTSIGN:
+    case X509_V_ERR_INVALID_CA:
+    case X509_V_ERR_CERT_REJECTED:
+      return {TlsFailure::CertBadPurpose,
+              "certificate not allowed for client authentication (purpose / key usage)"};
+    case X509_V_ERR_UNABLE_TO_GET_CRL:
+      return {TlsFailure::CrlProblem, "no CRL for the certificate's issuer"};
+    case X509_V_ERR_CRL_HAS_EXPIRED:
+      return {TlsFailure::CrlProblem, "CRL expired"};
+    case X509_V_ERR_CRL_NOT_YET_VALID:
+      return {TlsFailure::CrlProblem, "CRL not yet valid"};
+    case X509_V_ERR_CRL_SIGNATURE_FAILURE:
+    case X509_V_ERR_UNABLE_TO_DECRYPT_CRL_SIGNATURE:
+      return {TlsFailure::CrlProblem, "CRL signature does not verify"};
+    case X509_V_ERR_CERT_CHAIN_TOO_LONG:
+    case X509_V_ERR_PATH_LENGTH_EXCEEDED:
+      return {TlsFailure::CertInvalid, "certificate chain too long (verify_depth)"};
+    case X509_V_ERR_CERT_SIGNATURE_FAILURE:
+    case X509_V_ERR_UNABLE_TO_DECRYPT_CERT_SIGNATURE:
+      return {TlsFailure::CertInvalid, "bad certificate signature"};
+    default:
+      return {TlsFailure::CertInvalid, {}};
+  }
+}
+
+// Peer-supplied text (a PSK identity) made safe for one log line.
+std::string printable(std::string_view s) {
+  std::string out;
+  for (const char ch : s) {
+    const auto c = static_cast<unsigned char>(ch);
+    if (c >= 0x20 && c < 0x7f && c != '\\' && c != '\'') {
+      out.push_back(ch);
+    } else {
+      static constexpr char kHex[] = "0123456789abcdef";
+      out += "\\x";
+      out.push_back(kHex[c >> 4]);
+      out.push_back(kHex[c & 15]);
+    }
+  }
+  return out;
+}
+
+bool is_one_of(int reason, std::initializer_list<int> reasons) {
+  for (int r : reasons)
+    if (reason == r) return true;
+  return false;
+}
+
+}  // namespace
+
+std::string certificate_fingerprint_sha256(const X509* cert) {
+  if (!cert) return {};
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int n = 0;
+  if (X509_digest(cert, EVP_sha256(), md, &n) != 1) return {};
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(n * 2);
+  for (unsigned int i = 0; i < n; ++i) {
+    out.push_back(kHex[md[i] >> 4]);
+    out.push_back(kHex[md[i] & 15]);
+  }
+  return out;
+}
+
+std::string certificate_identity(const X509* cert, IdentityFrom from) {
+  if (!cert) return {};
+  switch (from) {
+    case IdentityFrom::Psk:
+      return {};
+    case IdentityFrom::Subject:
+      return name_rfc2253(X509_get_subject_name(cert));
+    case IdentityFrom::Cn: {
+      // Exactly one CN: with several, which one is "the" identity is ambiguous.
+      const X509_NAME* name = X509_get_subject_name(cert);
+      const int first = X509_NAME_get_index_by_NID(name, NID_commonName, -1);
+      if (first < 0 || X509_NAME_get_index_by_NID(name, NID_commonName, first) >= 0) return {};
+      return asn1_utf8(X509_NAME_ENTRY_get_data(X509_NAME_get_entry(name, first)));
+    }
+    case IdentityFrom::SanDns:
+    case IdentityFrom::SanEmail:
+    case IdentityFrom::SanUri: {
+      const int type = from == IdentityFrom::SanDns     ? GEN_DNS
+                       : from == IdentityFrom::SanEmail ? GEN_EMAIL
+                                                        : GEN_URI;
+      auto* names =
+          static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr));
+      if (!names) return {};
+      std::string out;
+      for (int i = 0; i < sk_GENERAL_NAME_num(names); ++i) {
+        const GENERAL_NAME* g = sk_GENERAL_NAME_value(names, i);
+        if (g->type != type) continue;
+        out = asn1_utf8(g->d.ia5);  // dNSName, rfc822Name and URI are IA5Strings
+        break;
+      }
+      GENERAL_NAMES_free(names);
+      return out;
+    }
+  }
+  return {};
+}
+
+struct TlsEngine::Impl : tls_detail::ConnectionHooks {
+  std::shared_ptr<const TlsServerContext> context;
+  SSL* ssl = nullptr;
+  BIO* rbio = nullptr;  // socket -> SSL
+  BIO* wbio = nullptr;  // SSL -> socket
+  TlsState state = TlsState::Handshaking;
+  TlsFailure failure = TlsFailure::None;
+  std::string error;
+  bool peer_closed = false;
+  std::vector<std::uint8_t> plain;
+  std::vector<std::uint8_t> cipher;
+  std::vector<std::uint8_t> pending_app;  // written before the handshake completed
+  Clock::time_point start{};
+  std::optional<Clock::duration> duration;
+  std::string_view version;
+  std::string_view cipher_name;
+  bool resumed = false;
+  std::string alpn;
+  std::string identity;
+
+  ~Impl() { SSL_free(ssl); }  // frees both BIOs
+
+  void fail(TlsFailure f, std::string words) {
+    state = TlsState::Failed;
+    failure = f;
+    error = std::move(words);
+    ERR_clear_error();
+  }
+  void drain_wbio();
+  bool check_limits();
+  void handshake();
+  void on_established();
+  void read_records();
+  void encrypt(std::span<const std::uint8_t> app);
+  void fail_from_openssl(int ssl_error);
+};
+
+void TlsEngine::Impl::drain_wbio() {
+  for (;;) {
+    const std::size_t n = BIO_ctrl_pending(wbio);
+    if (n == 0) return;
+    const std::size_t old = cipher.size();
+    const int chunk = static_cast<int>(std::min<std::size_t>(n, INT_MAX));
+    cipher.resize(old + static_cast<std::size_t>(chunk));
+    const int got = BIO_read(wbio, cipher.data() + old, chunk);
+    cipher.resize(old + static_cast<std::size_t>(std::max(got, 0)));
+    if (got <= 0) return;
+  }
+}
+
+bool TlsEngine::Impl::check_limits() {
+  const TlsServerConfig& c = context->config();
+  if (plain.size() > c.max_plaintext_backlog || pending_app.size() > c.max_ciphertext_backlog) {
+    fail(TlsFailure::BufferLimit, "buffer limit: more than " + std::to_string(c.max_plaintext_backlog) +
+                                      " decrypted bytes not consumed");
+    return false;
+  }
+  if (cipher.size() > c.max_ciphertext_backlog) {
+    fail(TlsFailure::BufferLimit,
+         "buffer limit: more than " + std::to_string(c.max_ciphertext_backlog) + " encrypted bytes not sent");
+    return false;
+  }
+  return true;
+}
+
+void TlsEngine::Impl::handshake() {
+  ERR_clear_error();
+  const int r = SSL_do_handshake(ssl);
+  if (r == 1) return on_established();
+  const int e = SSL_get_error(ssl, r);
+  if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) return;
+  fail_from_openssl(e);
+}
+
+void TlsEngine::Impl::on_established() {
+  state = TlsState::Established;
+  version = SSL_get_version(ssl);
+  if (const SSL_CIPHER* c = SSL_get_current_cipher(ssl)) cipher_name = SSL_CIPHER_get_name(c);
+  resumed = SSL_session_reused(ssl) == 1 && !psk_external;
+  const unsigned char* proto = nullptr;
+  unsigned int proto_len = 0;
+  SSL_get0_alpn_selected(ssl, &proto, &proto_len);
+  if (proto) alpn.assign(reinterpret_cast<const char*>(proto), proto_len);
+  if (!psk_used && resumed) {
+    // TLS 1.2 PSK sessions resumed from a ticket keep their identity in the session.
+    if (const char* id = SSL_get_psk_identity(ssl)) {
+      psk_used = true;
+      psk_identity = id;
+    }
+  }
+  const X509* peer = SSL_get0_peer_certificate(ssl);
+  const TlsServerConfig& cfg = context->config();
+  if (psk_used)
+    identity = psk_identity;
+  else if (peer)
+    identity = certificate_identity(peer, cfg.identity_from);
+  if (start != Clock::time_point{} && now != Clock::time_point{}) duration = now - start;
+
+  // A resumed session skipped certificate checks: apply the current CRLs and mode.
+  if (peer && context->revoked(peer)) {
+    verify_subject = name_rfc2253(X509_get_subject_name(peer));
+    return fail(TlsFailure::CertRevoked, "certificate revoked: " + verify_subject);
+  }
+  if (!peer && !psk_used && cfg.client_cert == ClientCertMode::Required)
+    return fail(TlsFailure::NoClientCert, "no client certificate");
+
+  if (!pending_app.empty()) {
+    std::vector<std::uint8_t> app;
+    app.swap(pending_app);
+    encrypt(app);
+  }
+}
+
+void TlsEngine::Impl::read_records() {
+  while (state == TlsState::Established) {
+    if (!check_limits()) return;
+    const std::size_t old = plain.size();
+    plain.resize(old + kReadChunk);
+    std::size_t n = 0;
+    ERR_clear_error();
+    const int r = SSL_read_ex(ssl, plain.data() + old, kReadChunk, &n);
+    plain.resize(old + (r == 1 ? n : 0));
+    if (r == 1) continue;
+    const int e = SSL_get_error(ssl, r);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) return;
+    if (e == SSL_ERROR_ZERO_RETURN) {
+      state = TlsState::Closed;
+      peer_closed = true;
+      return;
+    }
+    fail_from_openssl(e);
+  }
+}
+
+void TlsEngine::Impl::encrypt(std::span<const std::uint8_t> app) {
+  while (!app.empty() && state == TlsState::Established) {
+    std::size_t written = 0;
+    ERR_clear_error();
+    const int r = SSL_write_ex(ssl, app.data(), app.size(), &written);
+    if (r != 1) {
+      const int e = SSL_get_error(ssl, r);
+      if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) continue;  // memory BIOs never block
+      return fail_from_openssl(e);
+    }
+    app = app.subspan(written);
+  }
+}
+
+void TlsEngine::Impl::fail_from_openssl(int ssl_error) {
+  // The first SSL-library error says why; alerts from the peer appear as
+  // reasons SSL_AD_REASON_OFFSET + alert.
+  int reason = 0;
+  std::string reason_text;
+  for (int i = 0;; ++i) {
+    const unsigned long e = ERR_get_error();
+    if (e == 0) break;
+    if (reason == 0 && ERR_GET_LIB(e) == ERR_LIB_SSL) {
+      reason = ERR_GET_REASON(e);
+      if (const char* s = ERR_reason_error_string(e)) reason_text = s;
+    }
+    if (reason_text.empty())
+      if (const char* s = ERR_reason_error_string(e)) reason_text = s;
+    (void)i;
+  }
+  const long vr = SSL_get_verify_result(ssl);
+  const std::string who = verify_subject.empty() ? std::string() : ": " + verify_subject;
+  if (vr != X509_V_OK && (reason == SSL_R_CERTIFICATE_VERIFY_FAILED || reason == 0)) {
+    const VerifyWords w = verify_words(vr);
+    const std::string words =
+        w.words.empty() ? std::string(X509_verify_cert_error_string(vr)) : std::string(w.words);
+    return fail(w.failure, words + who);
+  }
+  if (reason >= SSL_AD_REASON_OFFSET && reason < SSL_AD_REASON_OFFSET + 256) {
+    const int alert = reason - SSL_AD_REASON_OFFSET;
+    return fail(TlsFailure::PeerAlert, std::string("peer sent alert: ") + SSL_alert_desc_string_long(alert));
+  }
+  if (is_one_of(reason,
+                {SSL_R_NO_SHARED_CIPHER, SSL_R_NO_SHARED_GROUPS, SSL_R_NO_SUITABLE_SIGNATURE_ALGORITHM,
+                 SSL_R_NO_SHARED_SIGNATURE_ALGORITHMS, SSL_R_NO_CIPHERS_AVAILABLE})) {
+    if (psk_unknown)
+      return fail(TlsFailure::PskUnknownIdentity, "PSK identity unknown: '" + printable(psk_identity) + "'");
+    return fail(TlsFailure::NoSharedCipher, "no shared cipher (" + reason_text + ")");
+  }
+  if (is_one_of(reason, {SSL_R_UNSUPPORTED_PROTOCOL, SSL_R_VERSION_TOO_LOW, SSL_R_UNSUPPORTED_SSL_VERSION,
+                         SSL_R_WRONG_SSL_VERSION, SSL_R_TLSV1_ALERT_PROTOCOL_VERSION}))
+    return fail(TlsFailure::ProtocolVersion,
+                "protocol version too old (minimum TLS " + context->config().min_version + ")");
+  if (is_one_of(reason, {SSL_R_WRONG_VERSION_NUMBER, SSL_R_HTTP_REQUEST, SSL_R_HTTPS_PROXY_REQUEST,
+                         SSL_R_UNKNOWN_PROTOCOL, SSL_R_PACKET_LENGTH_TOO_LONG, SSL_R_RECORD_LENGTH_MISMATCH,
+                         SSL_R_WRONG_VERSION_NUMBER, SSL_R_UNEXPECTED_MESSAGE, SSL_R_UNEXPECTED_RECORD}) &&
+      SSL_get_state(ssl) == TLS_ST_BEFORE)
+    return fail(TlsFailure::NotTls, "not TLS (" + reason_text + "): plaintext on a TLS port?");
+  if (reason == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE)
+    return fail(TlsFailure::NoClientCert, "no client certificate");
+  if (reason == SSL_R_PSK_IDENTITY_NOT_FOUND)
+    return fail(TlsFailure::PskUnknownIdentity, "PSK identity unknown: '" + printable(psk_identity) + "'");
+  if (reason == SSL_R_BINDER_DOES_NOT_VERIFY ||
+      (psk_used && is_one_of(reason, {SSL_R_DECRYPTION_FAILED_OR_BAD_RECORD_MAC, SSL_R_DIGEST_CHECK_FAILED,
+                                      SSL_R_DECRYPTION_FAILED})))
+    return fail(TlsFailure::PskMismatch, "PSK key mismatch for identity '" + printable(psk_identity) + "'");
+  if (reason == SSL_R_NO_APPLICATION_PROTOCOL)
+    return fail(TlsFailure::NoApplicationProtocol,
+                "no application protocol: the client did not offer \"mqtt\" in ALPN");
+  if (psk_unknown && state == TlsState::Handshaking)
+    return fail(TlsFailure::PskUnknownIdentity, "PSK identity unknown: '" + printable(psk_identity) + "'");
+  if (ssl_error == SSL_ERROR_SYSCALL && reason_text.empty()) reason_text = "unexpected end of input";
+  return fail(TlsFailure::Protocol,
+              "TLS protocol error: " + (reason_text.empty() ? std::string("unknown") : reason_text));
+}
+
+// ---------------------------------------------------------------- TlsEngine
+
+TlsEngine::TlsEngine(std::shared_ptr<const TlsServerContext> context, Clock::time_point start)
+    : impl_(std::make_unique<Impl>()) {
+  Impl& m = *impl_;
+  m.context = std::move(context);
+  m.start = start;
+  m.ssl = SSL_new(m.context->native_handle());
+  m.rbio = BIO_new(BIO_s_mem());
+  m.wbio = BIO_new(BIO_s_mem());
+  if (!m.ssl || !m.rbio || !m.wbio) {
+    BIO_free(m.rbio);
+    BIO_free(m.wbio);
+    m.rbio = m.wbio = nullptr;
+    m.fail(TlsFailure::Protocol, "TLS protocol error: out of memory");
+    return;
+  }
+  BIO_set_mem_eof_return(m.rbio, -1);  // empty input means "want more", not EOF
+  SSL_set_bio(m.ssl, m.rbio, m.wbio);
+  SSL_set_ex_data(m.ssl, tls_detail::hooks_index(), static_cast<tls_detail::ConnectionHooks*>(&m));
+  SSL_set_accept_state(m.ssl);
+}
+
+TlsEngine::~TlsEngine() = default;
+TlsEngine::TlsEngine(TlsEngine&&) noexcept = default;
+TlsEngine& TlsEngine::operator=(TlsEngine&&) noexcept = default;
+
+void TlsEngine::feed(std::span<const std::uint8_t> from_socket, Clock::time_point now) {
+  Impl& m = *impl_;
+  if (m.state == TlsState::Failed || m.state == TlsState::Closed) return;
+  if (now != Clock::time_point{}) m.now = now;
+  while (!from_socket.empty()) {
+    const int chunk = static_cast<int>(std::min<std::size_t>(from_socket.size(), INT_MAX / 2));
+    if (BIO_write(m.rbio, from_socket.data(), chunk) != chunk) {
+      m.fail(TlsFailure::BufferLimit, "buffer limit: cannot buffer input");
+      break;
+    }
+    from_socket = from_socket.subspan(static_cast<std::size_t>(chunk));
+  }
+  if (m.state == TlsState::Handshaking) m.handshake();
+  if (m.state == TlsState::Established) m.read_records();
+  m.drain_wbio();
+  if (m.state == TlsState::Established || m.state == TlsState::Handshaking) m.check_limits();
+}
+
+void TlsEngine::write(std::span<const std::uint8_t> app) {
+  Impl& m = *impl_;
+  if (m.state == TlsState::Handshaking) {
+    m.pending_app.insert(m.pending_app.end(), app.begin(), app.end());
+  } else if (m.state == TlsState::Established) {
+    m.encrypt(app);
+    m.drain_wbio();
+  } else {
+    return;
+  }
+  m.check_limits();
+}
+
+void TlsEngine::close_notify() {
+  Impl& m = *impl_;
+  if (m.state == TlsState::Established) {
+    ERR_clear_error();
+    SSL_shutdown(m.ssl);
+    ERR_clear_error();
+    m.drain_wbio();
+  }
+  if (m.state != TlsState::Failed) m.state = TlsState::Closed;
+}
+
+std::vector<std::uint8_t>& TlsEngine::plaintext() {
+  return impl_->plain;
+}
+std::vector<std::uint8_t>& TlsEngine::ciphertext() {
+  return impl_->cipher;
+}
+TlsState TlsEngine::state() const {
+  return impl_->state;
+}
+TlsFailure TlsEngine::failure() const {
+  return impl_->failure;
+}
+const std::string& TlsEngine::error() const {
+  return impl_->error;
+}
+bool TlsEngine::peer_closed() const {
+  return impl_->peer_closed;
+}
+std::string_view TlsEngine::version() const {
+  return impl_->version;
+}
+std::string_view TlsEngine::cipher() const {
+  return impl_->cipher_name;
+}
+bool TlsEngine::resumed() const {
+  return impl_->resumed;
+}
+const std::string& TlsEngine::alpn() const {
+  return impl_->alpn;
+}
+const std::string& TlsEngine::sni() const {
+  return impl_->sni;
+}
+const std::string& TlsEngine::peer_identity() const {
+  return impl_->identity;
+}
+const std::string& TlsEngine::psk_identity() const {
+  static const std::string kEmpty;
+  return impl_->psk_used ? impl_->psk_identity : kEmpty;
+}
+bool TlsEngine::psk_used() const {
+  return impl_->psk_used;
+}
+const X509* TlsEngine::peer_certificate() const {
+  return impl_->ssl ? SSL_get0_peer_certificate(impl_->ssl) : nullptr;
+}
+std::string TlsEngine::peer_fingerprint_sha256() const {
+  return certificate_fingerprint_sha256(peer_certificate());
+}
+std::optional<TlsEngine::Clock::duration> TlsEngine::handshake_duration() const {
+  return impl_->duration;
+}
+const TlsServerContext& TlsEngine::context() const {
+  return *impl_->context;
+}
+
+}  // namespace moat::security

@@ -1,0 +1,82 @@
+// Shared between tls_context.cpp and tls_engine.cpp; not part of the public API.
+#pragma once
+
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+
+#include <chrono>
+#include <map>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "security/tls.hpp"
+
+namespace moat::security::tls_detail {
+
+// What the SSL_CTX callbacks learn about one connection; reached through the
+// SSL's ex_data and owned by the engine (stable address: the engine's Impl).
+struct ConnectionHooks {
+  std::string sni;
+  std::string psk_identity;
+  bool psk_used = false;      // a PSK callback found the identity
+  bool psk_external = false;  // the TLS 1.3 session came from the PSK file, not a ticket
+  bool psk_unknown = false;   // a PSK identity was offered and not found
+  std::chrono::steady_clock::time_point now{};
+  // The first certificate that failed verification (RFC 2253 subject, depth).
+  std::string verify_subject;
+  int verify_depth = -1;
+};
+
+int hooks_index();
+inline ConnectionHooks* hooks_of(SSL* ssl) {
+  return static_cast<ConnectionHooks*>(SSL_get_ex_data(ssl, hooks_index()));
+}
+
+struct TicketKey {
+  unsigned char name[16];
+  unsigned char aes[32];
+  unsigned char hmac[32];
+};
+
+class TicketKeyRing {
+ public:
+  explicit TicketKeyRing(std::chrono::seconds interval);
+  ~TicketKeyRing();
+  void rotate();
+  void maybe_rotate(std::chrono::steady_clock::time_point now);
+  // Copies the current key; false if none.
+  void current(TicketKey& out);
+  // Finds a key by name: 1 = current, 2 = older (renew the ticket), 0 = unknown.
+  int find(const unsigned char name[16], TicketKey& out);
+
+ private:
+  std::mutex mu_;
+  std::chrono::seconds interval_;
+  std::chrono::steady_clock::time_point next_{};
+  std::vector<TicketKey> keys_;  // [0] current, [1] previous
+};
+
+struct SniEntry {
+  std::string hostname;  // lower case; "*.example.com" allowed
+  X509* cert = nullptr;
+  EVP_PKEY* key = nullptr;
+  STACK_OF(X509) * chain = nullptr;
+};
+
+}  // namespace moat::security::tls_detail
+
+namespace moat::security {
+
+struct TlsServerContext::Impl {
+  TlsServerConfig config;
+  SSL_CTX* ctx = nullptr;
+  std::vector<std::string> warnings;
+  std::vector<X509_CRL*> crls;
+  std::map<std::string, std::vector<unsigned char>, std::less<>> psk;
+  std::vector<tls_detail::SniEntry> sni;
+  std::shared_ptr<tls_detail::TicketKeyRing> tickets;
+  ~Impl();
+};
+
+}  // namespace moat::security

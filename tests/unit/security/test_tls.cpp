@@ -1,0 +1,1020 @@
+// TLS: TlsServerContext loading, TlsEngine handshakes against a plain OpenSSL
+// client over memory BIOs, and the handshake metrics. Certificates, keys and
+// CRLs are generated when the tests start (tls_test_pki.hpp).
+#include <gtest/gtest.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
+#include <cstring>
+#include <fstream>
+#include <thread>
+
+#include "security/tls.hpp"
+#include "tls_test_pki.hpp"
+
+namespace moat::security {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace testpki;
+using namespace std::chrono_literals;
+
+// ---------------------------------------------------------------- PKI
+
+struct Pki {
+  fs::path dir;
+  Key ca_key, other_ca_key, server_key, server2_key, rsa_server_key, client_key;
+  Cert ca, other_ca, server, server2, rsa_server, expired_server;
+  Cert device1, expired, revoked, intruder, server_purpose;
+
+  fs::path p(const char* name) const { return dir / name; }
+
+  Pki() {
+    dir = make_temp_dir();
+    ca_key = ec_key();
+    other_ca_key = ec_key();
+    server_key = ec_key();
+    server2_key = ec_key();
+    rsa_server_key = rsa_key();
+    client_key = ec_key();
+    CertSpec ca_spec;
+    ca_spec.cn = "Moat Test CA";
+    ca_spec.ca = true;
+    ca = make_cert(ca_spec, ca_key.get(), nullptr, nullptr);
+    ca_spec.cn = "Other CA";
+    other_ca = make_cert(ca_spec, other_ca_key.get(), nullptr, nullptr);
+    const CertSpec srv{
+        .cn = "localhost", .serial = 0x100, .san = "DNS:localhost,IP:127.0.0.1", .eku = "serverAuth"};
+    server = make_cert(srv, server_key.get(), ca.get(), ca_key.get());
+    CertSpec srv2 = srv;
+    srv2.cn = "broker2.test";
+    srv2.serial = 0x101;
+    srv2.san = "DNS:broker2.test";
+    server2 = make_cert(srv2, server2_key.get(), ca.get(), ca_key.get());
+    CertSpec rsa = srv;
+    rsa.serial = 0x102;
+    rsa_server = make_cert(rsa, rsa_server_key.get(), ca.get(), ca_key.get());
+    CertSpec old = srv;
+    old.serial = 0x103;
+    old.not_before = -30L * 86400;
+    old.not_after = -86400;
+    expired_server = make_cert(old, server_key.get(), ca.get(), ca_key.get());
+
+    const CertSpec dev{.cn = "device-1",
+                       .serial = 0x1001,
+                       .san = "email:device-1@example.com,URI:urn:moat:device-1,DNS:device-1.example.com",
+                       .eku = "clientAuth"};
+    device1 = make_cert(dev, client_key.get(), ca.get(), ca_key.get());
+    CertSpec exp = dev;
+    exp.cn = "device-old";
+    exp.serial = 0x1002;
+    exp.not_before = -30L * 86400;
+    exp.not_after = -86400;
+    expired = make_cert(exp, client_key.get(), ca.get(), ca_key.get());
+    CertSpec rev = dev;
+    rev.cn = "device-2";
+    rev.serial = 0x1003;
+    revoked = make_cert(rev, client_key.get(), ca.get(), ca_key.get());
+    CertSpec intr = dev;
+    intr.cn = "intruder";
+    intruder = make_cert(intr, client_key.get(), other_ca.get(), other_ca_key.get());
+    CertSpec purp = dev;
+    purp.cn = "device-3";
+    purp.serial = 0x1004;
+    purp.eku = "serverAuth";
+    server_purpose = make_cert(purp, client_key.get(), ca.get(), ca_key.get());
+
+    write_certs(p("ca.crt"), {ca.get()});
+    write_certs(p("other-ca.crt"), {other_ca.get()});
+    write_certs(p("server.crt"), {server.get(), ca.get()});
+    write_key(p("server.key"), server_key.get());
+    write_key(p("server-enc.key"), server_key.get(), "s3cret");
+    write_certs(p("server2.crt"), {server2.get()});
+    write_key(p("server2.key"), server2_key.get());
+    write_certs(p("rsa.crt"), {rsa_server.get()});
+    write_key(p("rsa.key"), rsa_server_key.get());
+    write_certs(p("expired-server.crt"), {expired_server.get()});
+    write_certs(p("device-1.crt"), {device1.get()});
+    write_certs(p("expired.crt"), {expired.get()});
+    write_certs(p("revoked.crt"), {revoked.get()});
+    write_certs(p("intruder.crt"), {intruder.get()});
+    write_certs(p("purpose.crt"), {server_purpose.get()});
+    write_key(p("client.key"), client_key.get());
+
+    auto crl = make_crl(ca.get(), ca_key.get(), {0x1003}, -3600, 7L * 86400);
+    write_crl_pem(p("ca.crl"), crl.get());
+    write_crl_der(p("ca.crl.der"), crl.get());
+    auto empty_crl = make_crl(ca.get(), ca_key.get(), {}, -3600, 7L * 86400);
+    write_crl_pem(p("empty.crl"), empty_crl.get());
+    auto stale = make_crl(ca.get(), ca_key.get(), {0x1003}, -10L * 86400, -86400);
+    write_crl_pem(p("expired.crl"), stale.get());
+    auto forged = make_crl(ca.get(), other_ca_key.get(), {}, -3600, 7L * 86400);
+    write_crl_pem(p("forged.crl"), forged.get());
+
+    std::ofstream(p("psk.txt"))
+        << "# identity:hexkey\n"
+           "sensor-7:000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f\n"
+           "\n"
+           "sensor-8 : 1f1e1d1c1b1a191817161514131211100f0e0d0c0b0a09080706050403020100\n";
+    fs::permissions(p("psk.txt"), fs::perms::owner_read | fs::perms::owner_write);
+  }
+  ~Pki() {
+    std::error_code ec;
+    fs::remove_all(dir, ec);
+  }
+};
+
+const Pki& pki() {
+  static const Pki instance;
+  return instance;
+}
+
+std::vector<unsigned char> psk7() {
+  std::vector<unsigned char> k(32);
+  for (int i = 0; i < 32; ++i) k[static_cast<std::size_t>(i)] = static_cast<unsigned char>(i);
+  return k;
+}
+
+TlsServerConfig base_config() {
+  TlsServerConfig c;
+  c.cert = pki().p("server.crt");
+  c.key = pki().p("server.key");
+  c.ca = pki().p("ca.crt");
+  return c;
+}
+
+TlsServerConfig mtls_config(ClientCertMode mode = ClientCertMode::Required) {
+  TlsServerConfig c = base_config();
+  c.client_cert = mode;
+  c.crl = {pki().p("ca.crl")};
+  return c;
+}
+
+TlsServerConfig psk_only_config() {
+  TlsServerConfig c;
+  c.psk_file = pki().p("psk.txt");
+  c.identity_from = IdentityFrom::Psk;
+  return c;
+}
+
+std::string load_error(const TlsServerConfig& c) {
+  try {
+    TlsServerContext::load(c);
+  } catch (const TlsError& e) {
+    return e.what();
+  }
+  return "no error";
+}
+
+// ---------------------------------------------------------------- a plain OpenSSL client
+
+struct ClientOptions {
+  int min_version = TLS1_2_VERSION;
+  int max_version = TLS1_3_VERSION;
+  fs::path cert, key;
+  std::string ciphers, ciphersuites;
+  std::string sni;
+  std::vector<std::string> alpn;
+  std::string psk_identity;
+  std::vector<unsigned char> psk;
+  SSL_SESSION* session = nullptr;
+  bool verify = true;
+  int security_level = -1;
+};
+
+class TestClient {
+ public:
+  explicit TestClient(const ClientOptions& o) : o_(o) {
+    ctx_ = SSL_CTX_new(TLS_client_method());
+    if (o.security_level >= 0) SSL_CTX_set_security_level(ctx_, o.security_level);
+    SSL_CTX_set_min_proto_version(ctx_, o.min_version);
+    SSL_CTX_set_max_proto_version(ctx_, o.max_version);
+    if (!o.ciphers.empty()) {
+      EXPECT_EQ(SSL_CTX_set_cipher_list(ctx_, o.ciphers.c_str()), 1);
+    }
+    if (!o.ciphersuites.empty()) {
+      EXPECT_EQ(SSL_CTX_set_ciphersuites(ctx_, o.ciphersuites.c_str()), 1);
+    }
+    SSL_CTX_load_verify_locations(ctx_, pki().p("ca.crt").c_str(), nullptr);
+    SSL_CTX_set_verify(ctx_, o.verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, nullptr);
+    if (!o.cert.empty()) {
+      EXPECT_EQ(SSL_CTX_use_certificate_chain_file(ctx_, o.cert.c_str()), 1);
+      EXPECT_EQ(SSL_CTX_use_PrivateKey_file(ctx_, o.key.c_str(), SSL_FILETYPE_PEM), 1);
+    }
+    // No client cache: with one, a TLS 1.3 ticket received on a resumed
+    // connection marks the session it resumed from not resumable, and the
+    // tests reuse one session several times.
+    SSL_CTX_set_session_cache_mode(ctx_, SSL_SESS_CACHE_OFF);
+    ssl_ = SSL_new(ctx_);
+    SSL_set_ex_data(ssl_, 0, this);
+    rbio_ = BIO_new(BIO_s_mem());
+    wbio_ = BIO_new(BIO_s_mem());
+    BIO_set_mem_eof_return(rbio_, -1);
+    SSL_set_bio(ssl_, rbio_, wbio_);
+    SSL_set_connect_state(ssl_);
+    if (!o.sni.empty())
+      SSL_ctrl(ssl_, SSL_CTRL_SET_TLSEXT_HOSTNAME, TLSEXT_NAMETYPE_host_name,
+               const_cast<char*>(o.sni.c_str()));
+    if (!o.alpn.empty()) {
+      std::vector<unsigned char> wire;
+      for (const auto& a : o.alpn) {
+        wire.push_back(static_cast<unsigned char>(a.size()));
+        wire.insert(wire.end(), a.begin(), a.end());
+      }
+      EXPECT_EQ(SSL_set_alpn_protos(ssl_, wire.data(), static_cast<unsigned>(wire.size())), 0);
+    }
+    if (!o.psk_identity.empty()) {
+      SSL_set_psk_client_callback(ssl_, psk12_cb);
+      SSL_set_psk_use_session_callback(ssl_, psk13_cb);
+    }
+    if (o.session) SSL_set_session(ssl_, o.session);
+  }
+  ~TestClient() {
+    // Without this, SSL_free of a connection that was not shut down marks its
+    // session not resumable (ssl_clear_bad_session).
+    SSL_set_shutdown(ssl_, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
+    SSL_free(ssl_);
+    SSL_CTX_free(ctx_);
+  }
+  TestClient(const TestClient&) = delete;
+  TestClient& operator=(const TestClient&) = delete;
+
+  // Advances the handshake or reads application data; false once failed.
+  void step() {
+    if (failed_) return;
+    ERR_clear_error();
+    if (!SSL_is_init_finished(ssl_)) {
+      const int r = SSL_do_handshake(ssl_);
+      if (r != 1) {
+        const int e = SSL_get_error(ssl_, r);
+        if (e != SSL_ERROR_WANT_READ) failed_ = true;
+        return;
+      }
+    }
+    unsigned char buf[4096];
+    for (;;) {
+      std::size_t n = 0;
+      if (SSL_read_ex(ssl_, buf, sizeof buf, &n) == 1) {
+        received.insert(received.end(), buf, buf + n);
+        continue;
+      }
+      const int e = SSL_get_error(ssl_, 0);
+      if (e == SSL_ERROR_ZERO_RETURN) got_close_notify = true;
+      if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_ZERO_RETURN) failed_ = true;
+      return;
+    }
+  }
+  std::vector<unsigned char> take_output() {
+    std::vector<unsigned char> out(BIO_ctrl_pending(wbio_));
+    if (!out.empty()) BIO_read(wbio_, out.data(), static_cast<int>(out.size()));
+    return out;
+  }
+  void give_input(const std::vector<unsigned char>& in) {
+    if (!in.empty()) BIO_write(rbio_, in.data(), static_cast<int>(in.size()));
+  }
+  void send(std::string_view s) {
+    std::size_t n = 0;
+    ASSERT_EQ(SSL_write_ex(ssl_, s.data(), s.size(), &n), 1);
+  }
+  bool established() const { return SSL_is_init_finished(ssl_) && !failed_; }
+  bool failed() const { return failed_; }
+  SSL* ssl() const { return ssl_; }
+  SSL_SESSION* session() const { return SSL_get1_session(ssl_); }
+  std::string server_cn() const {
+    X509* peer = SSL_get1_peer_certificate(ssl_);
+    std::string cn = certificate_identity(peer, IdentityFrom::Cn);
+    X509_free(peer);
+    return cn;
+  }
+
+  std::vector<unsigned char> received;
+  bool got_close_notify = false;
+
+ private:
+  static unsigned int psk12_cb(SSL* ssl, const char*, char* identity, unsigned int max_id, unsigned char* psk,
+                               unsigned int max_psk) {
+    auto* self = static_cast<TestClient*>(SSL_get_ex_data(ssl, 0));
+    if (self->o_.psk_identity.size() + 1 > max_id || self->o_.psk.size() > max_psk) return 0;
+    std::memcpy(identity, self->o_.psk_identity.c_str(), self->o_.psk_identity.size() + 1);
+    std::memcpy(psk, self->o_.psk.data(), self->o_.psk.size());
+    return static_cast<unsigned int>(self->o_.psk.size());
+  }
+  static int psk13_cb(SSL* ssl, const EVP_MD* md, const unsigned char** id, std::size_t* idlen,
+                      SSL_SESSION** sess) {
+    auto* self = static_cast<TestClient*>(SSL_get_ex_data(ssl, 0));
+    static constexpr unsigned char kAes128[] = {0x13, 0x01};
+    const SSL_CIPHER* cipher = SSL_CIPHER_find(ssl, kAes128);
+    *sess = nullptr;
+    if (md && md != SSL_CIPHER_get_handshake_digest(cipher)) return 1;
+    SSL_SESSION* s = SSL_SESSION_new();
+    SSL_SESSION_set1_master_key(s, self->o_.psk.data(), self->o_.psk.size());
+    SSL_SESSION_set_cipher(s, cipher);
+    SSL_SESSION_set_protocol_version(s, TLS1_3_VERSION);
+    *sess = s;
+    *id = reinterpret_cast<const unsigned char*>(self->o_.psk_identity.data());
+    *idlen = self->o_.psk_identity.size();
+    return 1;
+  }
+
+  ClientOptions o_;
+  SSL_CTX* ctx_ = nullptr;
+  SSL* ssl_ = nullptr;
+  BIO* rbio_ = nullptr;
+  BIO* wbio_ = nullptr;
+  bool failed_ = false;
+};
+
+// Moves bytes both ways until nothing moves. `chunk` > 0 feeds the server that
+// many bytes at a time.
+void pump(TestClient& c, TlsEngine& s, std::size_t chunk = 0, TlsEngine::Clock::time_point now = {}) {
+  for (int round = 0; round < 100; ++round) {
+    c.step();
+    const auto to_server = c.take_output();
+    if (chunk == 0) {
+      s.feed(to_server, now);
+    } else {
+      for (std::size_t i = 0; i < to_server.size(); i += chunk)
+        s.feed(std::span(to_server).subspan(i, std::min(chunk, to_server.size() - i)), now);
+    }
+    std::vector<unsigned char> to_client;
+    to_client.swap(s.ciphertext());
+    c.give_input(to_client);
+    if (to_server.empty() && to_client.empty()) {
+      c.step();
+      return;
+    }
+  }
+  ADD_FAILURE() << "pump did not settle";
+}
+
+struct Connection {
+  std::unique_ptr<TestClient> client;
+  std::unique_ptr<TlsEngine> server;
+};
+
+Connection connect(std::shared_ptr<const TlsServerContext> ctx, const ClientOptions& o = {}) {
+  Connection c{std::make_unique<TestClient>(o), std::make_unique<TlsEngine>(std::move(ctx))};
+  pump(*c.client, *c.server);
+  return c;
+}
+
+std::shared_ptr<const TlsServerContext> load(const TlsServerConfig& c) {
+  return TlsServerContext::load(c);
+}
+
+std::string text(const std::vector<std::uint8_t>& v) {
+  return std::string(v.begin(), v.end());
+}
+
+ClientOptions with_client_cert(const char* cert) {
+  ClientOptions o;
+  o.cert = pki().p(cert);
+  o.key = pki().p("client.key");
+  return o;
+}
+
+// ---------------------------------------------------------------- handshakes
+
+TEST(TlsEngine, Tls13HandshakeSucceeds) {
+  auto ctx = load(base_config());
+  EXPECT_TRUE(ctx->warnings().empty()) << ctx->warnings().front();
+  auto c = connect(ctx);
+  ASSERT_EQ(c.server->state(), TlsState::Established) << c.server->error();
+  EXPECT_TRUE(c.client->established());
+  EXPECT_EQ(c.server->version(), "TLSv1.3");
+  EXPECT_EQ(c.server->cipher(), "TLS_AES_128_GCM_SHA256");
+  EXPECT_FALSE(c.server->resumed());
+  EXPECT_EQ(c.server->peer_identity(), "");
+  EXPECT_EQ(c.server->peer_fingerprint_sha256(), "");
+  EXPECT_EQ(c.server->alpn(), "");
+  EXPECT_EQ(c.client->server_cn(), "localhost");
+}
+
+TEST(TlsEngine, Tls12HandshakeSucceedsWithEcdheAead) {
+  auto ctx = load(base_config());
+  ClientOptions o;
+  o.max_version = TLS1_2_VERSION;
+  auto c = connect(ctx, o);
+  ASSERT_EQ(c.server->state(), TlsState::Established) << c.server->error();
+  EXPECT_EQ(c.server->version(), "TLSv1.2");
+  EXPECT_EQ(c.server->cipher(), "ECDHE-ECDSA-AES128-GCM-SHA256");
+}
+
+TEST(TlsEngine, Tls12WithRsaCertificate) {
+  TlsServerConfig cfg = base_config();
+  cfg.cert = pki().p("rsa.crt");
+  cfg.key = pki().p("rsa.key");
+  ClientOptions o;
+  o.max_version = TLS1_2_VERSION;
+  auto c = connect(load(cfg), o);
+  ASSERT_EQ(c.server->state(), TlsState::Established) << c.server->error();
+  EXPECT_EQ(c.server->cipher(), "ECDHE-RSA-AES128-GCM-SHA256");
+}
+
+TEST(TlsEngine, Tls12CbcOnlyClientHasNoSharedCipher) {
+  ClientOptions o;
+  o.max_version = TLS1_2_VERSION;
+  o.ciphers = "ECDHE-ECDSA-AES128-SHA";
+  auto c = connect(load(base_config()), o);
+  ASSERT_EQ(c.server->state(), TlsState::Failed);
+  EXPECT_EQ(c.server->failure(), TlsFailure::NoSharedCipher) << c.server->error();
+  EXPECT_NE(c.server->error().find("no shared cipher"), std::string::npos);
+}
+
+TEST(TlsEngine, MinVersion13RefusesTls12Client) {
+  TlsServerConfig cfg = base_config();
+  cfg.min_version = "1.3";
+  ClientOptions o;
+  o.max_version = TLS1_2_VERSION;
+  auto c = connect(load(cfg), o);
+  ASSERT_EQ(c.server->state(), TlsState::Failed);
+  EXPECT_EQ(c.server->failure(), TlsFailure::ProtocolVersion) << c.server->error();
+  EXPECT_NE(c.server->error().find("protocol version"), std::string::npos) << c.server->error();
+  EXPECT_TRUE(c.client->failed());  // it got the alert
+}
+
+TEST(TlsEngine, Tls10And11AreRefused) {
+  auto ctx = load(base_config());
+  for (int v : {TLS1_VERSION, TLS1_1_VERSION}) {
+    ClientOptions o;
+    o.min_version = v;
+    o.max_version = v;
+    o.security_level = 0;  // let the client offer them at all
+    o.ciphers = "ALL:@SECLEVEL=0";
+    auto c = connect(ctx, o);
+    ASSERT_EQ(c.server->state(), TlsState::Failed) << v;
+    EXPECT_EQ(c.server->failure(), TlsFailure::ProtocolVersion) << c.server->error();
+  }
+}
+
+TEST(TlsEngine, PlaintextMqttOnTlsPortIsNotTls) {
+  TlsEngine e(load(base_config()));
+  const std::uint8_t connect_packet[] = {0x10, 0x0c, 0x00, 0x04, 'M',  'Q', 'T',
+                                         'T',  0x04, 0x02, 0x00, 0x3c, 0,   0};
+  e.feed(connect_packet);
+  ASSERT_EQ(e.state(), TlsState::Failed);
+  EXPECT_EQ(e.failure(), TlsFailure::NotTls) << e.error();
+}
+
+// ---------------------------------------------------------------- mutual TLS
+
+TEST(TlsEngine, RequiredClientCertMissingFails) {
+  auto c = connect(load(mtls_config()));
+  ASSERT_EQ(c.server->state(), TlsState::Failed);
+  EXPECT_EQ(c.server->failure(), TlsFailure::NoClientCert) << c.server->error();
+}
+
+TEST(TlsEngine, RequiredClientCertMissingFailsTls12) {
+  ClientOptions o;
+  o.max_version = TLS1_2_VERSION;
+  auto c = connect(load(mtls_config()), o);
+  ASSERT_EQ(c.server->state(), TlsState::Failed);
+  EXPECT_EQ(c.server->failure(), TlsFailure::NoClientCert) << c.server->error();
+}
+
+TEST(TlsEngine, UnknownCaIsRefused) {
+  auto c = connect(load(mtls_config()), with_client_cert("intruder.crt"));
+  ASSERT_EQ(c.server->state(), TlsState::Failed);
+  EXPECT_EQ(c.server->failure(), TlsFailure::UnknownCa);
+  EXPECT_NE(c.server->error().find("unknown CA"), std::string::npos) << c.server->error();
+  EXPECT_NE(c.server->error().find("CN=intruder"), std::string::npos) << c.server->error();
+}
+
+TEST(TlsEngine, ExpiredClientCertIsRefused) {
+  auto c = connect(load(mtls_config()), with_client_cert("expired.crt"));
+  ASSERT_EQ(c.server->state(), TlsState::Failed);
+  EXPECT_EQ(c.server->failure(), TlsFailure::CertExpired);
+  EXPECT_NE(c.server->error().find("expired"), std::string::npos) << c.server->error();
+}
+
+TEST(TlsEngine, RevokedClientCertIsRefused) {
+  for (const char* crl : {"ca.crl", "ca.crl.der"}) {
+    TlsServerConfig cfg = mtls_config();
+    cfg.crl = {pki().p(crl)};
+    auto c = connect(load(cfg), with_client_cert("revoked.crt"));
+    ASSERT_EQ(c.server->state(), TlsState::Failed) << crl;
+    EXPECT_EQ(c.server->failure(), TlsFailure::CertRevoked) << c.server->error();
+    EXPECT_NE(c.server->error().find("revoked"), std::string::npos) << c.server->error();
+  }
+}
+
+TEST(TlsEngine, ClientCertForServerAuthOnlyIsRefused) {
+  auto c = connect(load(mtls_config()), with_client_cert("purpose.crt"));
+  ASSERT_EQ(c.server->state(), TlsState::Failed);
+  EXPECT_EQ(c.server->failure(), TlsFailure::CertBadPurpose) << c.server->error();
+}
+
+TEST(TlsEngine, GoodClientCertGivesIdentityAndFingerprint) {
+  const std::string fp = certificate_fingerprint_sha256(pki().device1.get());
+  ASSERT_EQ(fp.size(), 64u);
+  const std::pair<IdentityFrom, std::string> cases[] = {
+      {IdentityFrom::Cn, "device-1"},
+      {IdentityFrom::SanEmail, "device-1@example.com"},
+      {IdentityFrom::SanUri, "urn:moat:device-1"},
+      {IdentityFrom::SanDns, "device-1.example.com"},
+      {IdentityFrom::Subject, "CN=device-1,O=Moat Test"},
+      {IdentityFrom::Psk, ""},
+  };
+  for (const auto& [from, want] : cases) {
+    for (int max : {TLS1_2_VERSION, TLS1_3_VERSION}) {
+      TlsServerConfig cfg = mtls_config();
+      cfg.identity_from = from;
+      ClientOptions o = with_client_cert("device-1.crt");
+      o.max_version = max;
+      auto c = connect(load(cfg), o);
+      ASSERT_EQ(c.server->state(), TlsState::Established) << c.server->error();
+      EXPECT_EQ(c.server->peer_identity(), want) << to_string(from);
+      EXPECT_EQ(c.server->peer_fingerprint_sha256(), fp);
+      EXPECT_FALSE(c.server->psk_used());
+    }
+  }
+}
+
+TEST(TlsEngine, OptionalModeWithoutCertIsEstablishedWithoutIdentity) {
+  auto ctx = load(mtls_config(ClientCertMode::Optional));
+  auto c = connect(ctx);
+  ASSERT_EQ(c.server->state(), TlsState::Established) << c.server->error();
+  EXPECT_EQ(c.server->peer_identity(), "");
+  EXPECT_EQ(c.server->peer_certificate(), nullptr);
+  // A certificate offered in optional mode is still verified.
+  auto bad = connect(ctx, with_client_cert("expired.crt"));
+  EXPECT_EQ(bad.server->failure(), TlsFailure::CertExpired);
+  auto good = connect(ctx, with_client_cert("device-1.crt"));
+  EXPECT_EQ(good.server->peer_identity(), "device-1");
+}
+
+// ---------------------------------------------------------------- PSK
+
+TEST(TlsEngine, Psk12SuitesGiveThePskIdentity) {
+  auto ctx = load(psk_only_config());
+  EXPECT_EQ(ctx->psk_count(), 2u);
+  for (const char* suite : {"PSK-AES128-GCM-SHA256", "ECDHE-PSK-CHACHA20-POLY1305"}) {
+    ClientOptions o;
+    o.max_version = TLS1_2_VERSION;
+    o.ciphers = suite;
+    o.psk_identity = "sensor-7";
+    o.psk = psk7();
+    auto c = connect(ctx, o);
+    ASSERT_EQ(c.server->state(), TlsState::Established) << suite << ": " << c.server->error();
+    EXPECT_EQ(c.server->cipher(), suite);
+    EXPECT_EQ(c.server->peer_identity(), "sensor-7");
+    EXPECT_TRUE(c.server->psk_used());
+    EXPECT_FALSE(c.server->resumed());
+  }
+}
+
+TEST(TlsEngine, Psk12WrongKeyAndUnknownIdentityFail) {
+  auto ctx = load(psk_only_config());
+  ClientOptions o;
+  o.max_version = TLS1_2_VERSION;
+  o.ciphers = "PSK-AES128-GCM-SHA256";
+  o.psk_identity = "sensor-7";
+  o.psk = std::vector<unsigned char>(32, 0xaa);
+  auto c = connect(ctx, o);
+  ASSERT_EQ(c.server->state(), TlsState::Failed);
+  EXPECT_EQ(c.server->failure(), TlsFailure::PskMismatch) << c.server->error();
+  o.psk_identity = "nobody";
+  auto u = connect(ctx, o);
+  ASSERT_EQ(u.server->state(), TlsState::Failed);
+  EXPECT_EQ(u.server->failure(), TlsFailure::PskUnknownIdentity) << u.server->error();
+  EXPECT_NE(u.server->error().find("nobody"), std::string::npos);
+}
+
+TEST(TlsEngine, Psk13ExternalGivesThePskIdentity) {
+  auto ctx = load(psk_only_config());
+  ClientOptions o;
+  o.min_version = TLS1_3_VERSION;
+  o.psk_identity = "sensor-7";
+  o.psk = psk7();
+  auto c = connect(ctx, o);
+  ASSERT_EQ(c.server->state(), TlsState::Established) << c.server->error();
+  EXPECT_EQ(c.server->version(), "TLSv1.3");
+  EXPECT_EQ(c.server->peer_identity(), "sensor-7");
+  EXPECT_TRUE(c.server->psk_used());
+  EXPECT_FALSE(c.server->resumed());
+}
+
+TEST(TlsEngine, Psk13AlongsideACertificate) {
+  TlsServerConfig cfg = base_config();
+  cfg.psk_file = pki().p("psk.txt");
+  ClientOptions o;
+  o.min_version = TLS1_3_VERSION;
+  o.psk_identity = "sensor-8";
+  o.psk = psk7();
+  std::reverse(o.psk.begin(), o.psk.end());
+  auto c = connect(load(cfg), o);
+  ASSERT_EQ(c.server->state(), TlsState::Established) << c.server->error();
+  EXPECT_EQ(c.server->peer_identity(), "sensor-8");  // PSK identity whatever identity_from says
+}
+
+TEST(TlsEngine, Psk13WrongKeyAndUnknownIdentityFail) {
+  auto ctx = load(psk_only_config());
+  ClientOptions o;
+  o.min_version = TLS1_3_VERSION;
+  o.psk_identity = "sensor-7";
+  o.psk = std::vector<unsigned char>(32, 0xaa);
+  auto c = connect(ctx, o);
+  ASSERT_EQ(c.server->state(), TlsState::Failed);
+  EXPECT_EQ(c.server->failure(), TlsFailure::PskMismatch) << c.server->error();
+  o.psk_identity = "nobody";
+  auto u = connect(ctx, o);
+  ASSERT_EQ(u.server->state(), TlsState::Failed);
+  EXPECT_EQ(u.server->failure(), TlsFailure::PskUnknownIdentity) << u.server->error();
+}
+
+// ---------------------------------------------------------------- data
+
+TEST(TlsEngine, ApplicationDataBothWays) {
+  for (std::size_t chunk : {std::size_t{0}, std::size_t{1}}) {
+    for (int max : {TLS1_2_VERSION, TLS1_3_VERSION}) {
+      ClientOptions o;
+      o.max_version = max;
+      TestClient client(o);
+      TlsEngine server(load(base_config()));
+      pump(client, server, chunk);
+      ASSERT_EQ(server.state(), TlsState::Established) << server.error();
+      client.send("hello broker");
+      pump(client, server, chunk);
+      EXPECT_EQ(text(server.plaintext()), "hello broker");
+      server.plaintext().clear();
+      const std::string big(100000, 'x');
+      server.write(std::span(reinterpret_cast<const std::uint8_t*>(big.data()), big.size()));
+      pump(client, server, chunk);
+      EXPECT_EQ(client.received.size(), big.size());
+      server.close_notify();
+      EXPECT_EQ(server.state(), TlsState::Closed);
+      pump(client, server, chunk);
+      EXPECT_TRUE(client.got_close_notify);
+    }
+  }
+}
+
+TEST(TlsEngine, WriteBeforeHandshakeIsSentAfterIt) {
+  TestClient client({});
+  TlsEngine server(load(base_config()));
+  const std::string early = "CONNACK";
+  server.write(std::span(reinterpret_cast<const std::uint8_t*>(early.data()), early.size()));
+  pump(client, server);
+  ASSERT_EQ(server.state(), TlsState::Established);
+  EXPECT_EQ(std::string(client.received.begin(), client.received.end()), early);
+}
+
+TEST(TlsEngine, PeerCloseNotifyCloses) {
+  TestClient client({});
+  TlsEngine server(load(base_config()));
+  pump(client, server);
+  SSL_shutdown(client.ssl());
+  pump(client, server);
+  EXPECT_EQ(server.state(), TlsState::Closed);
+  EXPECT_TRUE(server.peer_closed());
+}
+
+TEST(TlsEngine, UndrainedPlaintextHitsTheBufferLimit) {
+  TlsServerConfig cfg = base_config();
+  cfg.max_plaintext_backlog = 4096;
+  TestClient client({});
+  TlsEngine server(load(cfg));
+  pump(client, server);
+  ASSERT_EQ(server.state(), TlsState::Established);
+  client.send(std::string(3000, 'a'));
+  pump(client, server);
+  EXPECT_EQ(server.state(), TlsState::Established);
+  client.send(std::string(3000, 'b'));  // the server never drains plaintext()
+  pump(client, server);
+  ASSERT_EQ(server.state(), TlsState::Failed);
+  EXPECT_EQ(server.failure(), TlsFailure::BufferLimit);
+  EXPECT_NE(server.error().find("buffer limit"), std::string::npos);
+}
+
+TEST(TlsEngine, UnsentCiphertextHitsTheBufferLimit) {
+  TlsServerConfig cfg = base_config();
+  cfg.max_ciphertext_backlog = 64 * 1024;
+  TestClient client({});
+  TlsEngine server(load(cfg));
+  pump(client, server);
+  const std::vector<std::uint8_t> chunk(16 * 1024, 7);
+  for (int i = 0; i < 5; ++i) server.write(chunk);  // never drained
+  EXPECT_EQ(server.failure(), TlsFailure::BufferLimit);
+}
+
+TEST(TlsEngine, MovesBetweenThreadsMidHandshake) {
+  TestClient client({});
+  auto server = std::make_unique<TlsEngine>(load(base_config()));
+  client.step();
+  server->feed(client.take_output());  // ClientHello on this thread
+  std::vector<unsigned char> flight;
+  flight.swap(server->ciphertext());
+  client.give_input(flight);
+  client.step();
+  const auto finished = client.take_output();
+  std::thread other([&] {
+    TlsEngine moved(std::move(*server));
+    moved.feed(finished);  // Finished on another thread
+    EXPECT_EQ(moved.state(), TlsState::Established) << moved.error();
+  });
+  other.join();
+}
+
+TEST(TlsEngine, HandshakeDurationFromCallerTime) {
+  const TlsEngine::Clock::time_point t0{std::chrono::seconds(1000)};
+  TestClient client({});
+  TlsEngine server(load(base_config()), t0);
+  pump(client, server, 0, t0 + 3ms);
+  ASSERT_TRUE(server.handshake_duration().has_value());
+  EXPECT_EQ(*server.handshake_duration(), 3ms);
+}
+
+// ---------------------------------------------------------------- resumption, ALPN, SNI
+
+// Handshake, let the client read the ticket, return its session.
+SSL_SESSION* first_session(std::shared_ptr<const TlsServerContext> ctx, ClientOptions o) {
+  auto c = connect(std::move(ctx), o);
+  EXPECT_EQ(c.server->state(), TlsState::Established) << c.server->error();
+  return c.client->session();
+}
+
+TEST(TlsEngine, ResumptionWithTicket) {
+  for (int max : {TLS1_2_VERSION, TLS1_3_VERSION}) {
+    auto ctx = load(mtls_config());
+    ClientOptions o = with_client_cert("device-1.crt");
+    o.max_version = max;
+    o.session = first_session(ctx, o);
+    ASSERT_NE(o.session, nullptr);
+    auto c = connect(ctx, o);
+    ASSERT_EQ(c.server->state(), TlsState::Established) << c.server->error();
+    EXPECT_TRUE(c.server->resumed()) << max;
+    EXPECT_EQ(c.server->peer_identity(), "device-1");  // the certificate comes back with the session
+    SSL_SESSION_free(o.session);
+  }
+}
+
+TEST(TlsEngine, TicketKeysRotate) {
+  auto ctx = load(base_config());
+  ClientOptions o;
+  o.session = first_session(ctx, o);
+  ctx->rotate_ticket_keys();  // the ticket's key is now the previous one: still accepted
+  EXPECT_TRUE(connect(ctx, o).server->resumed());
+  ctx->rotate_ticket_keys();  // retired
+  EXPECT_FALSE(connect(ctx, o).server->resumed());
+  SSL_SESSION_free(o.session);
+
+  // Rotation driven by the time engines pass in.
+  TlsServerConfig cfg = base_config();
+  cfg.ticket_key_rotation = 1h;
+  auto timed = load(cfg);
+  const TlsEngine::Clock::time_point t0{std::chrono::hours(100)};
+  TestClient c1({});
+  TlsEngine s1(timed, t0);
+  pump(c1, s1, 0, t0);  // starts the period
+  ClientOptions again;
+  again.session = c1.session();
+  for (auto t : {t0 + 30min, t0 + 61min, t0 + 122min}) {
+    TestClient c2(again);
+    TlsEngine s2(timed, t);
+    pump(c2, s2, 0, t);
+    EXPECT_EQ(s2.resumed(), t < t0 + 2h) << (t - t0).count();
+  }
+  SSL_SESSION_free(again.session);
+}
+
+TEST(TlsEngine, ResumedPsk13KeepsIdentity) {
+  auto ctx = load(psk_only_config());
+  ClientOptions o;
+  o.min_version = TLS1_3_VERSION;
+  o.psk_identity = "sensor-7";
+  o.psk = psk7();
+  ClientOptions r;
+  r.min_version = TLS1_3_VERSION;
+  r.session = first_session(ctx, o);
+  auto c = connect(ctx, r);
+  ASSERT_EQ(c.server->state(), TlsState::Established) << c.server->error();
+  EXPECT_TRUE(c.server->resumed());
+  EXPECT_EQ(c.server->peer_identity(), "sensor-7");
+  SSL_SESSION_free(r.session);
+}
+
+TEST(TlsEngine, SessionsDoNotResumeIntoStricterClientAuth) {
+  auto lax = load(base_config());
+  ClientOptions o;
+  o.session = first_session(lax, o);
+  TlsServerConfig strict_cfg = mtls_config();
+  auto strict =
+      TlsServerContext::load(strict_cfg, std::chrono::system_clock::now(), lax.get());  // same ticket keys
+  auto c = connect(strict, o);
+  EXPECT_EQ(c.server->failure(), TlsFailure::NoClientCert) << c.server->error();
+  SSL_SESSION_free(o.session);
+}
+
+TEST(TlsEngine, AlpnMqttIsNegotiated) {
+  auto ctx = load(base_config());
+  ClientOptions o;
+  o.alpn = {"x-other", "mqtt"};
+  auto c = connect(ctx, o);
+  ASSERT_EQ(c.server->state(), TlsState::Established) << c.server->error();
+  EXPECT_EQ(c.server->alpn(), "mqtt");
+  o.alpn = {"h2"};
+  auto bad = connect(ctx, o);
+  ASSERT_EQ(bad.server->state(), TlsState::Failed);
+  EXPECT_EQ(bad.server->failure(), TlsFailure::NoApplicationProtocol) << bad.server->error();
+}
+
+TEST(TlsEngine, SniPicksTheSecondCertificate) {
+  TlsServerConfig cfg = base_config();
+  cfg.sni.push_back({"BROKER2.test", pki().p("server2.crt"), pki().p("server2.key"), ""});
+  auto ctx = load(cfg);
+  for (int max : {TLS1_2_VERSION, TLS1_3_VERSION}) {
+    ClientOptions o;
+    o.max_version = max;
+    o.sni = "broker2.test";
+    auto c = connect(ctx, o);
+    ASSERT_EQ(c.server->state(), TlsState::Established) << c.server->error();
+    EXPECT_EQ(c.server->sni(), "broker2.test");
+    EXPECT_EQ(c.client->server_cn(), "broker2.test");
+    o.sni = "localhost";
+    auto d = connect(ctx, o);
+    EXPECT_EQ(d.client->server_cn(), "localhost");
+  }
+}
+
+// ---------------------------------------------------------------- load errors
+
+TEST(TlsServerContext, LoadErrorsNameTheFileAndReason) {
+  TlsServerConfig c = base_config();
+  c.key = pki().p("server2.key");
+  std::string e = load_error(c);
+  EXPECT_NE(e.find("server2.key"), std::string::npos) << e;
+  EXPECT_NE(e.find("does not match"), std::string::npos) << e;
+
+  c = base_config();
+  c.key = pki().p("server-enc.key");
+  c.key_password = "wrong";
+  e = load_error(c);
+  EXPECT_NE(e.find("server-enc.key"), std::string::npos) << e;
+  EXPECT_NE(e.find("wrong password"), std::string::npos) << e;
+  c.key_password = "";
+  e = load_error(c);
+  EXPECT_NE(e.find("key_password is not set"), std::string::npos) << e;
+  c.key_password = "s3cret";
+  EXPECT_EQ(load_error(c), "no error");
+
+  c = base_config();
+  c.cert = pki().p("missing.crt");
+  e = load_error(c);
+  EXPECT_NE(e.find("missing.crt"), std::string::npos) << e;
+  EXPECT_NE(e.find("No such file"), std::string::npos) << e;
+
+  c = base_config();
+  c.cert = pki().p("expired-server.crt");
+  e = load_error(c);
+  EXPECT_NE(e.find("expired-server.crt"), std::string::npos) << e;
+  EXPECT_NE(e.find("expired"), std::string::npos) << e;
+
+  c = mtls_config();
+  c.crl = {pki().p("expired.crl")};
+  e = load_error(c);
+  EXPECT_NE(e.find("expired.crl"), std::string::npos) << e;
+  EXPECT_NE(e.find("expired"), std::string::npos) << e;
+
+  c.crl = {pki().p("forged.crl")};
+  e = load_error(c);
+  EXPECT_NE(e.find("forged.crl"), std::string::npos) << e;
+  EXPECT_NE(e.find("does not verify"), std::string::npos) << e;
+
+  c.crl = {pki().p("server.key")};
+  e = load_error(c);
+  EXPECT_NE(e.find("server.key"), std::string::npos) << e;
+
+  c = mtls_config();
+  c.ca = pki().p("other-ca.crt");  // the CRL's issuer is not a configured CA
+  e = load_error(c);
+  EXPECT_NE(e.find("ca.crl"), std::string::npos) << e;
+  EXPECT_NE(e.find("not among the CAs"), std::string::npos) << e;
+
+  c = base_config();
+  c.ca = pki().p("nope.crt");
+  c.client_cert = ClientCertMode::Required;
+  e = load_error(c);
+  EXPECT_NE(e.find("nope.crt"), std::string::npos) << e;
+
+  c = base_config();
+  c.ca.clear();
+  c.client_cert = ClientCertMode::Required;
+  EXPECT_NE(load_error(c).find("needs ca"), std::string::npos);
+
+  c = base_config();
+  c.min_version = "1.1";
+  EXPECT_NE(load_error(c).find("min_version"), std::string::npos);
+
+  c = base_config();
+  c.ciphers = "NOT-A-CIPHER";
+  EXPECT_NE(load_error(c).find("ciphers"), std::string::npos);
+}
+
+TEST(TlsServerContext, PskFileErrorsNameTheLine) {
+  const fs::path bad = pki().dir / "bad-psk.txt";
+  const std::pair<std::string, std::string> cases[] = {
+      {"a:00112233445566778899aabbccddeeff\nb 0011\n", "line 2"},
+      {"a:0011\n", "shorter than 16 bytes"},
+      {"a:zz112233445566778899aabbccddeeff\n", "not hexadecimal"},
+      {"a:00112233445566778899aabbccddeeff\na:00112233445566778899aabbccddeeff\n", "duplicate"},
+      {"# nothing\n", "no 'identity:hexkey'"},
+  };
+  for (const auto& [content, want] : cases) {
+    std::ofstream(bad) << content;
+    TlsServerConfig c;
+    c.psk_file = bad;
+    const std::string e = load_error(c);
+    EXPECT_NE(e.find("bad-psk.txt"), std::string::npos) << e;
+    EXPECT_NE(e.find(want), std::string::npos) << e;
+  }
+}
+
+TEST(TlsServerContext, WarningsForKeyFileModeAndSoonExpiry) {
+  const fs::path key = pki().dir / "open.key";
+  fs::copy_file(pki().p("server.key"), key, fs::copy_options::overwrite_existing);
+  fs::permissions(key, fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read);
+  TlsServerConfig c = base_config();
+  c.key = key;
+  auto ctx = TlsServerContext::load(c, std::chrono::system_clock::now() + std::chrono::hours(24 * 350));
+  ASSERT_EQ(ctx->warnings().size(), 2u);
+  EXPECT_NE(ctx->warnings()[0].find("readable by group"), std::string::npos);
+  EXPECT_NE(ctx->warnings()[1].find("expires on"), std::string::npos);
+}
+
+// ---------------------------------------------------------------- revocation after reload
+
+TEST(TlsServerContext, RevokedCheckAgainstAReloadedContext) {
+  TlsServerConfig cfg = base_config();
+  cfg.client_cert = ClientCertMode::Required;
+  cfg.crl = {pki().p("empty.crl")};
+  auto old_ctx = load(cfg);
+  auto c = connect(old_ctx, with_client_cert("revoked.crt"));
+  ASSERT_EQ(c.server->state(), TlsState::Established) << c.server->error();
+  auto good = connect(old_ctx, with_client_cert("device-1.crt"));
+  ASSERT_EQ(good.server->state(), TlsState::Established);
+  EXPECT_FALSE(old_ctx->revoked(c.server->peer_certificate()));
+
+  cfg.crl = {pki().p("ca.crl")};  // SIGHUP with a CRL that now lists device-2
+  auto new_ctx = TlsServerContext::load(cfg, std::chrono::system_clock::now(), old_ctx.get());
+  EXPECT_TRUE(new_ctx->revoked(c.server->peer_certificate()));
+  EXPECT_FALSE(new_ctx->revoked(good.server->peer_certificate()));
+  EXPECT_FALSE(new_ctx->revoked(pki().intruder.get()));  // another issuer
+
+  // A session ticket from before the reload does not bring the revoked certificate back.
+  ClientOptions o = with_client_cert("revoked.crt");
+  o.session = c.client->session();
+  auto resumed = connect(new_ctx, o);
+  EXPECT_EQ(resumed.server->failure(), TlsFailure::CertRevoked) << resumed.server->error();
+  SSL_SESSION_free(o.session);
+}
+
+// ---------------------------------------------------------------- metrics
+
+TEST(TlsHandshakeMetrics, CountsCompletedFailedAndDurations) {
+  TlsHandshakeMetrics m;
+  auto ctx = load(mtls_config(ClientCertMode::Optional));
+  const TlsEngine::Clock::time_point t0{std::chrono::seconds(5)};
+  {
+    TestClient client({});
+    TlsEngine e(ctx, t0);
+    pump(client, e, 0, t0 + 1500us);
+    m.record(e);
+  }
+  {
+    ClientOptions o;
+    o.max_version = TLS1_2_VERSION;
+    TestClient client(o);
+    TlsEngine e(ctx, t0);
+    pump(client, e, 0, t0 + 7ms);
+    m.record(e);
+  }
+  m.record(*connect(ctx, with_client_cert("expired.crt")).server);
+  m.record(*connect(ctx, with_client_cert("revoked.crt")).server);
+  TlsEngine idle(ctx);
+  m.record(idle);  // still handshaking: not counted
+  const auto s = m.snapshot();
+  EXPECT_EQ(s.completed, 2u);
+  EXPECT_EQ(s.tls13, 1u);
+  EXPECT_EQ(s.tls12, 1u);
+  EXPECT_EQ(s.resumed, 0u);
+  EXPECT_EQ(s.failures[static_cast<std::size_t>(TlsFailure::CertExpired)], 1u);
+  EXPECT_EQ(s.failures[static_cast<std::size_t>(TlsFailure::CertRevoked)], 1u);
+  EXPECT_EQ(s.duration_count, 2u);
+  EXPECT_EQ(s.duration_sum_micros, 8500u);
+  EXPECT_EQ(s.duration_buckets[2], 1u);  // <= 2 ms
+  EXPECT_EQ(s.duration_buckets[4], 1u);  // <= 10 ms
+}
+
+TEST(TlsConfig, ParsersAcceptTheTomlSpellings) {
+  EXPECT_EQ(parse_client_cert_mode("required"), ClientCertMode::Required);
+  EXPECT_EQ(parse_client_cert_mode("yes"), std::nullopt);
+  EXPECT_EQ(parse_crl_check("chain"), CrlCheck::Chain);
+  EXPECT_EQ(parse_identity_from("san-uri"), IdentityFrom::SanUri);
+  EXPECT_EQ(parse_identity_from("uid"), std::nullopt);
+  for (auto i : {IdentityFrom::Cn, IdentityFrom::SanDns, IdentityFrom::SanEmail, IdentityFrom::SanUri,
+                 IdentityFrom::Subject, IdentityFrom::Psk})
+    EXPECT_EQ(parse_identity_from(to_string(i)), i);
+}
+
+}  // namespace
+}  // namespace moat::security
