@@ -61,6 +61,17 @@ int run_pub(const PubArgs& a);
 int run_sub(const SubArgs& a);
 int run_init(const std::string& dir, bool force);
 
+// moat passwd [-c] [-b] [-D] FILE USER [PASSWORD]
+struct PasswdArgs {
+  std::string file;
+  std::string user;
+  std::optional<std::string> password;  // with -b
+  bool create = false;  // -c: start a new file
+  bool batch = false;   // -b: the password is on the command line
+  bool remove = false;  // -D: delete the user
+};
+int run_passwd(const PasswdArgs& a);
+
 // Prints "moat CMD: MESSAGE" as one line on stderr (newlines in MESSAGE are folded).
 void error_line(std::string_view command, std::string_view message);
 // Prints "moat: MESSAGE" on stderr (the -d lines).

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "bench.hpp"
 #include "cli.hpp"
 
 namespace {
@@ -171,7 +172,7 @@ bool read_fd_all(int fd, std::string& out) {
 std::string subcommand_in(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     const std::string_view a(argv[i]);
-    if (a == "pub" || a == "sub" || a == "init") return std::string(a);
+    if (a == "pub" || a == "sub" || a == "init" || a == "bench") return std::string(a);
   }
   return {};
 }
@@ -232,6 +233,22 @@ int main(int argc, char** argv) {
   init->add_option("DIR", init_dir, "folder to create (must be new or empty)")->required();
   init->add_flag("--force", force, "write into DIR even if it is not empty (moat.toml is replaced)");
 
+  // ---- moat passwd (passwd.cpp)
+  CLI::App* passwd = app.add_subcommand("passwd", "create or update a password file (as mosquitto_passwd)");
+  passwd->set_help_flag("--help", "print this help and exit");
+  moat::cli::PasswdArgs passwd_args;
+  std::string passwd_password;
+  passwd->add_flag("-c", passwd_args.create, "create a new file (replaces an existing one)");
+  passwd->add_flag("-b", passwd_args.batch, "take the password from the command line");
+  passwd->add_flag("-D", passwd_args.remove, "delete the user");
+  passwd->add_option("FILE", passwd_args.file, "password file")->required();
+  passwd->add_option("USER", passwd_args.user, "user name")->required();
+  passwd->add_option("PASSWORD", passwd_password, "password (with -b)");
+
+  // ---- moat bench (bench.cpp)
+  moat::cli::BenchArgs bench_args;
+  CLI::App* bench = moat::cli::add_bench_command(app, bench_args);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -251,6 +268,15 @@ int main(int argc, char** argv) {
 
   try {
     if (init->parsed()) return moat::cli::run_init(init_dir, force);
+    if (passwd->parsed()) {
+      if (passwd_args.batch != !passwd_password.empty() && !passwd_args.remove) {
+        error_line("passwd", passwd_args.batch ? "-b needs the password after USER" : "a PASSWORD argument needs -b");
+        return moat::cli::kUsage;
+      }
+      if (passwd_args.batch) passwd_args.password = passwd_password;
+      return moat::cli::run_passwd(passwd_args);
+    }
+    if (bench->parsed()) return moat::cli::run_bench(bench_args);
 
     if (pub->parsed()) {
       moat::cli::PubArgs pa;

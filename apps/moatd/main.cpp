@@ -14,6 +14,9 @@
 
 #include "config/config.hpp"
 #include "net/server.hpp"
+#include "security/acl.hpp"
+#include "security/password_file.hpp"
+#include "security/tls.hpp"
 #include "store/memory_store.hpp"
 #include "store/rocksdb_store.hpp"
 
@@ -35,7 +38,76 @@ int lock_data_dir(const std::filesystem::path& dir) {
   return fd;
 }
 
-void reload(const std::filesystem::path& file, moat::config::Config& current) {
+namespace security = moat::security;
+
+// The security material that SIGHUP reloads: each part swaps whole, and a part
+// that fails to load keeps its previous version.
+struct SecurityMaterial {
+  std::shared_ptr<security::PasswordAuthenticator> password;
+  std::shared_ptr<security::Reloadable<security::Acl>> acl;
+  struct Tls {
+    std::string listener;
+    security::TlsServerConfig config;
+    std::shared_ptr<security::Reloadable<security::TlsServerContext>> context;
+  };
+  std::vector<Tls> tls;
+
+  // Start-up: every failure is fatal (throws with the file and the reason).
+  void load(const moat::config::Config& cfg) {
+    if (!cfg.password_file.empty())
+      password =
+          std::make_shared<security::PasswordAuthenticator>(security::PasswordFile::load(cfg.password_file));
+    if (!cfg.acl_file.empty())
+      acl =
+          std::make_shared<security::Reloadable<security::Acl>>(security::Acl::load_mosquitto(cfg.acl_file));
+    for (const auto& l : cfg.listeners) {
+      if (!l.tls) continue;
+      auto ctx = security::TlsServerContext::load(*l.tls);
+      for (const auto& w : ctx->warnings()) spdlog::warn("listener {}: {}", l.name, w);
+      tls.push_back(
+          {l.name, *l.tls, std::make_shared<security::Reloadable<security::TlsServerContext>>(ctx)});
+    }
+  }
+
+  // SIGHUP: new handshakes, logins and checks use the new material; live
+  // connections are not dropped.
+  void reload(const moat::config::Config& cfg) {
+    if (password && !cfg.password_file.empty()) {
+      try {
+        auto table = security::PasswordFile::load(cfg.password_file);
+        spdlog::info("reload: {} ({} users)", cfg.password_file.string(), table->size());
+        password->reload(std::move(table));
+      } catch (const std::exception& e) {
+        spdlog::error("reload of the password file failed, keeping the previous one: {}", e.what());
+      }
+    }
+    if (acl && !cfg.acl_file.empty()) {
+      try {
+        auto table = security::Acl::load_mosquitto(cfg.acl_file);
+        spdlog::info("reload: {} ({} rules)", cfg.acl_file.string(), table->size());
+        acl->store(std::move(table));
+      } catch (const std::exception& e) {
+        spdlog::error("reload of the ACL failed, keeping the previous one: {}", e.what());
+      }
+    }
+    for (auto& t : tls) {
+      try {
+        auto previous = t.context->load();
+        auto ctx =
+            security::TlsServerContext::load(t.config, std::chrono::system_clock::now(), previous.get());
+        for (const auto& w : ctx->warnings()) spdlog::warn("listener {}: {}", t.listener, w);
+        t.context->store(std::move(ctx));
+        spdlog::info("reload: TLS certificates, keys and CRLs of listener {}", t.listener);
+      } catch (const std::exception& e) {
+        spdlog::error("reload of TLS for listener {} failed, keeping the previous context: {}", t.listener,
+                      e.what());
+      }
+    }
+  }
+};
+
+void reload(const std::filesystem::path& file, moat::config::Config& current, SecurityMaterial& material) {
+  material.reload(current);
   try {
     auto next = moat::config::load_file(file);
     spdlog::set_level(spdlog::level::from_str(next.log_level));
@@ -143,10 +215,24 @@ int main(int argc, char** argv) {
   shared.sys_interval = cfg.sys_interval;
   shared.version = std::string("moat ") + MOAT_VERSION;
 
+  SecurityMaterial material;
+  try {
+    material.load(cfg);
+  } catch (const std::exception& e) {
+    spdlog::critical("{}", e.what());
+    return 1;
+  }
+  shared.acl = material.acl;
+
   moat::net::ServerOptions opts;
   opts.threads = cfg.threads;
   for (const auto& l : cfg.listeners) {
-    opts.listeners.push_back({l.name, l.host, l.port, l.auth});
+    moat::net::ListenerSpec spec{l.name, l.host, l.port, {}, nullptr};
+    for (const auto& name : l.auth)
+      spec.auth.push_back(name == "password" ? material.password : security::make_authenticator(name));
+    for (const auto& t : material.tls)
+      if (t.listener == l.name) spec.tls = t.context;
+    opts.listeners.push_back(std::move(spec));
     if (l.host != "127.0.0.1" && l.host != "::1" &&
         std::find(l.auth.begin(), l.auth.end(), "anonymous") != l.auth.end())
       spdlog::warn("listener {} admits anonymous clients on {}, which is not loopback-only", l.name, l.host);
@@ -154,12 +240,13 @@ int main(int argc, char** argv) {
   moat::net::Server server(std::move(opts), shared);
   // Retained messages and sessions come back before the first connection.
   for (const auto& r : snapshot.retained)
-    shared.retained.update(moat::broker::make_message(r.topic, r.payload, static_cast<moat::codec::QoS>(r.qos), true));
+    shared.retained.update(
+        moat::broker::make_message(r.topic, r.payload, static_cast<moat::codec::QoS>(r.qos), true));
   server.restore(snapshot);
   std::size_t queued = 0;
   for (const auto& s : snapshot.sessions) queued += s.queued.size();
-  spdlog::info("store: {}; restored {} session(s), {} queued message(s), {} retained message(s)", store->describe(),
-               snapshot.sessions.size(), queued, snapshot.retained.size());
+  spdlog::info("store: {}; restored {} session(s), {} queued message(s), {} retained message(s)",
+               store->describe(), snapshot.sessions.size(), queued, snapshot.retained.size());
   snapshot = {};
   try {
     server.start();
@@ -177,7 +264,7 @@ int main(int argc, char** argv) {
       if (config_file.empty())
         spdlog::info("SIGHUP: running on the built-in default; nothing to reload");
       else
-        reload(config_file, cfg);
+        reload(config_file, cfg, material);
       continue;
     }
     spdlog::info("{}: shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");

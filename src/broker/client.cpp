@@ -26,7 +26,7 @@ Client::~Client() {
 
 std::size_t Client::on_bytes(std::span<const std::uint8_t> data) {
   std::size_t used = 0;
-  while (state_ != State::Closed && !migrating_ && used < data.size()) {
+  while (state_ != State::Closed && state_ != State::Authenticating && !migrating_ && used < data.size()) {
     auto r = codec::decode(data.subspan(used), decoder_);
     if (r.status == codec::DecodeStatus::NeedMore) break;
     if (r.status == codec::DecodeStatus::Error) {
@@ -162,12 +162,62 @@ void Client::handle_connect(const codec::Connect& c) {
     return;
   }
 
-  security::ConnectInfo info{listener_.name, transport_.peer(), client_id, c.username, c.password};
-  const auto auth = listener_.auth.authenticate(info);
+  // Everything the rest of the CONNECT needs, owned: the decoder's views die with
+  // the input buffer, and authentication may finish on a later loop turn.
+  pending_ = std::make_shared<PendingConnect>();
+  auto& pc = *pending_;
+  pc.client_id = client_id;
+  pc.clean_session = c.clean_session;
+  pc.keep_alive = c.keep_alive;
+  pc.version = c.version;
+  if (c.username) pc.username = std::string(*c.username);
+  if (c.password) pc.password = std::string(*c.password);
+  if (c.will) pc.will = make_message(c.will->topic, c.will->payload, c.will->qos, c.will->retain);
+  pc.certificate_identity = std::string(transport_.certificate_identity());
+  pc.psk_identity = std::string(transport_.psk_identity());
+
+  if (!listener_.auth.blocking()) return finish_connect(listener_.auth.authenticate(connect_info(pc)));
+  // A password hash takes tens of milliseconds: run the chain off the event loop
+  // and hold further input of this connection until it has answered.
+  state_ = State::Authenticating;
+  auto result = std::make_shared<security::AuthResult>();
+  transport_.run_off_loop(
+      // `keep` holds the strings `info` points into, should this Client go first.
+      [result, keep = pending_, info = connect_info(pc), &auth = listener_.auth] {
+        *result = auth.authenticate(info);
+      },
+      [this, result] {
+        if (state_ != State::Authenticating) return;
+        finish_connect(*result);
+        transport_.resume_input();
+      });
+}
+
+security::ConnectInfo Client::connect_info(const PendingConnect& pc) const {
+  security::ConnectInfo info;
+  info.listener = listener_.name;
+  info.peer = transport_.peer();
+  info.client_id = pc.client_id;
+  if (pc.username) info.username = *pc.username;
+  if (pc.password) info.password = *pc.password;
+  info.certificate_identity = pc.certificate_identity;
+  info.psk_identity = pc.psk_identity;
+  return info;
+}
+
+void Client::finish_connect(const security::AuthResult& auth) {
+  auto pc = std::move(pending_);
+  state_ = State::AwaitConnect;  // until CONNACK: a refusal below closes from here
   if (auth.decision == security::AuthDecision::BadCredentials)
     return refuse_connect(ConnectReturnCode::BadUsernameOrPassword, "bad user name or password");
   if (auth.decision != security::AuthDecision::Allow)
     return refuse_connect(ConnectReturnCode::NotAuthorized, "not authorized");
+  identity_ = auth.identity;
+  // [MQTT-3.1.2-9] the will is a PUBLISH like any other: the ACL must allow it.
+  if (pc->will && !shard_.allowed(security::Identity{identity_, pc->client_id}, security::Action::Publish,
+                                  (*pc->will)->topic))
+    return refuse_connect(ConnectReturnCode::NotAuthorized, "will topic not authorized");
+  const std::string& client_id = pc->client_id;
 
   // [MQTT-3.1.4-2] a second connection with the same identifier takes over.
   if (Session* existing = shard_.find_session(client_id); existing && existing->client) {
@@ -179,18 +229,20 @@ void Client::handle_connect(const codec::Connect& c) {
   }
 
   bool present = false;
-  Session& s = shard_.open_session(client_id, c.clean_session, present);
+  Session& s = shard_.open_session(client_id, pc->clean_session, present);
   session_ = &s;
   s.client = this;
+  s.username = identity_;
   state_ = State::Connected;
-  keep_alive_ = std::chrono::seconds(c.keep_alive);
-  if (c.will) {
-    will_ = make_message(c.will->topic, c.will->payload, c.will->qos, c.will->retain);
-  }
+  keep_alive_ = std::chrono::seconds(pc->keep_alive);
+  last_packet_at_ = shard_.now();
+  will_ = pc->will;
   shard_.stats().clients_connected.add();
-  spdlog::debug("client {} connected from {} on {} (MQTT {}, clean {}, keep-alive {} s{})", client_id,
-                transport_.peer(), listener_.name, c.version == codec::ProtocolVersion::V31 ? "3.1" : "3.1.1",
-                c.clean_session, c.keep_alive, present ? ", session resumed" : "");
+  spdlog::debug("client {} connected from {} on {} (MQTT {}, clean {}, keep-alive {} s{}{}{})", client_id,
+                transport_.peer(), listener_.name,
+                pc->version == codec::ProtocolVersion::V31 ? "3.1" : "3.1.1", pc->clean_session,
+                pc->keep_alive, present ? ", session resumed" : "", identity_.empty() ? "" : ", user ",
+                identity_);
   // [MQTT-3.2.2-1..3] session present only for a resumed persistent session.
   send(codec::Connack{present, ConnectReturnCode::Accepted});
   if (present) shard_.resume(s);
@@ -200,7 +252,15 @@ void Client::handle_publish(const codec::Publish& p) {
   Session& s = *session_;
   shard_.stats().messages_received.add();
   const bool duplicate_qos2 = p.qos == QoS::ExactlyOnce && s.awaiting_pubrel.count(p.packet_id) != 0;
-  if (!duplicate_qos2) {
+  // A refused PUBLISH is dropped but still acknowledged: MQTT 3.1.1 has no way to
+  // refuse one but closing the connection.
+  const bool allowed = duplicate_qos2 || shard_.allowed(security::Identity{identity_, s.client_id},
+                                                        security::Action::Publish, p.topic);
+  if (!allowed) {
+    shard_.stats().dropped_not_authorized.add();
+    spdlog::debug("client {} ({}): PUBLISH to '{}' not authorized, dropped", client_id_, identity_, p.topic);
+  }
+  if (!duplicate_qos2 && allowed) {
     auto m = make_message(p.topic, p.payload, p.qos, p.retain);
     if (p.retain && shard_.shared().retained.update(m)) shard_.persist_retained(m);
     shard_.route(m);
@@ -251,8 +311,12 @@ void Client::handle_subscribe(const codec::Subscribe& sub) {
   codec::Suback ack;
   ack.packet_id = sub.packet_id;  // [MQTT-3.8.4-2]
   for (const auto& f : sub.subscriptions) {
-    // Filters are valid here (the decoder closes on a malformed one). Refusals by
-    // authorization or limits will answer kSubackFailure for their filter.
+    // Filters are valid here (the decoder closes on a malformed one).
+    if (!shard_.allowed(security::Identity{identity_, s.client_id}, security::Action::Subscribe, f.filter)) {
+      spdlog::debug("client {} ({}): subscription to '{}' not authorized", client_id_, identity_, f.filter);
+      ack.return_codes.push_back(codec::kSubackFailure);
+      continue;
+    }
     shard_.subscribe(s, f.filter, f.qos);
     ack.return_codes.push_back(static_cast<std::uint8_t>(f.qos));
   }

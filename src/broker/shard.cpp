@@ -25,7 +25,12 @@ std::uint32_t shard_of(std::string_view client_id, std::uint32_t shard_count) {
 }
 
 Shard::Shard(std::uint32_t index, BrokerShared& shared, ShardBus& bus)
-    : index_(index), shared_(shared), bus_(bus), now_(Clock::now()), outboxes_(shared.shard_count) {}
+    : index_(index),
+      shared_(shared),
+      bus_(bus),
+      now_(Clock::now()),
+      outboxes_(shared.shard_count),
+      acl_(shared.acl ? shared.acl->load() : nullptr) {}
 
 Shard::~Shard() = default;
 
@@ -129,9 +134,9 @@ void Shard::restore(const store::Snapshot& snapshot) {
       if (q.state == 0) {
         s.queue.push_back(Session::Queued{m, qos, q.retain, q.seq});
       } else {
-        const auto st = q.state == 2                 ? Session::OutState::AwaitPubcomp
+        const auto st = q.state == 2              ? Session::OutState::AwaitPubcomp
                         : qos == QoS::AtLeastOnce ? Session::OutState::AwaitPuback
-                                                     : Session::OutState::AwaitPubrec;
+                                                  : Session::OutState::AwaitPubrec;
         s.inflight.push_back(Session::Inflight{q.packet_id, st, m, qos, q.retain, q.seq});
       }
     }
@@ -219,7 +224,8 @@ void Shard::route(const MessagePtr& m) {
     std::uint64_t seq = 0;
     if (sub.durable && q != QoS::AtMostOnce && shared_.store) {
       seq = shared_.next_seq.fetch_add(1, std::memory_order_relaxed);
-      writes().put_queued(sub.session_id, {seq, m->topic, m->payload, static_cast<std::uint8_t>(q), false, 0, 0});
+      writes().put_queued(sub.session_id,
+                          {seq, m->topic, m->payload, static_cast<std::uint8_t>(q), false, 0, 0});
     }
     if (sub.shard == index_)
       deliver_local(sub.session_id, m, q, seq);
@@ -242,6 +248,11 @@ void Shard::deliver_local(std::uint64_t session_id, const MessagePtr& m, QoS qos
 void Shard::deliver(Session& s, const MessagePtr& m, QoS qos, bool retain, std::uint64_t seq) {
   if (!s.client && qos == QoS::AtMostOnce && !shared_.limits.queue_qos0_offline) {
     stats_.dropped_offline_qos0.add();
+    return;
+  }
+  // Checked at delivery: a subscriber that lost the right stops receiving.
+  if (!allowed(security::Identity{s.username, s.client_id}, security::Action::Receive, m->topic)) {
+    if (seq) writes().erase_queued(s.id, seq);
     return;
   }
   if (seq == 0 && s.durable() && qos != QoS::AtMostOnce && shared_.store) {
@@ -342,6 +353,7 @@ void Shard::resume(Session& s) {
 
 void Shard::tick(TimePoint now) {
   now_ = now;
+  if (shared_.acl) acl_ = shared_.acl->load();        // picks up a reloaded ACL
   if (started_at_ == TimePoint{}) started_at_ = now;  // the first tick starts the uptime
   if (index_ == 0 && shared_.sys_interval.count() > 0 && now >= next_sys_) {
     publish_sys();
@@ -378,6 +390,7 @@ void Shard::publish_sys() {
   put("$SYS/broker/subscriptions/count", std::to_string(subs_.size()));
   put("$SYS/broker/connections/protocol_errors", std::to_string(t.protocol_errors));
   put("$SYS/broker/connections/takeovers", std::to_string(t.takeovers));
+  put("$SYS/broker/messages/dropped/not_authorized", std::to_string(t.dropped_not_authorized));
 }
 
 }  // namespace moat::broker

@@ -10,6 +10,7 @@
 #include <atomic>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <span>
@@ -26,6 +27,7 @@
 #include "broker/stats.hpp"
 #include "broker/subscription_index.hpp"
 #include "codec/decoder.hpp"
+#include "security/acl.hpp"
 #include "security/authn.hpp"
 #include "store/store.hpp"
 
@@ -46,6 +48,17 @@ class Transport {
   // Hand the connection, with its unconsumed input, to another shard's loop.
   virtual void migrate(std::uint32_t shard) = 0;
   virtual const std::string& peer() const = 0;
+  // TLS: the identity the client certificate or the PSK gave, empty otherwise.
+  virtual std::string_view certificate_identity() const { return {}; }
+  virtual std::string_view psk_identity() const { return {}; }
+  // Runs `work` where it may block (a worker thread), then `then` back on this
+  // connection's loop, unless the connection has gone. The default runs both now.
+  virtual void run_off_loop(std::function<void()> work, std::function<void()> then) {
+    work();
+    then();
+  }
+  // Input held while authentication ran may be handled again.
+  virtual void resume_input() {}
 };
 
 // Per listener: what a connection accepted there is allowed to do.
@@ -98,6 +111,8 @@ struct BrokerShared {
   std::chrono::seconds sys_interval{10};
   std::string version;
   std::vector<const ShardStats*> all_stats;  // every shard's counters, for $SYS
+  // [acl]: null when none is configured (everything allowed); swapped on reload.
+  std::shared_ptr<security::Reloadable<security::Acl>> acl;
 };
 
 // Which shard owns a client identifier: every connection with that identifier
@@ -131,7 +146,8 @@ class Session {
   const std::uint64_t id;
   bool clean_session;
   bool durable() const { return !clean_session; }
-  Client* client = nullptr;  // null while offline
+  Client* client = nullptr;   // null while offline
+  std::string username;       // authenticated identity of the last connection (ACL)
   TimePoint offline_since{};  // for session expiry
   std::map<std::string, codec::QoS, std::less<>> subscriptions;
   std::deque<Inflight> inflight;                      // in the order sent
@@ -163,11 +179,24 @@ class Client {
 
  private:
   friend class Shard;
-  enum class State : std::uint8_t { AwaitConnect, Connected, Closed };
+  enum class State : std::uint8_t { AwaitConnect, Authenticating, Connected, Closed };
+  struct PendingConnect {
+    std::string client_id;
+    bool clean_session = true;
+    std::uint16_t keep_alive = 0;
+    codec::ProtocolVersion version = codec::ProtocolVersion::V311;
+    std::optional<std::string> username;
+    std::optional<std::string> password;
+    std::optional<MessagePtr> will;
+    std::string certificate_identity;
+    std::string psk_identity;
+  };
   enum class CloseKind : std::uint8_t { Normal, Abnormal };
 
   void handle(const codec::Packet& p);
   void handle_connect(const codec::Connect& c);
+  security::ConnectInfo connect_info(const PendingConnect& pc) const;
+  void finish_connect(const security::AuthResult& auth);
   void handle_publish(const codec::Publish& p);
   void handle_ack(const codec::Ack& a);
   void handle_subscribe(const codec::Subscribe& s);
@@ -191,6 +220,8 @@ class Client {
   Session* session_ = nullptr;
   std::optional<MessagePtr> will_;
   std::string client_id_;  // for logs
+  std::string identity_;   // authenticated user name (ACL identity)
+  std::shared_ptr<PendingConnect> pending_;
 };
 
 class Shard {
@@ -219,6 +250,10 @@ class Shard {
   // Routes a message to every matching subscription, local or on other shards.
   void route(const MessagePtr& m);
 
+  // The ACL's decision; true when no ACL is configured.
+  bool allowed(const security::Identity& who, security::Action action, std::string_view topic) const {
+    return !acl_ || acl_->check(who, action, topic) == security::Decision::Allow;
+  }
   ShardStats& stats() { return stats_; }
   const ShardStats& stats() const { return stats_; }
   const SubscriptionIndex& subscription_index() const { return subs_; }
@@ -268,6 +303,7 @@ class Shard {
   std::vector<std::vector<ShardEvent>> outboxes_;
   bool flush_requested_ = false;
   store::Batch batch_;
+  std::shared_ptr<const security::Acl> acl_;  // this loop's snapshot, refreshed by tick()
   std::vector<Subscriber> match_scratch_;
   TimePoint started_at_{};
   TimePoint next_sys_{};

@@ -23,10 +23,11 @@ struct ShardStats {
   Counter dropped_offline_qos0;  // QoS 0 deliveries to offline sessions (not queued by default)
   Counter protocol_errors;       // connections closed for a protocol violation
   Counter takeovers;
+  Counter dropped_not_authorized;  // PUBLISH refused by the ACL (still acknowledged)
 
   struct Snapshot {
     std::uint64_t clients_connected, sessions, messages_received, messages_sent, dropped_queue_full,
-        dropped_offline_qos0, protocol_errors, takeovers;
+        dropped_offline_qos0, protocol_errors, takeovers, dropped_not_authorized;
     Snapshot& operator+=(const Snapshot& o) {
       clients_connected += o.clients_connected;
       sessions += o.sessions;
@@ -36,13 +37,14 @@ struct ShardStats {
       dropped_offline_qos0 += o.dropped_offline_qos0;
       protocol_errors += o.protocol_errors;
       takeovers += o.takeovers;
+      dropped_not_authorized += o.dropped_not_authorized;
       return *this;
     }
   };
   Snapshot snapshot() const {
     return {clients_connected.get(), sessions.get(),           messages_received.get(),
             messages_sent.get(),     dropped_queue_full.get(), dropped_offline_qos0.get(),
-            protocol_errors.get(),   takeovers.get()};
+            protocol_errors.get(),   takeovers.get(),          dropped_not_authorized.get()};
   }
 };
 

@@ -104,10 +104,72 @@ void one_of(const Reporter& r, const toml::table& t, std::string_view section, s
   r.fail_at(*t.get(key), qualified(section, key), fmt::format("'{}' is not one of: {}", value, list));
 }
 
+std::filesystem::path get_path(const Reporter& r, const toml::table& t, std::string_view section,
+                               std::string_view key, const std::filesystem::path& dir) {
+  const std::string v = get_string(r, t, section, key, "");
+  if (t.get(key) && v.empty()) r.fail_at(*t.get(key), qualified(section, key), "must not be empty");
+  if (v.empty()) return {};
+  std::filesystem::path p(v);
+  return p.is_relative() ? dir / p : p;
+}
+
+security::TlsServerConfig read_tls(const Reporter& r, const toml::table& t, const std::string& sec,
+                                   const std::filesystem::path& dir) {
+  only_keys(r, t, sec,
+            {"cert", "key", "key_password", "ca", "ca_dir", "client_cert", "verify_depth", "crl", "crl_check",
+             "min_version", "ciphers", "ciphersuites", "psk_file", "identity_from", "alpn"});
+  security::TlsServerConfig c;
+  c.cert = get_path(r, t, sec, "cert", dir);
+  c.key = get_path(r, t, sec, "key", dir);
+  c.key_password = get_string(r, t, sec, "key_password", "");
+  c.ca = get_path(r, t, sec, "ca", dir);
+  c.ca_dir = get_path(r, t, sec, "ca_dir", dir);
+  c.psk_file = get_path(r, t, sec, "psk_file", dir);
+  if (c.cert.empty() != c.key.empty()) r.fail(t.source(), sec, "cert and key go together");
+  if (c.cert.empty() && c.psk_file.empty())
+    r.fail(t.source(), sec, "needs cert and key (or psk_file for a PSK-only listener)");
+  const std::string mode = get_string(r, t, sec, "client_cert", "none");
+  if (t.get("client_cert")) one_of(r, t, sec, "client_cert", mode, {"none", "optional", "required"});
+  c.client_cert = *security::parse_client_cert_mode(mode);
+  if (c.client_cert != security::ClientCertMode::None && c.ca.empty() && c.ca_dir.empty())
+    r.fail_at(*t.get("client_cert"), qualified(sec, "client_cert"), "client certificates need ca or ca_dir");
+  c.verify_depth = static_cast<int>(get_int(r, t, sec, "verify_depth", c.verify_depth, 1, 16));
+  if (const toml::node* n = t.get("crl")) {
+    const toml::array* arr = n->as_array();
+    if (!arr) r.fail_at(*n, qualified(sec, "crl"), "must be an array of file names");
+    for (const auto& e : *arr) {
+      if (!e.is_string()) r.fail_at(e, qualified(sec, "crl"), "file names are strings");
+      std::filesystem::path p(*e.value<std::string_view>());
+      c.crl.push_back(p.is_relative() ? dir / p : p);
+    }
+  }
+  const std::string crl_check = get_string(r, t, sec, "crl_check", "leaf");
+  if (t.get("crl_check")) one_of(r, t, sec, "crl_check", crl_check, {"leaf", "chain"});
+  c.crl_check = *security::parse_crl_check(crl_check);
+  c.min_version = get_string(r, t, sec, "min_version", c.min_version);
+  if (t.get("min_version")) one_of(r, t, sec, "min_version", c.min_version, {"1.2", "1.3"});
+  c.ciphers = get_string(r, t, sec, "ciphers", "");
+  c.ciphersuites = get_string(r, t, sec, "ciphersuites", "");
+  const std::string id = get_string(r, t, sec, "identity_from", "cn");
+  if (t.get("identity_from"))
+    one_of(r, t, sec, "identity_from", id, {"cn", "san-dns", "san-email", "san-uri", "subject", "psk"});
+  c.identity_from = *security::parse_identity_from(id);
+  if (const toml::node* n = t.get("alpn")) {
+    const toml::array* arr = n->as_array();
+    if (!arr) r.fail_at(*n, qualified(sec, "alpn"), "must be an array of protocol names");
+    c.alpn.clear();
+    for (const auto& e : *arr) {
+      if (!e.is_string()) r.fail_at(e, qualified(sec, "alpn"), "protocol names are strings");
+      c.alpn.emplace_back(*e.value<std::string_view>());
+    }
+  }
+  return c;
+}
+
 void read_listener(const Reporter& r, const toml::table& t, std::size_t i, Config& c,
-                   std::set<std::string>& names) {
+                   std::set<std::string>& names, const std::filesystem::path& dir) {
   const std::string sec = fmt::format("listener[{}]", i);
-  only_keys(r, t, sec, {"name", "bind", "transport", "auth"});
+  only_keys(r, t, sec, {"name", "bind", "transport", "auth", "tls"});
   Listener l;
   l.name = get_string(r, t, sec, "name", "");
   if (l.name.empty()) r.fail(t.source(), sec, "every listener needs a non-empty name");
@@ -123,9 +185,17 @@ void read_listener(const Reporter& r, const toml::table& t, std::size_t i, Confi
   }
   l.transport = get_string(r, t, sec, "transport", "tcp");
   one_of(r, t, sec, "transport", l.transport, {"tcp", "tls", "ws", "wss"});
-  if (l.transport != "tcp")
+  if (l.transport == "ws" || l.transport == "wss")
     r.fail_at(*t.get("transport"), qualified(sec, "transport"),
-              fmt::format("transport '{}' is not available in this version of moatd (tcp is)", l.transport));
+              fmt::format("transport '{}' is not available in this version of moatd (tcp and tls are)",
+                          l.transport));
+  if (const toml::node* tn = t.get("tls")) {
+    if (l.transport != "tls") r.fail_at(*tn, qualified(sec, "tls"), "only for transport = \"tls\"");
+    if (!tn->is_table()) r.fail_at(*tn, qualified(sec, "tls"), "must be a table ([listener.tls])");
+    l.tls = read_tls(r, *tn->as_table(), sec + ".tls", dir);
+  } else if (l.transport == "tls") {
+    r.fail(t.source(), sec, "transport \"tls\" needs a [listener.tls] table with cert and key");
+  }
   if (const toml::node* a = t.get("auth")) {
     const toml::array* arr = a->as_array();
     if (!arr || arr->empty())
@@ -143,6 +213,10 @@ void read_listener(const Reporter& r, const toml::table& t, std::size_t i, Confi
       if (!security::is_supported_auth_method(name))
         r.fail_at(m, qualified(sec, "auth"),
                   fmt::format("method '{}' is not available in this version of moatd", name));
+      if (name == "password" && c.password_file.empty())
+        r.fail_at(m, qualified(sec, "auth"), "method 'password' needs [auth.password] file = \"...\"");
+      if ((name == "certificate" || name == "psk") && l.transport != "tls")
+        r.fail_at(m, qualified(sec, "auth"), fmt::format("method '{}' needs transport = \"tls\"", name));
       l.auth.push_back(name);
     }
   } else {
@@ -183,7 +257,7 @@ void parse_bind(std::string_view bind, std::string& host, std::uint16_t& port) {
 
 Config default_config() {
   Config c;
-  c.listeners.push_back(Listener{"default", "127.0.0.1", 1883, "tcp", {"anonymous"}});
+  c.listeners.push_back(Listener{"default", "127.0.0.1", 1883, "tcp", {"anonymous"}, std::nullopt});
   return c;
 }
 
@@ -197,7 +271,24 @@ Config parse(std::string_view text, const std::filesystem::path& source) {
   }
   Config c;
   c.source = source;
-  only_keys(r, root, "", {"broker", "log", "limits", "listener", "store"});
+  only_keys(r, root, "", {"broker", "log", "limits", "listener", "store", "auth", "acl"});
+  const std::filesystem::path dir = source.parent_path();
+  if (const auto* t = get_table(r, root, "auth")) {
+    only_keys(r, *t, "auth", {"password", "jwt", "http"});
+    for (const char* later : {"jwt", "http"})
+      if (const toml::node* n = t->get(later))
+        r.fail_at(*n, fmt::format("auth.{}", later), "not available in this version of moatd");
+    if (const auto* p = get_table(r, *t, "password")) {
+      only_keys(r, *p, "auth.password", {"file"});
+      c.password_file = get_path(r, *p, "auth.password", "file", dir);
+      if (c.password_file.empty()) r.fail(p->source(), "auth.password", "missing key 'file'");
+    }
+  }
+  if (const auto* t = get_table(r, root, "acl")) {
+    only_keys(r, *t, "acl", {"file"});
+    c.acl_file = get_path(r, *t, "acl", "file", dir);
+    if (c.acl_file.empty()) r.fail(t->source(), "acl", "missing key 'file'");
+  }
 
   if (const auto* t = get_table(r, root, "broker")) {
     only_keys(r, *t, "broker", {"data_dir", "threads", "sys_interval"});
@@ -237,11 +328,13 @@ Config parse(std::string_view text, const std::filesystem::path& source) {
     c.store_engine = get_string(r, *t, "store", "engine", c.store_engine);
     one_of(r, *t, "store", "engine", c.store_engine, {"rocksdb", "memory"});
     c.durability = get_string(r, *t, "store", "durability", c.durability);
-    if (t->get("durability")) one_of(r, *t, "store", "durability", c.durability, {"sync", "interval", "none"});
+    if (t->get("durability"))
+      one_of(r, *t, "store", "durability", c.durability, {"sync", "interval", "none"});
     const double interval = get_seconds(r, *t, "store", "sync_interval", 0.1, 0.001, 60);
     c.sync_interval = std::chrono::milliseconds(static_cast<std::int64_t>(std::llround(interval * 1000)));
     if (t->get("sync_interval") && c.durability != "interval")
-      r.fail_at(*t->get("sync_interval"), "store.sync_interval", "only applies with durability = \"interval\"");
+      r.fail_at(*t->get("sync_interval"), "store.sync_interval",
+                "only applies with durability = \"interval\"");
     c.limits.session_expiry =
         std::chrono::seconds(get_int(r, *t, "store", "session_expiry", 0, 0, std::int64_t{10} * 365 * 86400));
   }
@@ -250,7 +343,8 @@ Config parse(std::string_view text, const std::filesystem::path& source) {
     if (!arr || !arr->is_array_of_tables())
       r.fail_at(*n, "listener", "must be an array of tables ([[listener]])");
     std::set<std::string> names;
-    for (std::size_t i = 0; i < arr->size(); ++i) read_listener(r, *arr->get(i)->as_table(), i, c, names);
+    for (std::size_t i = 0; i < arr->size(); ++i)
+      read_listener(r, *arr->get(i)->as_table(), i, c, names, dir);
   }
   if (c.listeners.empty())
     r.fail(root.source(), "listener", "no [[listener]] configured: moatd would accept no connection");

@@ -4,12 +4,14 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "broker/limits.hpp"
+#include "security/tls.hpp"
 
 namespace moat::config {
 
@@ -24,6 +26,7 @@ struct Listener {
   std::uint16_t port = 1883;
   std::string transport = "tcp";
   std::vector<std::string> auth;
+  std::optional<security::TlsServerConfig> tls;  // [listener.tls], for transport "tls"
 };
 
 struct Config {
@@ -33,10 +36,12 @@ struct Config {
   std::chrono::seconds sys_interval{10};  // $SYS statistics; 0 = off
   std::string log_level = "info";
   std::string store_engine = "rocksdb";
-  std::string durability = "sync";                  // sync | interval | none
-  std::chrono::milliseconds sync_interval{100};     // durability = "interval"
+  std::string durability = "sync";               // sync | interval | none
+  std::chrono::milliseconds sync_interval{100};  // durability = "interval"
   broker::Limits limits;
   std::vector<Listener> listeners;
+  std::filesystem::path password_file;  // [auth.password] file
+  std::filesystem::path acl_file;       // [acl] file
 };
 
 // The safe default: plain MQTT on 127.0.0.1:1883, anonymous clients, data in

@@ -12,6 +12,7 @@
 #include <boost/asio/ip/v6_only.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/asio/thread_pool.hpp>
 #include <boost/asio/write.hpp>
 #include <mutex>
 #include <thread>
@@ -30,11 +31,19 @@ constexpr auto kDrainTimeout = std::chrono::seconds(2);
 
 class Loop;
 
+// A listener as connections see it: the broker's policy and, for TLS, the context.
+struct ListenerRuntime {
+  broker::ListenerPolicy policy;
+  std::shared_ptr<security::Reloadable<security::TlsServerContext>> tls;
+};
+
 // One TCP connection. Lives on one loop; every handler runs on that loop's thread.
 class Connection final : public broker::Transport, public std::enable_shared_from_this<Connection> {
  public:
-  Connection(Loop& loop, tcp::socket socket, const broker::ListenerPolicy& listener, std::string peer,
-             std::vector<std::uint8_t> pending_input);
+  // `tls`: an engine moved from another loop with its connection; a new TLS
+  // connection starts one from the listener's current context.
+  Connection(Loop& loop, tcp::socket socket, const ListenerRuntime& listener, std::string peer,
+             std::vector<std::uint8_t> pending_input, std::optional<security::TlsEngine> tls);
 
   void start();
 
@@ -46,9 +55,22 @@ class Connection final : public broker::Transport, public std::enable_shared_fro
   void flush();
   void close() override;
   void migrate(std::uint32_t shard) override { migrate_to_ = shard; }
+  void run_off_loop(std::function<void()> work, std::function<void()> then) override;
+  void resume_input() override {
+    if (!dead_ && !closing_) process_input();
+  }
   const std::string& peer() const override { return peer_; }
+  std::string_view certificate_identity() const override {
+    return tls_ && tls_->established() && !tls_->psk_used() ? std::string_view(tls_->peer_identity())
+                                                            : std::string_view();
+  }
+  std::string_view psk_identity() const override {
+    return tls_ && tls_->established() && tls_->psk_used() ? std::string_view(tls_->psk_identity())
+                                                           : std::string_view();
+  }
 
  private:
+  void on_ciphertext(std::size_t n);
   void read();
   void on_read(const error_code& ec, std::size_t n);
   void process_input();
@@ -59,8 +81,12 @@ class Connection final : public broker::Transport, public std::enable_shared_fro
 
   Loop& loop_;
   tcp::socket socket_;
-  const broker::ListenerPolicy& listener_;
+  const ListenerRuntime& listener_;
   std::string peer_;
+  std::optional<security::TlsEngine> tls_;
+  std::vector<std::uint8_t> raw_;             // TLS: ciphertext read from the socket
+  std::vector<std::uint8_t> cipher_writing_;  // TLS: ciphertext being written
+  bool close_notify_sent_ = false;
   std::unique_ptr<broker::Client> client_;
   std::vector<std::uint8_t> in_;
   std::size_t in_len_ = 0;
@@ -117,6 +143,7 @@ class Loop {
 
 struct Bus final : broker::ShardBus {
   std::vector<std::unique_ptr<Loop>>* loops = nullptr;
+  asio::thread_pool* workers = nullptr;  // blocking work (password hashes) runs here
   void send(std::uint32_t to, std::vector<broker::ShardEvent>&& batch) override {
     (*loops)[to]->enqueue(std::move(batch));
   }
@@ -192,19 +219,22 @@ void set_nodelay(tcp::socket& s) {
   s.set_option(tcp::no_delay(true), ec);  // Nagle + delayed ACK would cost 40 ms per stall
 }
 
-Connection::Connection(Loop& loop, tcp::socket socket, const broker::ListenerPolicy& listener,
-                       std::string peer, std::vector<std::uint8_t> pending_input)
+Connection::Connection(Loop& loop, tcp::socket socket, const ListenerRuntime& listener, std::string peer,
+                       std::vector<std::uint8_t> pending_input, std::optional<security::TlsEngine> tls)
     : loop_(loop),
       socket_(std::move(socket)),
       listener_(listener),
       peer_(std::move(peer)),
+      tls_(std::move(tls)),
       in_(std::move(pending_input)) {
+  if (!tls_ && listener_.tls) tls_.emplace(listener_.tls->load(), broker::Clock::now());
+  if (tls_) raw_.resize(kReadChunk);
   in_len_ = in_.size();
   in_.resize(std::max(in_.size(), kReadChunk));
 }
 
 void Connection::start() {
-  client_ = std::make_unique<broker::Client>(loop_.shard(), *this, listener_);
+  client_ = std::make_unique<broker::Client>(loop_.shard(), *this, listener_.policy);
   if (in_len_ > 0) {
     // Bytes read on the loop that accepted the connection, CONNECT first.
     process_input();
@@ -214,6 +244,14 @@ void Connection::start() {
 }
 
 void Connection::read() {
+  if (tls_) {
+    socket_.async_read_some(asio::buffer(raw_),
+                            [self = shared_from_this()](const error_code& ec, std::size_t n) {
+                              if (ec || self->dead_ || self->closing_) return self->on_read(ec, 0);
+                              self->on_ciphertext(n);
+                            });
+    return;
+  }
   if (in_.size() - in_len_ < kReadChunk / 2) in_.resize(in_.size() * 2);
   socket_.async_read_some(
       asio::buffer(in_.data() + in_len_, in_.size() - in_len_),
@@ -242,6 +280,36 @@ void Connection::on_read(const error_code& ec, std::size_t n) {
   read();
 }
 
+// TLS: decrypt what arrived; MQTT bytes join the plaintext input buffer.
+void Connection::on_ciphertext(std::size_t n) {
+  const auto now = broker::Clock::now();
+  const bool was_established = tls_->established();
+  tls_->feed({raw_.data(), n}, now);
+  if (!tls_->ciphertext().empty()) flush_soon();  // handshake flights, alerts
+  if (tls_->state() == security::TlsState::Failed) {
+    spdlog::info("TLS handshake with {} on {} failed: {}", peer_, listener_.policy.name, tls_->error());
+    closing_ = true;
+    client_->on_disconnected();
+    return;  // flush() sends the alert, then closes
+  }
+  if (!was_established && tls_->established())
+    spdlog::debug("TLS with {}: {} {}{}{}", peer_, tls_->version(), tls_->cipher(),
+                  tls_->resumed() ? ", resumed" : "",
+                  tls_->peer_identity().empty() ? std::string() : ", identity " + tls_->peer_identity());
+  auto& plain = tls_->plaintext();
+  if (!plain.empty()) {
+    if (in_.size() - in_len_ < plain.size()) in_.resize(in_len_ + plain.size() + kReadChunk);
+    std::memcpy(in_.data() + in_len_, plain.data(), plain.size());
+    in_len_ += plain.size();
+    plain.clear();
+    loop_.shard().set_now(now);
+    process_input();
+    if (migrate_to_ || dead_) return;
+  }
+  if (tls_->peer_closed()) return on_read(asio::error::eof, 0);
+  read();
+}
+
 void Connection::process_input() {
   const std::size_t used = client_->on_bytes({in_.data(), in_len_});
   if (used > 0) {
@@ -266,8 +334,9 @@ void Connection::hand_over(std::uint32_t shard) {
   }
   std::vector<std::uint8_t> rest(in_.begin(), in_.begin() + static_cast<std::ptrdiff_t>(in_len_));
   Loop& target = *(*loop_.bus().loops)[shard];
+  // A TLS session moves with its socket: the engine is plain memory, not bound to a loop.
   asio::post(target.io(), [&target, fd, &listener = listener_, peer = std::move(peer_),
-                           rest = std::move(rest)]() mutable {
+                           rest = std::move(rest), tls = std::move(tls_)]() mutable {
     tcp::socket s(target.io());
     error_code aec;
     s.assign(tcp::v4(), fd, aec);  // the protocol family only selects option handling
@@ -276,8 +345,22 @@ void Connection::hand_over(std::uint32_t shard) {
       return;
     }
     target.shard().set_now(broker::Clock::now());
-    std::make_shared<Connection>(target, std::move(s), listener, std::move(peer), std::move(rest))->start();
+    std::make_shared<Connection>(target, std::move(s), listener, std::move(peer), std::move(rest),
+                                 std::move(tls))
+        ->start();
   });
+}
+
+void Connection::run_off_loop(std::function<void()> work, std::function<void()> then) {
+  asio::post(*loop_.bus().workers,
+             [self = shared_from_this(), work = std::move(work), then = std::move(then)] {
+               work();
+               asio::post(self->loop_.io(), [self, then] {
+                 if (self->dead_ || !self->client_) return;
+                 self->loop_.shard().set_now(broker::Clock::now());
+                 then();
+               });
+             });
 }
 
 void Connection::flush_soon() {
@@ -289,6 +372,32 @@ void Connection::flush_soon() {
 void Connection::flush() {
   dirty_ = false;
   if (write_active_ || dead_) return;
+  if (tls_) {
+    // Encrypt what the broker queued, then write the records.
+    for (const auto& p : pending_.pieces())
+      tls_->write(
+          {p.data ? reinterpret_cast<const std::uint8_t*>(p.data) : pending_.buffer().data() + p.offset,
+           p.size});
+    pending_.clear();
+    if (closing_ && !close_notify_sent_ && tls_->established()) {
+      tls_->close_notify();
+      close_notify_sent_ = true;
+    }
+    auto& out = tls_->ciphertext();
+    if (out.empty()) {
+      if (closing_ && !draining_) finish_close(true);
+      return;
+    }
+    cipher_writing_.swap(out);
+    out.clear();
+    write_active_ = true;
+    asio::async_write(socket_, asio::buffer(cipher_writing_),
+                      [self = shared_from_this()](const error_code& ec, std::size_t) {
+                        self->cipher_writing_.clear();
+                        self->on_written(ec);
+                      });
+    return;
+  }
   if (pending_.empty()) {
     if (closing_ && !draining_) finish_close(true);
     return;
@@ -354,12 +463,13 @@ struct Server::Impl {
   broker::BrokerShared& shared;
   Bus bus;
   std::vector<std::unique_ptr<Loop>> loops;
-  std::vector<std::unique_ptr<broker::ListenerPolicy>> policies;
+  std::vector<std::unique_ptr<ListenerRuntime>> policies;
   std::vector<std::unique_ptr<tcp::acceptor>> acceptors;
   std::vector<std::unique_ptr<asio::steady_timer>> retry_timers;
   std::vector<std::thread> threads;
   std::vector<asio::executor_work_guard<asio::io_context::executor_type>> guards;
   std::atomic<std::uint32_t> next_loop{0};
+  asio::thread_pool workers{2};
   std::once_flag stopped;
 
   Impl(ServerOptions o, broker::BrokerShared& s) : options(std::move(o)), shared(s) {}
@@ -373,7 +483,7 @@ void Server::Impl::accept(std::size_t i) {
     if (ec == asio::error::operation_aborted) return;
     if (ec) {
       // Out of descriptors or memory: back off rather than spin on the error.
-      spdlog::warn("listener {}: accept failed: {}", policies[i]->name, ec.message());
+      spdlog::warn("listener {}: accept failed: {}", policies[i]->policy.name, ec.message());
       retry_timers[i]->expires_after(std::chrono::milliseconds(100));
       retry_timers[i]->async_wait([this, i](const error_code& tec) {
         if (!tec) accept(i);
@@ -382,12 +492,13 @@ void Server::Impl::accept(std::size_t i) {
     }
     set_nodelay(s);
     auto peer = format_peer(s);
-    asio::post(target.io(), [&target, s = std::move(s), &policy = *policies[i],
-                             peer = std::move(peer)]() mutable {
-      target.shard().set_now(broker::Clock::now());
-      std::make_shared<Connection>(target, std::move(s), policy, std::move(peer), std::vector<std::uint8_t>{})
-          ->start();
-    });
+    asio::post(target.io(),
+               [&target, s = std::move(s), &policy = *policies[i], peer = std::move(peer)]() mutable {
+                 target.shard().set_now(broker::Clock::now());
+                 std::make_shared<Connection>(target, std::move(s), policy, std::move(peer),
+                                              std::vector<std::uint8_t>{}, std::nullopt)
+                     ->start();
+               });
     accept(i);
   });
 }
@@ -396,14 +507,16 @@ Server::Server(ServerOptions options, broker::BrokerShared& shared)
     : impl_(std::make_unique<Impl>(std::move(options), shared)) {
   auto& m = *impl_;
   m.bus.loops = &m.loops;
+  m.bus.workers = &m.workers;
   for (std::uint32_t i = 0; i < m.options.threads; ++i) {
     m.loops.push_back(std::make_unique<Loop>(i, shared, m.bus));
     shared.all_stats.push_back(&m.loops.back()->shard().stats());
   }
   for (const auto& l : m.options.listeners) {
-    auto p = std::make_unique<broker::ListenerPolicy>();
-    p->name = l.name;
-    for (const auto& a : l.auth) p->auth.add(security::make_authenticator(a));
+    auto p = std::make_unique<ListenerRuntime>();
+    p->policy.name = l.name;
+    for (const auto& a : l.auth) p->policy.auth.add(a);
+    p->tls = l.tls;
     m.policies.push_back(std::move(p));
   }
 }
@@ -431,8 +544,9 @@ void Server::start() {
       throw std::runtime_error(fmt::format("listener {}: cannot listen on {}:{}: {}", spec.name, spec.host,
                                            spec.port, ec.message()));
     const auto bound = acc->local_endpoint();
-    spdlog::info("listening on {}:{} (listener \"{}\", tcp)",
-                 addr.is_v6() ? "[" + addr.to_string() + "]" : addr.to_string(), bound.port(), spec.name);
+    spdlog::info("listening on {}:{} (listener \"{}\", {})",
+                 addr.is_v6() ? "[" + addr.to_string() + "]" : addr.to_string(), bound.port(), spec.name,
+                 spec.tls ? "tls" : "tcp");
     m.acceptors.push_back(std::move(acc));
     m.retry_timers.push_back(std::make_unique<asio::steady_timer>(accept_io));
   }
@@ -460,6 +574,8 @@ void Server::stop() {
     for (auto& l : m.loops) l->io().stop();
     for (auto& t : m.threads)
       if (t.joinable()) t.join();
+    m.workers.stop();
+    m.workers.join();
   });
 }
 

@@ -10,6 +10,8 @@
 #include <vector>
 
 #include "broker/shard.hpp"
+#include "security/acl.hpp"
+#include "security/tls.hpp"
 
 namespace moat::net {
 
@@ -17,7 +19,9 @@ struct ListenerSpec {
   std::string name;
   std::string host;  // numeric IPv4 or IPv6 address
   std::uint16_t port = 1883;
-  std::vector<std::string> auth;  // authenticator names, in order
+  std::vector<std::shared_ptr<security::Authenticator>> auth;  // tried in order
+  // Transport "tls": the context for new handshakes, swapped on reload.
+  std::shared_ptr<security::Reloadable<security::TlsServerContext>> tls;
 };
 
 struct ServerOptions {

@@ -14,12 +14,30 @@ AuthResult AuthChain::authenticate(const ConnectInfo& info) const {
   return AuthResult{AuthDecision::NotAuthorized, {}, "end of chain"};
 }
 
-bool is_supported_auth_method(std::string_view name) {
-  return name == "anonymous";
+AuthResult CertificateAuthenticator::authenticate(const ConnectInfo& info) {
+  if (info.certificate_identity.empty()) return {};
+  return AuthResult{AuthDecision::Allow, std::string(info.certificate_identity), name()};
 }
 
-std::unique_ptr<Authenticator> make_authenticator(std::string_view name) {
-  if (name == "anonymous") return std::make_unique<AnonymousAuthenticator>();
+AuthResult PskAuthenticator::authenticate(const ConnectInfo& info) {
+  if (info.psk_identity.empty()) return {};
+  return AuthResult{AuthDecision::Allow, std::string(info.psk_identity), name()};
+}
+
+bool AuthChain::blocking() const {
+  for (const auto& a : chain_)
+    if (a->blocking()) return true;
+  return false;
+}
+
+bool is_supported_auth_method(std::string_view name) {
+  return name == "anonymous" || name == "password" || name == "certificate" || name == "psk";
+}
+
+std::shared_ptr<Authenticator> make_authenticator(std::string_view name) {
+  if (name == "anonymous") return std::make_shared<AnonymousAuthenticator>();
+  if (name == "certificate") return std::make_shared<CertificateAuthenticator>();
+  if (name == "psk") return std::make_shared<PskAuthenticator>();
   return nullptr;
 }
 

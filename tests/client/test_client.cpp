@@ -31,7 +31,7 @@ class Broker {
     shared_.sys_interval = std::chrono::seconds(0);
     net::ServerOptions o;
     o.threads = 2;
-    o.listeners.push_back({"test", "127.0.0.1", 0, {"anonymous"}});
+    o.listeners.push_back({"test", "127.0.0.1", 0, {security::make_authenticator("anonymous")}, nullptr});
     server_ = std::make_unique<net::Server>(std::move(o), shared_);
     server_->start();
   }

@@ -109,13 +109,72 @@ TEST(Config, ListenerErrors) {
 }
 
 TEST(Config, FeaturesOfLaterVersionsAreRefusedNotIgnored) {
-  EXPECT_NE(error_of("[[listener]]\nname = \"a\"\nbind = \"0.0.0.0:8883\"\ntransport = \"tls\"\nauth = "
+  EXPECT_NE(error_of("[[listener]]\nname = \"a\"\nbind = \"0.0.0.0:8883\"\ntransport = \"wss\"\nauth = "
                      "[\"anonymous\"]\n")
                 .find("not available in this version"),
             std::string::npos);
-  EXPECT_NE(error_of(std::string(kListener) + "[store]\nengine = \"etcd\"\n").find("store.engine: 'etcd' is not one of"),
+  EXPECT_NE(error_of(std::string(kListener) + "[auth.http]\nurl = \"https://iam\"\n")
+                .find("auth.http: not available"),
             std::string::npos);
-  EXPECT_NE(error_of(std::string(kListener) + "[store]\nsync_interval = 0.5\n").find("only applies with durability"),
+  EXPECT_NE(error_of(std::string(kListener) + "[store]\nengine = \"etcd\"\n")
+                .find("store.engine: 'etcd' is not one of"),
+            std::string::npos);
+  EXPECT_NE(error_of(std::string(kListener) + "[store]\nsync_interval = 0.5\n")
+                .find("only applies with durability"),
+            std::string::npos);
+}
+
+TEST(Config, TlsListenerAndSecurityFiles) {
+  const auto c = parse(R"(
+[auth.password]
+file = "passwd"
+[acl]
+file = "/etc/moat/acl"
+[[listener]]
+name = "secure"
+bind = "0.0.0.0:8883"
+transport = "tls"
+auth = ["certificate", "password"]
+  [listener.tls]
+  cert = "server.crt"
+  key = "server.key"
+  ca = "ca.crt"
+  client_cert = "required"
+  crl = ["ca.crl"]
+  min_version = "1.3"
+  identity_from = "san-email"
+)",
+                       "/etc/moat/moat.toml");
+  EXPECT_EQ(c.password_file, "/etc/moat/passwd");
+  EXPECT_EQ(c.acl_file, "/etc/moat/acl");
+  ASSERT_TRUE(c.listeners.at(0).tls.has_value());
+  const auto& t = *c.listeners[0].tls;
+  EXPECT_EQ(t.cert, "/etc/moat/server.crt");
+  EXPECT_EQ(t.client_cert, security::ClientCertMode::Required);
+  EXPECT_EQ(t.crl, std::vector<std::filesystem::path>{"/etc/moat/ca.crl"});
+  EXPECT_EQ(t.min_version, "1.3");
+  EXPECT_EQ(t.identity_from, security::IdentityFrom::SanEmail);
+}
+
+TEST(Config, SecurityMisconfigurationsAreErrors) {
+  const std::string tls = "[[listener]]\nname = \"s\"\nbind = \"127.0.0.1:8883\"\ntransport = \"tls\"\n";
+  EXPECT_NE(error_of(tls + "auth = [\"anonymous\"]\n").find("needs a [listener.tls] table"),
+            std::string::npos);
+  EXPECT_NE(error_of(tls + "auth = [\"anonymous\"]\n[listener.tls]\ncert = \"a\"\n")
+                .find("cert and key go together"),
+            std::string::npos);
+  EXPECT_NE(
+      error_of(
+          tls +
+          "auth = [\"anonymous\"]\n[listener.tls]\ncert = \"a\"\nkey = \"b\"\nclient_cert = \"required\"\n")
+          .find("client certificates need ca"),
+      std::string::npos);
+  EXPECT_NE(error_of(std::string(kListener) + "[acl]\n").find("acl: missing key 'file'"), std::string::npos);
+  EXPECT_NE(error_of("[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\nauth = [\"password\"]\n")
+                .find("needs [auth.password]"),
+            std::string::npos);
+  EXPECT_NE(error_of("[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\nauth = [\"certificate\"]\n")
+                .find("needs transport = \"tls\""),
             std::string::npos);
 }
 
