@@ -19,11 +19,14 @@ std::optional<std::string> read_password() {
   auto ask = [&](const char* prompt) -> std::optional<std::string> {
     termios old{};
     if (tty) {
-      std::fprintf(stderr, "%s", prompt);
+      // Echo goes off before the prompt appears: typing that follows the prompt
+      // at once (a script, a fast typist) is never shown.
       ::tcgetattr(STDIN_FILENO, &old);
       termios quiet = old;
       quiet.c_lflag &= ~static_cast<tcflag_t>(ECHO);
-      ::tcsetattr(STDIN_FILENO, TCSANOW, &quiet);
+      ::tcsetattr(STDIN_FILENO, TCSAFLUSH, &quiet);
+      std::fprintf(stderr, "%s", prompt);
+      std::fflush(stderr);
     }
     std::string line;
     const bool ok = static_cast<bool>(std::getline(std::cin, line));
@@ -32,6 +35,7 @@ std::optional<std::string> read_password() {
       std::fprintf(stderr, "\n");
     }
     if (!ok) return std::nullopt;
+    if (!line.empty() && line.back() == '\r') line.pop_back();  // a CRLF line
     return line;
   };
   auto first = ask("Password: ");
@@ -64,7 +68,14 @@ int run_passwd(const PasswdArgs& a) {
       std::fprintf(stderr, "moat passwd: no password given\n");
       return kUsage;
     }
-    if (a.create) std::filesystem::remove(a.file);
+    if (a.create) {
+      // A new file replaces the old one only once it is complete.
+      const std::filesystem::path fresh = a.file + ".new";
+      std::filesystem::remove(fresh);
+      security::set_password(fresh, a.user, *password);
+      std::filesystem::rename(fresh, a.file);
+      return 0;
+    }
     security::set_password(a.file, a.user, *password);
     return 0;
   } catch (const std::exception& e) {
