@@ -113,7 +113,15 @@ void Shard::request_end_turn() {
 void Shard::restore(const store::Snapshot& snapshot) {
   for (const auto& stored : snapshot.sessions) {
     const auto& r = stored.record;
-    if (shard_of(r.client_id, shared_.shard_count) != index_) continue;
+    const std::uint32_t owner = shard_of(r.client_id, shared_.shard_count);
+    if (owner != index_) {
+      // Every replica of the index has every restored subscription before the
+      // first connection is accepted: a message published at once must not miss
+      // a subscriber whose subscription would still be on its way in an event.
+      for (const auto& [filter, qos] : r.subscriptions)
+        subs_.add(filter, Subscriber{r.session_id, owner, static_cast<QoS>(qos), true});
+      continue;
+    }
     auto owned = std::make_unique<Session>(r.client_id, r.session_id, false);
     Session& s = *owned;
     s.offline_since = now_;
@@ -122,9 +130,7 @@ void Shard::restore(const store::Snapshot& snapshot) {
     stats_.sessions.add();
     for (const auto& [filter, qos] : r.subscriptions) {
       s.subscriptions.insert_or_assign(filter, static_cast<QoS>(qos));
-      const Subscriber sub{s.id, index_, static_cast<QoS>(qos), true};
-      subs_.add(filter, sub);
-      broadcast(SubscribeEvent{filter, sub});
+      subs_.add(filter, Subscriber{s.id, index_, static_cast<QoS>(qos), true});
     }
     // Stored in seq order: messages sent before the stop come back in flight (to
     // be resent with DUP=1 on reconnect), the rest queued behind them.

@@ -452,6 +452,11 @@ TEST_F(ShardTest, RestartFromStoreRestoresSessionsQueuesAndInflight) {
   bus2.shards = {&a, &b};
   a.restore(snap);
   b.restore(snap);
+  // Both replicas of the index hold the subscription at once, without events
+  // between the shards: a publisher that connects first must find it.
+  EXPECT_TRUE(bus2.in_flight.empty());
+  EXPECT_EQ(a.subscription_index().size(), 1u);
+  EXPECT_EQ(b.subscription_index().size(), 1u);
   bus2.settle();
   EXPECT_EQ(a.session_count() + b.session_count(), 2u);
   EXPECT_EQ(a.subscription_index().size(), 1u);
