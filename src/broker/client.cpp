@@ -65,6 +65,9 @@ void Client::check_deadlines(TimePoint now) {
 
 void Client::send(const codec::Packet& p) {
   transport_.output().append(p);
+  // A reply to a packet that changed stored state (PUBACK of a stored message,
+  // SUBACK of a persistent session, PUBCOMP, ...) waits until the change is durable.
+  if (shard_.writes_made() != writes_mark_) transport_.hold_until_stored();
   transport_.flush_soon();
 }
 
@@ -111,6 +114,7 @@ void Client::close(CloseKind kind, const char* reason) {
 }
 
 void Client::handle(const codec::Packet& p) {
+  writes_mark_ = shard_.writes_made();
   if (const auto* c = std::get_if<codec::Connect>(&p)) {
     if (state_ == State::Connected) return protocol_error(ProtocolError::SecondConnect);
     return handle_connect(*c);
@@ -206,6 +210,7 @@ security::ConnectInfo Client::connect_info(const PendingConnect& pc) const {
 }
 
 void Client::finish_connect(const security::AuthResult& auth) {
+  writes_mark_ = shard_.writes_made();
   auto pc = std::move(pending_);
   state_ = State::AwaitConnect;  // until CONNACK: a refusal below closes from here
   if (auth.decision == security::AuthDecision::BadCredentials)
@@ -295,7 +300,7 @@ void Client::handle_ack(const codec::Ack& a) {
       it->state = Session::OutState::AwaitPubcomp;
       it->message.reset();
       // Stored before PUBREL leaves: after a restart the PUBLISH is never resent.
-      if (it->seq) shard_.writes().put_inflight(s.id, it->seq, it->packet_id, 2);
+      if (it->seq && shard_.writes().put_inflight(s.id, it->seq, it->packet_id, 2)) it->inflight_entry = true;
       send(codec::Ack{codec::PacketType::Pubrel, a.packet_id});
       return;
     }

@@ -100,6 +100,7 @@ void Shard::persist_retained(const MessagePtr& m) {
 
 store::Batch& Shard::writes() {
   request_end_turn();
+  ++writes_made_;
   return batch_;
 }
 
@@ -179,24 +180,36 @@ void Shard::queue_event(std::uint32_t to, ShardEvent&& e) {
 }
 
 void Shard::end_turn() {
-  flush_requested_ = false;
-  if (!batch_.empty() && shared_.store) {
+  Turn t = take_turn();
+  if (!t.writes.empty() && shared_.store) {
     try {
-      shared_.store->commit(batch_);
+      shared_.store->commit(t.writes);
     } catch (const std::exception& e) {
       // Acknowledging what could not be stored would break the promise of QoS 1/2.
       spdlog::critical("cannot write the store, stopping: {}", e.what());
       std::abort();
     }
   }
-  batch_.clear();
   // Deliveries leave for other shards only once stored here: a shard never sends
   // a message whose storage could still be lost.
-  for (std::uint32_t i = 0; i < outboxes_.size(); ++i) {
-    if (outboxes_[i].empty()) continue;
-    std::vector<ShardEvent> batch;
-    batch.swap(outboxes_[i]);
-    bus_.send(i, std::move(batch));
+  send_events(t.events);
+}
+
+Shard::Turn Shard::take_turn() {
+  flush_requested_ = false;
+  Turn t;
+  if (shared_.store) t.writes = std::move(batch_);
+  batch_.clear();
+  t.events.resize(outboxes_.size());
+  for (std::uint32_t i = 0; i < outboxes_.size(); ++i) t.events[i].swap(outboxes_[i]);
+  return t;
+}
+
+void Shard::send_events(std::vector<std::vector<ShardEvent>>& events) {
+  for (std::uint32_t i = 0; i < events.size(); ++i) {
+    if (events[i].empty()) continue;
+    bus_.send(i, std::move(events[i]));
+    events[i].clear();
   }
 }
 
@@ -307,10 +320,15 @@ void Shard::send_publish(Session& s, const MessagePtr& m, QoS qos, bool retain, 
     // The packet id is stored before the PUBLISH leaves (output waits for the
     // commit): after a restart the resend carries the same id, which is what
     // lets the receiver recognise a QoS 2 duplicate.
-    if (seq) writes().put_inflight(s.id, seq, id, 1);
+    if (seq) s.inflight.back().inflight_entry = writes().put_inflight(s.id, seq, id, 1);
   }
   Transport& t = s.client->transport();
   t.output().append_publish(m, qos, false, retain, id);
+  // A QoS 2 PUBLISH leaves only with its packet id stored: resent after a crash
+  // with another id, the receiver could not tell it from a new message. A QoS 1
+  // PUBLISH needs no wait: at worst it is delivered again after a crash, which
+  // QoS 1 allows (its stored packet id, if not yet durable, is then a new one).
+  if (seq && qos == QoS::ExactlyOnce) t.hold_until_stored();
   t.flush_soon();
   stats_.messages_sent.add();
 }
@@ -326,7 +344,7 @@ void Shard::pump(Session& s) {
 }
 
 void Shard::acknowledged(Session& s, const Session::Inflight& f) {
-  if (f.seq) writes().erase_queued(s.id, f.seq);
+  if (f.seq) writes().erase_queued(s.id, f.seq, f.inflight_entry);
 }
 
 void Shard::expire_sessions() {

@@ -59,6 +59,11 @@ class Transport {
   }
   // Input held while authentication ran may be handled again.
   virtual void resume_input() {}
+  // The output queued so far reports state written to the store in this loop
+  // turn (a PUBACK for a stored message, a QoS 2 PUBLISH whose packet id was
+  // stored, ...): it must reach the socket only once that state is durable.
+  // Output queued without it may be written before the turn's commit completes.
+  virtual void hold_until_stored() {}
 };
 
 // Per listener: what a connection accepted there is allowed to do.
@@ -131,6 +136,9 @@ class Session {
     codec::QoS qos;
     bool retain;
     std::uint64_t seq;  // store key, 0 when not stored
+    // The store holds its packet id and state in an entry apart from the
+    // message (Batch::put_inflight); deleted with the message.
+    bool inflight_entry = true;
   };
   struct Queued {
     MessagePtr message;
@@ -222,6 +230,7 @@ class Client {
   std::string client_id_;  // for logs
   std::string identity_;   // authenticated user name (ACL identity)
   std::shared_ptr<PendingConnect> pending_;
+  std::uint64_t writes_mark_ = 0;  // Shard::writes_made() when the current packet began
 };
 
 class Shard {
@@ -244,6 +253,15 @@ class Shard {
   // events queued for other shards. Output that depends on the writes (acks,
   // deliveries) must be written to sockets only after this returns.
   void end_turn();
+  // The same in two steps, for a loop that commits on another thread: take this
+  // turn's writes and events, commit the writes, and only once they are stored
+  // send the events (send_events) and write the output of the turn.
+  struct Turn {
+    store::Batch writes;
+    std::vector<std::vector<ShardEvent>> events;  // per destination shard
+  };
+  Turn take_turn();
+  void send_events(std::vector<std::vector<ShardEvent>>& events);
   // Deadlines of every client; call a few times per second.
   void tick(TimePoint now);
 
@@ -256,6 +274,9 @@ class Shard {
   }
   ShardStats& stats() { return stats_; }
   const ShardStats& stats() const { return stats_; }
+  // Store operations recorded so far (ever): output queued after this number
+  // changed reports something written (Transport::hold_until_stored).
+  std::uint64_t writes_made() const { return writes_made_; }
   const SubscriptionIndex& subscription_index() const { return subs_; }
   std::size_t session_count() const { return sessions_.size(); }
   Session* find_session(std::string_view client_id);
@@ -303,6 +324,7 @@ class Shard {
   std::vector<std::vector<ShardEvent>> outboxes_;
   bool flush_requested_ = false;
   store::Batch batch_;
+  std::uint64_t writes_made_ = 0;
   std::shared_ptr<const security::Acl> acl_;  // this loop's snapshot, refreshed by tick()
   std::vector<Subscriber> match_scratch_;
   TimePoint started_at_{};

@@ -14,6 +14,8 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/thread_pool.hpp>
 #include <boost/asio/write.hpp>
+#include <condition_variable>
+#include <deque>
 #include <mutex>
 #include <thread>
 
@@ -50,15 +52,22 @@ class Connection final : public broker::Transport, public std::enable_shared_fro
   // broker::Transport
   broker::OutputQueue& output() override { return pending_; }
   void flush_soon() override;
-  // Writes what is queued; called by the loop at the end of a turn, after the
-  // shard's store commit.
-  void flush();
+  // Writes the output held for store commits that are now durable and, with
+  // `with_pending`, what this turn queued (the loop passes it only at the end of
+  // a turn whose writes are all stored).
+  void flush(bool with_pending);
+  // Holds this turn's output until the store commit `epoch` is durable.
+  void hold(std::uint64_t epoch);
+  bool has_held() const { return !held_.empty(); }
+  bool waiting_for_commit = false;  // on the loop's list of connections with held output
+  bool needs_commit = false;        // this turn's output waits for this turn's commit
   void close() override;
   void migrate(std::uint32_t shard) override { migrate_to_ = shard; }
   void run_off_loop(std::function<void()> work, std::function<void()> then) override;
   void resume_input() override {
     if (!dead_ && !closing_) process_input();
   }
+  void hold_until_stored() override { needs_commit = true; }
   const std::string& peer() const override { return peer_; }
   std::string_view certificate_identity() const override {
     return tls_ && tls_->established() && !tls_->psk_used() ? std::string_view(tls_->peer_identity())
@@ -78,6 +87,9 @@ class Connection final : public broker::Transport, public std::enable_shared_fro
   // drain: send FIN and read until the peer closes; otherwise close at once.
   void finish_close(bool drain);
   void hand_over(std::uint32_t shard);
+  // Moves `from` into `to`, leaving `from` an empty queue with a reused buffer.
+  void take_output(broker::OutputQueue& from, broker::OutputQueue& to);
+  void recycle_written();
 
   Loop& loop_;
   tcp::socket socket_;
@@ -91,7 +103,11 @@ class Connection final : public broker::Transport, public std::enable_shared_fro
   std::vector<std::uint8_t> in_;
   std::size_t in_len_ = 0;
   broker::OutputQueue pending_;
-  broker::OutputQueue writing_;
+  // Output of earlier turns whose store writes are still being committed, oldest
+  // first, with the commit epoch each waits for.
+  std::deque<std::pair<std::uint64_t, broker::OutputQueue>> held_;
+  std::vector<broker::OutputQueue> writing_;
+  std::vector<broker::OutputQueue> spare_;  // written queues kept for their buffers
   std::vector<asio::const_buffer> gather_;
   bool dirty_ = false;  // on the loop's list of connections to write
   bool write_active_ = false;
@@ -100,6 +116,70 @@ class Connection final : public broker::Transport, public std::enable_shared_fro
   bool dead_ = false;      // socket closed
   std::optional<std::uint32_t> migrate_to_;
   std::unique_ptr<asio::steady_timer> drain_timer_;
+};
+
+// Commits one loop's store writes on a thread of its own when a commit waits for
+// the disk (durability "sync"): the loop goes on reading and routing during the
+// fsync, and the writes of every turn that ends meanwhile are committed together
+// by the next one (group commit across turns). Commits complete in the order
+// submitted; `on_durable(epoch)` reports the last one stored.
+class Committer {
+ public:
+  Committer(store::Store& store, std::function<void(std::uint64_t)> on_durable)
+      : store_(store), on_durable_(std::move(on_durable)), thread_([this] { run(); }) {}
+  ~Committer() {
+    {
+      std::lock_guard l(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_one();
+    thread_.join();
+  }
+  Committer(const Committer&) = delete;
+  Committer& operator=(const Committer&) = delete;
+
+  // Returns the epoch that on_durable will report once `writes` are stored.
+  std::uint64_t submit(store::Batch&& writes) {
+    std::uint64_t epoch = 0;
+    {
+      std::lock_guard l(mu_);
+      queued_.append(std::move(writes));
+      epoch = ++submitted_;
+    }
+    cv_.notify_one();
+    return epoch;
+  }
+
+ private:
+  void run() {
+    std::unique_lock l(mu_);
+    for (;;) {
+      cv_.wait(l, [this] { return stopping_ || !queued_.empty(); });
+      if (queued_.empty()) return;  // stopping, nothing left to store
+      store::Batch writes = std::move(queued_);
+      queued_.clear();
+      const std::uint64_t epoch = submitted_;
+      l.unlock();
+      try {
+        store_.commit(writes);
+      } catch (const std::exception& e) {
+        // Acknowledging what could not be stored would break the promise of QoS 1/2.
+        spdlog::critical("cannot write the store, stopping: {}", e.what());
+        std::abort();
+      }
+      on_durable_(epoch);
+      l.lock();
+    }
+  }
+
+  store::Store& store_;
+  std::function<void(std::uint64_t)> on_durable_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  store::Batch queued_;
+  std::uint64_t submitted_ = 0;
+  bool stopping_ = false;
+  std::thread thread_;  // last: starts once everything above exists
 };
 
 struct Bus;
@@ -120,11 +200,15 @@ class Loop {
   // has output. Nothing reaches a socket before the writes it depends on are stored.
   void schedule_end_turn();
   void mark_dirty(std::shared_ptr<Connection> c);
+  // The last store commit of this loop that is durable: output held for it or an
+  // earlier one may be written.
+  std::uint64_t durable_epoch() const { return durable_; }
 
  private:
   void drain_inbox();
   void tick();
   void end_turn();
+  void on_durable(std::uint64_t epoch);
 
   const std::uint32_t index_;
   Bus& bus_;
@@ -139,6 +223,15 @@ class Loop {
   bool end_turn_posted_ = false;
   std::vector<std::shared_ptr<Connection>> dirty_;
   std::vector<std::shared_ptr<Connection>> writing_;
+  // Asynchronous commits (Committer): epochs submitted and stored, the events
+  // for other shards held until their epoch is stored, and the connections
+  // holding output.
+  std::uint64_t submitted_ = 0;
+  std::uint64_t durable_ = 0;
+  std::deque<std::pair<std::uint64_t, std::vector<std::vector<broker::ShardEvent>>>> held_events_;
+  std::vector<std::shared_ptr<Connection>> waiting_;
+  std::vector<std::shared_ptr<Connection>> released_;
+  std::unique_ptr<Committer> committer_;  // after io_: it posts there until joined
 };
 
 struct Bus final : broker::ShardBus {
@@ -151,7 +244,12 @@ struct Bus final : broker::ShardBus {
 };
 
 Loop::Loop(std::uint32_t index, broker::BrokerShared& shared, Bus& bus)
-    : index_(index), bus_(bus), shard_(index, shared, bus) {}
+    : index_(index), bus_(bus), shard_(index, shared, bus) {
+  if (shared.store && shared.store->commit_waits_for_disk())
+    committer_ = std::make_unique<Committer>(*shared.store, [this](std::uint64_t epoch) {
+      asio::post(io_, [this, epoch] { on_durable(epoch); });
+    });
+}
 
 void Loop::enqueue(std::vector<broker::ShardEvent>&& batch) {
   bool wake = false;
@@ -186,10 +284,62 @@ void Loop::mark_dirty(std::shared_ptr<Connection> c) {
 
 void Loop::end_turn() {
   end_turn_posted_ = false;
-  shard_.end_turn();
+  if (!committer_) {
+    shard_.end_turn();  // commits at once (or stores nothing)
+    writing_.swap(dirty_);
+    for (auto& c : writing_) {
+      c->needs_commit = false;
+      c->flush(true);
+    }
+    writing_.clear();
+    return;
+  }
+  broker::Shard::Turn turn = shard_.take_turn();
+  if (!turn.writes.empty()) submitted_ = committer_->submit(std::move(turn.writes));
   writing_.swap(dirty_);
-  for (auto& c : writing_) c->flush();
+  if (submitted_ == durable_) {
+    // Nothing of this turn or an earlier one is waiting for the disk.
+    shard_.send_events(turn.events);
+  } else {
+    // Events for other shards carry deliveries stored in this turn: they wait for
+    // its commit, and those of later turns queue behind them.
+    held_events_.emplace_back(submitted_, std::move(turn.events));
+  }
+  for (auto& c : writing_) {
+    if (c->needs_commit && submitted_ != durable_) {
+      c->flush(false);  // output held for commits stored meanwhile
+      c->hold(submitted_);
+      if (!c->waiting_for_commit) {
+        c->waiting_for_commit = true;
+        waiting_.push_back(c);
+      }
+    } else {
+      // Output that reports nothing unstored goes now, unless older output of
+      // this connection is still held (then it follows that, in order).
+      c->flush(true);
+    }
+    c->needs_commit = false;
+  }
   writing_.clear();
+}
+
+void Loop::on_durable(std::uint64_t epoch) {
+  durable_ = epoch;
+  shard_.set_now(broker::Clock::now());
+  while (!held_events_.empty() && held_events_.front().first <= durable_) {
+    shard_.send_events(held_events_.front().second);
+    held_events_.pop_front();
+  }
+  released_.swap(waiting_);
+  for (auto& c : released_) {
+    c->waiting_for_commit = false;
+    c->flush(false);
+    if (c->has_held()) {  // held for a later commit still running
+      c->waiting_for_commit = true;
+      waiting_.push_back(c);
+    }
+  }
+  released_.clear();
 }
 
 void Loop::start_ticks() {
@@ -369,23 +519,45 @@ void Connection::flush_soon() {
   loop_.mark_dirty(shared_from_this());
 }
 
-void Connection::flush() {
+void Connection::take_output(broker::OutputQueue& from, broker::OutputQueue& to) {
+  to.swap(from);
+  if (!spare_.empty()) {
+    from.swap(spare_.back());
+    spare_.pop_back();
+  }
+}
+
+void Connection::hold(std::uint64_t epoch) {
+  if (pending_.empty() || dead_) return;
+  take_output(pending_, held_.emplace_back(epoch, broker::OutputQueue{}).second);
+}
+
+void Connection::flush(bool with_pending) {
   dirty_ = false;
   if (write_active_ || dead_) return;
+  // What may go now, oldest first: output held for commits that are stored, then
+  // (only when nothing older is held) this turn's.
+  const std::uint64_t durable = loop_.durable_epoch();
+  while (!held_.empty() && held_.front().first <= durable) {
+    writing_.push_back(std::move(held_.front().second));
+    held_.pop_front();
+  }
+  if (with_pending && held_.empty() && !pending_.empty()) take_output(pending_, writing_.emplace_back());
+  const bool all_out = held_.empty() && pending_.empty();
   if (tls_) {
-    // Encrypt what the broker queued, then write the records.
-    for (const auto& p : pending_.pieces())
-      tls_->write(
-          {p.data ? reinterpret_cast<const std::uint8_t*>(p.data) : pending_.buffer().data() + p.offset,
-           p.size});
-    pending_.clear();
-    if (closing_ && !close_notify_sent_ && tls_->established()) {
+    // Encrypt what may go, then write the records.
+    for (const auto& q : writing_)
+      for (const auto& p : q.pieces())
+        tls_->write(
+            {p.data ? reinterpret_cast<const std::uint8_t*>(p.data) : q.buffer().data() + p.offset, p.size});
+    recycle_written();
+    if (closing_ && all_out && !close_notify_sent_ && tls_->established()) {
       tls_->close_notify();
       close_notify_sent_ = true;
     }
     auto& out = tls_->ciphertext();
     if (out.empty()) {
-      if (closing_ && !draining_) finish_close(true);
+      if (closing_ && all_out && !draining_) finish_close(true);
       return;
     }
     cipher_writing_.swap(out);
@@ -398,23 +570,31 @@ void Connection::flush() {
                       });
     return;
   }
-  if (pending_.empty()) {
-    if (closing_ && !draining_) finish_close(true);
+  if (writing_.empty()) {
+    if (closing_ && all_out && !draining_) finish_close(true);
     return;
   }
-  pending_.swap(writing_);
   gather_.clear();
-  for (const auto& p : writing_.pieces())
-    gather_.emplace_back(p.data ? p.data : reinterpret_cast<const char*>(writing_.buffer().data()) + p.offset,
-                         p.size);
+  for (const auto& q : writing_)
+    for (const auto& p : q.pieces())
+      gather_.emplace_back(p.data ? p.data : reinterpret_cast<const char*>(q.buffer().data()) + p.offset,
+                           p.size);
   write_active_ = true;
   asio::async_write(socket_, gather_,
                     [self = shared_from_this()](const error_code& ec, std::size_t) { self->on_written(ec); });
 }
 
+void Connection::recycle_written() {
+  for (auto& q : writing_) {
+    q.clear();
+    if (spare_.size() < 2) spare_.push_back(std::move(q));
+  }
+  writing_.clear();
+}
+
 void Connection::on_written(const error_code& ec) {
   write_active_ = false;
-  writing_.clear();
+  recycle_written();
   if (dead_) return;
   if (ec) {
     if (!closing_) {
@@ -425,7 +605,7 @@ void Connection::on_written(const error_code& ec) {
   }
   // More output may have been queued meanwhile; it goes out with the next end of
   // turn (after its store commit), never straight from here.
-  if (!pending_.empty() || closing_) flush_soon();
+  if (!pending_.empty() || !held_.empty() || closing_) flush_soon();
 }
 
 void Connection::close() {

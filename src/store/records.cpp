@@ -1,5 +1,6 @@
 #include <bit>
 #include <cstring>
+#include <iterator>
 
 #include "store/store.hpp"
 
@@ -7,7 +8,8 @@ namespace moat::store {
 namespace {
 
 constexpr std::uint8_t kVersion = 1;
-static_assert(std::endian::native == std::endian::little, "records are written in host (little-endian) order");
+static_assert(std::endian::native == std::endian::little,
+              "records are written in host (little-endian) order");
 
 class Writer {
  public:
@@ -25,7 +27,9 @@ class Writer {
   std::string take() { return std::move(out_); }
 
  private:
-  void raw(const void* p, std::size_t n) { out_.append(static_cast<const char*>(p), n); }  // little-endian hosts
+  void raw(const void* p, std::size_t n) {
+    out_.append(static_cast<const char*>(p), n);
+  }  // little-endian hosts
   std::string out_;
 };
 
@@ -67,7 +71,9 @@ class Reader {
     std::memcpy(p, in_.data() + pos_, n);
     pos_ += n;
   }
-  [[noreturn]] void fail(const char* why) { throw StoreError(std::string("damaged ") + what_ + " record: " + why); }
+  [[noreturn]] void fail(const char* why) {
+    throw StoreError(std::string("damaged ") + what_ + " record: " + why);
+  }
   std::string_view in_;
   std::size_t pos_ = 0;
   const char* what_;
@@ -164,14 +170,38 @@ void Batch::erase_session(std::string_view client_id, std::uint64_t session_id) 
   add(Op::EraseSession, session_id, 0).key = std::string(client_id);
 }
 void Batch::put_queued(std::uint64_t session_id, const QueuedRecord& q) {
+  queued_at_[q.seq] = entries_.size();
   add(Op::PutQueued, session_id, q.seq).value = encode(q);
 }
-void Batch::put_inflight(std::uint64_t session_id, std::uint64_t seq, std::uint16_t packet_id, std::uint8_t state) {
+bool Batch::put_inflight(std::uint64_t session_id, std::uint64_t seq, std::uint16_t packet_id,
+                         std::uint8_t state) {
+  if (auto it = queued_at_.find(seq); it != queued_at_.end()) {
+    // The record is written by this batch: its last three bytes are the packet
+    // id (u16) and the state (u8), see encode(QueuedRecord).
+    std::string& v = entries_[it->second].value;
+    std::memcpy(v.data() + v.size() - 3, &packet_id, 2);
+    v[v.size() - 1] = static_cast<char>(state);
+    return false;
+  }
   Entry& e = add(Op::PutInflight, session_id, seq);
   e.packet_id = packet_id;
   e.state = state;
+  return true;
 }
-void Batch::erase_queued(std::uint64_t session_id, std::uint64_t seq) { add(Op::EraseQueued, session_id, seq); }
+void Batch::erase_queued(std::uint64_t session_id, std::uint64_t seq, bool inflight_entry) {
+  add(Op::EraseQueued, session_id, seq).state = inflight_entry ? 1 : 0;
+}
+void Batch::append(Batch&& later) {
+  const std::size_t base = entries_.size();
+  if (entries_.empty()) {
+    entries_ = std::move(later.entries_);
+  } else {
+    entries_.reserve(base + later.entries_.size());
+    std::move(later.entries_.begin(), later.entries_.end(), std::back_inserter(entries_));
+  }
+  for (const auto& [seq, at] : later.queued_at_) queued_at_[seq] = base + at;
+  later.clear();
+}
 void Batch::put_pubrel(std::uint64_t session_id, std::uint16_t packet_id) {
   add(Op::PutPubrel, session_id, packet_id);
 }
@@ -183,6 +213,8 @@ void Batch::put_retained(const RetainedRecord& r) {
   e.key = r.topic;
   e.value = encode(r);
 }
-void Batch::erase_retained(std::string_view topic) { add(Op::EraseRetained, 0, 0).key = std::string(topic); }
+void Batch::erase_retained(std::string_view topic) {
+  add(Op::EraseRetained, 0, 0).key = std::string(topic);
+}
 
 }  // namespace moat::store

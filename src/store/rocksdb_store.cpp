@@ -117,7 +117,7 @@ void RocksDbStore::commit(const Batch& b) {
       }
       case Batch::Op::EraseQueued:
         wb.Delete(key('q', e.session_id, e.seq, 8));
-        wb.Delete(key('i', e.session_id, e.seq, 8));
+        if (e.state) wb.Delete(key('i', e.session_id, e.seq, 8));
         break;
       case Batch::Op::PutPubrel:
         wb.Put(key('p', e.session_id, e.seq, 2), "");

@@ -46,6 +46,7 @@ class RocksDbStore final : public Store {
 
   void commit(const Batch& b) override;
   Snapshot load() override;
+  bool commit_waits_for_disk() const override { return options_.durability == Durability::Sync; }
   std::string describe() const override;
 
   // Counts per key kind and checks that every record decodes (--check-store).

@@ -15,6 +15,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -31,10 +32,10 @@ struct QueuedRecord {
   std::uint64_t seq = 0;  // broker-wide, increasing: restores the order
   std::string topic;
   std::string payload;
-  std::uint8_t qos = 0;        // delivery QoS
-  bool retain = false;         // RETAIN flag of the delivery
-  std::uint16_t packet_id = 0; // 0 while queued; set once sent
-  std::uint8_t state = 0;      // 0 queued, 1 awaiting PUBACK/PUBREC, 2 awaiting PUBCOMP
+  std::uint8_t qos = 0;         // delivery QoS
+  bool retain = false;          // RETAIN flag of the delivery
+  std::uint16_t packet_id = 0;  // 0 while queued; set once sent
+  std::uint8_t state = 0;       // 0 queued, 1 awaiting PUBACK/PUBREC, 2 awaiting PUBCOMP
 };
 
 struct RetainedRecord {
@@ -47,7 +48,7 @@ struct RetainedRecord {
 struct Snapshot {
   struct Session {
     SessionRecord record;
-    std::vector<QueuedRecord> queued;        // by seq
+    std::vector<QueuedRecord> queued;  // by seq
     std::vector<std::uint16_t> awaiting_pubrel;
   };
   std::vector<Session> sessions;
@@ -78,11 +79,11 @@ class Batch {
   struct Entry {
     Op op = Op::PutSession;
     std::uint64_t session_id = 0;
-    std::uint64_t seq = 0;    // queued seq, or the packet id for Pubrel ops
+    std::uint64_t seq = 0;        // queued seq, or the packet id for Pubrel ops
     std::uint16_t packet_id = 0;  // PutInflight
-    std::uint8_t state = 0;       // PutInflight
-    std::string key;          // client id or topic
-    std::string value;        // encoded record (see codec functions below)
+    std::uint8_t state = 0;       // PutInflight; EraseQueued: 1 = its in-flight entry too
+    std::string key;              // client id or topic
+    std::string value;            // encoded record (see codec functions below)
   };
 
   void put_session(const SessionRecord& s);
@@ -91,8 +92,13 @@ class Batch {
   // A queued message; its packet id and state are kept apart (put_inflight), so
   // sending it rewrites a few bytes rather than the payload.
   void put_queued(std::uint64_t session_id, const QueuedRecord& q);
-  void put_inflight(std::uint64_t session_id, std::uint64_t seq, std::uint16_t packet_id, std::uint8_t state);
-  void erase_queued(std::uint64_t session_id, std::uint64_t seq);  // and its in-flight state
+  // Returns true when it wrote a separate in-flight entry, false when the
+  // message was queued in this same batch and its record took the packet id and
+  // state instead (the common case: routed and sent in one loop turn).
+  bool put_inflight(std::uint64_t session_id, std::uint64_t seq, std::uint16_t packet_id, std::uint8_t state);
+  // Removes a queued message; `inflight_entry`: put_inflight wrote a separate
+  // entry for it that goes too.
+  void erase_queued(std::uint64_t session_id, std::uint64_t seq, bool inflight_entry = true);
   void put_pubrel(std::uint64_t session_id, std::uint16_t packet_id);
   void erase_pubrel(std::uint64_t session_id, std::uint16_t packet_id);
   void put_retained(const RetainedRecord& r);
@@ -101,11 +107,18 @@ class Batch {
   bool empty() const { return entries_.empty(); }
   std::size_t size() const { return entries_.size(); }
   const std::vector<Entry>& entries() const { return entries_; }
-  void clear() { entries_.clear(); }
+  void clear() {
+    entries_.clear();
+    queued_at_.clear();
+  }
+  // Appends the operations of `later` after this batch's (several loop turns
+  // committed together keep their order).
+  void append(Batch&& later);
 
  private:
   Entry& add(Op op, std::uint64_t session_id, std::uint64_t seq);
   std::vector<Entry> entries_;
+  std::unordered_map<std::uint64_t, std::size_t> queued_at_;  // seq -> its PutQueued entry
 };
 
 // Implementations are thread-safe: every event loop commits its own batches.
@@ -117,6 +130,9 @@ class Store {
   // acknowledge what it could not keep).
   virtual void commit(const Batch& b) = 0;
   virtual Snapshot load() = 0;
+  // True when commit() waits for the disk (an fsync): the event loops then
+  // commit on a thread of their own and keep serving meanwhile.
+  virtual bool commit_waits_for_disk() const { return false; }
   // Human-readable description for logs and --check-store.
   virtual std::string describe() const = 0;
 };

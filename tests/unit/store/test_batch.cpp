@@ -1,0 +1,138 @@
+// Store batches: the operations of one loop turn, and how the two stores apply them.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <random>
+
+#include "store/memory_store.hpp"
+#include "store/rocksdb_store.hpp"
+
+namespace moat::store {
+namespace {
+
+QueuedRecord queued(std::uint64_t seq, std::string payload) {
+  return QueuedRecord{seq, "t/" + std::to_string(seq), std::move(payload), 1, false, 0, 0};
+}
+
+SessionRecord session(std::uint64_t id) {
+  return SessionRecord{"client-" + std::to_string(id), id, {{"t/#", 1}}};
+}
+
+class TempDir {
+ public:
+  TempDir() {
+    std::random_device rd;
+    path_ = std::filesystem::temp_directory_path() /
+            ("moat-batch-" + std::to_string(rd()) + std::to_string(rd()));
+    std::filesystem::create_directories(path_);
+  }
+  ~TempDir() { std::filesystem::remove_all(path_); }
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  std::filesystem::path path_;
+};
+
+// Runs a test body against both stores.
+template <typename Body>
+void for_each_store(Body body) {
+  {
+    MemoryStore m;
+    body(static_cast<Store&>(m));
+  }
+  TempDir dir;
+  RocksDbStore r(RocksDbOptions{dir.path() / "store", Durability::Sync, std::chrono::milliseconds(100)});
+  body(static_cast<Store&>(r));
+}
+
+TEST(Batch, InflightStateOfAMessageQueuedInTheSameBatchGoesIntoItsRecord) {
+  Batch b;
+  b.put_queued(7, queued(1, "payload"));
+  EXPECT_FALSE(b.put_inflight(7, 1, 4242, 1));
+  ASSERT_EQ(b.size(), 1u);  // no separate in-flight entry
+  const QueuedRecord r = decode_queued(b.entries()[0].value);
+  EXPECT_EQ(r.packet_id, 4242);
+  EXPECT_EQ(r.state, 1);
+  EXPECT_EQ(r.payload, "payload");
+}
+
+TEST(Batch, InflightStateOfAMessageStoredEarlierIsAnEntryOfItsOwn) {
+  Batch b;
+  EXPECT_TRUE(b.put_inflight(7, 1, 9, 2));
+  ASSERT_EQ(b.size(), 1u);
+  EXPECT_EQ(b.entries()[0].op, Batch::Op::PutInflight);
+}
+
+TEST(Batch, AppendKeepsOrderAndLetsLaterTurnsAmendEarlierRecords) {
+  Batch first, second;
+  first.put_queued(7, queued(1, "a"));
+  second.put_queued(7, queued(2, "b"));
+  first.append(std::move(second));
+  EXPECT_TRUE(second.empty());
+  ASSERT_EQ(first.size(), 2u);
+  EXPECT_EQ(decode_queued(first.entries()[1].value).seq, 2u);
+  EXPECT_FALSE(first.put_inflight(7, 2, 5, 1));
+  EXPECT_EQ(decode_queued(first.entries()[1].value).packet_id, 5);
+  first.clear();
+  EXPECT_TRUE(first.put_inflight(7, 2, 5, 1));  // the index went with clear()
+}
+
+TEST(Stores, CoalescedAndSeparateInflightStateBothRestore) {
+  for_each_store([](Store& s) {
+    Batch b;
+    b.put_session(session(7));
+    b.put_queued(7, queued(1, "sent in the same turn"));
+    b.put_inflight(7, 1, 11, 1);
+    b.put_queued(7, queued(2, "sent later"));
+    b.put_queued(7, queued(3, "still queued"));
+    s.commit(b);
+    Batch later;
+    EXPECT_TRUE(later.put_inflight(7, 2, 12, 2));
+    s.commit(later);
+
+    const Snapshot snap = s.load();
+    ASSERT_EQ(snap.sessions.size(), 1u);
+    const auto& q = snap.sessions[0].queued;
+    ASSERT_EQ(q.size(), 3u);
+    EXPECT_EQ(q[0].seq, 1u);
+    EXPECT_EQ(q[0].packet_id, 11);
+    EXPECT_EQ(q[0].state, 1);
+    EXPECT_EQ(q[1].packet_id, 12);
+    EXPECT_EQ(q[1].state, 2);
+    EXPECT_EQ(q[2].packet_id, 0);
+    EXPECT_EQ(q[2].state, 0);
+    EXPECT_EQ(snap.next_seq, 4u);
+  });
+}
+
+TEST(Stores, EraseQueuedRemovesTheMessageAndItsInflightEntry) {
+  for_each_store([](Store& s) {
+    Batch b;
+    b.put_session(session(3));
+    b.put_queued(3, queued(1, "x"));
+    b.put_queued(3, queued(2, "y"));
+    b.put_inflight(3, 2, 1, 1);  // coalesced
+    s.commit(b);
+    Batch c;
+    c.put_inflight(3, 1, 2, 1);  // separate entry
+    s.commit(c);
+    Batch d;
+    d.erase_queued(3, 1, true);
+    d.erase_queued(3, 2, false);
+    s.commit(d);
+    const Snapshot snap = s.load();
+    ASSERT_EQ(snap.sessions.size(), 1u);
+    EXPECT_TRUE(snap.sessions[0].queued.empty());
+    // A message stored again under a used seq would pick up a stale in-flight
+    // entry if one had been left behind.
+    Batch e;
+    e.put_queued(3, queued(1, "again"));
+    s.commit(e);
+    const Snapshot again = s.load();
+    ASSERT_EQ(again.sessions[0].queued.size(), 1u);
+    EXPECT_EQ(again.sessions[0].queued[0].packet_id, 0);
+  });
+}
+
+}  // namespace
+}  // namespace moat::store
