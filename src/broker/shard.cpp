@@ -139,7 +139,7 @@ void Shard::restore(const store::Snapshot& snapshot) {
       auto m = make_message(q.topic, q.payload, static_cast<QoS>(q.qos), q.retain);
       const auto qos = static_cast<QoS>(q.qos);
       if (q.state == 0) {
-        s.queue.push_back(Session::Queued{m, qos, q.retain, q.seq});
+        enqueue(s, Session::Queued{m, qos, q.retain, q.seq});
       } else {
         const auto st = q.state == 2              ? Session::OutState::AwaitPubcomp
                         : qos == QoS::AtLeastOnce ? Session::OutState::AwaitPuback
@@ -284,21 +284,51 @@ void Shard::deliver(Session& s, const MessagePtr& m, QoS qos, bool retain, std::
     send_publish(s, m, qos, retain, seq);
     return;
   }
-  if (s.queue.size() >= shared_.limits.max_queued_messages) {
-    if (seq) writes().erase_queued(s.id, seq);
-    stats_.dropped_queue_full.add();
-    ++s.drops_since_warning;
-    if (now_ - s.last_drop_warning >= kDropWarningInterval) {
-      spdlog::warn(
-          "queue full for client {} ({} messages, max_queued_messages): {} message(s) "
-          "dropped since the last warning",
-          s.client_id, s.queue.size(), s.drops_since_warning);
-      s.last_drop_warning = now_;
-      s.drops_since_warning = 0;
+  const Limits& lim = shared_.limits;
+  const std::uint64_t size = m->topic.size() + m->payload.size();
+  auto full = [&] {
+    return s.queue.size() >= lim.max_queued_messages ||
+           (lim.max_queued_bytes > 0 && s.queued_bytes + size > lim.max_queued_bytes);
+  };
+  if (full() && lim.queue_full == QueueFullPolicy::DropOldest) {
+    while (!s.queue.empty() && full()) {
+      const Session::Queued old = dequeue(s);
+      dropped_queue_full(s, old.seq);
     }
+  }
+  if (full()) {
+    dropped_queue_full(s, seq);
     return;
   }
-  s.queue.push_back(Session::Queued{m, qos, retain, seq});
+  enqueue(s, Session::Queued{m, qos, retain, seq});
+}
+
+void Shard::enqueue(Session& s, Session::Queued q) {
+  s.queued_bytes += q.message->topic.size() + q.message->payload.size();
+  s.queue.push_back(std::move(q));
+}
+
+Session::Queued Shard::dequeue(Session& s) {
+  Session::Queued q = std::move(s.queue.front());
+  s.queue.pop_front();
+  s.queued_bytes -= q.message->topic.size() + q.message->payload.size();
+  return q;
+}
+
+void Shard::dropped_queue_full(Session& s, std::uint64_t seq) {
+  if (seq) writes().erase_queued(s.id, seq, false);  // never sent: no in-flight entry
+  stats_.dropped_queue_full.add();
+  ++s.drops_since_warning;
+  if (now_ - s.last_drop_warning >= kDropWarningInterval) {
+    spdlog::warn(
+        "queue full for client {} ({} messages, {} bytes; max_queued_messages {}, max_queued_bytes {}): {} "
+        "message(s) dropped ({}) since the last warning",
+        s.client_id, s.queue.size(), s.queued_bytes, shared_.limits.max_queued_messages,
+        shared_.limits.max_queued_bytes, s.drops_since_warning,
+        shared_.limits.queue_full == QueueFullPolicy::DropOldest ? "oldest first" : "newest");
+    s.last_drop_warning = now_;
+    s.drops_since_warning = 0;
+  }
 }
 
 void Shard::send_publish(Session& s, const MessagePtr& m, QoS qos, bool retain, std::uint64_t seq) {
@@ -337,8 +367,7 @@ void Shard::pump(Session& s) {
   while (s.client && !s.queue.empty()) {
     auto& q = s.queue.front();
     if (q.qos != QoS::AtMostOnce && s.inflight.size() >= shared_.limits.max_inflight_messages) break;
-    auto item = std::move(q);
-    s.queue.pop_front();
+    auto item = dequeue(s);
     send_publish(s, item.message, item.qos, item.retain, item.seq);
   }
 }

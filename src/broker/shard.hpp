@@ -160,6 +160,7 @@ class Session {
   std::map<std::string, codec::QoS, std::less<>> subscriptions;
   std::deque<Inflight> inflight;                      // in the order sent
   std::deque<Queued> queue;                           // waiting for the client or a window slot
+  std::uint64_t queued_bytes = 0;                     // topic + payload bytes in `queue`
   std::unordered_set<std::uint16_t> awaiting_pubrel;  // inbound QoS 2 [MQTT-4.3.3-2]
   std::uint16_t next_packet_id = 1;
   TimePoint last_drop_warning{};
@@ -306,6 +307,10 @@ class Shard {
   // seq != 0: already stored for this session (the router did it); a durable
   // session stores other QoS 1/2 deliveries (retained on subscribe) itself.
   void deliver(Session& s, const MessagePtr& m, codec::QoS qos, bool retain, std::uint64_t seq = 0);
+  void enqueue(Session& s, Session::Queued q);
+  Session::Queued dequeue(Session& s);
+  // Counts and (rate-limited) logs a message dropped because the queue was full.
+  void dropped_queue_full(Session& s, std::uint64_t seq);
   void send_publish(Session& s, const MessagePtr& m, codec::QoS qos, bool retain, std::uint64_t seq);
   void acknowledged(Session& s, const Session::Inflight& f);
   void expire_sessions();

@@ -309,7 +309,7 @@ Config parse(std::string_view text, const std::filesystem::path& source) {
   if (const auto* t = get_table(r, root, "limits")) {
     only_keys(r, *t, "limits",
               {"max_packet_size", "connect_timeout", "max_inflight_messages", "max_queued_messages",
-               "queue_qos0_offline"});
+               "max_queued_bytes", "queue_full", "queue_qos0_offline"});
     auto& l = c.limits;
     // The smallest useful limit still admits a CONNECT with a short client id.
     l.max_packet_size = static_cast<std::uint32_t>(
@@ -321,6 +321,12 @@ Config parse(std::string_view text, const std::filesystem::path& source) {
         get_int(r, *t, "limits", "max_inflight_messages", l.max_inflight_messages, 1, 65535));
     l.max_queued_messages = static_cast<std::uint32_t>(
         get_int(r, *t, "limits", "max_queued_messages", l.max_queued_messages, 0, 100'000'000));
+    l.max_queued_bytes =
+        static_cast<std::uint64_t>(get_int(r, *t, "limits", "max_queued_bytes", 0, 0, std::int64_t{1} << 40));
+    std::string queue_full = get_string(r, *t, "limits", "queue_full", "drop-new");
+    one_of(r, *t, "limits", "queue_full", queue_full, {"drop-new", "drop-oldest"});
+    l.queue_full =
+        queue_full == "drop-oldest" ? broker::QueueFullPolicy::DropOldest : broker::QueueFullPolicy::DropNew;
     l.queue_qos0_offline = get_bool(r, *t, "limits", "queue_qos0_offline", l.queue_qos0_offline);
   }
   if (const auto* t = get_table(r, root, "store")) {

@@ -46,6 +46,7 @@ DEFAULTS = {
     "max_packet_size": 1048576,
     "max_inflight_messages": 20,
     "max_queued_messages": 1000,
+    "limits_extra": {},  # further [limits] keys, moatd only
 }
 
 
@@ -78,6 +79,7 @@ def moat_config(data_dir, opts, listeners=None):
         "max_packet_size = %s" % toml_value(opts["max_packet_size"]),
         "max_inflight_messages = %s" % toml_value(opts["max_inflight_messages"]),
         "max_queued_messages = %s" % toml_value(opts["max_queued_messages"]),
+    ] + ["%s = %s" % (k, toml_value(v)) for k, v in opts["limits_extra"].items()] + [
         "",
     ]
     for lst in listeners:

@@ -369,3 +369,31 @@ def test_max_queued_messages_drops_and_logs(start_broker):
         c.disconnect()
     finally:
         c.close()
+
+
+@pytest.mark.moat_only
+def test_queue_bytes_limit_drops_oldest_when_configured(start_broker):
+    """limits.max_queued_bytes with queue_full = "drop-oldest": an offline
+    session keeps the newest messages that fit, in order, and the drops are
+    logged."""
+    cid = uniq("sess-bytes")
+    topic = uniq("sess/bytes/")
+    per_msg = len(topic) + 10  # topic + payload, as counted by the broker
+    broker = start_broker(max_queued_messages=100, max_inflight_messages=2,
+                          limits_extra={"max_queued_bytes": 5 * per_msg + per_msg // 2,
+                                        "queue_full": "drop-oldest"})
+    c = _persistent(broker, cid)
+    c.subscribe([(topic, 1)])
+    c.disconnect()
+    with raw_connected(broker, name="pub") as pub:
+        for i in range(30):
+            pub.publish(topic, b"msg-%06d" % i, qos=1)
+    broker.wait_for_log(r"queue full for client %s .*dropped \(oldest first\)" % cid, timeout=5)
+    c = _persistent(broker, cid, expect_sp=True)
+    try:
+        got = [c.recv_publish() for _ in range(5)]  # acknowledged as they come
+        assert [p.payload for p in got] == [b"msg-%06d" % i for i in range(25, 30)]
+        c.expect_no_packet(scaled(0.5))
+        c.disconnect()
+    finally:
+        c.close()

@@ -402,6 +402,59 @@ TEST_F(ShardTest, InflightWindowQueuesInOrderAndFullQueueIsCounted) {
   EXPECT_EQ(seen, (std::vector<std::string>{"0", "1", "2", "3", "4"}));
 }
 
+TEST_F(ShardTest, FullQueueDropsTheOldestWhenConfigured) {
+  make();
+  shared.limits.max_inflight_messages = 1;
+  shared.limits.max_queued_messages = 3;
+  shared.limits.queue_full = broker::QueueFullPolicy::DropOldest;
+  auto& sub = connect("s", false);
+  subscribe(sub, "x", QoS::AtLeastOnce);
+  sub.take();
+  auto& pub = connect("p");
+  for (int i = 0; i < 7; ++i)
+    publish(pub, "x", std::to_string(i), QoS::AtLeastOnce, static_cast<std::uint16_t>(i + 1));
+  EXPECT_EQ(shard_list[0]->stats().dropped_queue_full.get(), 3u);  // 1, 2 and 3 made room
+  std::vector<std::string> seen;
+  for (auto got = sub.take(); !got.empty(); got = sub.take()) {
+    for (const auto& g : got) {
+      seen.push_back(g.payload);
+      sub.send(codec::Ack{PacketType::Puback, g.packet_id});
+    }
+    bus.settle();
+  }
+  EXPECT_EQ(seen, (std::vector<std::string>{"0", "4", "5", "6"}));
+  // The dropped messages left the store too.
+  EXPECT_TRUE(store.load().sessions.at(0).queued.empty());
+}
+
+TEST_F(ShardTest, QueueBytesLimitCountsTopicAndPayload) {
+  make();
+  shared.limits.max_inflight_messages = 1;
+  shared.limits.max_queued_messages = 100;
+  shared.limits.max_queued_bytes = 25;  // topic "x" + 10-byte payload = 11 bytes: two fit
+  auto& sub = connect("s");
+  subscribe(sub, "x", QoS::AtLeastOnce);
+  sub.take();
+  auto& pub = connect("p");
+  for (int i = 0; i < 5; ++i)
+    publish(pub, "x", std::string(9, 'a') + std::to_string(i), QoS::AtLeastOnce,
+            static_cast<std::uint16_t>(i + 1));
+  EXPECT_EQ(shard_list[0]->stats().dropped_queue_full.get(), 2u);  // 1 in flight, 2 queued
+  std::vector<std::string> seen;
+  for (auto got = sub.take(); !got.empty(); got = sub.take()) {
+    for (const auto& g : got) {
+      seen.push_back(g.payload.substr(9));
+      sub.send(codec::Ack{PacketType::Puback, g.packet_id});
+    }
+    bus.settle();
+  }
+  EXPECT_EQ(seen, (std::vector<std::string>{"0", "1", "2"}));
+  // Drained: the byte count went back to zero, so the queue takes messages again.
+  publish(pub, "x", std::string(10, 'b'), QoS::AtLeastOnce, 9);
+  publish(pub, "x", std::string(10, 'c'), QoS::AtLeastOnce, 10);
+  EXPECT_EQ(shard_list[0]->stats().dropped_queue_full.get(), 2u);
+}
+
 TEST_F(ShardTest, UnsubscribeStopsDeliveryEverywhere) {
   make(3);
   auto& sub = connect("s");
@@ -428,9 +481,10 @@ TEST_F(ShardTest, RestartFromStoreRestoresSessionsQueuesAndInflight) {
   subscribe(sub, "a/#", QoS::ExactlyOnce);
   sub.take();
   auto& pub = connect("pub", false);
-  for (int i = 1; i <= 4; ++i) publish(pub, "a/x", "m" + std::to_string(i), QoS::ExactlyOnce, static_cast<std::uint16_t>(i));
+  for (int i = 1; i <= 4; ++i)
+    publish(pub, "a/x", "m" + std::to_string(i), QoS::ExactlyOnce, static_cast<std::uint16_t>(i));
   auto first = sub.take();
-  ASSERT_EQ(first.size(), 2u);  // the window; m3 and m4 are queued
+  ASSERT_EQ(first.size(), 2u);                                   // the window; m3 and m4 are queued
   sub.send(codec::Ack{PacketType::Pubrec, first[0].packet_id});  // m1 now awaits PUBCOMP
   bus.settle();
   // pub's inbound ids 1..4 await PUBREL; release 1 only.

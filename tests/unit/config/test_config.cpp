@@ -43,6 +43,8 @@ max_packet_size = 65536
 connect_timeout = 2.5
 max_inflight_messages = 50
 max_queued_messages = 0
+max_queued_bytes = 1048576
+queue_full = "drop-oldest"
 queue_qos0_offline = true
 [store]
 engine = "memory"
@@ -62,6 +64,8 @@ auth = ["anonymous"]
   EXPECT_EQ(c.limits.connect_timeout, std::chrono::milliseconds(2500));
   EXPECT_EQ(c.limits.max_inflight_messages, 50u);
   EXPECT_EQ(c.limits.max_queued_messages, 0u);
+  EXPECT_EQ(c.limits.max_queued_bytes, 1048576u);
+  EXPECT_EQ(c.limits.queue_full, broker::QueueFullPolicy::DropOldest);
   EXPECT_TRUE(c.limits.queue_qos0_offline);
   ASSERT_EQ(c.listeners.size(), 2u);
   EXPECT_EQ(c.listeners[1].host, "::1");
