@@ -85,6 +85,10 @@ constexpr unsigned char kHsServerHello = 2;
 constexpr unsigned char kHsNewSessionTicket = 4;
 constexpr unsigned char kHsFinished = 20;
 
+// How long the connection that provides the session for --resume waits for a
+// TLS 1.3 ticket after its PUBACK.
+constexpr auto kTicketWait = std::chrono::seconds(2);
+
 // A failed run: the exit status and the one-line message.
 struct ProbeFailure {
   int exit;
@@ -99,17 +103,19 @@ struct Sample {
   std::string cipher;
 };
 
+// The reason of the first error in OpenSSL's queue (the root cause; the others
+// are the callers' reports of it), and the queue emptied.
 std::string openssl_errors() {
   std::string out;
   while (const unsigned long e = ERR_get_error()) {
+    if (!out.empty()) continue;
     char buf[256];
     ERR_error_string_n(e, buf, sizeof buf);
     // "error:0A000086:SSL routines::certificate verify failed" -> the reason only.
     std::string_view s(buf);
     const auto colon = s.rfind(':');
     if (colon != std::string_view::npos) s.remove_prefix(colon + 1);
-    if (!out.empty()) out += "; ";
-    out += s;
+    out = s;
   }
   return out;
 }
@@ -595,10 +601,16 @@ class Run {
     }
     mark(kPuback);
 
-    if (ssl_ && want_session_ && !tls_->session) {
-      // TLS 1.3 tickets come after the handshake; usually with the CONNACK.
+    if (ssl_ && want_session_ && !tls_->session && SSL_version(ssl_) == TLS1_3_VERSION) {
+      // TLS 1.3 tickets come after the handshake, usually with the CONNACK. A
+      // server that sends none is reported by the caller ("no session to resume").
       waiting_ = "a session ticket";
-      while (!tls_->session) recv_app();
+      deadline_ = std::min(deadline_, Clock::now() + kTicketWait);
+      try {
+        while (!tls_->session) recv_app();
+      } catch (const ProbeFailure& f) {
+        if (f.exit != kTimeout) throw;
+      }
     }
 
     bytes.clear();
@@ -832,7 +844,8 @@ int run_probe(const ProbeArgs& a) {
       cols.push_back(std::move(full));
       if (!a.resume) continue;
       if (!tls->session)
-        throw ProbeFailure{kLost, "TLS " + ver + ": " + target.display + " gave no session to resume"};
+        throw ProbeFailure{kLost, "--resume: " + target.display + " gave no TLS " + ver +
+                                      " session to resume (no session ticket)"};
       Column resumed{"TLS " + ver + " resumed", ver, true, {}};
       for (unsigned i = 0; i < a.runs; ++i) resumed.samples.push_back(run(tls, true, false));
       std::size_t not_offered = 0;

@@ -269,6 +269,14 @@ def test_usage_errors_exit_1(args, message):
     assert err.count("\n") == 1 and err.startswith("moat probe: ") and message in err, err
 
 
+def test_unreadable_files_exit_1(tmp_path):
+    missing = str(tmp_path / "missing.pem")
+    for args in (["--cafile", missing], ["--cert", missing, "--key", missing]):
+        rc, out, err = probe("127.0.0.1:1", "-n", 1, *args)
+        assert rc == 1 and out == "", (args, rc, out, err)
+        assert re.fullmatch(r"moat probe: --(cafile|cert) %s: [^\n]+\n" % re.escape(missing), err), err
+
+
 def test_bad_target_exit_1():
     for t in ("127.0.0.1:0", "127.0.0.1:x", "[::1", ":8883"):
         rc, out, err = probe(t, "-n", 1)
