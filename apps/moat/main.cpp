@@ -12,6 +12,7 @@
 
 #include "bench.hpp"
 #include "cli.hpp"
+#include "probe.hpp"
 
 namespace {
 
@@ -172,7 +173,7 @@ bool read_fd_all(int fd, std::string& out) {
 std::string subcommand_in(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     const std::string_view a(argv[i]);
-    if (a == "pub" || a == "sub" || a == "init" || a == "bench") return std::string(a);
+    if (a == "pub" || a == "sub" || a == "init" || a == "bench" || a == "probe") return std::string(a);
   }
   return {};
 }
@@ -249,6 +250,10 @@ int main(int argc, char** argv) {
   moat::cli::BenchArgs bench_args;
   CLI::App* bench = moat::cli::add_bench_command(app, bench_args);
 
+  // ---- moat probe (probe.cpp)
+  moat::cli::ProbeArgs probe_args;
+  CLI::App* probe = moat::cli::add_probe_command(app, probe_args);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -277,6 +282,7 @@ int main(int argc, char** argv) {
       return moat::cli::run_passwd(passwd_args);
     }
     if (bench->parsed()) return moat::cli::run_bench(bench_args);
+    if (probe->parsed()) return moat::cli::run_probe(probe_args);
 
     if (pub->parsed()) {
       moat::cli::PubArgs pa;

@@ -591,7 +591,15 @@ SSL_TICKET_RETURN ticket_dec_cb(SSL* ssl, SSL_SESSION* ss, const unsigned char* 
           h->psk_identity = std::string(v.substr(kPskTag.size()));
         }
       }
-      return status == SSL_TICKET_SUCCESS ? SSL_TICKET_RETURN_USE : SSL_TICKET_RETURN_USE_RENEW;
+      // TLS 1.3 tickets are for one connection (RFC 8446 section C.4; OpenSSL
+      // clients mark a session not resumable once used), so every resumed TLS
+      // 1.3 handshake hands out a new ticket, or the client's next connection
+      // would be a full handshake. A TLS 1.2 ticket may be reused: renewed only
+      // when its key has been rotated out of first place.
+      if (status == SSL_TICKET_SUCCESS_RENEW ||
+          (ss && SSL_SESSION_get_protocol_version(ss) == TLS1_3_VERSION))
+        return SSL_TICKET_RETURN_USE_RENEW;
+      return SSL_TICKET_RETURN_USE;
     }
     default:
       return SSL_TICKET_RETURN_ABORT;

@@ -748,6 +748,34 @@ TEST(TlsEngine, ResumptionWithTicket) {
   }
 }
 
+// TLS 1.3 tickets are for one connection (RFC 8446 section C.4; OpenSSL clients
+// with a session cache never offer one twice): each resumed handshake must hand
+// out a new ticket, or every other connection of such a client is a full one.
+TEST(TlsEngine, ResumedTls13HandshakeBringsNewTicket) {
+  auto ctx = load(base_config());
+  ClientOptions o;
+  o.min_version = TLS1_3_VERSION;
+  o.session = first_session(ctx, o);
+  ASSERT_NE(o.session, nullptr);
+  for (int i = 0; i < 3; ++i) {
+    auto c = connect(ctx, o);
+    ASSERT_EQ(c.server->state(), TlsState::Established) << c.server->error();
+    EXPECT_TRUE(c.server->resumed()) << i;
+    SSL_SESSION* next = c.client->session();
+    const unsigned char* used = nullptr;
+    const unsigned char* fresh = nullptr;
+    std::size_t used_len = 0;
+    std::size_t fresh_len = 0;
+    SSL_SESSION_get0_ticket(o.session, &used, &used_len);
+    SSL_SESSION_get0_ticket(next, &fresh, &fresh_len);
+    EXPECT_TRUE(fresh_len > 0 && (fresh_len != used_len || std::memcmp(fresh, used, used_len) != 0))
+        << "no new ticket on resumed handshake " << i;
+    SSL_SESSION_free(o.session);
+    o.session = next;
+  }
+  SSL_SESSION_free(o.session);
+}
+
 TEST(TlsEngine, TicketKeysRotate) {
   auto ctx = load(base_config());
   ClientOptions o;
