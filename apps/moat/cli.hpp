@@ -22,6 +22,8 @@ enum Exit : int {
   kAuthFailed = 4,   // CONNACK 4 or 5
   kTimeout = 5,      // -W elapsed, or no CONNACK within the connect timeout
   kLost = 6,         // connection lost or protocol error mid-session
+  // 7 is moat bench's kIntegrity (bench.hpp)
+  kTlsFailed = 8,  // TLS handshake failed: certificate, host name, PSK, version, cipher
 };
 
 // Flags shared by pub and sub, already validated.

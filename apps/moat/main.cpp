@@ -12,6 +12,7 @@
 
 #include "bench.hpp"
 #include "cli.hpp"
+#include "tls_flags.hpp"
 
 namespace {
 
@@ -40,7 +41,9 @@ struct CommonFlags {
   int will_qos = 0;
   bool will_retain = false;
   bool reconnect = false;
+  moat::cli::TlsFlags tls;
   // Options whose presence matters (an empty value is still "given").
+  CLI::Option* port_opt = nullptr;
   CLI::Option* id_opt = nullptr;
   CLI::Option* prefix_opt = nullptr;
   CLI::Option* user_opt = nullptr;
@@ -53,7 +56,8 @@ struct CommonFlags {
 
 void add_common(CLI::App* app, CommonFlags& f, const char* qos_help) {
   app->add_option("-h,--host", f.host, "broker host name or address")->capture_default_str();
-  app->add_option("-p,--port", f.port, "broker port")->capture_default_str()->check(CLI::Range(1, 65535));
+  f.port_opt = app->add_option("-p,--port", f.port, "broker port (default 1883, with TLS 8883)")
+                   ->check(CLI::Range(1, 65535));
   app->add_option("--unix", f.unix_path, "connect through this Unix socket instead of TCP");
   f.id_opt = app->add_option("-i,--id", f.id, "client identifier (default: assigned by the broker)");
   f.prefix_opt = app->add_option("-I,--id-prefix", f.id_prefix, "client identifier: this prefix followed by the process id");
@@ -72,6 +76,7 @@ void add_common(CLI::App* app, CommonFlags& f, const char* qos_help) {
   f.will_qos_opt = app->add_option("--will-qos", f.will_qos, "QoS of the will (default 0)")->check(CLI::Range(0, 2));
   f.will_retain_opt = app->add_flag("--will-retain", f.will_retain, "the will is retained");
   app->add_flag("--reconnect", f.reconnect, "reconnect after a lost connection (off by default)");
+  moat::cli::add_tls_flags(app, f.tls);
 }
 
 // Builds the client options from the flags, or prints why not and returns false.
@@ -153,6 +158,15 @@ bool to_common(const std::string& cmd, const CommonFlags& f, moat::cli::Common& 
     error_line(cmd, "--will-payload, --will-qos and --will-retain need --will-topic");
     return false;
   }
+
+  // As mosquitto_pub: TLS defaults to port 8883, and port 8883 without any TLS
+  // flag means TLS with the system's trust store.
+  auto tls = f.tls;
+  const bool port_given = f.port_opt->count() > 0;
+  if (port_given && f.port == 8883 && !moat::cli::tls_requested(tls) && f.unix_path.empty())
+    tls.os_certs = true;
+  if (!moat::cli::apply_tls_flags(cmd, tls, o)) return false;
+  if (o.tls && !port_given) o.port = 8883;
   return true;
 }
 
