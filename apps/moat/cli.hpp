@@ -61,7 +61,15 @@ struct SubArgs {
 
 int run_pub(const PubArgs& a);
 int run_sub(const SubArgs& a);
-int run_init(const std::string& dir, bool force);
+// moat init DIR [--host NAME]... [--tls-bind A:P] [--local-bind A:P] [--force]
+struct InitArgs {
+  std::string dir;
+  std::vector<std::string> hosts;  // server certificate names; empty = localhost, 127.0.0.1
+  std::string tls_bind = "0.0.0.0:8883";
+  std::string local_bind = "127.0.0.1:1883";
+  bool force = false;
+};
+int run_init(const InitArgs& a);
 
 // moat passwd [-c] [-b] [-D] FILE USER [PASSWORD]
 struct PasswdArgs {

@@ -242,10 +242,19 @@ int main(int argc, char** argv) {
   // ---- moat init
   CLI::App* init = app.add_subcommand("init", "write a broker configuration into a new folder");
   init->set_help_flag("--help", "print this help and exit");
-  std::string init_dir;
-  bool force = false;
-  init->add_option("DIR", init_dir, "folder to create (must be new or empty)")->required();
-  init->add_flag("--force", force, "write into DIR even if it is not empty (moat.toml is replaced)");
+  moat::cli::InitArgs init_args;
+  init->add_option("DIR", init_args.dir, "folder to create (must be new or empty)")->required();
+  init->add_option("--host", init_args.hosts,
+                   "name or IP address of the broker in its certificate (repeatable; default: localhost and "
+                   "127.0.0.1)")
+      ->expected(1)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  init->add_option("--tls-bind", init_args.tls_bind, "address:port of the TLS listener")
+      ->capture_default_str();
+  init->add_option("--local-bind", init_args.local_bind, "address:port of the plain loopback listener")
+      ->capture_default_str();
+  init->add_flag("--force", init_args.force,
+                 "write into DIR even if it is not empty (every file moat init writes is replaced)");
 
   // ---- moat passwd (passwd.cpp)
   CLI::App* passwd = app.add_subcommand("passwd", "create or update a password file (as mosquitto_passwd)");
@@ -281,7 +290,7 @@ int main(int argc, char** argv) {
   }
 
   try {
-    if (init->parsed()) return moat::cli::run_init(init_dir, force);
+    if (init->parsed()) return moat::cli::run_init(init_args);
     if (passwd->parsed()) {
       if (passwd_args.batch != !passwd_password.empty() && !passwd_args.remove) {
         error_line("passwd", passwd_args.batch ? "-b needs the password after USER" : "a PASSWORD argument needs -b");

@@ -1,6 +1,6 @@
 """`moat pub` / `moat sub` over TLS (docs/cli.md, "TLS"), against moatd's TLS
 listeners and against Debian's mosquitto with a TLS and a PSK listener,
-interoperating with mosquitto_pub / mosquitto_sub.
+interoperating with mosquitto_pub / mosquitto_sub; and `moat init` end to end.
 
 The PKI is made per module with the openssl command line (pki.py): a CA, a
 server certificate for IP:127.0.0.1 / DNS:localhost, one for broker.example
@@ -410,3 +410,128 @@ def test_psk_with_mosquitto(mosquitto_tls, version):
         ms.kill()
     tls_refused(ep, "--psk", "ff" * 16, "--psk-identity", PSK_IDENTITY, "--tls-max-version",
                 "tlsv" + version, needle="PSK")
+
+
+# ================================================================ moat init
+
+def test_init_end_to_end(tmp_path):
+    if not (os.path.isfile(MOATD) and os.access(MOATD, os.X_OK)):
+        pytest.skip("moatd binary not found at %s (set MOATD)" % MOATD)
+    d = tmp_path / "setup"
+    r = moat("init", d, "--tls-bind", "127.0.0.1:0", "--local-bind", "127.0.0.1:0", timeout=60)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.decode()
+    password = re.search(r"password of user user-1 [^\n]*:\n  (\S+)\n", out).group(1)
+    assert len(password) == 24
+    for name in ("ca.key", "server.key", "client.key", "passwd"):
+        mode = stat.S_IMODE(os.stat(str(d / name)).st_mode)
+        assert mode == 0o600, (name, oct(mode))
+    assert stat.S_IMODE(os.stat(str(d)).st_mode) == 0o700
+    assert password not in (d / "passwd").read_text()
+    assert (d / "passwd").read_text().startswith("user-1:$argon2id$")
+
+    # External judges: openssl verifies the chain, the CRL and the names.
+    def verify(*args):
+        v = subprocess.run(["openssl", "verify", "-CAfile", str(d / "ca.crt")] + list(args),
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30)
+        return v.returncode, v.stdout.decode()
+    assert verify("-crl_check", "-CRLfile", str(d / "ca.crl"), "-purpose", "sslserver",
+                  "-verify_hostname", "localhost", str(d / "server.crt"))[0] == 0
+    assert verify("-verify_ip", "127.0.0.1", str(d / "server.crt"))[0] == 0
+    assert verify("-crl_check", "-CRLfile", str(d / "ca.crl"), "-purpose", "sslclient",
+                  str(d / "client.crt"))[0] == 0
+    text = subprocess.run(["openssl", "x509", "-noout", "-text", "-in", str(d / "server.crt")],
+                          stdout=subprocess.PIPE, timeout=30).stdout.decode()
+    assert "ASN1 OID: prime256v1" in text and "CRL Distribution Points" in text
+    assert re.search(r"Not After : \w+ +\d+ [\d:]+ (\d+)", text)
+
+    conf = d / "moat.toml"
+    c = subprocess.run([MOATD, "--check-config", "-c", str(conf)], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, timeout=scaled(10))
+    assert c.returncode == 0, c.stdout
+    toml = conf.read_text()
+    assert 'client_cert = "required"' in toml and 'crl = ["ca.crl"]' in toml
+    assert 'auth = ["certificate", "password"]' in toml
+
+    b = Broker([MOATD, "-c", str(conf)], cwd=str(d), config_path=str(conf))
+    try:
+        eps = {}
+        idx = 0
+        while len(eps) < 2:
+            m, i = b.wait_for_log_at(LISTENER_RE.pattern, timeout=20, since=idx)
+            idx = i + 1
+            eps[m.group(3)] = mqttraw_endpoint(int(m.group(2)))
+        tls, local = eps["tls"], eps["local"]
+        cert = ["--cafile", str(d / "ca.crt"), "--cert", str(d / "client.crt"), "--key", str(d / "client.key")]
+        user = ["-u", "user-1", "-P", password]
+
+        # The device (client certificate, CN device-1) in its own tree, over TLS ("localhost": DNS SAN).
+        s = sub(tls, "devices/device-1/#", *cert, host="localhost")
+        try:
+            # The command line `moat init` printed, with the real port.
+            printed = [l.strip() for l in out.splitlines() if l.strip().startswith("moat pub -h localhost")]
+            assert len(printed) == 1, out
+            argv = shlex.split(printed[0])[1:]
+            argv[argv.index("-p") + 1] = str(tls.port)
+            r = moat(*argv)
+            assert r.returncode == 0, r.stderr
+            assert s.wait_exit() == 0, s.stderr()
+            assert s.lines() == ["devices/device-1/hello hello over mutual TLS"]
+        finally:
+            s.kill()
+        # The password user in its own tree, on the loopback listener.
+        s = sub(local, "users/user-1/#", *user)
+        try:
+            pub_ok(local, "users/user-1/x", "with-password", *user)
+            assert s.wait_exit() == 0, s.stderr()
+            assert s.lines() == ["users/user-1/x with-password"]
+        finally:
+            s.kill()
+        # mosquitto_pub works with the same files.
+        s = sub(tls, "devices/device-1/#", *cert)
+        try:
+            r = subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(tls.port), "-q", "1", "-t",
+                                "devices/device-1/m", "-m", "mosquitto"] + cert,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=scaled(15))
+            assert r.returncode == 0, r.stdout
+            assert s.wait_exit() == 0, s.stderr()
+        finally:
+            s.kill()
+
+        # The ACL applies: neither may subscribe outside its tree.
+        for ep, args, filt in ((tls, cert, "users/#"), (local, user, "devices/#"), (tls, cert, "#")):
+            r = moat("sub", "-t", filt, "-W", "10", *(at(ep) + args))
+            assert r.returncode == 3, (filt, r.returncode, r.stderr)
+            assert b"every subscription was refused" in r.stderr
+        # No anonymous access, no wrong password, no TLS without a certificate.
+        r = moat("pub", "-t", "users/user-1/x", "-m", "x", *at(local))
+        assert r.returncode == EXIT_AUTH, r.stderr
+        r = moat("pub", "-t", "users/user-1/x", "-m", "x", "-u", "user-1", "-P", "wrong", *at(local))
+        assert r.returncode == EXIT_AUTH, r.stderr
+        tls_refused(tls, "--cafile", str(d / "ca.crt"), needle="client certificate")
+    finally:
+        if b.alive():
+            rc = b.stop(signal.SIGTERM, 10)
+            assert rc == 0, b.log_text()
+
+    # --force replaces everything, with a new CA and a new password.
+    old_ca = (d / "ca.crt").read_text()
+    r = moat("init", d, timeout=60)
+    assert r.returncode == 1
+    r = moat("init", d, "--force", "--host", "broker.example", "--host", "10.0.0.5", timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert (d / "ca.crt").read_text() != old_ca
+    assert password not in r.stdout.decode()
+    assert len((d / "passwd").read_text().splitlines()) == 1
+    text = subprocess.run(["openssl", "x509", "-noout", "-ext", "subjectAltName", "-in", str(d / "server.crt")],
+                          stdout=subprocess.PIPE, timeout=30).stdout.decode()
+    assert "DNS:broker.example" in text and "IP Address:10.0.0.5" in text and "localhost" not in text
+
+
+def test_init_refuses_bad_arguments(tmp_path):
+    for args, needle in ((["--host", "bad name"], "not a host name"),
+                         (["--tls-bind", "8883"], "--tls-bind"),
+                         (["--local-bind", "localhost:1883"], "--local-bind")):
+        r = moat("init", tmp_path / uniq("d"), *args)
+        line = assert_one_error_line(r.stderr, "init")
+        assert r.returncode == 1 and needle in line, (args, line)
