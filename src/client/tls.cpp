@@ -171,13 +171,14 @@ struct TlsContext::Impl {
     std::lock_guard lock(mutex);
     sessions[key] = std::move(copy);
   }
-  // A new reference the caller frees, or nullptr.
+  // A copy of the stored session that the caller frees, or nullptr. A copy:
+  // OpenSSL marks the session of a connection freed without a TLS shutdown
+  // not resumable, and that must not reach the stored one.
   SSL_SESSION* find(const std::string& key) const {
     std::lock_guard lock(mutex);
     auto it = sessions.find(key);
     if (it == sessions.end() || !SSL_SESSION_is_resumable(it->second.get())) return nullptr;
-    SSL_SESSION_up_ref(it->second.get());
-    return it->second.get();
+    return SSL_SESSION_dup(it->second.get());
   }
 };
 

@@ -560,6 +560,15 @@ TEST_P(ClientTls, ReconnectResumesTheSession) {
     EXPECT_EQ(connects[1].tls.version, "TLSv" + version);
     EXPECT_TRUE(connects[1].tls.resumed) << "the reconnect did a full handshake";
   }
+  // A resumed connection that ends without a TLS shutdown leaves the stored
+  // session usable: the next reconnect resumes too.
+  proxy.drop_all();
+  ASSERT_TRUE(sig.wait([&] { return connects.size() == 3; }));
+  {
+    std::lock_guard l(sig.mu);
+    ASSERT_TRUE(connects[2].ok()) << connects[2].detail;
+    EXPECT_TRUE(connects[2].tls.resumed) << "the second reconnect did a full handshake";
+  }
   // Without the stored session the next handshake is a full one again.
   o.tls->forget_sessions();
   o.client_id = "tls-full-" + version;
