@@ -240,7 +240,9 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"text", "json"}));
 
   // ---- moat init
-  CLI::App* init = app.add_subcommand("init", "write a broker configuration into a new folder");
+  CLI::App* init = app.add_subcommand(
+      "init",
+      "write a secure broker setup (CA, certificates, CRL, passwd, acl, moat.toml) into a new folder");
   init->set_help_flag("--help", "print this help and exit");
   moat::cli::InitArgs init_args;
   init->add_option("DIR", init_args.dir, "folder to create (must be new or empty)")->required();
