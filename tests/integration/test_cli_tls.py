@@ -144,6 +144,23 @@ def test_pub_sub_over_tls_and_interop_with_mosquitto_clients(secure_broker, pki)
         s.kill()
 
 
+def test_capath_and_alpn(secure_broker, pki, tmp_path):
+    p, _, _ = pki
+    b = secure_broker(listeners=[tls_listener(p.server_cert, p.server_key)])  # alpn = ["mqtt"]
+    ep = b.endpoints["tls"]
+    capath = tmp_path / "capath"
+    capath.mkdir()
+    (capath / "moat-test-ca.pem").write_text(open(p.ca_cert).read())
+    subprocess.run(["openssl", "rehash", str(capath)], check=True, timeout=30)
+    r = pub_ok(ep, uniq("capath/"), "x", "-d", "--capath", str(capath), "--alpn", "mqtt")
+    assert "ALPN mqtt" in r.stderr.decode(), r.stderr
+    tls_refused(ep, "--capath", str(capath), "--alpn", "x-other", needle="none of the ALPN protocols")
+    # An empty folder trusts nothing.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    tls_refused(ep, "--capath", str(empty), needle="unknown CA")
+
+
 @pytest.mark.parametrize("version", ["1.2", "1.3"])
 def test_tls_version_is_what_was_asked(secure_broker, pki, version):
     p, _, _ = pki
