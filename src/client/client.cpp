@@ -422,7 +422,17 @@ struct Client::Impl : std::enable_shared_from_this<Impl> {
       self->out_writing.clear();
       auto done = std::move(self->written_writing);
       self->written_writing.clear();
-      if (ec) return self->lost(Error::ConnectionLost, "write failed: " + ec.message());
+      if (ec) {
+        // Before CONNACK the read side tells why better: a TLS 1.3 broker that
+        // refuses our client certificate sends an alert and resets the
+        // connection, which the CONNECT write may see first. A read is
+        // pending in that state (and the connect timer bounds the wait).
+        if (self->state == State::Connecting) {
+          self->written_writing = std::move(done);  // failed by the teardown to come
+          return;
+        }
+        return self->lost(Error::ConnectionLost, "write failed: " + self->transport->describe(ec));
+      }
       for (auto& d : done)
         if (d) d(Error::None);
       if (gen != self->generation) return;  // a completion may have disconnected

@@ -745,5 +745,41 @@ TEST_P(ClientPsk, RightKeyConnectsWrongKeyFails) {
 
 INSTANTIATE_TEST_SUITE_P(Versions, ClientPsk, ::testing::Values("1.2", "1.3"), version_name);
 
+// A TLS 1.3 broker that refuses the client certificate sends its alert after
+// the client's handshake is done, and resets the connection: the CONNECT write
+// may fail before the read sees the alert. The alert is what is reported.
+class AlertAfterHandshake final : public client::Transport {
+ public:
+  explicit AlertAfterHandshake(asio::io_context& io) : io_(io) {}
+  void async_connect(ConnectHandler done) override {
+    asio::post(io_, [done = std::move(done)] { done({}, {}); });
+  }
+  void async_write(std::span<const std::uint8_t>, IoHandler done) override {
+    asio::post(io_, [done = std::move(done)] { done(std::make_error_code(std::errc::connection_reset), 0); });
+  }
+  void async_read_some(std::span<std::uint8_t>, IoHandler done) override {
+    asio::post(io_, [done = std::move(done)] { done(client::TlsErrc::PeerAlert, 0); });
+  }
+  void close() override {}
+  std::string describe(const std::error_code& ec) const override {
+    return ec == client::TlsErrc::PeerAlert ? "the broker requires a client certificate (alert)"
+                                            : ec.message();
+  }
+
+ private:
+  asio::io_context& io_;
+};
+
+TEST(ClientTlsErrors, AlertAfterHandshakeWinsOverTheFailedWrite) {
+  ClientLoop loop;
+  auto o = options(1, "alert");
+  o.transport = [](asio::io_context& io) { return std::make_unique<AlertAfterHandshake>(io); };
+  auto a = connect_once(loop, o);
+  EXPECT_EQ(a.result.error, client::Error::TlsFailed) << a.result.detail;
+  EXPECT_NE(a.result.detail.find("requires a client certificate"), std::string::npos) << a.result.detail;
+  EXPECT_FALSE(a.result.retrying);
+  close_client(loop, a.client);
+}
+
 }  // namespace
 }  // namespace moat::test
