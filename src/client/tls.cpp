@@ -146,8 +146,6 @@ std::string names_of(X509* cert) {
   return out;
 }
 
-int transport_index();
-
 }  // namespace
 
 const std::error_category& tls_category() {
