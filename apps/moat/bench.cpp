@@ -260,7 +260,10 @@ struct Run {
   std::atomic<bool> stop{false};     // publishers: no new messages
   std::atomic<bool> closing{false};  // disconnects from now on are ours
   std::atomic<bool> failed{false};
+  std::atomic<u64> tls_handshakes{0};
+  std::atomic<u64> tls_resumed{0};
   std::mutex mutex;
+  std::string tls_summary;  // version and cipher of the first TLS connection (under mutex)
   int fail_code = kOk;
   std::string fail_message;
 
@@ -285,6 +288,8 @@ std::pair<int, std::string> connect_problem(const client::ConnectResult& r, cons
       return {kRefused, std::string("connection refused: ") + client::to_string(r.code)};
     case Error::Timeout:
       return {kTimeout, "timed out connecting to " + where};
+    case Error::TlsFailed:
+      return {kTlsFailed, r.detail};
     default:
       return {kLost,
               "connection to " + where + " lost before CONNACK" + (r.detail.empty() ? "" : ": " + r.detail)};
@@ -524,6 +529,12 @@ void Connector::next() {
     const u64 now = now_ns();
     w.stats.latency.record(now - t0);
     w.stats.acked.add();
+    if (!res.tls.version.empty()) {
+      r.tls_handshakes.fetch_add(1, std::memory_order_relaxed);
+      if (res.tls.resumed) r.tls_resumed.fetch_add(1, std::memory_order_relaxed);
+      std::lock_guard lock(r.mutex);
+      if (r.tls_summary.empty()) r.tls_summary = res.tls.version + " " + res.tls.cipher;
+    }
     c->disconnect([this](Error) {
       asio::post(w.io, [this] {
         c.reset();
@@ -571,7 +582,8 @@ CLI::App* add_bench_command(CLI::App& app, BenchArgs& a) {
       ->required()
       ->check(CLI::IsMember({"pub", "sub", "fanin", "fanout", "pairs", "conn"}));
   b->add_option("-h,--host", a.host, "broker host name or address")->capture_default_str();
-  b->add_option("-p,--port", a.port, "broker port")->capture_default_str()->check(CLI::Range(1, 65535));
+  b->add_option("-p,--port", a.port, "broker port (default 1883, with TLS 8883)")
+      ->check(CLI::Range(1, 65535));
   b->add_option("-u,--username", a.username, "user name");
   b->add_option("-P,--pw", a.password, "password (needs -u)");
   b->add_option("-n,--clients", a.clients, "N of the scenario")
@@ -623,6 +635,10 @@ CLI::App* add_bench_command(CLI::App& app, BenchArgs& a) {
   b->add_flag("--quiet", a.quiet, "no once-per-second lines");
   b->add_option("--broker-pid", a.broker_pid,
                 "read this process's CPU time and RSS (/proc) to report broker cost");
+  add_tls_flags(b, a.tls);
+  a.tls.resume = false;
+  b->add_flag("--tls-resume", a.tls.resume,
+              "resume the TLS session of an earlier connection (default: every handshake is a full one)");
   return b;
 }
 
@@ -644,6 +660,8 @@ int run_bench(const BenchArgs& args) {
   r.qos = static_cast<QoS>(a.qos);
   r.run_id = static_cast<u32>(std::random_device{}());
   r.base.host = a.host;
+  if (!apply_tls_flags(cmd, a.tls, r.base)) return kUsage;
+  if (a.port == 0) a.port = r.base.tls ? 8883 : 1883;
   r.base.port = static_cast<std::uint16_t>(a.port);
   r.base.keep_alive = static_cast<std::uint16_t>(a.keepalive);
   r.base.max_inflight = static_cast<std::uint16_t>(a.inflight);
@@ -956,6 +974,11 @@ int run_bench(const BenchArgs& args) {
     std::fprintf(out, "connect      p50 %s  p99 %s  p99.9 %s  max %s (TCP connect to CONNACK)\n",
                  fmt_us(lat.p50).c_str(), fmt_us(lat.p99).c_str(), fmt_us(lat.p999).c_str(),
                  fmt_us(lat.max).c_str());
+    if (r.base.tls) {
+      std::lock_guard lock(r.mutex);
+      std::fprintf(out, "tls          %s, %" PRIu64 " of %" PRIu64 " handshakes resumed (whole run)\n",
+                   r.tls_summary.c_str(), r.tls_resumed.load(), r.tls_handshakes.load());
+    }
   } else {
     std::fprintf(out, "sent         %s msg/s (%" PRIu64 " in %.2f s; completed %s/s)\n",
                  fmt_rate(sent_rate).c_str(), m1.sent - m0.sent, window, fmt_rate(acked_rate).c_str());
@@ -1018,6 +1041,12 @@ int run_bench(const BenchArgs& args) {
     j["delivered"] = deliveries;
     j["delivered_per_s"] = deliv_rate;
     if (conn) j["connections_per_s"] = acked_rate;
+    if (conn && r.base.tls) {
+      std::lock_guard lock(r.mutex);
+      j["tls"] = {{"negotiated", r.tls_summary},
+                  {"handshakes", r.tls_handshakes.load()},
+                  {"resumed", r.tls_resumed.load()}};
+    }
     j["latency_us"] = {
         {"p50", lat.p50}, {"p99", lat.p99}, {"p999", lat.p999}, {"max", lat.max}, {"count", lat.count}};
     j["lost"] = lost;

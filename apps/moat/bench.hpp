@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <string>
 
+#include "tls_flags.hpp"
+
 namespace CLI {
 class App;
 }
@@ -19,7 +21,7 @@ inline constexpr int kIntegrity = 7;
 struct BenchArgs {
   std::string scenario;  // pub | sub | fanin | fanout | pairs | conn
   std::string host = "127.0.0.1";
-  int port = 1883;
+  int port = 0;          // 0: 1883, or 8883 with TLS
   std::string username;  // empty: none
   std::string password;  // empty: none
   std::string topic = "moat-bench";
@@ -40,6 +42,7 @@ struct BenchArgs {
   bool json = false;
   bool quiet = false;
   long broker_pid = 0;
+  TlsFlags tls;  // as moat pub; --tls-resume sets tls.resume
 };
 
 // Adds the `bench` subcommand with its flags, which are parsed into `a`.

@@ -22,6 +22,8 @@ enum Exit : int {
   kAuthFailed = 4,   // CONNACK 4 or 5
   kTimeout = 5,      // -W elapsed, or no CONNACK within the connect timeout
   kLost = 6,         // connection lost or protocol error mid-session
+  // 7 is moat bench's kIntegrity (bench.hpp)
+  kTlsFailed = 8,  // TLS handshake failed: certificate, host name, PSK, version, cipher
 };
 
 // Flags shared by pub and sub, already validated.
@@ -59,7 +61,15 @@ struct SubArgs {
 
 int run_pub(const PubArgs& a);
 int run_sub(const SubArgs& a);
-int run_init(const std::string& dir, bool force);
+// moat init DIR [--host NAME]... [--tls-bind A:P] [--local-bind A:P] [--force]
+struct InitArgs {
+  std::string dir;
+  std::vector<std::string> hosts;  // server certificate names; empty = localhost, 127.0.0.1
+  std::string tls_bind = "0.0.0.0:8883";
+  std::string local_bind = "127.0.0.1:1883";
+  bool force = false;
+};
+int run_init(const InitArgs& a);
 
 // moat passwd [-c] [-b] [-D] FILE USER [PASSWORD]
 struct PasswdArgs {

@@ -13,6 +13,7 @@
 #include "bench.hpp"
 #include "cli.hpp"
 #include "probe.hpp"
+#include "tls_flags.hpp"
 
 namespace {
 
@@ -41,7 +42,9 @@ struct CommonFlags {
   int will_qos = 0;
   bool will_retain = false;
   bool reconnect = false;
+  moat::cli::TlsFlags tls;
   // Options whose presence matters (an empty value is still "given").
+  CLI::Option* port_opt = nullptr;
   CLI::Option* id_opt = nullptr;
   CLI::Option* prefix_opt = nullptr;
   CLI::Option* user_opt = nullptr;
@@ -54,7 +57,8 @@ struct CommonFlags {
 
 void add_common(CLI::App* app, CommonFlags& f, const char* qos_help) {
   app->add_option("-h,--host", f.host, "broker host name or address")->capture_default_str();
-  app->add_option("-p,--port", f.port, "broker port")->capture_default_str()->check(CLI::Range(1, 65535));
+  f.port_opt = app->add_option("-p,--port", f.port, "broker port (default 1883, with TLS 8883)")
+                   ->check(CLI::Range(1, 65535));
   app->add_option("--unix", f.unix_path, "connect through this Unix socket instead of TCP");
   f.id_opt = app->add_option("-i,--id", f.id, "client identifier (default: assigned by the broker)");
   f.prefix_opt = app->add_option("-I,--id-prefix", f.id_prefix, "client identifier: this prefix followed by the process id");
@@ -73,6 +77,7 @@ void add_common(CLI::App* app, CommonFlags& f, const char* qos_help) {
   f.will_qos_opt = app->add_option("--will-qos", f.will_qos, "QoS of the will (default 0)")->check(CLI::Range(0, 2));
   f.will_retain_opt = app->add_flag("--will-retain", f.will_retain, "the will is retained");
   app->add_flag("--reconnect", f.reconnect, "reconnect after a lost connection (off by default)");
+  moat::cli::add_tls_flags(app, f.tls);
 }
 
 // Builds the client options from the flags, or prints why not and returns false.
@@ -154,6 +159,15 @@ bool to_common(const std::string& cmd, const CommonFlags& f, moat::cli::Common& 
     error_line(cmd, "--will-payload, --will-qos and --will-retain need --will-topic");
     return false;
   }
+
+  // As mosquitto_pub: TLS defaults to port 8883, and port 8883 without any TLS
+  // flag means TLS with the system's trust store.
+  auto tls = f.tls;
+  const bool port_given = f.port_opt->count() > 0;
+  if (port_given && f.port == 8883 && !moat::cli::tls_requested(tls) && f.unix_path.empty())
+    tls.os_certs = true;
+  if (!moat::cli::apply_tls_flags(cmd, tls, o)) return false;
+  if (o.tls && !port_given) o.port = 8883;
   return true;
 }
 
@@ -227,12 +241,23 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"text", "json"}));
 
   // ---- moat init
-  CLI::App* init = app.add_subcommand("init", "write a broker configuration into a new folder");
+  CLI::App* init = app.add_subcommand(
+      "init",
+      "write a secure broker setup (CA, certificates, CRL, passwd, acl, moat.toml) into a new folder");
   init->set_help_flag("--help", "print this help and exit");
-  std::string init_dir;
-  bool force = false;
-  init->add_option("DIR", init_dir, "folder to create (must be new or empty)")->required();
-  init->add_flag("--force", force, "write into DIR even if it is not empty (moat.toml is replaced)");
+  moat::cli::InitArgs init_args;
+  init->add_option("DIR", init_args.dir, "folder to create (must be new or empty)")->required();
+  init->add_option("--host", init_args.hosts,
+                   "name or IP address of the broker in its certificate (repeatable; default: localhost and "
+                   "127.0.0.1)")
+      ->expected(1)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  init->add_option("--tls-bind", init_args.tls_bind, "address:port of the TLS listener")
+      ->capture_default_str();
+  init->add_option("--local-bind", init_args.local_bind, "address:port of the plain loopback listener")
+      ->capture_default_str();
+  init->add_flag("--force", init_args.force,
+                 "write into DIR even if it is not empty (every file moat init writes is replaced)");
 
   // ---- moat passwd (passwd.cpp)
   CLI::App* passwd = app.add_subcommand("passwd", "create or update a password file (as mosquitto_passwd)");
@@ -272,7 +297,7 @@ int main(int argc, char** argv) {
   }
 
   try {
-    if (init->parsed()) return moat::cli::run_init(init_dir, force);
+    if (init->parsed()) return moat::cli::run_init(init_args);
     if (passwd->parsed()) {
       if (passwd_args.batch != !passwd_password.empty() && !passwd_args.remove) {
         error_line("passwd", passwd_args.batch ? "-b needs the password after USER" : "a PASSWORD argument needs -b");

@@ -440,8 +440,8 @@ class Run {
     std::string errors = openssl_errors();
     if (why.empty()) why = errors;
     if (why.empty() && ssl_error == SSL_ERROR_SYSCALL) why = "unexpected end of input";
-    throw ProbeFailure{
-        kLost, "TLS handshake with " + target_.display + " failed: " + (why.empty() ? "unknown" : why)};
+    throw ProbeFailure{kTlsFailed,
+                       "TLS handshake with " + target_.display + " failed: " + (why.empty() ? "unknown" : why)};
   }
 
   void handshake() {

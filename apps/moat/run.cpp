@@ -51,16 +51,20 @@ std::pair<int, std::string> connect_failure(const client::ConnectResult& r, cons
                             std::to_string(o.connect_timeout.count() / 1000) + " s"};
     case Error::ProtocolError:
       return {kLost, "protocol error while connecting to " + broker_name(o) + ": " + r.detail};
+    case Error::TlsFailed:
+      return {kTlsFailed, r.detail.empty() ? "TLS handshake with " + broker_name(o) + " failed" : r.detail};
     default:
       return {kLost, "connection to " + broker_name(o) + " lost before CONNACK" +
                          (r.detail.empty() ? std::string() : ": " + r.detail)};
   }
 }
 
-// With --reconnect, the library retries everything but a definitive refusal.
-bool will_retry(const client::ConnectResult& r, const client::Options& o) {
-  if (!o.reconnect.enabled) return false;
-  return !(r.error == Error::Refused && r.code != client::ConnectReturnCode::ServerUnavailable);
+std::string tls_summary(const client::TlsInfo& t) {
+  std::string s = t.version + ", " + t.cipher + (t.resumed ? ", resumed" : ", full handshake");
+  if (!t.alpn.empty()) s += ", ALPN " + t.alpn;
+  if (!t.psk_identity.empty()) s += ", PSK identity " + quoted(t.psk_identity);
+  if (!t.peer_subject.empty()) s += ", server " + t.peer_subject;
+  return s;
 }
 
 std::string describe_lost(Error e, const std::string& detail) {
@@ -87,10 +91,12 @@ class Session {
     start();
     if (common_.debug) {
       const auto& o = common_.options;
-      debug_line(std::string("connecting to ") + broker_name(o) + " (" + version_name(o.version) + ", client id " +
+      debug_line(std::string("connecting to ") + broker_name(o) + (o.tls ? " over TLS" : "") + " (" +
+                 version_name(o.version) + ", client id " +
                  (o.client_id.empty() ? std::string("assigned by the broker") : quoted(o.client_id)) +
                  ", clean session " + (o.clean_session ? "1" : "0") + ", keep-alive " +
-                 std::to_string(o.keep_alive) + " s" + (o.will ? ", will on " + quoted(o.will->topic) : "") + ")");
+                 std::to_string(o.keep_alive) + " s" + (o.will ? ", will on " + quoted(o.will->topic) : "") +
+                 ")");
     }
     client_->connect();
     io_.run();
@@ -155,13 +161,14 @@ class Session {
     if (finishing_) return;
     if (!r.ok()) {
       auto [code, message] = connect_failure(r, common_.options);
-      if (will_retry(r, common_.options)) {
+      if (r.retrying) {
         error_line(common_.command, message + "; retrying");
         return;
       }
       finish(code, message);
       return;
     }
+    if (common_.debug && !r.tls.version.empty()) debug_line("TLS: " + tls_summary(r.tls));
     if (common_.debug)
       debug_line(std::string("received CONNACK (session present ") + (r.session_present ? "1" : "0") + ")");
     connected(r);

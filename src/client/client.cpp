@@ -17,6 +17,7 @@
 #include <random>
 #include <set>
 
+#include "client/tls_transport.hpp"
 #include "codec/decoder.hpp"
 #include "codec/encoder.hpp"
 #include "codec/topic.hpp"
@@ -44,6 +45,8 @@ const char* to_string(Error e) {
       return "cancelled";
     case Error::InvalidArgument:
       return "invalid argument";
+    case Error::TlsFailed:
+      return "TLS handshake failed";
   }
   return "unknown error";
 }
@@ -144,6 +147,20 @@ class UnixTransport final : public SocketTransport<asio::local::stream_protocol:
 
 enum class OutState : std::uint8_t { AwaitPuback, AwaitPubrec, AwaitPubcomp };
 
+ConnectResult failure(Error e, std::string detail) {
+  ConnectResult r;
+  r.error = e;
+  r.detail = std::move(detail);
+  return r;
+}
+
+// TLS failures that another attempt cannot change: a certificate or host name
+// that does not verify, an alert from the broker, no common cipher. A connection
+// closed during the handshake may be a broker restarting: retried.
+bool permanent_tls_failure(const std::error_code& ec) {
+  return ec.category() == tls_category() && ec != TlsErrc::ClosedInHandshake;
+}
+
 }  // namespace
 
 struct Client::Impl : std::enable_shared_from_this<Impl> {
@@ -226,20 +243,33 @@ struct Client::Impl : std::enable_shared_from_this<Impl> {
       transport = opt.transport(io);
     else if (!opt.unix_socket.empty())
       transport = std::make_unique<UnixTransport>(io, opt.unix_socket);
+    else if (opt.tls)
+      transport = detail::make_tls_transport(io, opt.host, opt.port, opt.tls);
     else
       transport = std::make_unique<TcpTransport>(io, opt.host, opt.port);
+    if (opt.tls && !opt.transport && !opt.unix_socket.empty()) {
+      // Not silently in plaintext: TLS was asked for.
+      const auto gen = generation;
+      asio::post(io, [self = shared_from_this(), gen] {
+        if (gen != self->generation) return;
+        self->attempt_failed(failure(Error::TlsFailed, "TLS over a Unix socket is not supported"), true);
+      });
+      return;
+    }
     const auto gen = generation;
     connect_timer.expires_after(opt.connect_timeout);
     connect_timer.async_wait([self = shared_from_this(), gen](const boost::system::error_code& ec) {
       if (ec || gen != self->generation || self->state != State::Connecting) return;
-      self->attempt_failed(ConnectResult{Error::Timeout, ConnectReturnCode::Accepted, false,
-                                         "no CONNACK within the connect timeout"});
+      self->attempt_failed(failure(Error::Timeout, "no CONNACK within the connect timeout"));
     });
     transport->async_connect([self = shared_from_this(), gen, keep = transport](const std::error_code& ec,
                                                                                 const std::string& detail) {
       if (gen != self->generation) return;
       if (ec) {
-        self->attempt_failed(ConnectResult{Error::Unreachable, ConnectReturnCode::Accepted, false, detail});
+        if (ec.category() == tls_category())
+          self->attempt_failed(failure(Error::TlsFailed, detail), permanent_tls_failure(ec));
+        else
+          self->attempt_failed(failure(Error::Unreachable, detail));
         return;
       }
       self->send_connect();
@@ -260,20 +290,22 @@ struct Client::Impl : std::enable_shared_from_this<Impl> {
     flush();
   }
 
-  void attempt_failed(const ConnectResult& r) {
+  void attempt_failed(ConnectResult r, bool permanent = false) {
     teardown();
-    if (connect_handler) connect_handler(r);
     // Refusals other than "server unavailable" will not change by retrying.
-    const bool permanent = r.error == Error::Refused && r.code != ConnectReturnCode::ServerUnavailable;
+    permanent = permanent || (r.error == Error::Refused && r.code != ConnectReturnCode::ServerUnavailable);
     ++failed_attempts;
-    if (!permanent && may_reconnect()) return schedule_reconnect();
+    r.retrying = !permanent && may_reconnect();
+    const auto gen = generation;
+    if (connect_handler) connect_handler(r);
+    if (gen != generation || user_disconnect) return;  // the handler closed or restarted the client
+    if (r.retrying) return schedule_reconnect();
     give_up(r.error);
   }
 
   void lost(Error e, const std::string& detail) {
     if (state != State::Connected && state != State::Disconnecting) {
-      if (state == State::Connecting)
-        attempt_failed(ConnectResult{e, ConnectReturnCode::Accepted, false, detail});
+      if (state == State::Connecting) attempt_failed(failure(e, detail));
       return;
     }
     const bool was_disconnecting = state == State::Disconnecting;
@@ -390,7 +422,17 @@ struct Client::Impl : std::enable_shared_from_this<Impl> {
       self->out_writing.clear();
       auto done = std::move(self->written_writing);
       self->written_writing.clear();
-      if (ec) return self->lost(Error::ConnectionLost, "write failed: " + ec.message());
+      if (ec) {
+        // Before CONNACK the read side tells why better: a TLS 1.3 broker that
+        // refuses our client certificate sends an alert and resets the
+        // connection, which the CONNECT write may see first. A read is
+        // pending in that state (and the connect timer bounds the wait).
+        if (self->state == State::Connecting) {
+          self->written_writing = std::move(done);  // failed by the teardown to come
+          return;
+        }
+        return self->lost(Error::ConnectionLost, "write failed: " + self->transport->describe(ec));
+      }
       for (auto& d : done)
         if (d) d(Error::None);
       if (gen != self->generation) return;  // a completion may have disconnected
@@ -408,11 +450,22 @@ struct Client::Impl : std::enable_shared_from_this<Impl> {
         {in.data() + in_len, in.size() - in_len},
         [self = shared_from_this(), gen, keep = transport](const std::error_code& ec, std::size_t n) {
           if (gen != self->generation) return;
-          if (ec) return self->lost(Error::ConnectionLost, "connection closed: " + ec.message());
+          if (ec) return self->read_failed(ec);
           self->in_len += n;
           if (!self->process_input()) return;
           if (gen == self->generation) self->read();
         });
+  }
+
+  void read_failed(const std::error_code& ec) {
+    const std::string why = transport->describe(ec);
+    // A TLS 1.3 client finishes its handshake before the server has checked the
+    // client certificate: the broker's verdict arrives as an alert on the first read.
+    if (state == State::Connecting && ec.category() == tls_category())
+      return attempt_failed(failure(Error::TlsFailed, "TLS handshake with " + opt.host + ":" +
+                                                          std::to_string(opt.port) + " failed: " + why),
+                            permanent_tls_failure(ec));
+    lost(Error::ConnectionLost, "connection closed: " + why);
   }
 
   bool process_input() {
@@ -487,8 +540,10 @@ struct Client::Impl : std::enable_shared_from_this<Impl> {
   void on_connack(const codec::Connack& ack) {
     connect_timer.cancel();
     if (ack.code != ConnectReturnCode::Accepted) {
-      return attempt_failed(ConnectResult{Error::Refused, ack.code, false,
-                                          std::string("connection refused: ") + to_string(ack.code)});
+      ConnectResult r = failure(Error::Refused, std::string("connection refused: ") + to_string(ack.code));
+      r.code = ack.code;
+      r.tls = transport->tls_info();
+      return attempt_failed(std::move(r));
     }
     state = State::Connected;
     failed_attempts = 0;
@@ -510,7 +565,13 @@ struct Client::Impl : std::enable_shared_from_this<Impl> {
       send_subscribe(std::move(again), nullptr);
     }
     const auto gen = generation;
-    if (connect_handler) connect_handler(ConnectResult{Error::None, ack.code, ack.session_present, {}});
+    if (connect_handler) {
+      ConnectResult r;
+      r.code = ack.code;
+      r.session_present = ack.session_present;
+      r.tls = transport->tls_info();
+      connect_handler(r);
+    }
     if (gen != generation) return;
     pump();
     arm_keepalive();

@@ -27,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "client/tls.hpp"
 #include "client/transport.hpp"
 #include "codec/packet.hpp"
 
@@ -56,8 +57,8 @@ struct ReconnectPolicy {
   unsigned max_attempts = 0;  // consecutive failed attempts before giving up; 0 = never
 };
 
-// Opens the byte stream to the broker. The default connects TCP (host, port) or a
-// Unix socket (unix_socket); the TLS layer provides another.
+// Opens the byte stream to the broker. The default connects TCP (host, port), TLS
+// over TCP (with `tls`) or a Unix socket (unix_socket).
 using TransportFactory = std::function<std::unique_ptr<Transport>(boost::asio::io_context&)>;
 
 struct Options {
@@ -74,7 +75,10 @@ struct Options {
   std::chrono::milliseconds connect_timeout{10'000};  // TCP connect to CONNACK
   std::uint16_t max_inflight = 20;                    // outbound QoS 1/2 messages awaiting acknowledgement
   ReconnectPolicy reconnect;
-  TransportFactory transport;  // empty: TCP or Unix socket
+  // TLS to host:port (client/tls.hpp). One context may serve many clients; it
+  // keeps the session of each server so that a reconnect resumes it.
+  std::shared_ptr<TlsContext> tls;
+  TransportFactory transport;  // empty: TCP, TLS (with `tls`) or Unix socket
 };
 
 struct Message {
@@ -94,6 +98,8 @@ enum class Error {
   ProtocolError,    // the broker sent something MQTT does not allow
   Cancelled,        // disconnect() or destruction before completion
   InvalidArgument,  // bad topic, filter or QoS: checked before anything is sent
+  TlsFailed,        // the TLS handshake failed: certificate or host name did not verify, the
+                    // broker refused our certificate or PSK, no common version or cipher
 };
 const char* to_string(Error e);
 const char* to_string(ConnectReturnCode c);
@@ -102,7 +108,9 @@ struct ConnectResult {
   Error error = Error::None;
   ConnectReturnCode code = ConnectReturnCode::Accepted;  // when error == Refused
   bool session_present = false;
-  std::string detail;  // human-readable reason for a failure
+  std::string detail;     // human-readable reason for a failure
+  TlsInfo tls;            // what TLS negotiated (empty version without TLS)
+  bool retrying = false;  // a failed attempt: the client tries again (ReconnectPolicy)
   bool ok() const { return error == Error::None; }
 };
 

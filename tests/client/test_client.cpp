@@ -4,6 +4,8 @@
 
 #include <boost/asio.hpp>
 #include <condition_variable>
+#include <filesystem>
+#include <fstream>
 #include <future>
 #include <map>
 #include <mutex>
@@ -12,6 +14,7 @@
 
 #include "client/client.hpp"
 #include "net/server.hpp"
+#include "security/pki.hpp"
 #include "store/memory_store.hpp"
 
 namespace moat::test {
@@ -22,16 +25,22 @@ using asio::ip::tcp;
 using namespace std::chrono_literals;
 using client::QoS;
 
-// A broker on 127.0.0.1 with an ephemeral port, two event loops.
+// A broker on 127.0.0.1 with an ephemeral port, two event loops; a TLS listener
+// when given a context.
 class Broker {
  public:
-  Broker() {
+  explicit Broker(std::shared_ptr<const security::TlsServerContext> tls = nullptr,
+                  std::vector<std::string> auth = {"anonymous"}) {
     shared_.store = &store_;
     shared_.shard_count = 2;
     shared_.sys_interval = std::chrono::seconds(0);
     net::ServerOptions o;
     o.threads = 2;
-    o.listeners.push_back({"test", "127.0.0.1", 0, {security::make_authenticator("anonymous")}, nullptr});
+    std::vector<std::shared_ptr<security::Authenticator>> chain;
+    for (const auto& a : auth) chain.push_back(security::make_authenticator(a));
+    o.listeners.push_back(
+        {"test", "127.0.0.1", 0, chain,
+         tls ? std::make_shared<security::Reloadable<security::TlsServerContext>>(std::move(tls)) : nullptr});
     server_ = std::make_unique<net::Server>(std::move(o), shared_);
     server_->start();
   }
@@ -371,6 +380,405 @@ TEST(Client, KeepAliveSendsPingsWhileIdle) {
     c.reset();
     return 0;
   });
+}
+
+// ---------------------------------------------------------------- TLS
+
+// Certificates for the TLS tests, written once into a temporary folder: a CA, a
+// server certificate for 127.0.0.1 and localhost, a client certificate
+// (CN=device-1), a second CA with its own client certificate, and a PSK file.
+class TestPki {
+ public:
+  static const TestPki& get() {
+    static const TestPki pki;
+    return pki;
+  }
+  ~TestPki() {
+    std::error_code ec;
+    std::filesystem::remove_all(dir, ec);
+  }
+  std::filesystem::path dir;
+  std::string ca, server_cert, server_key, client_cert, client_key, other_ca, intruder_cert, intruder_key,
+      psk_file;
+  static constexpr const char* kPskIdentity = "sensor-7";
+  static constexpr const char* kPskKey = "00112233445566778899aabbccddeeff";
+
+  security::TlsServerConfig server_config(const char* min_version, bool client_certs = false,
+                                          bool psk = false) const {
+    security::TlsServerConfig c;
+    c.cert = server_cert;
+    c.key = server_key;
+    c.min_version = min_version;
+    if (client_certs) {
+      c.ca = ca;
+      c.client_cert = security::ClientCertMode::Required;
+    }
+    if (psk) {
+      c.psk_file = psk_file;
+      c.identity_from = security::IdentityFrom::Psk;
+    }
+    return c;
+  }
+
+ private:
+  TestPki() {
+    namespace pki = security::pki;
+    dir = std::filesystem::temp_directory_path() / ("moat-client-tls-" + std::to_string(::getpid()));
+    std::filesystem::create_directories(dir);
+    auto spec = [](pki::CertKind k, std::string cn, std::vector<std::string> hosts = {}) {
+      pki::CertSpec s;
+      s.kind = k;
+      s.common_name = std::move(cn);
+      s.hosts = std::move(hosts);
+      return s;
+    };
+    auto write = [&](const char* name, const std::string& text) {
+      const auto p = dir / name;
+      std::ofstream(p) << text;
+      std::filesystem::permissions(p,
+                                   std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
+      return p.string();
+    };
+    const auto root = pki::make_ca(spec(pki::CertKind::Ca, "Client Test CA"));
+    const auto server =
+        pki::issue(spec(pki::CertKind::Server, "localhost", {"localhost", "127.0.0.1"}), root);
+    const auto client = pki::issue(spec(pki::CertKind::Client, "device-1"), root);
+    const auto other = pki::make_ca(spec(pki::CertKind::Ca, "Other CA"));
+    const auto intruder = pki::issue(spec(pki::CertKind::Client, "intruder"), other);
+    ca = write("ca.crt", root.cert_pem);
+    server_cert = write("server.crt", server.cert_pem);
+    server_key = write("server.key", server.key_pem);
+    client_cert = write("client.crt", client.cert_pem);
+    client_key = write("client.key", pki::encrypt_key(client.key_pem, "key-pw"));
+    other_ca = write("other-ca.crt", other.cert_pem);
+    intruder_cert = write("intruder.crt", intruder.cert_pem);
+    intruder_key = write("intruder.key", intruder.key_pem);
+    psk_file = write("psk.txt", std::string(kPskIdentity) + ":" + kPskKey + "\n");
+  }
+};
+
+std::shared_ptr<const security::TlsServerContext> server_context(const security::TlsServerConfig& c) {
+  return security::TlsServerContext::load(c);
+}
+
+client::TlsOptions trusting_ca(const char* max_version = "") {
+  client::TlsOptions t;
+  t.ca_file = TestPki::get().ca;
+  t.max_version = max_version;
+  return t;
+}
+
+// Connects one client and returns its first ConnectResult (and the client, still open).
+struct Attempt {
+  client::ConnectResult result;
+  std::unique_ptr<client::Client> client;
+};
+Attempt connect_once(ClientLoop& loop, client::Options o) {
+  std::promise<client::ConnectResult> p;
+  auto once = std::make_shared<bool>(false);
+  auto c = loop.run([&] {
+    auto cl = std::make_unique<client::Client>(loop.io(), o);
+    cl->on_connect([&p, once](const client::ConnectResult& r) {
+      if (*once) return;
+      *once = true;
+      p.set_value(r);
+    });
+    cl->connect();
+    return cl;
+  });
+  auto r = p.get_future().get();
+  return {std::move(r), std::move(c)};
+}
+
+void close_client(ClientLoop& loop, std::unique_ptr<client::Client>& c) {
+  loop.run([&] {
+    c.reset();
+    return 0;
+  });
+}
+
+class ClientTls : public ::testing::TestWithParam<const char*> {};
+
+std::string version_name(const ::testing::TestParamInfo<const char*>& p) {
+  return std::string(p.param) == "1.2" ? "Tls12" : "Tls13";
+}
+
+// A reconnect after a cut connection resumes the TLS session of the first
+// connection (TLS 1.2 and TLS 1.3 tickets); messages flow over both.
+TEST_P(ClientTls, ReconnectResumesTheSession) {
+  const std::string version = GetParam();
+  Broker broker(server_context(TestPki::get().server_config("1.2")));
+  Proxy proxy(broker.port());
+  ClientLoop loop;
+  Signal sig;
+  std::vector<client::ConnectResult> connects;
+  std::vector<std::string> got;
+  auto o = options(proxy.port(), "tls-resume-" + version);
+  o.tls = client::TlsContext::create(trusting_ca(version.c_str()));
+  o.reconnect.enabled = true;
+  o.reconnect.initial_delay = 20ms;
+  o.reconnect.max_delay = 100ms;
+  std::unique_ptr<client::Client> c;
+  loop.run([&] {
+    c = std::make_unique<client::Client>(loop.io(), o);
+    c->on_connect([&](const client::ConnectResult& r) {
+      std::lock_guard l(sig.mu);
+      connects.push_back(r);
+      sig.notify();
+    });
+    c->on_message([&](const client::Message& m) {
+      std::lock_guard l(sig.mu);
+      got.push_back(m.payload);
+      sig.notify();
+    });
+    c->subscribe({{"tls/echo", QoS::AtLeastOnce}}, nullptr);
+    c->connect();
+    c->publish("tls/echo", "first", QoS::AtLeastOnce, false, nullptr);
+    return 0;
+  });
+  // The echo also means the broker's TLS 1.3 tickets (sent after the handshake) were read.
+  ASSERT_TRUE(sig.wait([&] { return got.size() == 1; }));
+  {
+    std::lock_guard l(sig.mu);
+    ASSERT_EQ(connects.size(), 1u);
+    ASSERT_TRUE(connects[0].ok()) << connects[0].detail;
+    EXPECT_EQ(connects[0].tls.version, "TLSv" + version);
+    EXPECT_FALSE(connects[0].tls.resumed);
+    EXPECT_EQ(connects[0].tls.peer_subject, "CN=localhost");
+  }
+  EXPECT_EQ(o.tls->session_count(), 1u);
+  proxy.drop_all();
+  ASSERT_TRUE(sig.wait([&] { return connects.size() == 2; }));
+  loop.run([&] {
+    c->publish("tls/echo", "second", QoS::AtLeastOnce, false, nullptr);
+    return 0;
+  });
+  ASSERT_TRUE(sig.wait([&] { return got.size() >= 2 && got.back() == "second"; }));
+  {
+    std::lock_guard l(sig.mu);
+    ASSERT_TRUE(connects[1].ok()) << connects[1].detail;
+    EXPECT_EQ(connects[1].tls.version, "TLSv" + version);
+    EXPECT_TRUE(connects[1].tls.resumed) << "the reconnect did a full handshake";
+  }
+  // A resumed connection that ends without a TLS shutdown leaves the stored
+  // session usable: the next reconnect resumes too.
+  proxy.drop_all();
+  ASSERT_TRUE(sig.wait([&] { return connects.size() == 3; }));
+  {
+    std::lock_guard l(sig.mu);
+    ASSERT_TRUE(connects[2].ok()) << connects[2].detail;
+    EXPECT_TRUE(connects[2].tls.resumed) << "the second reconnect did a full handshake";
+  }
+  // Without the stored session the next handshake is a full one again.
+  o.tls->forget_sessions();
+  o.client_id = "tls-full-" + version;
+  o.reconnect.enabled = false;
+  auto full = connect_once(loop, o);
+  ASSERT_TRUE(full.result.ok()) << full.result.detail;
+  EXPECT_FALSE(full.result.tls.resumed);
+  close_client(loop, full.client);
+  close_client(loop, c);
+}
+
+INSTANTIATE_TEST_SUITE_P(Versions, ClientTls, ::testing::Values("1.2", "1.3"), version_name);
+
+TEST(ClientTlsErrors, VerificationFailuresAreTlsFailedWithAReason) {
+  Broker broker(server_context(TestPki::get().server_config("1.2")));
+  ClientLoop loop;
+  struct Case {
+    const char* what;
+    client::TlsOptions tls;
+    const char* expect;
+  };
+  auto wrong_name = trusting_ca();
+  wrong_name.server_name = "broker.example";
+  auto other_ca = trusting_ca();
+  other_ca.ca_file = TestPki::get().other_ca;
+  auto other_ip = trusting_ca();
+  other_ip.server_name = "127.0.0.2";
+  const Case cases[] = {
+      {"host name", wrong_name, "does not match host name 'broker.example'"},
+      {"IP address", other_ip, "does not match host name '127.0.0.2'"},
+      {"CA", other_ca, "unknown CA 'CN=Client Test CA'"},
+  };
+  for (const auto& k : cases) {
+    auto o = options(broker.port(), std::string("tls-bad-") + k.what);
+    o.tls = client::TlsContext::create(k.tls);
+    o.reconnect.enabled = true;  // a verification failure is not retried
+    auto a = connect_once(loop, o);
+    EXPECT_EQ(a.result.error, client::Error::TlsFailed) << k.what << ": " << a.result.detail;
+    EXPECT_NE(a.result.detail.find(k.expect), std::string::npos) << k.what << ": " << a.result.detail;
+    EXPECT_FALSE(a.result.retrying) << k.what;
+    close_client(loop, a.client);
+  }
+  // ChainOnly (mosquitto's --insecure) accepts the other name, not the other CA.
+  wrong_name.verify = client::TlsVerify::ChainOnly;
+  auto o = options(broker.port(), "tls-chain-only");
+  o.tls = client::TlsContext::create(wrong_name);
+  auto a = connect_once(loop, o);
+  EXPECT_TRUE(a.result.ok()) << a.result.detail;
+  close_client(loop, a.client);
+  other_ca.verify = client::TlsVerify::ChainOnly;
+  o.tls = client::TlsContext::create(other_ca);
+  a = connect_once(loop, o);
+  EXPECT_EQ(a.result.error, client::Error::TlsFailed) << a.result.detail;
+  close_client(loop, a.client);
+  // A plain MQTT port is not mistaken for a TLS failure of the certificate.
+  Broker plain;
+  o = options(plain.port(), "tls-to-plain");
+  o.tls = client::TlsContext::create(trusting_ca());
+  a = connect_once(loop, o);
+  EXPECT_EQ(a.result.error, client::Error::TlsFailed) << a.result.detail;
+  EXPECT_NE(a.result.detail.find("TLS port"), std::string::npos) << a.result.detail;
+  close_client(loop, a.client);
+}
+
+TEST(ClientTlsErrors, SetupErrorsNameTheFile) {
+  auto t = trusting_ca();
+  t.ca_file = "/nonexistent/ca.crt";
+  try {
+    client::TlsContext::create(t);
+    FAIL() << "no error";
+  } catch (const client::TlsSetupError& e) {
+    EXPECT_NE(std::string(e.what()).find("/nonexistent/ca.crt"), std::string::npos) << e.what();
+  }
+  t = trusting_ca();
+  t.cert_file = TestPki::get().client_cert;
+  t.key_file = TestPki::get().client_key;  // encrypted
+  EXPECT_THROW(client::TlsContext::create(t), client::TlsSetupError);
+  t.key_password = "wrong";
+  try {
+    client::TlsContext::create(t);
+    FAIL() << "no error";
+  } catch (const client::TlsSetupError& e) {
+    EXPECT_NE(std::string(e.what()).find("wrong password"), std::string::npos) << e.what();
+  }
+  t.key_password = "key-pw";
+  EXPECT_NO_THROW(client::TlsContext::create(t));
+  t.key_file = TestPki::get().intruder_key;
+  t.key_password.clear();
+  EXPECT_THROW(client::TlsContext::create(t), client::TlsSetupError);  // key of another certificate
+  t = trusting_ca();
+  t.min_version = "1.1";
+  EXPECT_THROW(client::TlsContext::create(t), client::TlsSetupError);
+  t = trusting_ca();
+  t.psk_identity = "x";
+  t.psk_key_hex = "0011";
+  EXPECT_THROW(client::TlsContext::create(t), client::TlsSetupError);  // PSK and a CA
+}
+
+class ClientMutualTls : public ::testing::TestWithParam<const char*> {};
+
+// The broker's verdict on the client certificate: in TLS 1.3 it arrives after
+// the client's handshake is done, as an alert on the first read.
+TEST_P(ClientMutualTls, ClientCertificateAcceptedOrRefused) {
+  const std::string version = GetParam();
+  Broker broker(server_context(TestPki::get().server_config("1.2", true)), {"certificate"});
+  ClientLoop loop;
+  auto with_cert = trusting_ca(version.c_str());
+  with_cert.cert_file = TestPki::get().client_cert;
+  with_cert.key_file = TestPki::get().client_key;
+  with_cert.key_password = "key-pw";
+  auto o = options(broker.port(), "mtls-ok");
+  o.tls = client::TlsContext::create(with_cert);
+  auto a = connect_once(loop, o);
+  EXPECT_TRUE(a.result.ok()) << a.result.detail;
+  close_client(loop, a.client);
+
+  o = options(broker.port(), "mtls-none");
+  o.tls = client::TlsContext::create(trusting_ca(version.c_str()));
+  a = connect_once(loop, o);
+  EXPECT_EQ(a.result.error, client::Error::TlsFailed) << a.result.detail;
+  EXPECT_NE(a.result.detail.find(version == "1.3" ? "requires a client certificate" : "client certificate"),
+            std::string::npos)
+      << a.result.detail;
+  close_client(loop, a.client);
+
+  auto intruder = trusting_ca(version.c_str());
+  intruder.cert_file = TestPki::get().intruder_cert;
+  intruder.key_file = TestPki::get().intruder_key;
+  o = options(broker.port(), "mtls-intruder");
+  o.tls = client::TlsContext::create(intruder);
+  a = connect_once(loop, o);
+  EXPECT_EQ(a.result.error, client::Error::TlsFailed) << a.result.detail;
+  EXPECT_NE(a.result.detail.find("rejected our client certificate"), std::string::npos) << a.result.detail;
+  close_client(loop, a.client);
+}
+
+INSTANTIATE_TEST_SUITE_P(Versions, ClientMutualTls, ::testing::Values("1.2", "1.3"), version_name);
+
+class ClientPsk : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(ClientPsk, RightKeyConnectsWrongKeyFails) {
+  const std::string version = GetParam();
+  Broker broker(server_context(TestPki::get().server_config("1.2", false, true)), {"psk"});
+  ClientLoop loop;
+  client::TlsOptions t;
+  t.psk_identity = TestPki::kPskIdentity;
+  t.psk_key_hex = TestPki::kPskKey;
+  t.max_version = version;
+  auto o = options(broker.port(), "psk-ok");
+  o.tls = client::TlsContext::create(t);
+  auto a = connect_once(loop, o);
+  EXPECT_TRUE(a.result.ok()) << a.result.detail;
+  EXPECT_EQ(a.result.tls.version, "TLSv" + version);
+  EXPECT_EQ(a.result.tls.psk_identity, TestPki::kPskIdentity);
+  close_client(loop, a.client);
+
+  t.psk_key_hex = "ffeeddccbbaa99887766554433221100";
+  o = options(broker.port(), "psk-bad-key");
+  o.tls = client::TlsContext::create(t);
+  a = connect_once(loop, o);
+  EXPECT_EQ(a.result.error, client::Error::TlsFailed) << a.result.detail;
+  EXPECT_NE(a.result.detail.find("PSK"), std::string::npos) << a.result.detail;
+  close_client(loop, a.client);
+
+  t.psk_key_hex = TestPki::kPskKey;
+  t.psk_identity = "nobody";
+  o = options(broker.port(), "psk-bad-identity");
+  o.tls = client::TlsContext::create(t);
+  a = connect_once(loop, o);
+  EXPECT_EQ(a.result.error, client::Error::TlsFailed) << a.result.detail;
+  EXPECT_NE(a.result.detail.find("nobody"), std::string::npos) << a.result.detail;
+  close_client(loop, a.client);
+}
+
+INSTANTIATE_TEST_SUITE_P(Versions, ClientPsk, ::testing::Values("1.2", "1.3"), version_name);
+
+// A TLS 1.3 broker that refuses the client certificate sends its alert after
+// the client's handshake is done, and resets the connection: the CONNECT write
+// may fail before the read sees the alert. The alert is what is reported.
+class AlertAfterHandshake final : public client::Transport {
+ public:
+  explicit AlertAfterHandshake(asio::io_context& io) : io_(io) {}
+  void async_connect(ConnectHandler done) override {
+    asio::post(io_, [done = std::move(done)] { done({}, {}); });
+  }
+  void async_write(std::span<const std::uint8_t>, IoHandler done) override {
+    asio::post(io_, [done = std::move(done)] { done(std::make_error_code(std::errc::connection_reset), 0); });
+  }
+  void async_read_some(std::span<std::uint8_t>, IoHandler done) override {
+    asio::post(io_, [done = std::move(done)] { done(client::TlsErrc::PeerAlert, 0); });
+  }
+  void close() override {}
+  std::string describe(const std::error_code& ec) const override {
+    return ec == client::TlsErrc::PeerAlert ? "the broker requires a client certificate (alert)"
+                                            : ec.message();
+  }
+
+ private:
+  asio::io_context& io_;
+};
+
+TEST(ClientTlsErrors, AlertAfterHandshakeWinsOverTheFailedWrite) {
+  ClientLoop loop;
+  auto o = options(1, "alert");
+  o.transport = [](asio::io_context& io) { return std::make_unique<AlertAfterHandshake>(io); };
+  auto a = connect_once(loop, o);
+  EXPECT_EQ(a.result.error, client::Error::TlsFailed) << a.result.detail;
+  EXPECT_NE(a.result.detail.find("requires a client certificate"), std::string::npos) << a.result.detail;
+  EXPECT_FALSE(a.result.retrying);
+  close_client(loop, a.client);
 }
 
 }  // namespace

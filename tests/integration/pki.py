@@ -103,6 +103,14 @@ subjectAltName = IP:127.0.0.1,DNS:localhost
 subjectKeyIdentifier = hash
 authorityKeyIdentifier = keyid
 
+[ other_server_ext ]
+basicConstraints = critical,CA:FALSE
+keyUsage = critical,digitalSignature,keyEncipherment
+extendedKeyUsage = serverAuth
+subjectAltName = DNS:broker.example
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+
 [ client_ext ]
 basicConstraints = critical,CA:FALSE
 keyUsage = critical,digitalSignature,keyEncipherment
@@ -145,7 +153,9 @@ class CA:
 
     def issue(self, name, subject, ext="client_ext", startdate=None, enddate=None):
         """Issue NAME.crt / NAME.key for `subject` ("/CN=device-1"); returns
-        (cert path, key path). startdate/enddate: "YYYYMMDDHHMMSSZ"."""
+        (cert path, key path). startdate/enddate: "YYYYMMDDHHMMSSZ". `ext`:
+        client_ext, server_ext (IP:127.0.0.1, DNS:localhost) or
+        other_server_ext (DNS:broker.example only)."""
         key = self._genkey(name + ".key")
         csr = os.path.join(self.dir, name + ".csr")
         crt = os.path.join(self.dir, name + ".crt")
