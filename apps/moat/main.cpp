@@ -12,6 +12,7 @@
 
 #include "bench.hpp"
 #include "cli.hpp"
+#include "payload.hpp"
 
 namespace {
 
@@ -173,6 +174,7 @@ std::string subcommand_in(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     const std::string_view a(argv[i]);
     if (a == "pub" || a == "sub" || a == "init" || a == "bench") return std::string(a);
+    if (a == "keygen" || a == "seal" || a == "open") return std::string(a);
   }
   return {};
 }
@@ -249,6 +251,10 @@ int main(int argc, char** argv) {
   moat::cli::BenchArgs bench_args;
   CLI::App* bench = moat::cli::add_bench_command(app, bench_args);
 
+  // ---- moat keygen, seal, open (payload.cpp)
+  moat::cli::PayloadCommands payload_commands;
+  moat::cli::add_payload_commands(app, payload_commands);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -277,6 +283,7 @@ int main(int argc, char** argv) {
       return moat::cli::run_passwd(passwd_args);
     }
     if (bench->parsed()) return moat::cli::run_bench(bench_args);
+    if (const int rc = moat::cli::run_payload_command(payload_commands); rc >= 0) return rc;
 
     if (pub->parsed()) {
       moat::cli::PubArgs pa;

@@ -275,9 +275,10 @@ Result<Opened> Keyring::open(std::string_view topic, std::string_view envelope, 
   const ReplayConfig& rc = guard_.config();
   if (o.iat) {
     const std::int64_t now = policy.now_s ? *policy.now_s : now_seconds();
-    if (*o.iat < now - rc.max_age_s)
+    const std::int64_t max_age = policy.max_age_s ? *policy.max_age_s : rc.max_age_s;
+    if (*o.iat < now - max_age)
       return fail(Errc::stale, "sealed " + std::to_string(now - *o.iat) + " s ago; the limit is " +
-                                   std::to_string(rc.max_age_s) + " s");
+                                   std::to_string(max_age) + " s");
     if (*o.iat > now + rc.max_future_s)
       return fail(Errc::stale, "timestamp " + std::to_string(*o.iat - now) +
                                    " s in the future; the limit is " + std::to_string(rc.max_future_s) +

@@ -37,7 +37,8 @@ struct OpenPolicy {
   bool require_fresh = false;
   // Accept a digest envelope (no key; not tamper-proof on its own).
   bool allow_digest = false;
-  std::optional<std::int64_t> now_s;  // the time, seconds since the epoch; default: the system clock
+  std::optional<std::int64_t> now_s;      // the time, seconds since the epoch; default: the system clock
+  std::optional<std::int64_t> max_age_s;  // overrides the keyring's [replay] max_age
 };
 
 struct SealPolicy {
