@@ -127,11 +127,12 @@ std::unique_ptr<Keyring> Keyring::parse(std::string_view text, const std::filesy
   if (const toml::node* n = root.get("replay")) {
     if (!n->is_table()) r.fail(*n, "replay", "must be a table ([replay])");
     const toml::table& t = *n->as_table();
-    only_keys(r, t, "replay", {"max_age", "max_future", "window", "max_senders"});
+    only_keys(r, t, "replay", {"max_age", "max_future", "window", "max_senders", "max_entries"});
     replay.max_age_s = get_int(r, t, "max_age", replay.max_age_s, 1, 31'536'000);
     replay.max_future_s = get_int(r, t, "max_future", replay.max_future_s, 0, 86'400);
     replay.window = static_cast<std::size_t>(get_int(r, t, "window", 1024, 1, 1'000'000));
     replay.max_senders = static_cast<std::size_t>(get_int(r, t, "max_senders", 100000, 1, 100'000'000));
+    replay.max_entries = static_cast<std::size_t>(get_int(r, t, "max_entries", 1'000'000, 1, 1'000'000'000));
   }
 
   const std::filesystem::path base =

@@ -24,11 +24,23 @@ Result<bool> ReplayGuard::accept(std::string_view sender, std::uint64_t seq) {
                                     " is below the replay window (floor " + std::to_string(*w.floor) + ")");
   if (!w.recent.insert(seq).second)
     return fail(Errc::replayed, "sequence number " + std::to_string(seq) + " was already accepted");
+  ++entries_;
   while (w.recent.size() > config_.window) {
     w.floor = *w.recent.begin();
     w.recent.erase(w.recent.begin());
+    --entries_;
   }
+  // Over the memory bound: the least recently used senders lose their windows
+  // (never the one just used).
+  while (entries_ > config_.max_entries && windows_.size() > 1) drop_oldest();
   return true;
+}
+
+void ReplayGuard::drop_oldest() {
+  const auto it = windows_.find(lru_.back());
+  entries_ -= it->second.recent.size();
+  windows_.erase(it);
+  lru_.pop_back();
 }
 
 ReplayGuard::Window& ReplayGuard::window(std::string_view sender) {
@@ -39,10 +51,7 @@ ReplayGuard::Window& ReplayGuard::window(std::string_view sender) {
   }
   // The sender not seen for the longest time loses its window. Its old envelopes
   // are still refused as stale when they carry a timestamp.
-  while (!lru_.empty() && windows_.size() >= std::max<std::size_t>(config_.max_senders, 1)) {
-    windows_.erase(lru_.back());
-    lru_.pop_back();
-  }
+  while (!lru_.empty() && windows_.size() >= std::max<std::size_t>(config_.max_senders, 1)) drop_oldest();
   lru_.emplace_front(sender);
   it = windows_.emplace(std::string(sender), Window{}).first;
   it->second.lru = lru_.begin();
@@ -86,10 +95,12 @@ void ReplayGuard::restore(std::string_view json) {
   std::lock_guard lock(mu_);
   windows_.clear();
   lru_.clear();
+  entries_ = 0;
   for (auto& en : entries) {
     Window& w = window(en.sender);
     w.floor = en.floor;
     w.recent.insert(en.recent.begin(), en.recent.end());
+    entries_ += w.recent.size();
   }
 }
 

@@ -31,6 +31,9 @@ struct ReplayConfig {
   std::int64_t max_future_s = 60;    // clock skew allowed into the future
   std::size_t window = 1024;         // sequence numbers remembered per sender
   std::size_t max_senders = 100000;  // windows kept; the least recently used goes first
+  // Sequence numbers remembered over all windows (about 50 bytes each): bounds the
+  // memory a flood of senders can take (anyone may seal to an encrypt-to key).
+  std::size_t max_entries = 1'000'000;
 };
 
 class Sequencer {
@@ -65,11 +68,13 @@ class ReplayGuard {
     std::list<std::string>::iterator lru;
   };
   Window& window(std::string_view sender);
+  void drop_oldest();
 
   ReplayConfig config_;
   mutable std::mutex mu_;
   std::map<std::string, Window, std::less<>> windows_;
   std::list<std::string> lru_;  // sender ids, most recently used first
+  std::size_t entries_ = 0;     // sum of the windows' sizes
 };
 
 }  // namespace moat::payload

@@ -279,6 +279,32 @@ TEST(Envelope, ReplayStateSurvivesSaveAndRestore) {
   EXPECT_THROW(second->replay_guard().restore("{\"version\":2}"), std::runtime_error);
 }
 
+TEST(Envelope, ReplayMemoryIsBounded) {
+  ReplayConfig rc;
+  rc.window = 4;
+  rc.max_senders = 3;
+  rc.max_entries = 6;
+  ReplayGuard g(rc);
+  // Three senders of two numbers each fill the bound.
+  for (const char* s : {"a", "b", "c"}) {
+    ASSERT_TRUE(g.accept(s, 1));
+    ASSERT_TRUE(g.accept(s, 2));
+  }
+  ASSERT_FALSE(g.accept("a", 2));  // "a" is now the most recently used
+  // A fourth sender pushes out the least recently used one ("b").
+  ASSERT_TRUE(g.accept("d", 1));
+  EXPECT_TRUE(g.accept("b", 2));   // forgotten: accepted again (stale checks still apply)
+  EXPECT_FALSE(g.accept("a", 1));  // kept
+  // One sender beyond the entry bound takes the others' room, not its own.
+  ReplayConfig one = rc;
+  one.max_entries = 2;
+  ReplayGuard h(one);
+  ASSERT_TRUE(h.accept("x", 1));
+  ASSERT_TRUE(h.accept("y", 1));
+  ASSERT_TRUE(h.accept("y", 2));  // 3 entries > 2: "x" goes
+  EXPECT_TRUE(h.accept("x", 1));   // forgotten
+}
+
 TEST(Envelope, SequenceNumbersGrowAcrossRestartsAndBursts) {
   Sequencer s;
   EXPECT_EQ(s.next("a", 1000), 1000u);
