@@ -33,6 +33,8 @@ struct Case {
   std::int64_t content_alg = alg::A256GCM;
 };
 
+void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
+
 const Case kCases[] = {
     {"Aes256Gcm", KeyKind::Aes256, Mode::Encrypt},
     {"ChaCha20", KeyKind::ChaCha20, Mode::Encrypt},
