@@ -249,25 +249,31 @@ bool equal(std::string_view a, std::string_view b) {
 
 bool hkdf_sha256(std::string_view ikm, std::string_view salt, std::string_view info, std::size_t length,
                  Secret& out) {
-  if (length == 0 || length > 255 * 32) return false;
-  // RFC 5869 section 2.2: an absent salt is a string of HashLen zeros, which is
-  // also what HMAC makes of an empty key.
-  const Digest prk = hmac_sha256(salt, {ikm});
-  Secret okm;
-  okm.bytes().reserve(length + 32);
-  Digest t{};
-  std::string_view previous;
-  for (unsigned char i = 1; okm.size() < length; ++i) {
-    const char counter = static_cast<char>(i);
-    t = hmac_sha256(view(prk), {previous, info, std::string_view(&counter, 1)});
-    okm.bytes().append(view(t));
-    previous = view(t);
+  if (length == 0 || length > std::size_t{255} * 32) return false;
+  static EVP_KDF* const kdf = EVP_KDF_fetch(nullptr, "HKDF", nullptr);
+  EVP_KDF_CTX* ctx = EVP_KDF_CTX_new(kdf);
+  if (!ctx) throw std::bad_alloc();
+  char digest[] = "SHA2-256";
+  // OpenSSL takes the parameters as non-const pointers (it does not write to them)
+  // and refuses a null pointer even for zero bytes.
+  static char empty = 0;
+  const auto octets = [](const char* name, std::string_view v) {
+    return OSSL_PARAM_construct_octet_string(name, v.empty() ? &empty : const_cast<char*>(v.data()),
+                                             v.size());
+  };
+  // RFC 5869 section 2.2: without a salt, HMAC's key is HashLen zeros, which is
+  // what an empty salt gives too.
+  const OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, digest, 0),
+                               octets(OSSL_KDF_PARAM_KEY, ikm), octets(OSSL_KDF_PARAM_SALT, salt),
+                               octets(OSSL_KDF_PARAM_INFO, info), OSSL_PARAM_construct_end()};
+  std::string okm(length, '\0');
+  const bool ok = EVP_KDF_derive(ctx, reinterpret_cast<unsigned char*>(okm.data()), okm.size(), params) == 1;
+  EVP_KDF_CTX_free(ctx);
+  if (!ok) {
+    OPENSSL_cleanse(okm.data(), okm.size());
+    return false;
   }
-  okm.bytes().resize(length);
-  OPENSSL_cleanse(t.data(), t.size());
-  Digest wipe = prk;
-  OPENSSL_cleanse(wipe.data(), wipe.size());
-  out = std::move(okm);
+  out = Secret(std::move(okm));
   return true;
 }
 
