@@ -14,6 +14,7 @@
 #include "cli.hpp"
 #include "probe.hpp"
 #include "tls_flags.hpp"
+#include "payload.hpp"
 
 namespace {
 
@@ -188,6 +189,7 @@ std::string subcommand_in(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     const std::string_view a(argv[i]);
     if (a == "pub" || a == "sub" || a == "init" || a == "bench" || a == "probe") return std::string(a);
+    if (a == "keygen" || a == "seal" || a == "open") return std::string(a);
   }
   return {};
 }
@@ -278,6 +280,9 @@ int main(int argc, char** argv) {
   // ---- moat probe (probe.cpp)
   moat::cli::ProbeArgs probe_args;
   CLI::App* probe = moat::cli::add_probe_command(app, probe_args);
+  // ---- moat keygen, seal, open (payload.cpp)
+  moat::cli::PayloadCommands payload_commands;
+  moat::cli::add_payload_commands(app, payload_commands);
 
   try {
     app.parse(argc, argv);
@@ -308,6 +313,7 @@ int main(int argc, char** argv) {
     }
     if (bench->parsed()) return moat::cli::run_bench(bench_args);
     if (probe->parsed()) return moat::cli::run_probe(probe_args);
+    if (const int rc = moat::cli::run_payload_command(payload_commands); rc >= 0) return rc;
 
     if (pub->parsed()) {
       moat::cli::PubArgs pa;

@@ -5,6 +5,7 @@
                                      (both directions, MQTT 3.1 and 3.1.1), streams of
                                      several packets, and a few malformed packets
     make_seeds.py --topic OUT_DIR    seeds for fuzz_topic: "filter\\0topic" pairs
+    make_seeds.py --cose OUT_DIR     seeds for fuzz_cose: the COSE working group's examples
 
 The packets are encoded here, independently of the C++ encoder, from the MQTT 3.1.1
 specification. File names are stable, so running it again rewrites the same files.
@@ -174,14 +175,33 @@ def broker_seeds():
     return seeds
 
 
+def cose_seeds():
+    """The COSE working group's examples (../shared/vectors beside the checkout)."""
+    import json
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "vectors",
+                        "cose-examples")
+    seeds = {}
+    for folder, _, files in sorted(os.walk(root)):
+        for name in sorted(files):
+            if name.endswith(".json"):
+                with open(os.path.join(folder, name)) as f:
+                    doc = json.load(f)
+                seeds["%s-%s" % (os.path.basename(folder), name[:-5])] = bytes.fromhex(doc["output"]["cbor"])
+    return seeds
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out_dir")
     ap.add_argument("--topic", action="store_true", help="write fuzz_topic seeds instead")
     ap.add_argument("--broker", action="store_true", help="write fuzz_broker seeds instead")
+    ap.add_argument("--cose", action="store_true", help="write fuzz_cose seeds instead")
     args = ap.parse_args()
     os.makedirs(args.out_dir, exist_ok=True)
-    seeds = topic_seeds() if args.topic else broker_seeds() if args.broker else decoder_seeds()
+    if args.cose:
+        seeds = cose_seeds()
+    else:
+        seeds = topic_seeds() if args.topic else broker_seeds() if args.broker else decoder_seeds()
     for name, data in sorted(seeds.items()):
         with open(os.path.join(args.out_dir, name), "wb") as f:
             f.write(data)
