@@ -319,7 +319,11 @@ void Client::auth_done(security::AuthResult auth) {
     b.duration_s = secs;
     b.until = std::chrono::system_clock::now() +
               std::chrono::duration_cast<std::chrono::system_clock::duration>(f.banned->until - shard_.now());
-    audit(b);
+    if (const auto& sink = shard_.shared().audit) {  // no client_id: a ban is about an address
+      b.listener = listener_.name;
+      b.peer = transport_.peer();
+      sink->emit(b);
+    }
   }
   if (f.delay.count() > 0) {
     // Held on a timer, never by blocking the loop; the client waits for its CONNACK.

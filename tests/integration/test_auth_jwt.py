@@ -17,7 +17,7 @@ import time
 import pytest
 
 import mqttraw
-from pki import openssl, pub_ok, run_pub, secure_broker  # noqa: F401 (fixture)
+from pki import MOAT, openssl, pub_ok, run_pub, secure_broker  # noqa: F401 (fixture)
 from util import collect_until, scaled, uniq
 
 pytestmark = [pytest.mark.moat_only, pytest.mark.threaded]
@@ -286,3 +286,23 @@ def test_keys_reload_on_sighup(secure_broker):
     os.kill(b.pid, signal.SIGHUP)
     b.wait_for_log("reload of the JWT keys failed, keeping the previous ones", since=mark)
     assert connack_rc(ep, uniq("c"), "alice", token(claims(), secret=new_secret)) == 0
+
+
+def moat_pub(ep, *args):
+    if not os.access(MOAT, os.X_OK):
+        pytest.skip("moat binary not found at %s (set MOAT)" % MOAT)
+    r = subprocess.run([MOAT, "pub", "-h", ep.host, "-p", str(ep.port), "-t", "t", "-m", "x", "-q", "1"]
+                       + list(args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, timeout=scaled(20))
+    return r.returncode, r.stderr.decode("utf-8", "replace")
+
+
+def test_moat_cli_with_tokens(secure_broker):
+    b = jwt_broker(secure_broker)
+    ep = b.endpoints["plain"]
+    rc, err = moat_pub(ep, "-u", "alice", "-P", token(claims()))
+    assert rc == 0, err
+    rc, err = moat_pub(ep, "-u", "alice", "-P", token(claims(exp=int(time.time()) - 3600)))
+    assert rc == 4 and "bad user name or password (CONNACK 4)" in err, (rc, err)
+    rc, err = moat_pub(ep, "-u", "bob", "-P", token(claims()))
+    assert rc == 4 and "not authorized (CONNACK 5)" in err, (rc, err)

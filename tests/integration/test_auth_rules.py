@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 import mqttraw
-from pki import make_pki, pub_ok, run_pub, secure_broker  # noqa: F401 (fixture)
+from pki import MOAT, make_pki, pub_ok, run_pub, secure_broker  # noqa: F401 (fixture)
 from util import collect_until, scaled, uniq
 
 pytestmark = [pytest.mark.moat_only, pytest.mark.threaded]
@@ -105,6 +105,17 @@ def test_clientid_binding_refuses_a_mismatched_identifier(secure_broker, passwd_
     assert connack_rc(ep, "dev1-a", "dev1", USERS["dev1"]) == 0
     assert connack_rc(ep, "alice-phone", "dev1", USERS["dev1"]) == NOT_AUTHORIZED
     b.wait_for_log(r"refused connection from .*\(mallory-box\): client identifier not allowed")
+    # moat pub says so too (exit status 4: authentication failed).
+    import os
+    if os.access(MOAT, os.X_OK):
+        for cid, want in (("alice-laptop", 0), ("stolen-id", 4)):
+            r = subprocess.run([MOAT, "pub", "-h", ep.host, "-p", str(ep.port), "-t", topic, "-m", "m",
+                                "-i", cid, "-u", "alice", "-P", USERS["alice"]],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               timeout=scaled(20))
+            assert r.returncode == want, (cid, r.returncode, r.stderr)
+            if want:
+                assert b"not authorized (CONNACK 5)" in r.stderr, r.stderr
 
 
 def test_listener_clientid_table_replaces_the_global_one(secure_broker, passwd_text):
