@@ -526,7 +526,9 @@ std::variant<JwtClaims, std::string> verify_jwt(std::string_view token, const Jw
   if (alg_it == header.end() || !alg_it->is_string()) return std::string("header has no alg");
   const std::string alg_name = alg_it->get<std::string>();
   const auto alg = parse_alg(alg_name);
-  if (!alg) return "algorithm '" + alg_name + "' not accepted (HS256, RS256, ES256)";
+  if (!alg)
+    return "algorithm '" + (alg_name.size() > 16 ? alg_name.substr(0, 16) + "..." : alg_name) +
+           "' not accepted (HS256, RS256, ES256)";
   // RFC 7515 4.1.11: an extension we do not understand must be refused.
   if (header.contains("crit")) return std::string("header has 'crit' extensions");
   std::string kid;
@@ -548,11 +550,14 @@ std::variant<JwtClaims, std::string> verify_jwt(std::string_view token, const Jw
       break;
     }
   }
-  if (!any_of_alg)
-    return kid.empty() || std::none_of(keys.keys().begin(), keys.keys().end(),
-                                       [&](const JwtKeys::Key& k) { return k.kid == kid; })
-               ? (kid.empty() ? "no " + alg_name + " key configured" : "unknown key id '" + kid + "'")
-               : "key '" + kid + "' is not a " + alg_name + " key";
+  if (!any_of_alg) {
+    if (kid.empty()) return "no " + alg_name + " key configured";
+    const bool kid_known = std::any_of(keys.keys().begin(), keys.keys().end(),
+                                       [&](const JwtKeys::Key& k) { return k.kid == kid; });
+    // The kid comes from the client: keep what reaches the log short.
+    const std::string shown = kid.size() > 64 ? kid.substr(0, 64) + "..." : kid;
+    return kid_known ? "key '" + shown + "' is not a " + alg_name + " key" : "unknown key id '" + shown + "'";
+  }
   if (!verified) return std::string("signature does not verify");
 
   const json claims = json::parse(*payload_raw, nullptr, false);

@@ -209,7 +209,7 @@ TEST_F(AuthFlowTest, AsynchronousAuthenticatorHoldsInputUntilItAnswers) {
   codec::Connect p;
   p.client_id = "async-1";
   p.username = "carol";
-  p.password = std::string("token");
+  p.password = std::string_view("token");
   codec::Bytes bytes;
   codec::encode(p, bytes);
   codec::Publish pub;
