@@ -364,24 +364,30 @@ void Connection::hand_over(std::uint32_t shard) {
   });
 }
 
+// Work handed to other threads holds the connection only weakly: the last
+// reference to a Connection must drop on its own loop (its Client leaves the
+// shard in its destructor). While authentication runs, the pending socket read
+// keeps the connection alive; once it is gone, `then` is skipped.
 void Connection::run_off_loop(std::function<void()> work, std::function<void()> then) {
-  asio::post(*loop_.bus().workers,
-             [self = shared_from_this(), work = std::move(work), then = std::move(then)] {
-               work();
-               asio::post(self->loop_.io(), [self, then] {
-                 if (self->dead_ || !self->client_) return;
-                 self->loop_.shard().set_now(broker::Clock::now());
-                 then();
-               });
-             });
+  asio::post(*loop_.bus().workers, [weak = weak_from_this(), io = &loop_.io(), work = std::move(work),
+                                    then = std::move(then)]() mutable {
+    work();
+    asio::post(*io, [weak, then = std::move(then)] {
+      const auto self = weak.lock();
+      if (!self || self->dead_ || !self->client_) return;
+      self->loop_.shard().set_now(broker::Clock::now());
+      then();
+    });
+  });
 }
 
 void Connection::run_async(std::function<void(std::function<void()> resume)> start,
                            std::function<void()> then) {
   // `resume` may be called from any thread, once: it posts `then` back here.
-  auto resume = [self = shared_from_this(), then = std::move(then)]() mutable {
-    asio::post(self->loop_.io(), [self, then = std::move(then)] {
-      if (self->dead_ || !self->client_) return;
+  auto resume = [weak = weak_from_this(), io = &loop_.io(), then = std::move(then)]() mutable {
+    asio::post(*io, [weak, then = std::move(then)] {
+      const auto self = weak.lock();
+      if (!self || self->dead_ || !self->client_) return;
       self->loop_.shard().set_now(broker::Clock::now());
       then();
     });
