@@ -10,11 +10,16 @@
 #include <CLI/CLI.hpp>
 #include <cstring>
 #include <filesystem>
+#include <map>
+#include <optional>
 #include <thread>
 
 #include "config/config.hpp"
 #include "net/server.hpp"
 #include "security/acl.hpp"
+#include "security/audit.hpp"
+#include "security/defence.hpp"
+#include "security/jwt.hpp"
 #include "security/password_file.hpp"
 #include "security/tls.hpp"
 #include "store/memory_store.hpp"
@@ -40,11 +45,30 @@ int lock_data_dir(const std::filesystem::path& dir) {
 
 namespace security = moat::security;
 
+// The access policy of a configuration: [[acl.rule]] and the [acl] file.
+std::shared_ptr<const security::AccessPolicy> load_policy(const moat::config::Config& cfg) {
+  std::shared_ptr<const security::OrderedRules> rules;
+  if (!cfg.acl_rules.empty()) rules = security::OrderedRules::make(cfg.acl_rules);
+  std::shared_ptr<const security::Acl> file;
+  if (!cfg.acl_file.empty()) file = security::Acl::load_mosquitto(cfg.acl_file);
+  return std::make_shared<const security::AccessPolicy>(std::move(rules), std::move(file));
+}
+
+std::string describe(const security::AccessPolicy& p) {
+  return fmt::format("{} ordered rule(s), {} file rule(s)", p.rules() ? p.rules()->size() : 0,
+                     p.file() ? p.file()->size() : 0);
+}
+
 // The security material that SIGHUP reloads: each part swaps whole, and a part
 // that fails to load keeps its previous version.
 struct SecurityMaterial {
   std::shared_ptr<security::PasswordAuthenticator> password;
-  std::shared_ptr<security::Reloadable<security::Acl>> acl;
+  std::shared_ptr<security::JwtAuthenticator> jwt;
+  std::shared_ptr<security::Reloadable<security::AccessPolicy>> acl;
+  // [auth.clientid] under "", [listener.clientid] under the listener's name.
+  std::map<std::string, std::shared_ptr<security::Reloadable<security::ClientIdRules>>> clientid;
+  std::shared_ptr<security::AuditLog> audit;
+  std::shared_ptr<security::AuthThrottle> defence;
   struct Tls {
     std::string listener;
     security::TlsServerConfig config;
@@ -54,13 +78,24 @@ struct SecurityMaterial {
 
   // Start-up: every failure is fatal (throws with the file and the reason).
   void load(const moat::config::Config& cfg) {
+    if (!cfg.audit.empty()) audit = std::make_shared<security::AuditLog>(cfg.audit);
+    if (cfg.defence.enabled) defence = std::make_shared<security::AuthThrottle>(cfg.defence);
     if (!cfg.password_file.empty())
       password =
           std::make_shared<security::PasswordAuthenticator>(security::PasswordFile::load(cfg.password_file));
-    if (!cfg.acl_file.empty())
-      acl =
-          std::make_shared<security::Reloadable<security::Acl>>(security::Acl::load_mosquitto(cfg.acl_file));
+    if (cfg.jwt) {
+      auto keys = security::JwtKeys::load(*cfg.jwt);
+      for (const auto& w : keys->warnings()) spdlog::warn("{}", w);
+      jwt = std::make_shared<security::JwtAuthenticator>(*cfg.jwt, std::move(keys));
+    }
+    if (cfg.has_acl) acl = std::make_shared<security::Reloadable<security::AccessPolicy>>(load_policy(cfg));
+    if (cfg.clientid)
+      clientid[""] = std::make_shared<security::Reloadable<security::ClientIdRules>>(
+          security::ClientIdRules::make(*cfg.clientid));
     for (const auto& l : cfg.listeners) {
+      if (l.clientid)
+        clientid[l.name] = std::make_shared<security::Reloadable<security::ClientIdRules>>(
+            security::ClientIdRules::make(*l.clientid));
       if (!l.tls) continue;
       auto ctx = security::TlsServerContext::load(*l.tls);
       for (const auto& w : ctx->warnings()) spdlog::warn("listener {}: {}", l.name, w);
@@ -70,8 +105,15 @@ struct SecurityMaterial {
   }
 
   // SIGHUP: new handshakes, logins and checks use the new material; live
-  // connections are not dropped.
-  void reload(const moat::config::Config& cfg) {
+  // connections are not dropped. `next` is the configuration file as it is
+  // now (null when it no longer parses): ordered rules and client-id rules
+  // come from it; files are re-read at the paths the running moatd uses.
+  void reload(const moat::config::Config& cfg, const moat::config::Config* next) {
+    if (audit) {
+      if (auto why = audit->reopen(); !why.empty())
+        spdlog::error("reopening the audit log {} failed, writing to the previous file: {}", audit->path(),
+                      why);
+    }
     if (password && !cfg.password_file.empty()) {
       try {
         auto table = security::PasswordFile::load(cfg.password_file);
@@ -81,14 +123,44 @@ struct SecurityMaterial {
         spdlog::error("reload of the password file failed, keeping the previous one: {}", e.what());
       }
     }
-    if (acl && !cfg.acl_file.empty()) {
+    if (jwt) {
       try {
-        auto table = security::Acl::load_mosquitto(cfg.acl_file);
-        spdlog::info("reload: {} ({} rules)", cfg.acl_file.string(), table->size());
-        acl->store(std::move(table));
+        auto keys = security::JwtKeys::load(jwt->config());
+        for (const auto& w : keys->warnings()) spdlog::warn("{}", w);
+        spdlog::info("reload: JWT keys ({} key(s))", keys->keys().size());
+        jwt->reload(std::move(keys));
+      } catch (const std::exception& e) {
+        spdlog::error("reload of the JWT keys failed, keeping the previous ones: {}", e.what());
+      }
+    }
+    if (acl) {
+      try {
+        moat::config::Config rules_from = cfg;
+        if (next) rules_from.acl_rules = next->acl_rules;
+        auto policy = load_policy(rules_from);
+        spdlog::info("reload: ACL ({})", describe(*policy));
+        acl->store(std::move(policy));
       } catch (const std::exception& e) {
         spdlog::error("reload of the ACL failed, keeping the previous one: {}", e.what());
       }
+    } else if (next && next->has_acl) {
+      spdlog::warn("reload: an [acl] added to the configuration takes effect after a restart");
+    }
+    if (next) {
+      auto update = [&](const std::string& key, const std::optional<security::ClientIdRules::Spec>& spec) {
+        auto it = clientid.find(key);
+        if (it == clientid.end()) {
+          if (spec)
+            spdlog::warn("reload: new client id rules ({}) take effect after a restart",
+                         key.empty() ? "[auth.clientid]" : "listener " + key);
+          return;
+        }
+        // Rules that were removed allow any client id from now on.
+        it->second->store(spec ? security::ClientIdRules::make(*spec)
+                               : security::ClientIdRules::make(security::ClientIdRules::Spec{}));
+      };
+      update("", next->clientid);
+      for (const auto& l : next->listeners) update(l.name, l.clientid);
     }
     for (auto& t : tls) {
       try {
@@ -104,21 +176,42 @@ struct SecurityMaterial {
       }
     }
   }
+
+  std::shared_ptr<security::Authenticator> authenticator(std::string_view name) const {
+    using K = security::TlsIdentityPasswordAuthenticator::Kind;
+    if (name == "password") return password;
+    if (name == "jwt") return jwt;
+    if (name == "certificate+password")
+      return std::make_shared<security::TlsIdentityPasswordAuthenticator>(K::Certificate, password);
+    if (name == "psk+password")
+      return std::make_shared<security::TlsIdentityPasswordAuthenticator>(K::Psk, password);
+    return security::make_authenticator(name);
+  }
+
+  std::shared_ptr<security::Reloadable<security::ClientIdRules>> clientid_of(
+      const std::string& listener) const {
+    if (auto it = clientid.find(listener); it != clientid.end()) return it->second;
+    if (auto it = clientid.find(""); it != clientid.end()) return it->second;
+    return nullptr;
+  }
 };
 
 void reload(const std::filesystem::path& file, moat::config::Config& current, SecurityMaterial& material) {
-  material.reload(current);
+  std::optional<moat::config::Config> next;
   try {
-    auto next = moat::config::load_file(file);
-    spdlog::set_level(spdlog::level::from_str(next.log_level));
-    if (next.listeners.size() != current.listeners.size() || next.threads != current.threads ||
-        next.data_dir != current.data_dir)
-      spdlog::warn("reload: listener, thread and data_dir changes take effect after a restart");
-    current.log_level = next.log_level;
-    spdlog::info("configuration reloaded from {}", file.string());
+    next = moat::config::load_file(file);
   } catch (const std::exception& e) {
     spdlog::error("reload failed, keeping the running configuration: {}", e.what());
   }
+  material.reload(current, next ? &*next : nullptr);
+  if (!next) return;
+  spdlog::set_level(spdlog::level::from_str(next->log_level));
+  if (next->listeners.size() != current.listeners.size() || next->threads != current.threads ||
+      next->data_dir != current.data_dir)
+    spdlog::warn("reload: listener, thread and data_dir changes take effect after a restart");
+  current.log_level = next->log_level;
+  current.acl_rules = next->acl_rules;
+  spdlog::info("configuration reloaded from {}", file.string());
 }
 
 }  // namespace
@@ -223,13 +316,14 @@ int main(int argc, char** argv) {
     return 1;
   }
   shared.acl = material.acl;
+  shared.defence = material.defence;
+  shared.audit = material.audit;
 
   moat::net::ServerOptions opts;
   opts.threads = cfg.threads;
   for (const auto& l : cfg.listeners) {
-    moat::net::ListenerSpec spec{l.name, l.host, l.port, {}, nullptr};
-    for (const auto& name : l.auth)
-      spec.auth.push_back(name == "password" ? material.password : security::make_authenticator(name));
+    moat::net::ListenerSpec spec{l.name, l.host, l.port, {}, nullptr, material.clientid_of(l.name)};
+    for (const auto& name : l.auth) spec.auth.push_back(material.authenticator(name));
     for (const auto& t : material.tls)
       if (t.listener == l.name) spec.tls = t.context;
     opts.listeners.push_back(std::move(spec));

@@ -78,11 +78,20 @@ void Client::protocol_error(ProtocolError e) {
   close(CloseKind::Abnormal, codec::describe(e));
 }
 
-void Client::refuse_connect(ConnectReturnCode code, const char* why) {
+void Client::refuse_connect(ConnectReturnCode code, std::string_view why) {
   spdlog::info("refused connection from {} ({}): {} (CONNACK {})", transport_.peer(),
                client_id_.empty() ? "-" : client_id_, why, static_cast<int>(code));
   send(codec::Connack{false, code});
-  close(CloseKind::Normal, why);
+  close(CloseKind::Normal, "CONNECT refused");
+}
+
+void Client::audit(security::AuditEvent& e) const {
+  const auto& sink = shard_.shared().audit;
+  if (!sink) return;
+  e.listener = listener_.name;
+  e.peer = transport_.peer();
+  if (e.client_id.empty()) e.client_id = client_id_;
+  sink->emit(e);
 }
 
 void Client::close(CloseKind kind, const char* reason) {
@@ -166,6 +175,24 @@ void Client::handle_connect(const codec::Connect& c) {
     return;
   }
 
+  // A banned address may have connected before its ban: refuse it before any
+  // authentication work.
+  if (const auto& defence = shard_.shared().defence) {
+    const auto address = security::peer_address(transport_.peer());
+    const auto v = defence->check_ban(address, shard_.now());
+    if (v.admission == security::AuthThrottle::Admission::Banned) {
+      if (v.report) {
+        security::AuditEvent e;
+        e.event = "connection.refused";
+        e.address = address;
+        e.reason = "address banned";
+        e.suppressed = static_cast<std::int64_t>(v.suppressed);
+        audit(e);
+      }
+      return refuse_connect(ConnectReturnCode::NotAuthorized, "address banned");
+    }
+  }
+
   // Everything the rest of the CONNECT needs, owned: the decoder's views die with
   // the input buffer, and authentication may finish on a later loop turn.
   pending_ = std::make_shared<PendingConnect>();
@@ -179,22 +206,47 @@ void Client::handle_connect(const codec::Connect& c) {
   if (c.will) pc.will = make_message(c.will->topic, c.will->payload, c.will->qos, c.will->retain);
   pc.certificate_identity = std::string(transport_.certificate_identity());
   pc.psk_identity = std::string(transport_.psk_identity());
+  auth_step(0);
+}
 
-  if (!listener_.auth.blocking()) return finish_connect(listener_.auth.authenticate(connect_info(pc)));
-  // A password hash takes tens of milliseconds: run the chain off the event loop
-  // and hold further input of this connection until it has answered.
-  state_ = State::Authenticating;
-  auto result = std::make_shared<security::AuthResult>();
-  transport_.run_off_loop(
-      // `keep` holds the strings `info` points into, should this Client go first.
-      [result, keep = pending_, info = connect_info(pc), &auth = listener_.auth] {
-        *result = auth.authenticate(info);
-      },
-      [this, result] {
-        if (state_ != State::Authenticating) return;
-        finish_connect(*result);
-        transport_.resume_input();
-      });
+void Client::auth_step(std::size_t i) {
+  const security::AuthChain& chain = listener_.auth;
+  for (; i < chain.size(); ++i) {
+    security::Authenticator& a = chain.at(i);
+    const auto mode = a.mode();
+    if (mode == security::Authenticator::Mode::Immediate) {
+      auto r = a.authenticate(connect_info(*pending_));
+      if (r.decision != security::AuthDecision::Continue) return auth_done(std::move(r));
+      continue;
+    }
+    // A password hash takes tens of milliseconds, an IAM server a round trip:
+    // hold further input of this connection until the answer is in.
+    state_ = State::Authenticating;
+    auth_deferred_ = true;
+    auto result = std::make_shared<security::AuthResult>();
+    auto then = [this, result, i] {
+      if (state_ != State::Authenticating) return;
+      if (result->decision == security::AuthDecision::Continue) return auth_step(i + 1);
+      auth_done(std::move(*result));
+    };
+    // `keep` holds the strings `info` points into, should this Client go first.
+    if (mode == security::Authenticator::Mode::Blocking) {
+      transport_.run_off_loop(
+          [result, keep = pending_, info = connect_info(*pending_), &a] { *result = a.authenticate(info); },
+          std::move(then));
+    } else {
+      transport_.run_async(
+          [result, keep = pending_, info = connect_info(*pending_), &a](std::function<void()> resume) {
+            a.authenticate_async(info, [result, keep, resume = std::move(resume)](security::AuthResult r) {
+              *result = std::move(r);
+              resume();
+            });
+          },
+          std::move(then));
+    }
+    return;
+  }
+  auth_done(security::AuthChain::end_of_chain());
 }
 
 security::ConnectInfo Client::connect_info(const PendingConnect& pc) const {
@@ -209,19 +261,107 @@ security::ConnectInfo Client::connect_info(const PendingConnect& pc) const {
   return info;
 }
 
+void Client::auth_done(security::AuthResult auth) {
+  const PendingConnect& pc = *pending_;
+  // Client-identifier binding: the identity, the proof (password, certificate,
+  // token) and the client identifier must go together.
+  if (auth.decision == security::AuthDecision::Allow && listener_.clientid) {
+    const auto rules = listener_.clientid->load();
+    if (rules && !rules->allowed(auth.identity, pc.client_id)) {
+      auth.decision = security::AuthDecision::NotAuthorized;
+      auth.reason = "client identifier not allowed for this identity";
+    }
+  }
+  const auto& defence = shard_.shared().defence;
+  const std::string_view address = security::peer_address(transport_.peer());
+  const std::string_view sent_user = pc.username ? std::string_view(*pc.username) : std::string_view();
+
+  if (auth.decision == security::AuthDecision::Allow) {
+    if (defence) defence->success(address, sent_user);
+    security::AuditEvent e;
+    e.event = "auth.success";
+    e.client_id = pc.client_id;
+    if (pc.username) e.username = *pc.username;
+    e.identity = auth.identity;
+    e.method = auth.method;
+    audit(e);
+    const bool resume = auth_deferred_;
+    auth_deferred_ = false;
+    finish_connect(auth);
+    if (resume && state_ == State::Connected) transport_.resume_input();
+    return;
+  }
+
+  const auto code = auth.decision == security::AuthDecision::BadCredentials
+                        ? ConnectReturnCode::BadUsernameOrPassword
+                        : ConnectReturnCode::NotAuthorized;
+  std::string why = auth.reason.empty() ? std::string(code == ConnectReturnCode::BadUsernameOrPassword
+                                                          ? "bad user name or password"
+                                                          : "not authorized")
+                                        : auth.reason;
+  security::AuthThrottle::Failure f;
+  if (defence) f = defence->failure(address, sent_user, shard_.now());
+  security::AuditEvent e;
+  e.event = "auth.failure";
+  e.client_id = pc.client_id;
+  if (pc.username) e.username = *pc.username;
+  e.method = auth.method;
+  e.reason = why;
+  e.code = static_cast<int>(code);
+  if (defence) {
+    e.delay_ms = f.delay.count();
+    e.failures = f.failures;
+  }
+  audit(e);
+  if (f.banned) {
+    const auto secs = std::chrono::duration_cast<std::chrono::seconds>(defence->config().ban_time).count();
+    spdlog::warn("banned {} for {} s: {}", f.banned->address, secs, f.banned->reason);
+    security::AuditEvent b;
+    b.event = "ban";
+    b.address = f.banned->address;
+    b.reason = f.banned->reason;
+    b.duration_s = secs;
+    b.until = std::chrono::system_clock::now() +
+              std::chrono::duration_cast<std::chrono::system_clock::duration>(f.banned->until - shard_.now());
+    if (const auto& sink = shard_.shared().audit) {  // no client_id: a ban is about an address
+      b.listener = listener_.name;
+      b.peer = transport_.peer();
+      sink->emit(b);
+    }
+  }
+  if (f.delay.count() > 0) {
+    // Held on a timer, never by blocking the loop; the client waits for its CONNACK.
+    state_ = State::Authenticating;
+    transport_.run_after(f.delay, [this, code, why = std::move(why)] {
+      if (state_ != State::Authenticating) return;
+      state_ = State::AwaitConnect;
+      refuse_connect(code, why);
+    });
+    return;
+  }
+  state_ = State::AwaitConnect;
+  refuse_connect(code, why);
+}
+
 void Client::finish_connect(const security::AuthResult& auth) {
   writes_mark_ = shard_.writes_made();
   auto pc = std::move(pending_);
   state_ = State::AwaitConnect;  // until CONNACK: a refusal below closes from here
-  if (auth.decision == security::AuthDecision::BadCredentials)
-    return refuse_connect(ConnectReturnCode::BadUsernameOrPassword, "bad user name or password");
-  if (auth.decision != security::AuthDecision::Allow)
-    return refuse_connect(ConnectReturnCode::NotAuthorized, "not authorized");
   identity_ = auth.identity;
+  own_acl_ = auth.acl;
+  own_acl_only_ = auth.acl_only;
   // [MQTT-3.1.2-9] the will is a PUBLISH like any other: the ACL must allow it.
-  if (pc->will && !shard_.allowed(security::Identity{identity_, pc->client_id}, security::Action::Publish,
-                                  (*pc->will)->topic))
+  const security::Identity who{identity_, pc->client_id, own_acl_.get(), own_acl_only_};
+  if (pc->will && !shard_.allowed(who, security::Action::Publish, (*pc->will)->topic)) {
+    security::AuditEvent e;
+    e.event = "acl.deny";
+    e.client_id = pc->client_id;
+    e.identity = identity_;
+    e.action = "will";
+    e.topic = (*pc->will)->topic;
+    audit(e);
     return refuse_connect(ConnectReturnCode::NotAuthorized, "will topic not authorized");
+  }
   const std::string& client_id = pc->client_id;
 
   // [MQTT-3.1.4-2] a second connection with the same identifier takes over.
@@ -238,6 +378,8 @@ void Client::finish_connect(const security::AuthResult& auth) {
   session_ = &s;
   s.client = this;
   s.username = identity_;
+  s.own_acl = own_acl_;
+  s.own_acl_only = own_acl_only_;
   state_ = State::Connected;
   keep_alive_ = std::chrono::seconds(pc->keep_alive);
   last_packet_at_ = shard_.now();
@@ -259,11 +401,16 @@ void Client::handle_publish(const codec::Publish& p) {
   const bool duplicate_qos2 = p.qos == QoS::ExactlyOnce && s.awaiting_pubrel.count(p.packet_id) != 0;
   // A refused PUBLISH is dropped but still acknowledged: MQTT 3.1.1 has no way to
   // refuse one but closing the connection.
-  const bool allowed = duplicate_qos2 || shard_.allowed(security::Identity{identity_, s.client_id},
-                                                        security::Action::Publish, p.topic);
+  const bool allowed = duplicate_qos2 || shard_.allowed(identity(s), security::Action::Publish, p.topic);
   if (!allowed) {
     shard_.stats().dropped_not_authorized.add();
     spdlog::debug("client {} ({}): PUBLISH to '{}' not authorized, dropped", client_id_, identity_, p.topic);
+    security::AuditEvent e;
+    e.event = "acl.deny";
+    e.identity = identity_;
+    e.action = "publish";
+    e.topic = p.topic;
+    audit(e);
   }
   if (!duplicate_qos2 && allowed) {
     auto m = make_message(p.topic, p.payload, p.qos, p.retain);
@@ -317,8 +464,14 @@ void Client::handle_subscribe(const codec::Subscribe& sub) {
   ack.packet_id = sub.packet_id;  // [MQTT-3.8.4-2]
   for (const auto& f : sub.subscriptions) {
     // Filters are valid here (the decoder closes on a malformed one).
-    if (!shard_.allowed(security::Identity{identity_, s.client_id}, security::Action::Subscribe, f.filter)) {
+    if (!shard_.allowed(identity(s), security::Action::Subscribe, f.filter)) {
       spdlog::debug("client {} ({}): subscription to '{}' not authorized", client_id_, identity_, f.filter);
+      security::AuditEvent e;
+      e.event = "acl.deny";
+      e.identity = identity_;
+      e.action = "subscribe";
+      e.topic = f.filter;
+      audit(e);
       ack.return_codes.push_back(codec::kSubackFailure);
       continue;
     }

@@ -270,7 +270,7 @@ void Shard::deliver(Session& s, const MessagePtr& m, QoS qos, bool retain, std::
     return;
   }
   // Checked at delivery: a subscriber that lost the right stops receiving.
-  if (!allowed(security::Identity{s.username, s.client_id}, security::Action::Receive, m->topic)) {
+  if (!allowed(s.identity(), security::Action::Receive, m->topic)) {
     if (seq) writes().erase_queued(s.id, seq);
     return;
   }
@@ -411,6 +411,18 @@ void Shard::tick(TimePoint now) {
   if (index_ == 0 && shared_.sys_interval.count() > 0 && now >= next_sys_) {
     publish_sys();
     next_sys_ = now + shared_.sys_interval;
+  }
+  if (index_ == 0 && shared_.defence && now >= next_ban_check_) {
+    for (const auto& b : shared_.defence->expire(now)) {
+      spdlog::info("ban of {} lifted", b.address);
+      if (shared_.audit) {
+        security::AuditEvent e;
+        e.event = "unban";
+        e.address = b.address;
+        shared_.audit->emit(e);
+      }
+    }
+    next_ban_check_ = now + kExpiryCheckInterval;
   }
   if (shared_.limits.session_expiry.count() > 0 && now >= next_expiry_check_) {
     expire_sessions();

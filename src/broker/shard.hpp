@@ -28,7 +28,10 @@
 #include "broker/subscription_index.hpp"
 #include "codec/decoder.hpp"
 #include "security/acl.hpp"
+#include "security/audit.hpp"
 #include "security/authn.hpp"
+#include "security/clientid.hpp"
+#include "security/defence.hpp"
 #include "store/store.hpp"
 
 namespace moat::broker {
@@ -57,6 +60,20 @@ class Transport {
     work();
     then();
   }
+  // Asynchronous work (an authenticator that answers through a callback):
+  // `start` runs now and gets `resume`, which any thread may call once when the
+  // work is done; `then` then runs on this connection's loop, unless the
+  // connection has gone. The default runs `then` inside `resume`.
+  virtual void run_async(std::function<void(std::function<void()> resume)> start,
+                         std::function<void()> then) {
+    start([then = std::move(then)] { then(); });
+  }
+  // Runs `then` on this connection's loop after `delay` (a held refusal),
+  // unless the connection has gone. The default runs it now.
+  virtual void run_after(std::chrono::milliseconds delay, std::function<void()> then) {
+    (void)delay;
+    then();
+  }
   // Input held while authentication ran may be handled again.
   virtual void resume_input() {}
   // The output queued so far reports state written to the store in this loop
@@ -70,6 +87,8 @@ class Transport {
 struct ListenerPolicy {
   std::string name;
   security::AuthChain auth;
+  // Client identifiers each identity may use; null: any.
+  std::shared_ptr<security::Reloadable<security::ClientIdRules>> clientid;
 };
 
 // Events sent between shards, applied in the order sent.
@@ -116,8 +135,13 @@ struct BrokerShared {
   std::chrono::seconds sys_interval{10};
   std::string version;
   std::vector<const ShardStats*> all_stats;  // every shard's counters, for $SYS
-  // [acl]: null when none is configured (everything allowed); swapped on reload.
-  std::shared_ptr<security::Reloadable<security::Acl>> acl;
+  // [acl] file and [[acl.rule]]: null when none is configured (everything
+  // allowed); swapped on reload.
+  std::shared_ptr<security::Reloadable<security::AccessPolicy>> acl;
+  // [auth.defence]: backoff, bans and connection rates; null = off.
+  std::shared_ptr<security::AuthThrottle> defence;
+  // [log] audit: the security event stream; null = none.
+  std::shared_ptr<security::AuditSink> audit;
 };
 
 // Which shard owns a client identifier: every connection with that identifier
@@ -154,8 +178,12 @@ class Session {
   const std::uint64_t id;
   bool clean_session;
   bool durable() const { return !clean_session; }
-  Client* client = nullptr;   // null while offline
-  std::string username;       // authenticated identity of the last connection (ACL)
+  Client* client = nullptr;  // null while offline
+  std::string username;      // authenticated identity of the last connection (ACL)
+  // The last connection's own ACL rules (a JWT's ACL claim), null if none.
+  std::shared_ptr<const security::OrderedRules> own_acl;
+  bool own_acl_only = false;
+  security::Identity identity() const { return {username, client_id, own_acl.get(), own_acl_only}; }
   TimePoint offline_since{};  // for session expiry
   std::map<std::string, codec::QoS, std::less<>> subscriptions;
   std::deque<Inflight> inflight;                      // in the order sent
@@ -205,13 +233,22 @@ class Client {
   void handle(const codec::Packet& p);
   void handle_connect(const codec::Connect& c);
   security::ConnectInfo connect_info(const PendingConnect& pc) const;
+  // Asks authenticator `i` of the listener's chain and goes on from its answer.
+  void auth_step(std::size_t i);
+  // The chain's answer: client-id binding, throttle, audit, then CONNACK.
+  void auth_done(security::AuthResult auth);
   void finish_connect(const security::AuthResult& auth);
+  security::Identity identity(const Session& s) const {
+    return {identity_, s.client_id, own_acl_.get(), own_acl_only_};
+  }
+  // Fills listener, peer and client id, and emits (when an audit log is configured).
+  void audit(security::AuditEvent& e) const;
   void handle_publish(const codec::Publish& p);
   void handle_ack(const codec::Ack& a);
   void handle_subscribe(const codec::Subscribe& s);
   void handle_unsubscribe(const codec::Unsubscribe& u);
   void protocol_error(codec::ProtocolError e);
-  void refuse_connect(codec::ConnectReturnCode code, const char* why);
+  void refuse_connect(codec::ConnectReturnCode code, std::string_view why);
   // Detaches from the session, publishes the will unless `kind` is Normal, and
   // closes the transport.
   void close(CloseKind kind, const char* reason);
@@ -228,8 +265,11 @@ class Client {
   std::chrono::milliseconds keep_alive_{0};
   Session* session_ = nullptr;
   std::optional<MessagePtr> will_;
-  std::string client_id_;  // for logs
-  std::string identity_;   // authenticated user name (ACL identity)
+  std::string client_id_;                                  // for logs
+  std::string identity_;                                   // authenticated user name (ACL identity)
+  std::shared_ptr<const security::OrderedRules> own_acl_;  // rules from the authenticator (JWT)
+  bool own_acl_only_ = false;
+  bool auth_deferred_ = false;  // authentication left the loop turn: resume input afterwards
   std::shared_ptr<PendingConnect> pending_;
   std::uint64_t writes_mark_ = 0;  // Shard::writes_made() when the current packet began
 };
@@ -269,9 +309,9 @@ class Shard {
   // Routes a message to every matching subscription, local or on other shards.
   void route(const MessagePtr& m);
 
-  // The ACL's decision; true when no ACL is configured.
+  // The ACL's decision (the identity's own rules first); true when nothing is configured.
   bool allowed(const security::Identity& who, security::Action action, std::string_view topic) const {
-    return !acl_ || acl_->check(who, action, topic) == security::Decision::Allow;
+    return security::authorize(acl_.get(), who, action, topic) == security::Decision::Allow;
   }
   ShardStats& stats() { return stats_; }
   const ShardStats& stats() const { return stats_; }
@@ -330,11 +370,12 @@ class Shard {
   bool flush_requested_ = false;
   store::Batch batch_;
   std::uint64_t writes_made_ = 0;
-  std::shared_ptr<const security::Acl> acl_;  // this loop's snapshot, refreshed by tick()
+  std::shared_ptr<const security::AccessPolicy> acl_;  // this loop's snapshot, refreshed by tick()
   std::vector<Subscriber> match_scratch_;
   TimePoint started_at_{};
   TimePoint next_sys_{};
   TimePoint next_expiry_check_{};
+  TimePoint next_ban_check_{};
 };
 
 }  // namespace moat::broker

@@ -166,10 +166,179 @@ security::TlsServerConfig read_tls(const Reporter& r, const toml::table& t, cons
   return c;
 }
 
+// An array of strings; nullopt when the key is absent.
+std::optional<std::vector<std::string>> get_strings(const Reporter& r, const toml::table& t,
+                                                    std::string_view section, std::string_view key,
+                                                    bool allow_single = false) {
+  const toml::node* n = t.get(key);
+  if (!n) return std::nullopt;
+  std::vector<std::string> out;
+  if (allow_single && n->is_string()) {
+    out.emplace_back(*n->value<std::string_view>());
+    return out;
+  }
+  const toml::array* arr = n->as_array();
+  if (!arr)
+    r.fail_at(*n, qualified(section, key),
+              allow_single ? "must be a string or an array of strings" : "must be an array of strings");
+  for (const auto& e : *arr) {
+    if (!e.is_string()) r.fail_at(e, qualified(section, key), "must hold strings");
+    out.emplace_back(*e.value<std::string_view>());
+  }
+  return out;
+}
+
+std::chrono::milliseconds get_millis(const Reporter& r, const toml::table& t, std::string_view section,
+                                     std::string_view key, std::chrono::milliseconds fallback, double lo,
+                                     double hi) {
+  const double v = get_seconds(r, t, section, key, static_cast<double>(fallback.count()) / 1000.0, lo, hi);
+  return std::chrono::milliseconds(static_cast<std::int64_t>(std::llround(v * 1000)));
+}
+
+// [auth.clientid] and [listener.clientid].
+security::ClientIdRules::Spec read_clientid(const Reporter& r, const toml::table& t, const std::string& sec) {
+  only_keys(r, t, sec, {"users", "others", "anonymous"});
+  security::ClientIdRules::Spec spec;
+  if (const toml::node* n = t.get("users")) {
+    const toml::table* users = n->as_table();
+    if (!users) r.fail_at(*n, qualified(sec, "users"), "must be a table of user name = [patterns]");
+    for (const auto& [user, v] : *users) {
+      const std::string key = qualified(sec, "users") + "." + std::string(user.str());
+      const toml::array* arr = v.as_array();
+      if (!arr) r.fail_at(v, key, "must be an array of client id patterns");
+      std::vector<std::string> list;
+      for (const auto& e : *arr) {
+        if (!e.is_string()) r.fail_at(e, key, "patterns are strings");
+        list.emplace_back(*e.value<std::string_view>());
+      }
+      spec.users.emplace(std::string(user.str()), std::move(list));
+    }
+  }
+  spec.others = get_strings(r, t, sec, "others");
+  spec.anonymous = get_strings(r, t, sec, "anonymous");
+  try {
+    security::ClientIdRules::make(spec);
+  } catch (const std::invalid_argument& e) {
+    r.fail(t.source(), sec, e.what());
+  }
+  return spec;
+}
+
+security::JwtConfig read_jwt(const Reporter& r, const toml::table& t, const std::filesystem::path& dir) {
+  const std::string sec = "auth.jwt";
+  only_keys(r, t, sec,
+            {"secret_file", "public_key", "jwks", "issuer", "audience", "leeway", "require_exp",
+             "username_claim", "match_username", "acl_claim", "acl_mode"});
+  security::JwtConfig j;
+  j.secret_file = get_path(r, t, sec, "secret_file", dir);
+  j.public_key = get_path(r, t, sec, "public_key", dir);
+  j.jwks = get_path(r, t, sec, "jwks", dir);
+  if (j.secret_file.empty() && j.public_key.empty() && j.jwks.empty())
+    r.fail(t.source(), sec, "needs a key: secret_file (HS256), public_key (RS256/ES256) or jwks");
+  j.issuer = get_string(r, t, sec, "issuer", "");
+  if (auto a = get_strings(r, t, sec, "audience", true)) j.audience = *a;
+  j.leeway = std::chrono::seconds(get_int(r, t, sec, "leeway", j.leeway.count(), 0, 3600));
+  j.require_exp = get_bool(r, t, sec, "require_exp", j.require_exp);
+  j.username_claim = get_string(r, t, sec, "username_claim", j.username_claim);
+  if (j.username_claim.empty())
+    r.fail_at(*t.get("username_claim"), qualified(sec, "username_claim"), "must not be empty");
+  j.match_username = get_bool(r, t, sec, "match_username", j.match_username);
+  j.acl_claim = get_string(r, t, sec, "acl_claim", j.acl_claim);
+  const std::string mode = get_string(r, t, sec, "acl_mode", "replace");
+  if (t.get("acl_mode")) one_of(r, t, sec, "acl_mode", mode, {"replace", "prepend"});
+  j.acl_replace = mode == "replace";
+  return j;
+}
+
+security::DefenceConfig read_defence(const Reporter& r, const toml::table& t) {
+  const std::string sec = "auth.defence";
+  only_keys(r, t, sec,
+            {"enabled", "backoff_initial", "backoff_max", "window", "ban_after", "ban_time",
+             "connection_rate", "connection_burst", "allow", "log_interval"});
+  security::DefenceConfig d;
+  d.enabled = get_bool(r, t, sec, "enabled", d.enabled);
+  d.backoff_initial = get_millis(r, t, sec, "backoff_initial", d.backoff_initial, 0, 60);
+  d.backoff_max = get_millis(r, t, sec, "backoff_max", d.backoff_max, 0, 300);
+  if (d.backoff_max < d.backoff_initial)
+    r.fail_at(t.get("backoff_max") ? *t.get("backoff_max") : *t.get("backoff_initial"),
+              qualified(sec, "backoff_max"), "must not be below backoff_initial");
+  d.window = std::chrono::seconds(get_int(r, t, sec, "window", d.window.count(), 1, 86400));
+  d.ban_after = static_cast<std::uint32_t>(get_int(r, t, sec, "ban_after", d.ban_after, 0, 1'000'000));
+  d.ban_time = std::chrono::seconds(get_int(r, t, sec, "ban_time", d.ban_time.count(), 1, 365 * 86400));
+  d.connection_rate =
+      static_cast<std::uint32_t>(get_int(r, t, sec, "connection_rate", d.connection_rate, 0, 1'000'000));
+  d.connection_burst = static_cast<std::uint32_t>(
+      get_int(r, t, sec, "connection_burst", std::max(d.connection_rate * 2, 1u), 1, 1'000'000));
+  if (const auto list = get_strings(r, t, sec, "allow")) {
+    d.allow.clear();
+    const toml::array& arr = *t.get("allow")->as_array();
+    for (std::size_t i = 0; i < list->size(); ++i) {
+      auto cidr = security::Cidr::parse((*list)[i]);
+      if (!cidr)
+        r.fail_at(*arr.get(i), qualified(sec, "allow"),
+                  fmt::format("'{}' is not an address or CIDR block (\"10.0.0.0/8\", \"2001:db8::/32\")",
+                              (*list)[i]));
+      d.allow.push_back(*cidr);
+    }
+  }
+  d.log_interval = std::chrono::seconds(get_int(r, t, sec, "log_interval", d.log_interval.count(), 1, 86400));
+  return d;
+}
+
+std::uint8_t parse_action(std::string_view a) {
+  using security::Action;
+  if (a == "publish") return static_cast<std::uint8_t>(Action::Publish);
+  if (a == "subscribe") return static_cast<std::uint8_t>(Action::Subscribe);
+  if (a == "receive") return static_cast<std::uint8_t>(Action::Receive);
+  if (a == "all") return security::AclRule::kAll;
+  return 0;
+}
+
+// [[acl.rule]]: an ordered list, first match wins.
+std::vector<security::OrderedRule> read_acl_rules(const Reporter& r, const toml::node& n) {
+  const toml::array* arr = n.as_array();
+  if (!arr || !arr->is_array_of_tables())
+    r.fail_at(n, "acl.rule", "must be an array of tables ([[acl.rule]])");
+  std::vector<security::OrderedRule> rules;
+  for (std::size_t i = 0; i < arr->size(); ++i) {
+    const toml::table& t = *arr->get(i)->as_table();
+    const std::string sec = fmt::format("acl.rule[{}]", i);
+    only_keys(r, t, sec, {"permission", "action", "topic", "user", "clientid"});
+    security::OrderedRule rule;
+    rule.line = t.source().begin.line;
+    if (!t.get("permission")) r.fail(t.source(), sec, "missing key 'permission' (\"allow\" or \"deny\")");
+    const std::string perm = get_string(r, t, sec, "permission", "");
+    one_of(r, t, sec, "permission", perm, {"allow", "deny"});
+    rule.allow = perm == "allow";
+    const auto actions = get_strings(r, t, sec, "action", true);
+    if (!actions) r.fail(t.source(), sec, "missing key 'action' (publish | subscribe | receive | all)");
+    for (const auto& a : *actions) {
+      const auto bits = parse_action(a);
+      if (bits == 0)
+        r.fail_at(*t.get("action"), qualified(sec, "action"),
+                  fmt::format("'{}' is not one of: publish | subscribe | receive | all", a));
+      rule.actions |= bits;
+    }
+    if (!t.get("topic")) r.fail(t.source(), sec, "missing key 'topic'");
+    rule.topic = get_string(r, t, sec, "topic", "");
+    if (t.get("user")) rule.user = get_string(r, t, sec, "user", "");
+    if (t.get("clientid")) rule.client_id = get_string(r, t, sec, "clientid", "");
+    try {
+      security::OrderedRules::make({rule});
+    } catch (const std::invalid_argument& e) {
+      std::string why = e.what();
+      const auto colon = why.find(": ");
+      r.fail(t.source(), sec, colon == std::string::npos ? why : why.substr(colon + 2));
+    }
+    rules.push_back(std::move(rule));
+  }
+  return rules;
+}
+
 void read_listener(const Reporter& r, const toml::table& t, std::size_t i, Config& c,
                    std::set<std::string>& names, const std::filesystem::path& dir) {
   const std::string sec = fmt::format("listener[{}]", i);
-  only_keys(r, t, sec, {"name", "bind", "transport", "auth", "tls"});
+  only_keys(r, t, sec, {"name", "bind", "transport", "auth", "tls", "clientid"});
   Listener l;
   l.name = get_string(r, t, sec, "name", "");
   if (l.name.empty()) r.fail(t.source(), sec, "every listener needs a non-empty name");
@@ -203,24 +372,37 @@ void read_listener(const Reporter& r, const toml::table& t, std::size_t i, Confi
     for (const auto& m : *arr) {
       if (!m.is_string()) r.fail_at(m, qualified(sec, "auth"), "method names are strings");
       const std::string name(*m.value<std::string_view>());
-      static constexpr std::string_view known[] = {"anonymous", "password", "certificate",
-                                                   "psk",       "jwt",      "http"};
+      static constexpr std::string_view known[] = {
+          "anonymous", "password", "certificate",          "psk",
+          "jwt",       "http",     "certificate+password", "psk+password"};
       if (std::find(std::begin(known), std::end(known), name) == std::end(known))
         r.fail_at(m, qualified(sec, "auth"),
                   fmt::format("'{}' is not an authentication method (anonymous | password | "
-                              "certificate | psk | jwt | http)",
+                              "certificate | psk | certificate+password | psk+password | jwt | http)",
                               name));
       if (!security::is_supported_auth_method(name))
         r.fail_at(m, qualified(sec, "auth"),
                   fmt::format("method '{}' is not available in this version of moatd", name));
-      if (name == "password" && c.password_file.empty())
-        r.fail_at(m, qualified(sec, "auth"), "method 'password' needs [auth.password] file = \"...\"");
-      if ((name == "certificate" || name == "psk") && l.transport != "tls")
+      if ((name == "password" || name == "certificate+password" || name == "psk+password") &&
+          c.password_file.empty())
+        r.fail_at(m, qualified(sec, "auth"),
+                  fmt::format("method '{}' needs [auth.password] file = \"...\"", name));
+      if (name == "jwt" && !c.jwt)
+        r.fail_at(m, qualified(sec, "auth"), "method 'jwt' needs an [auth.jwt] table with a key");
+      if ((name == "certificate" || name == "psk" || name == "certificate+password" ||
+           name == "psk+password") &&
+          l.transport != "tls")
         r.fail_at(m, qualified(sec, "auth"), fmt::format("method '{}' needs transport = \"tls\"", name));
+      if (std::find(l.auth.begin(), l.auth.end(), name) != l.auth.end())
+        r.fail_at(m, qualified(sec, "auth"), fmt::format("method '{}' is listed twice", name));
       l.auth.push_back(name);
     }
   } else {
     r.fail(t.source(), sec, "missing key 'auth' (for example auth = [\"anonymous\"])");
+  }
+  if (const toml::node* n = t.get("clientid")) {
+    if (!n->is_table()) r.fail_at(*n, qualified(sec, "clientid"), "must be a table ([listener.clientid])");
+    l.clientid = read_clientid(r, *n->as_table(), sec + ".clientid");
   }
   c.listeners.push_back(std::move(l));
 }
@@ -257,7 +439,8 @@ void parse_bind(std::string_view bind, std::string& host, std::uint16_t& port) {
 
 Config default_config() {
   Config c;
-  c.listeners.push_back(Listener{"default", "127.0.0.1", 1883, "tcp", {"anonymous"}, std::nullopt});
+  c.listeners.push_back(
+      Listener{"default", "127.0.0.1", 1883, "tcp", {"anonymous"}, std::nullopt, std::nullopt});
   return c;
 }
 
@@ -274,20 +457,34 @@ Config parse(std::string_view text, const std::filesystem::path& source) {
   only_keys(r, root, "", {"broker", "log", "limits", "listener", "store", "auth", "acl"});
   const std::filesystem::path dir = source.parent_path();
   if (const auto* t = get_table(r, root, "auth")) {
-    only_keys(r, *t, "auth", {"password", "jwt", "http"});
-    for (const char* later : {"jwt", "http"})
-      if (const toml::node* n = t->get(later))
-        r.fail_at(*n, fmt::format("auth.{}", later), "not available in this version of moatd");
+    only_keys(r, *t, "auth", {"password", "jwt", "http", "clientid", "defence"});
+    if (const toml::node* n = t->get("http"))
+      r.fail_at(*n, "auth.http", "not available in this version of moatd");
     if (const auto* p = get_table(r, *t, "password")) {
       only_keys(r, *p, "auth.password", {"file"});
       c.password_file = get_path(r, *p, "auth.password", "file", dir);
       if (c.password_file.empty()) r.fail(p->source(), "auth.password", "missing key 'file'");
     }
+    if (const toml::node* n = t->get("jwt")) {
+      if (!n->is_table()) r.fail_at(*n, "auth.jwt", "must be a table ([auth.jwt])");
+      c.jwt = read_jwt(r, *n->as_table(), dir);
+    }
+    if (const toml::node* n = t->get("clientid")) {
+      if (!n->is_table()) r.fail_at(*n, "auth.clientid", "must be a table ([auth.clientid])");
+      c.clientid = read_clientid(r, *n->as_table(), "auth.clientid");
+    }
+    if (const toml::node* n = t->get("defence")) {
+      if (!n->is_table()) r.fail_at(*n, "auth.defence", "must be a table ([auth.defence])");
+      c.defence = read_defence(r, *n->as_table());
+    }
   }
   if (const auto* t = get_table(r, root, "acl")) {
-    only_keys(r, *t, "acl", {"file"});
+    only_keys(r, *t, "acl", {"file", "rule"});
     c.acl_file = get_path(r, *t, "acl", "file", dir);
-    if (c.acl_file.empty()) r.fail(t->source(), "acl", "missing key 'file'");
+    if (const toml::node* n = t->get("rule")) c.acl_rules = read_acl_rules(r, *n);
+    if (c.acl_file.empty() && !t->get("rule"))
+      r.fail(t->source(), "acl", "needs a file = \"...\" or [[acl.rule]] entries");
+    c.has_acl = true;
   }
 
   if (const auto* t = get_table(r, root, "broker")) {
@@ -303,8 +500,11 @@ Config parse(std::string_view text, const std::filesystem::path& source) {
     c.log_level = get_string(r, *t, "log", "level", c.log_level);
     if (t->get("level"))
       one_of(r, *t, "log", "level", c.log_level, {"trace", "debug", "info", "warn", "error"});
-    if (const auto* a = t->get("audit"))
-      r.fail_at(*a, "log.audit", "the audit log is not available in this version of moatd");
+    if (const auto* a = t->get("audit")) {
+      c.audit = get_string(r, *t, "log", "audit", "");
+      if (c.audit.empty()) r.fail_at(*a, "log.audit", "must be a file name or \"-\" (standard error)");
+      if (c.audit != "-") c.audit = get_path(r, *t, "log", "audit", dir).string();
+    }
   }
   if (const auto* t = get_table(r, root, "limits")) {
     only_keys(r, *t, "limits",

@@ -11,6 +11,10 @@
 #include <vector>
 
 #include "broker/limits.hpp"
+#include "security/acl.hpp"
+#include "security/clientid.hpp"
+#include "security/defence.hpp"
+#include "security/jwt.hpp"
 #include "security/tls.hpp"
 
 namespace moat::config {
@@ -27,6 +31,8 @@ struct Listener {
   std::string transport = "tcp";
   std::vector<std::string> auth;
   std::optional<security::TlsServerConfig> tls;  // [listener.tls], for transport "tls"
+  // [listener.clientid]: replaces [auth.clientid] on this listener.
+  std::optional<security::ClientIdRules::Spec> clientid;
 };
 
 struct Config {
@@ -40,8 +46,14 @@ struct Config {
   std::chrono::milliseconds sync_interval{100};  // durability = "interval"
   broker::Limits limits;
   std::vector<Listener> listeners;
-  std::filesystem::path password_file;  // [auth.password] file
-  std::filesystem::path acl_file;       // [acl] file
+  std::filesystem::path password_file;                    // [auth.password] file
+  std::filesystem::path acl_file;                         // [acl] file
+  std::vector<security::OrderedRule> acl_rules;           // [[acl.rule]], in order
+  bool has_acl = false;                                   // [acl] has a file or rules: deny by default
+  std::optional<security::ClientIdRules::Spec> clientid;  // [auth.clientid]
+  std::optional<security::JwtConfig> jwt;                 // [auth.jwt]
+  security::DefenceConfig defence;                        // [auth.defence]
+  std::string audit;  // [log] audit: a path (resolved), "-" for stderr, "" for none
 };
 
 // The safe default: plain MQTT on 127.0.0.1:1883, anonymous clients, data in

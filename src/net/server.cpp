@@ -64,6 +64,9 @@ class Connection final : public broker::Transport, public std::enable_shared_fro
   void close() override;
   void migrate(std::uint32_t shard) override { migrate_to_ = shard; }
   void run_off_loop(std::function<void()> work, std::function<void()> then) override;
+  void run_async(std::function<void(std::function<void()> resume)> start,
+                 std::function<void()> then) override;
+  void run_after(std::chrono::milliseconds delay, std::function<void()> then) override;
   void resume_input() override {
     if (!dead_ && !closing_) process_input();
   }
@@ -116,6 +119,7 @@ class Connection final : public broker::Transport, public std::enable_shared_fro
   bool dead_ = false;      // socket closed
   std::optional<std::uint32_t> migrate_to_;
   std::unique_ptr<asio::steady_timer> drain_timer_;
+  std::unique_ptr<asio::steady_timer> hold_timer_;  // a refusal held back (brute-force backoff)
 };
 
 // Commits one loop's store writes on a thread of its own when a commit waits for
@@ -438,6 +442,15 @@ void Connection::on_ciphertext(std::size_t n) {
   if (!tls_->ciphertext().empty()) flush_soon();  // handshake flights, alerts
   if (tls_->state() == security::TlsState::Failed) {
     spdlog::info("TLS handshake with {} on {} failed: {}", peer_, listener_.policy.name, tls_->error());
+    if (const auto& audit = loop_.shard().shared().audit) {
+      security::AuditEvent e;
+      e.event = "tls.failure";
+      e.listener = listener_.policy.name;
+      e.peer = peer_;
+      e.failure = security::audit_code(tls_->failure());
+      e.reason = tls_->error();
+      audit->emit(e);
+    }
     closing_ = true;
     client_->on_disconnected();
     return;  // flush() sends the alert, then closes
@@ -501,16 +514,44 @@ void Connection::hand_over(std::uint32_t shard) {
   });
 }
 
+// Work handed to other threads holds the connection only weakly: the last
+// reference to a Connection must drop on its own loop (its Client leaves the
+// shard in its destructor). While authentication runs, the pending socket read
+// keeps the connection alive; once it is gone, `then` is skipped.
 void Connection::run_off_loop(std::function<void()> work, std::function<void()> then) {
-  asio::post(*loop_.bus().workers,
-             [self = shared_from_this(), work = std::move(work), then = std::move(then)] {
-               work();
-               asio::post(self->loop_.io(), [self, then] {
-                 if (self->dead_ || !self->client_) return;
-                 self->loop_.shard().set_now(broker::Clock::now());
-                 then();
-               });
-             });
+  asio::post(*loop_.bus().workers, [weak = weak_from_this(), io = &loop_.io(), work = std::move(work),
+                                    then = std::move(then)]() mutable {
+    work();
+    asio::post(*io, [weak, then = std::move(then)] {
+      const auto self = weak.lock();
+      if (!self || self->dead_ || !self->client_) return;
+      self->loop_.shard().set_now(broker::Clock::now());
+      then();
+    });
+  });
+}
+
+void Connection::run_async(std::function<void(std::function<void()> resume)> start,
+                           std::function<void()> then) {
+  // `resume` may be called from any thread, once: it posts `then` back here.
+  auto resume = [weak = weak_from_this(), io = &loop_.io(), then = std::move(then)]() mutable {
+    asio::post(*io, [weak, then = std::move(then)] {
+      const auto self = weak.lock();
+      if (!self || self->dead_ || !self->client_) return;
+      self->loop_.shard().set_now(broker::Clock::now());
+      then();
+    });
+  };
+  start(std::move(resume));
+}
+
+void Connection::run_after(std::chrono::milliseconds delay, std::function<void()> then) {
+  hold_timer_ = std::make_unique<asio::steady_timer>(loop_.io(), delay);
+  hold_timer_->async_wait([self = shared_from_this(), then = std::move(then)](const error_code& ec) {
+    if (ec || self->dead_ || !self->client_) return;
+    self->loop_.shard().set_now(broker::Clock::now());
+    then();
+  });
 }
 
 void Connection::flush_soon() {
@@ -633,6 +674,7 @@ void Connection::finish_close(bool drain) {
   }
   dead_ = true;
   if (drain_timer_) drain_timer_->cancel();
+  if (hold_timer_) hold_timer_->cancel();
   socket_.close(ec);
 }
 
@@ -655,7 +697,37 @@ struct Server::Impl {
   Impl(ServerOptions o, broker::BrokerShared& s) : options(std::move(o)), shared(s) {}
   ~Impl();
   void accept(std::size_t i);
+  // [auth.defence]: false (and the socket closed) for a banned address or one
+  // over its connection rate.
+  bool admit(std::size_t i, tcp::socket& s, const std::string& peer);
 };
+
+bool Server::Impl::admit(std::size_t i, tcp::socket& s, const std::string& peer) {
+  if (!shared.defence) return true;
+  const auto address = security::peer_address(peer);
+  const auto v = shared.defence->admit_connection(address, broker::Clock::now());
+  if (v.admission == security::AuthThrottle::Admission::Admit) return true;
+  const char* why = v.admission == security::AuthThrottle::Admission::Banned ? "address banned"
+                                                                             : "connection rate exceeded";
+  if (v.report) {
+    spdlog::info("listener {}: refusing connections from {}: {}{}", policies[i]->policy.name, address, why,
+                 v.suppressed ? fmt::format(" ({} more refused since the last report)", v.suppressed) : "");
+    if (shared.audit) {
+      security::AuditEvent e;
+      e.event = "connection.refused";
+      e.listener = policies[i]->policy.name;
+      e.peer = peer;
+      e.address = address;
+      e.reason = why;
+      e.suppressed = static_cast<std::int64_t>(v.suppressed);
+      shared.audit->emit(e);
+    }
+  }
+  // Closed at once: no TLS handshake, no MQTT, nothing to spend on this peer.
+  error_code ec;
+  s.close(ec);
+  return false;
+}
 
 void Server::Impl::accept(std::size_t i) {
   Loop& target = *loops[next_loop++ % loops.size()];
@@ -670,8 +742,9 @@ void Server::Impl::accept(std::size_t i) {
       });
       return;
     }
-    set_nodelay(s);
     auto peer = format_peer(s);
+    if (!admit(i, s, peer)) return accept(i);
+    set_nodelay(s);
     asio::post(target.io(),
                [&target, s = std::move(s), &policy = *policies[i], peer = std::move(peer)]() mutable {
                  target.shard().set_now(broker::Clock::now());
@@ -696,6 +769,7 @@ Server::Server(ServerOptions options, broker::BrokerShared& shared)
     auto p = std::make_unique<ListenerRuntime>();
     p->policy.name = l.name;
     for (const auto& a : l.auth) p->policy.auth.add(a);
+    p->policy.clientid = l.clientid;
     p->tls = l.tls;
     m.policies.push_back(std::move(p));
   }

@@ -22,6 +22,8 @@ struct ListenerSpec {
   std::vector<std::shared_ptr<security::Authenticator>> auth;  // tried in order
   // Transport "tls": the context for new handshakes, swapped on reload.
   std::shared_ptr<security::Reloadable<security::TlsServerContext>> tls;
+  // Client identifiers each identity may use on this listener; null: any.
+  std::shared_ptr<security::Reloadable<security::ClientIdRules>> clientid = nullptr;
 };
 
 struct ServerOptions {

@@ -7,6 +7,7 @@
 #include <stdexcept>
 
 #include "codec/topic.hpp"
+#include "security/clientid.hpp"
 
 namespace moat::security {
 namespace {
@@ -93,12 +94,21 @@ bool expand(std::string_view filter, const Identity& who, char* buf, std::string
   return true;
 }
 
-bool applies(const AclRule& r, const Identity& who, Action action, std::string_view topic) {
-  std::string_view f = r.filter;
+bool topic_applies(std::string_view filter, bool substitute, const Identity& who, Action action,
+                   std::string_view topic) {
+  std::string_view f = filter;
   char buf[kInlineExpansion];
   std::string heap;
-  if (r.substitute && !expand(r.filter, who, buf, heap, f)) return false;
+  if (substitute && !expand(filter, who, buf, heap, f)) return false;
   return action == Action::Subscribe ? filter_covers(f, topic) : codec::topic_matches(f, topic);
+}
+
+bool applies(const AclRule& r, const Identity& who, Action action, std::string_view topic) {
+  return topic_applies(r.filter, r.substitute, who, action, topic);
+}
+
+bool valid_request(Action action, std::string_view topic) {
+  return action == Action::Subscribe ? codec::valid_topic_filter(topic) : codec::valid_topic_name(topic);
 }
 
 std::string_view trim(std::string_view s) {
@@ -243,8 +253,7 @@ std::shared_ptr<const Acl> Acl::load_mosquitto(const std::filesystem::path& path
 
 Decision Acl::check(const Identity& who, Action action, std::string_view topic) const {
   // The broker validates names and filters first; a malformed one is refused here too.
-  if (action == Action::Subscribe ? !codec::valid_topic_filter(topic) : !codec::valid_topic_name(topic))
-    return Decision::Deny;
+  if (!valid_request(action, topic)) return Decision::Deny;
   const auto bit = static_cast<std::uint8_t>(action);
   const Group* own = nullptr;
   if (who.username.empty()) {
@@ -260,6 +269,99 @@ Decision Acl::check(const Identity& who, Action action, std::string_view topic) 
   if ((own && any_match(own->deny)) || any_match(any_.deny)) return Decision::Deny;
   if ((own && any_match(own->allow)) || any_match(any_.allow)) return Decision::Allow;
   return Decision::Deny;
+}
+
+// ---- ordered rules ----
+
+std::shared_ptr<const OrderedRules> OrderedRules::make(std::vector<OrderedRule> rules) {
+  std::shared_ptr<OrderedRules> out(new OrderedRules());
+  out->rules_.reserve(rules.size());
+  for (std::size_t i = 0; i < rules.size(); ++i) {
+    OrderedRule& r = rules[i];
+    // The same checks as for a file rule, through the file rule's model.
+    AclRule probe;
+    probe.actions = r.actions;
+    probe.filter = r.topic;
+    probe.substitute = true;
+    std::string why = rule_error(probe);
+    if (why.empty() && r.user && codec::check_utf8(*r.user) != codec::ProtocolError::None)
+      why = "user pattern is not valid UTF-8";
+    if (why.empty() && r.client_id && codec::check_utf8(*r.client_id) != codec::ProtocolError::None)
+      why = "client id pattern is not valid UTF-8";
+    if (why.empty() && r.client_id && r.client_id->empty()) why = "empty client id pattern";
+    if (!why.empty())
+      throw std::invalid_argument("rule " + std::to_string(i + 1) +
+                                  (r.line ? " (line " + std::to_string(r.line) + ")" : std::string()) + ": " +
+                                  why);
+    const auto index = static_cast<std::uint32_t>(i);
+    if (r.user && !is_glob(*r.user))
+      out->by_user_[*r.user].push_back(index);
+    else
+      out->generic_.push_back(index);
+    const bool subst = has_subst(r.topic);
+    out->rules_.push_back(Compiled{std::move(r), subst});
+  }
+  return out;
+}
+
+bool OrderedRules::applies(const Compiled& c, const Identity& who, Action action,
+                           std::string_view topic) const {
+  const OrderedRule& r = c.rule;
+  if ((r.actions & static_cast<std::uint8_t>(action)) == 0) return false;
+  // A non-empty user pattern ("*" included) never names an anonymous client.
+  if (r.user && (who.username.empty() ? !r.user->empty() : !glob_match(*r.user, who.username, who.username)))
+    return false;
+  if (r.client_id && !glob_match(*r.client_id, who.client_id, who.username)) return false;
+  return topic_applies(r.topic, c.substitute, who, action, topic);
+}
+
+std::optional<Decision> OrderedRules::check(const Identity& who, Action action,
+                                            std::string_view topic) const {
+  static const std::vector<std::uint32_t> kNone;
+  const std::vector<std::uint32_t>* own = &kNone;
+  if (auto it = by_user_.find(who.username); it != by_user_.end()) own = &it->second;
+  // Merge the user's rules and the generic ones by their written position.
+  std::size_t i = 0;
+  std::size_t j = 0;
+  while (i < own->size() || j < generic_.size()) {
+    std::uint32_t next;
+    if (j == generic_.size() || (i < own->size() && (*own)[i] < generic_[j]))
+      next = (*own)[i++];
+    else
+      next = generic_[j++];
+    const Compiled& c = rules_[next];
+    if (applies(c, who, action, topic)) return c.rule.allow ? Decision::Allow : Decision::Deny;
+  }
+  return std::nullopt;
+}
+
+Decision AccessPolicy::check(const Identity& who, Action action, std::string_view topic) const {
+  if (!valid_request(action, topic)) return Decision::Deny;
+  if (rules_)
+    if (auto d = rules_->check(who, action, topic)) return *d;
+  if (file_) return file_->check(who, action, topic);
+  return Decision::Deny;
+}
+
+Decision authorize(const AccessPolicy* policy, const Identity& who, Action action, std::string_view topic) {
+  if (who.own) {
+    if (!valid_request(action, topic)) return Decision::Deny;
+    if (auto d = who.own->check(who, action, topic)) return *d;
+    if (who.own_only) return Decision::Deny;
+  }
+  return policy ? policy->check(who, action, topic) : Decision::Allow;
+}
+
+std::string_view to_string(Action a) {
+  switch (a) {
+    case Action::Publish:
+      return "publish";
+    case Action::Subscribe:
+      return "subscribe";
+    case Action::Receive:
+      return "receive";
+  }
+  return "?";
 }
 
 }  // namespace moat::security

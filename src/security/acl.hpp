@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -22,10 +23,16 @@ enum class Action : std::uint8_t {
 
 enum class Decision : std::uint8_t { Deny, Allow };
 
+class OrderedRules;
+
 // Who asks. An empty user name is an anonymous client.
 struct Identity {
   std::string_view username;
   std::string_view client_id;
+  // Rules the connection carries (a JWT's ACL claim), checked first; with
+  // `own_only` nothing else is consulted. Null: none.
+  const OrderedRules* own = nullptr;
+  bool own_only = false;
 };
 
 struct AclRule {
@@ -96,6 +103,80 @@ class Acl {
 // the rule; and a first-level '+' or '#' in the rule never covers a filter whose
 // first level is a literal starting with '$' [MQTT-4.7.2-1].
 bool filter_covers(std::string_view rule, std::string_view filter);
+
+// One rule of an ordered list ([[acl.rule]] in moat.toml, a JWT's ACL claim).
+struct OrderedRule {
+  std::uint8_t actions = 0;  // bit set of Action
+  std::string topic;         // a topic filter; %u and %c whole levels are substituted
+  // Glob ('*', '?'; see clientid.hpp) on the user name; nullopt = every client,
+  // anonymous included; "" = anonymous clients only.
+  std::optional<std::string> user;
+  // Glob on the client identifier ("%u" = the user name); nullopt = any.
+  std::optional<std::string> client_id;
+  bool allow = true;
+  std::size_t line = 0;  // where it was written (0: not from a file)
+};
+
+// Rules checked in order: the first rule that applies decides. A rule applies
+// when its user and client-id patterns match the identity, it includes the
+// action, and its topic matches the topic name (publish/receive) or covers the
+// whole filter (subscribe), as for Acl. Immutable and thread-safe.
+class OrderedRules {
+ public:
+  // Throws std::invalid_argument "rule N (line L): reason" for an invalid rule.
+  static std::shared_ptr<const OrderedRules> make(std::vector<OrderedRule> rules);
+
+  // The decision of the first applicable rule; nullopt when none applies.
+  // Allocation-free (up to 256-byte %u/%c expansions); visits only the rules
+  // naming this user literally and the rules with a pattern or no user, merged
+  // in their written order.
+  std::optional<Decision> check(const Identity& who, Action action, std::string_view topic) const;
+  std::size_t size() const { return rules_.size(); }
+
+  OrderedRules(const OrderedRules&) = delete;
+  OrderedRules& operator=(const OrderedRules&) = delete;
+
+ private:
+  OrderedRules() = default;
+  struct Compiled {
+    OrderedRule rule;
+    bool substitute = false;  // topic has a %u or %c level
+  };
+  struct Hash {
+    std::size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
+    using is_transparent = void;
+  };
+  bool applies(const Compiled& c, const Identity& who, Action action, std::string_view topic) const;
+  std::vector<Compiled> rules_;
+  std::unordered_map<std::string, std::vector<std::uint32_t>, Hash, std::equal_to<>> by_user_;
+  std::vector<std::uint32_t> generic_;  // rules without a literal user name, in order
+};
+
+// The broker's authorization policy: the ordered TOML rules first (first match
+// wins), then the Mosquitto-format file (deny first, then grants); when
+// neither decides, deny. A connection's own rules (Identity::own) come before
+// both. Immutable; a reload builds a new one.
+class AccessPolicy {
+ public:
+  AccessPolicy(std::shared_ptr<const OrderedRules> rules, std::shared_ptr<const Acl> file)
+      : rules_(std::move(rules)), file_(std::move(file)) {}
+  Decision check(const Identity& who, Action action, std::string_view topic_or_filter) const;
+  const OrderedRules* rules() const { return rules_.get(); }
+  const Acl* file() const { return file_.get(); }
+
+ private:
+  std::shared_ptr<const OrderedRules> rules_;
+  std::shared_ptr<const Acl> file_;
+};
+
+// The decision for one request: the identity's own rules, then `policy`. A
+// null policy (no ACL configured) allows what the own rules do not decide
+// (unless own_only).
+Decision authorize(const AccessPolicy* policy, const Identity& who, Action action,
+                   std::string_view topic_or_filter);
+
+// "publish", "subscribe", "receive"; for logs and the audit stream.
+std::string_view to_string(Action a);
 
 // A table that event loops read while a reload replaces it. load() copies a
 // shared_ptr under a mutex (uncontended: ~20 ns): take one snapshot per batch of

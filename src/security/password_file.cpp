@@ -460,12 +460,24 @@ bool delete_user(const std::filesystem::path& path, std::string_view user) {
 }
 
 AuthResult PasswordAuthenticator::authenticate(const ConnectInfo& info) {
-  if (!info.username) return AuthResult{AuthDecision::Continue, {}, name()};
-  if (!info.password) return AuthResult{AuthDecision::BadCredentials, {}, name()};
+  AuthResult r;
+  r.method = name();
+  if (!info.username) return r;  // Continue: another method may admit a client without a user name
+  r.decision = AuthDecision::BadCredentials;
+  if (!info.password) {
+    r.reason = "no password";
+    return r;
+  }
   const auto file = table();
-  if (file && file->verify(*info.username, *info.password))
-    return AuthResult{AuthDecision::Allow, std::string(*info.username), name()};
-  return AuthResult{AuthDecision::BadCredentials, {}, name()};
+  if (file && file->verify(*info.username, *info.password)) {
+    r.decision = AuthDecision::Allow;
+    r.identity = std::string(*info.username);
+    return r;
+  }
+  // The same words for an unknown user as for a wrong password: the audit
+  // stream must not become a user-name oracle for whoever reads it.
+  r.reason = "unknown user or wrong password";
+  return r;
 }
 
 }  // namespace moat::security

@@ -108,7 +108,7 @@ class PasswordAuthenticator final : public Authenticator {
   explicit PasswordAuthenticator(std::shared_ptr<const PasswordFile> file) : file_(std::move(file)) {}
   std::string_view name() const override { return "password"; }
   AuthResult authenticate(const ConnectInfo& info) override;
-  bool blocking() const override { return true; }
+  Mode mode() const override { return Mode::Blocking; }
   void reload(std::shared_ptr<const PasswordFile> file) {
     std::lock_guard lock(mu_);
     file_.swap(file);  // the old table is released outside the lock

@@ -216,15 +216,19 @@ def _toml_table(lines, header, table):
 
 
 def secure_config(data_dir, listeners, password_file=None, acl_file=None, sys_interval=None,
-                  threads=2, log_level="debug"):
+                  threads=2, log_level="debug", audit=None, extra=None):
     """moat.toml text. `listeners`: list of dicts (name, bind, transport, auth,
-    and optionally "tls": a dict written as [listener.tls])."""
+    and optionally "tls": a dict written as [listener.tls], "raw": TOML text
+    written after the listener's tables, e.g. a [listener.clientid] table).
+    `audit`: [log] audit; `extra`: TOML text appended at the end."""
     lines = ["[broker]", "data_dir = %s" % toml_value(data_dir),
              "threads = %d" % threads]
     if sys_interval is not None:
         lines.append("sys_interval = %d" % sys_interval)
-    lines += ["", "[log]", "level = %s" % toml_value(log_level), "",
-              "[limits]", "connect_timeout = 2", ""]
+    lines += ["", "[log]", "level = %s" % toml_value(log_level)]
+    if audit is not None:
+        lines.append("audit = %s" % toml_value(audit))
+    lines += ["", "[limits]", "connect_timeout = 2", ""]
     if password_file is not None:
         _toml_table(lines, "[auth.password]", {"file": password_file})
     if acl_file is not None:
@@ -232,9 +236,14 @@ def secure_config(data_dir, listeners, password_file=None, acl_file=None, sys_in
     for lst in listeners:
         lst = dict(lst)
         tls = lst.pop("tls", None)
+        raw = lst.pop("raw", None)
         _toml_table(lines, "[[listener]]", lst)
         if tls is not None:
             _toml_table(lines, "[listener.tls]", tls)
+        if raw is not None:
+            lines += [textwrap.dedent(raw), ""]
+    if extra is not None:
+        lines += [textwrap.dedent(extra), ""]
     return "\n".join(lines)
 
 
@@ -247,13 +256,15 @@ def secure_broker(tmp_path, request):
     - files: {name: text} written next to moat.toml before the start;
     - password_file / acl: file names (relative to the config folder, as the
       broker resolves them) or None for no such section; `acl_text` writes
-      the ACL file "acl" and configures it.
+      the ACL file "acl" and configures it;
+    - audit: [log] audit (a file name, or "-"); extra: TOML text appended
+      ([auth.jwt], [auth.clientid], [auth.defence], [[acl.rule]], ...).
     Returns a conftest.Broker with `.workdir`, `.endpoints` ({listener name:
     Endpoint}) and `.transports` ({listener name: "tcp" | "tls"})."""
     started = []
 
     def factory(listeners=None, password_file=None, acl_text=None, files=None,
-                sys_interval=None, threads=2):
+                sys_interval=None, threads=2, audit=None, extra=None):
         if not (os.path.isfile(MOATD) and os.access(MOATD, os.X_OK)):
             pytest.skip("moatd binary not found at %s (set MOATD)" % MOATD)
         if listeners is None:
@@ -272,7 +283,7 @@ def secure_broker(tmp_path, request):
             acl_file = "acl"
         conf = workdir / "moat.toml"
         conf.write_text(secure_config(str(workdir / "data"), listeners, password_file, acl_file,
-                                      sys_interval, threads))
+                                      sys_interval, threads, audit=audit, extra=extra))
         b = Broker([MOATD, "-c", str(conf)], cwd=str(workdir), config_path=str(conf))
         b.workdir = workdir
         started.append(b)

@@ -62,12 +62,27 @@ class FakeConnection final : public broker::Transport {
   void close() override { closed = true; }
   void migrate(std::uint32_t shard) override { migrated_to = shard; }
   const std::string& peer() const override { return peer_; }
+  // A refusal held back by the brute-force defence: kept until release().
+  void run_after(std::chrono::milliseconds delay, std::function<void()> then) override {
+    held.emplace_back(delay, std::move(then));
+  }
+  void release() {
+    auto h = std::move(held);
+    held.clear();
+    for (auto& [d, f] : h) f();
+  }
 
   // Feeds bytes; keeps what the client did not consume.
   void feed(const codec::Bytes& bytes) {
     input.insert(input.end(), bytes.begin(), bytes.end());
+    feeding_ = true;
     const auto used = client_->on_bytes({input.data(), input.size()});
+    feeding_ = false;
     input.erase(input.begin(), input.begin() + static_cast<std::ptrdiff_t>(used));
+  }
+  // Input held during authentication is handled once it has answered.
+  void resume_input() override {
+    if (!feeding_) feed({});
   }
   void send(const codec::Packet& p) {
     codec::Bytes b;
@@ -119,11 +134,13 @@ class FakeConnection final : public broker::Transport {
 
   bool closed = false;
   std::optional<std::uint32_t> migrated_to;
+  std::vector<std::pair<std::chrono::milliseconds, std::function<void()>>> held;
   std::vector<Received> stash;  // packets taken by connect() after the CONNACK
   codec::Bytes input;
 
  private:
   std::string peer_;
+  bool feeding_ = false;
   broker::OutputQueue out_;
   std::unique_ptr<broker::Client> client_;
 };
