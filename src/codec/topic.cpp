@@ -1,14 +1,42 @@
 #include "codec/topic.hpp"
 
 #include <cstdint>
+#include <cstring>
 
 namespace moat::codec {
+
+namespace {
+
+// Word-at-a-time tests (topics are mostly short ASCII and checked on every
+// PUBLISH): any byte of `w` zero, or any byte equal to `c`.
+constexpr std::uint64_t kOnes = 0x0101010101010101ull;
+constexpr std::uint64_t kHighs = 0x8080808080808080ull;
+inline bool has_zero_byte(std::uint64_t w) {
+  return ((w - kOnes) & ~w & kHighs) != 0;
+}
+inline bool has_byte(std::uint64_t w, std::uint8_t c) {
+  return has_zero_byte(w ^ (kOnes * c));
+}
+inline std::uint64_t load8(const std::uint8_t* p) {
+  std::uint64_t w;
+  std::memcpy(&w, p, sizeof w);
+  return w;
+}
+
+}  // namespace
 
 ProtocolError check_utf8(std::string_view s) {
   const auto* p = reinterpret_cast<const std::uint8_t*>(s.data());
   const std::size_t n = s.size();
   std::size_t i = 0;
   while (i < n) {
+    // Eight ASCII bytes without U+0000 at a time.
+    while (n - i >= 8) {
+      const std::uint64_t w = load8(p + i);
+      if ((w & kHighs) != 0 || has_zero_byte(w)) break;
+      i += 8;
+    }
+    if (i >= n) break;
     const std::uint8_t c = p[i];
     if (c < 0x80) {
       if (c == 0) return ProtocolError::NullCharacter;
@@ -46,7 +74,17 @@ ProtocolError check_utf8(std::string_view s) {
 }
 
 bool valid_topic_name(std::string_view topic) {
-  return !topic.empty() && topic.find_first_of("+#") == std::string_view::npos;
+  if (topic.empty()) return false;
+  const auto* p = reinterpret_cast<const std::uint8_t*>(topic.data());
+  const std::size_t n = topic.size();
+  std::size_t i = 0;
+  for (; n - i >= 8; i += 8) {
+    const std::uint64_t w = load8(p + i);
+    if (has_byte(w, '+') || has_byte(w, '#')) return false;
+  }
+  for (; i < n; ++i)
+    if (p[i] == '+' || p[i] == '#') return false;
+  return true;
 }
 
 bool valid_topic_filter(std::string_view filter) {

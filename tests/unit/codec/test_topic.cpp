@@ -150,6 +150,44 @@ TEST(ValidTopicName, Table) {
 // ---------------------------------------------------------------------------
 // Topic filters: [MQTT-4.7.1-2] '#' alone and last, [MQTT-4.7.1-3] '+' a whole level.
 
+// The checks read eight bytes at a time: a rejected byte is found at every
+// position of strings longer than one word, and the last partial word counts.
+TEST(ValidTopicName, WildcardAtEveryPosition) {
+  for (std::size_t len = 1; len <= 40; ++len) {
+    const std::string clean(len, 'a');
+    EXPECT_TRUE(valid_topic_name(clean)) << len;
+    for (std::size_t at = 0; at < len; ++at)
+      for (char w : {'+', '#'}) {
+        std::string t = clean;
+        t[at] = w;
+        EXPECT_FALSE(valid_topic_name(t)) << len << " " << at << " " << w;
+      }
+  }
+  // Neighbours of the wildcards in the byte table are fine.
+  EXPECT_TRUE(valid_topic_name("abcdefgh*,\"$%'ijklmnop"));
+}
+
+TEST(CheckUtf8, RejectedByteAtEveryPositionOfLongStrings) {
+  for (std::size_t len = 1; len <= 40; ++len) {
+    const std::string clean(len, 'x');
+    EXPECT_EQ(check_utf8(clean), ProtocolError::None) << len;
+    for (std::size_t at = 0; at < len; ++at) {
+      std::string nul = clean;
+      nul[at] = '\0';
+      EXPECT_EQ(check_utf8(nul), ProtocolError::NullCharacter) << len << " " << at;
+      std::string lone = clean;
+      lone[at] = static_cast<char>(0x80);  // a continuation byte without a lead
+      EXPECT_EQ(check_utf8(lone), ProtocolError::InvalidUtf8) << len << " " << at;
+      if (at + 2 <= len) {
+        std::string ok = clean;
+        ok[at] = static_cast<char>(0xC3);  // U+00E9
+        ok[at + 1] = static_cast<char>(0xA9);
+        EXPECT_EQ(check_utf8(ok), ProtocolError::None) << len << " " << at;
+      }
+    }
+  }
+}
+
 TEST(ValidTopicFilter, Valid) {
   for (std::string_view f : {"#",
                              "+",
