@@ -31,6 +31,10 @@
 #include "security/authn.hpp"
 #include "store/store.hpp"
 
+namespace moat::security {
+struct TlsHandshakeMetrics;
+}
+
 namespace moat::broker {
 
 class Shard;
@@ -116,6 +120,9 @@ struct BrokerShared {
   std::chrono::seconds sys_interval{10};
   std::string version;
   std::vector<const ShardStats*> all_stats;  // every shard's counters, for $SYS
+  // Each TLS listener's handshake counters (name, counters), for
+  // $SYS/broker/tls/<listener>/...; filled by net before the loops start.
+  std::vector<std::pair<std::string, const security::TlsHandshakeMetrics*>> tls_metrics;
   // [acl]: null when none is configured (everything allowed); swapped on reload.
   std::shared_ptr<security::Reloadable<security::Acl>> acl;
 };
@@ -302,6 +309,7 @@ class Shard {
   void queue_event(std::uint32_t to, ShardEvent&& e);
   std::string assign_client_id();
   void publish_sys();
+  void publish_tls_sys();
 
   // Session delivery (the session's owner shard only).
   // seq != 0: already stored for this session (the router did it); a durable
@@ -334,6 +342,9 @@ class Shard {
   std::vector<Subscriber> match_scratch_;
   TimePoint started_at_{};
   TimePoint next_sys_{};
+  // Completed handshakes per TLS listener at the last $SYS publication.
+  std::vector<std::uint64_t> tls_handshakes_before_;
+  TimePoint tls_sys_at_{};
   TimePoint next_expiry_check_{};
 };
 
