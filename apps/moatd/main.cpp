@@ -8,10 +8,13 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <map>
 #include <optional>
+#include <functional>
+#include <mutex>
 #include <thread>
 
 #include "config/config.hpp"
@@ -20,6 +23,7 @@
 #include "security/audit.hpp"
 #include "security/defence.hpp"
 #include "security/jwt.hpp"
+#include "security/file_watcher.hpp"
 #include "security/password_file.hpp"
 #include "security/tls.hpp"
 #include "store/memory_store.hpp"
@@ -75,6 +79,9 @@ struct SecurityMaterial {
     std::shared_ptr<security::Reloadable<security::TlsServerContext>> context;
   };
   std::vector<Tls> tls;
+  // Called after a TLS context was swapped, to recheck live connections.
+  std::function<void()> on_tls_swapped;
+  std::mutex tls_reload_mu;  // SIGHUP and the file watcher reload from two threads
 
   // Start-up: every failure is fatal (throws with the file and the reason).
   void load(const moat::config::Config& cfg) {
@@ -162,19 +169,48 @@ struct SecurityMaterial {
       update("", next->clientid);
       for (const auto& l : next->listeners) update(l.name, l.clientid);
     }
+    reload_tls(nullptr);
+  }
+
+  // Reloads the TLS contexts of every listener, or (with `changed`) of those
+  // built from one of the changed files. A context that fails to load keeps
+  // serving; the error names the file and the reason.
+  void reload_tls(const std::vector<std::filesystem::path>* changed) {
+    std::lock_guard lock(tls_reload_mu);
+    bool swapped = false;
     for (auto& t : tls) {
+      if (changed) {
+        if (!t.config.reload_on_change) continue;
+        const auto mine = security::watched_paths(t.config);
+        if (std::none_of(changed->begin(), changed->end(), [&](const std::filesystem::path& p) {
+              return std::find(mine.begin(), mine.end(), p) != mine.end();
+            }))
+          continue;
+      }
       try {
         auto previous = t.context->load();
         auto ctx =
             security::TlsServerContext::load(t.config, std::chrono::system_clock::now(), previous.get());
         for (const auto& w : ctx->warnings()) spdlog::warn("listener {}: {}", t.listener, w);
         t.context->store(std::move(ctx));
+        swapped = true;
         spdlog::info("reload: TLS certificates, keys and CRLs of listener {}", t.listener);
       } catch (const std::exception& e) {
         spdlog::error("reload of TLS for listener {} failed, keeping the previous context: {}", t.listener,
                       e.what());
       }
     }
+    if (swapped && on_tls_swapped) on_tls_swapped();
+  }
+
+  // Every file the TLS contexts are built from, for the file watcher.
+  std::vector<std::filesystem::path> tls_files() const {
+    std::vector<std::filesystem::path> out;
+    for (const auto& t : tls)
+      if (t.config.reload_on_change)
+        for (auto& p : security::watched_paths(t.config))
+          if (std::find(out.begin(), out.end(), p) == out.end()) out.push_back(std::move(p));
+    return out;
   }
 
   std::shared_ptr<security::Authenticator> authenticator(std::string_view name) const {
@@ -195,6 +231,29 @@ struct SecurityMaterial {
     return nullptr;
   }
 };
+
+// TLS files are watched (inotify on their folders) and reloaded like on SIGHUP
+// when they change; nullptr if there are none, or inotify is unavailable.
+std::unique_ptr<security::FileWatcher> watch_tls_files(SecurityMaterial& material) {
+  auto files = material.tls_files();
+  if (files.empty()) return nullptr;
+  try {
+    auto watcher = std::make_unique<security::FileWatcher>(
+        files, [&material](const std::vector<std::filesystem::path>& changed) {
+          std::string names;
+          for (const auto& p : changed) names += (names.empty() ? "" : ", ") + p.string();
+          spdlog::info("reload: TLS files changed: {}", names);
+          material.reload_tls(&changed);
+        });
+    std::string folders;
+    for (const auto& f : watcher->folders()) folders += (folders.empty() ? "" : ", ") + f.string();
+    spdlog::info("watching {} TLS file(s) for changes in {}", files.size(), folders);
+    return watcher;
+  } catch (const std::exception& e) {
+    spdlog::warn("TLS files are not watched for changes ({}); SIGHUP reloads them", e.what());
+    return nullptr;
+  }
+}
 
 void reload(const std::filesystem::path& file, moat::config::Config& current, SecurityMaterial& material) {
   std::optional<moat::config::Config> next;
@@ -350,6 +409,8 @@ int main(int argc, char** argv) {
   }
   spdlog::info("moatd {} started: {} event loop(s), data in {}{}", MOAT_VERSION, cfg.threads,
                cfg.data_dir.string(), config_file.empty() ? " (built-in default configuration)" : "");
+  material.on_tls_swapped = [&server] { server.recheck_tls_connections(); };
+  auto tls_watcher = watch_tls_files(material);
 
   for (;;) {
     int sig = 0;
@@ -364,6 +425,7 @@ int main(int argc, char** argv) {
     spdlog::info("{}: shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
     break;
   }
+  tls_watcher.reset();
   server.stop();
   const auto t = server.totals();
   spdlog::info("stopped: {} messages received, {} sent, {} dropped (queue full), {} protocol errors",

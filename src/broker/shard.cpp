@@ -2,7 +2,11 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <random>
+#include <utility>
+
+#include "security/tls.hpp"
 
 namespace moat::broker {
 
@@ -456,6 +460,48 @@ void Shard::publish_sys() {
   put("$SYS/broker/connections/protocol_errors", std::to_string(t.protocol_errors));
   put("$SYS/broker/connections/takeovers", std::to_string(t.takeovers));
   put("$SYS/broker/messages/dropped/not_authorized", std::to_string(t.dropped_not_authorized));
+  publish_tls_sys();
+}
+
+// $SYS/broker/tls/<listener>/...: handshake counters (docs/mqtt.md, "$SYS topics").
+void Shard::publish_tls_sys() {
+  if (shared_.tls_metrics.empty()) return;
+  auto put = [&](const std::string& topic, const std::string& value) {
+    auto m = make_message(topic, value, QoS::AtMostOnce, true);
+    shared_.retained.update(m);
+    route(m);
+  };
+  const double elapsed =
+      tls_sys_at_ == TimePoint{} ? 0.0 : std::chrono::duration<double>(now_ - tls_sys_at_).count();
+  tls_sys_at_ = now_;
+  tls_handshakes_before_.resize(shared_.tls_metrics.size(), 0);
+  for (std::size_t i = 0; i < shared_.tls_metrics.size(); ++i) {
+    // A topic level must not hold wildcards or separators [MQTT-4.7.1-1].
+    std::string name = shared_.tls_metrics[i].first;
+    std::replace_if(
+        name.begin(), name.end(), [](char c) { return c == '/' || c == '+' || c == '#'; }, '_');
+    const std::string base = "$SYS/broker/tls/" + name + "/";
+    const auto s = shared_.tls_metrics[i].second->snapshot();
+    const std::uint64_t before = std::exchange(tls_handshakes_before_[i], s.completed);
+    put(base + "handshakes", std::to_string(s.completed));
+    put(base + "handshakes/per_second",
+        fmt::format("{:.1f}", elapsed > 0 ? static_cast<double>(s.completed - before) / elapsed : 0.0));
+    put(base + "handshakes/tls1.2", std::to_string(s.tls12));
+    put(base + "handshakes/tls1.3", std::to_string(s.tls13));
+    put(base + "handshakes/resumed", std::to_string(s.resumed));
+    put(base + "handshakes/resumed_percent",
+        fmt::format("{:.1f}", s.completed
+                                  ? 100.0 * static_cast<double>(s.resumed) / static_cast<double>(s.completed)
+                                  : 0.0));
+    put(base + "handshakes/psk", std::to_string(s.psk));
+    put(base + "failures", std::to_string(s.failed()));
+    for (std::size_t f = 1; f < security::kTlsFailureCount; ++f)
+      put(base + "failures/" + std::string(security::to_slug(static_cast<security::TlsFailure>(f))),
+          std::to_string(s.failures[f]));
+    put(base + "duration/p50", fmt::format("{:.3f}", s.duration_quantile_micros(0.50) / 1000.0));
+    put(base + "duration/p99", fmt::format("{:.3f}", s.duration_quantile_micros(0.99) / 1000.0));
+    put(base + "connections/closed_revoked", std::to_string(s.closed_revoked));
+  }
 }
 
 }  // namespace moat::broker

@@ -34,6 +34,10 @@
 #include "security/defence.hpp"
 #include "store/store.hpp"
 
+namespace moat::security {
+struct TlsHandshakeMetrics;
+}
+
 namespace moat::broker {
 
 class Shard;
@@ -142,6 +146,9 @@ struct BrokerShared {
   std::shared_ptr<security::AuthThrottle> defence;
   // [log] audit: the security event stream; null = none.
   std::shared_ptr<security::AuditSink> audit;
+  // Each TLS listener's handshake counters (name, counters), for
+  // $SYS/broker/tls/<listener>/...; filled by net before the loops start.
+  std::vector<std::pair<std::string, const security::TlsHandshakeMetrics*>> tls_metrics;
 };
 
 // Which shard owns a client identifier: every connection with that identifier
@@ -342,6 +349,7 @@ class Shard {
   void queue_event(std::uint32_t to, ShardEvent&& e);
   std::string assign_client_id();
   void publish_sys();
+  void publish_tls_sys();
 
   // Session delivery (the session's owner shard only).
   // seq != 0: already stored for this session (the router did it); a durable
@@ -374,6 +382,9 @@ class Shard {
   std::vector<Subscriber> match_scratch_;
   TimePoint started_at_{};
   TimePoint next_sys_{};
+  // Completed handshakes per TLS listener at the last $SYS publication.
+  std::vector<std::uint64_t> tls_handshakes_before_;
+  TimePoint tls_sys_at_{};
   TimePoint next_expiry_check_{};
   TimePoint next_ban_check_{};
 };

@@ -117,7 +117,8 @@ security::TlsServerConfig read_tls(const Reporter& r, const toml::table& t, cons
                                    const std::filesystem::path& dir) {
   only_keys(r, t, sec,
             {"cert", "key", "key_password", "ca", "ca_dir", "client_cert", "verify_depth", "crl", "crl_check",
-             "min_version", "ciphers", "ciphersuites", "psk_file", "identity_from", "alpn"});
+             "min_version", "ciphers", "ciphersuites", "psk_file", "identity_from", "alpn",
+             "psk_plain_suites", "ocsp_response", "reload_on_change"});
   security::TlsServerConfig c;
   c.cert = get_path(r, t, sec, "cert", dir);
   c.key = get_path(r, t, sec, "key", dir);
@@ -154,6 +155,13 @@ security::TlsServerConfig read_tls(const Reporter& r, const toml::table& t, cons
   if (t.get("identity_from"))
     one_of(r, t, sec, "identity_from", id, {"cn", "san-dns", "san-email", "san-uri", "subject", "psk"});
   c.identity_from = *security::parse_identity_from(id);
+  c.psk_plain_suites = get_bool(r, t, sec, "psk_plain_suites", false);
+  if (c.psk_plain_suites && c.psk_file.empty())
+    r.fail_at(*t.get("psk_plain_suites"), qualified(sec, "psk_plain_suites"), "needs psk_file");
+  c.ocsp_response = get_path(r, t, sec, "ocsp_response", dir);
+  c.reload_on_change = get_bool(r, t, sec, "reload_on_change", true);
+  if (!c.ocsp_response.empty() && c.cert.empty())
+    r.fail_at(*t.get("ocsp_response"), qualified(sec, "ocsp_response"), "needs cert");
   if (const toml::node* n = t.get("alpn")) {
     const toml::array* arr = n->as_array();
     if (!arr) r.fail_at(*n, qualified(sec, "alpn"), "must be an array of protocol names");

@@ -18,6 +18,7 @@
 #include <deque>
 #include <mutex>
 #include <thread>
+#include <unordered_set>
 
 namespace moat::net {
 
@@ -33,11 +34,49 @@ constexpr auto kDrainTimeout = std::chrono::seconds(2);
 
 class Loop;
 
-// A listener as connections see it: the broker's policy and, for TLS, the context.
+// A listener as connections see it: the broker's policy and, for TLS, the
+// context and the handshake counters.
 struct ListenerRuntime {
   broker::ListenerPolicy policy;
   std::shared_ptr<security::Reloadable<security::TlsServerContext>> tls;
+  std::unique_ptr<security::TlsHandshakeMetrics> tls_metrics;  // with tls
 };
+
+// A TLS handshake (or an established TLS connection) failed: the reason, for the
+// log. Hook for the audit stream (event "tls_failure").
+void on_tls_failure(const ListenerRuntime& listener, const std::string& peer, const security::TlsEngine& tls,
+                    bool was_established, security::AuditSink* audit) {
+  spdlog::info("TLS {} with {} on {} failed: {}", was_established ? "connection" : "handshake", peer,
+               listener.policy.name, tls.error());
+  if (!audit) return;
+  security::AuditEvent e;
+  e.event = "tls.failure";
+  e.listener = listener.policy.name;
+  e.peer = peer;
+  e.failure = security::audit_code(tls.failure());
+  e.reason = tls.error();
+  audit->emit(e);
+}
+
+// A reload withdrew the certificate of a live connection (revoked, or its CA no
+// longer trusted), which is closed now: logged and audited.
+void on_tls_certificate_withdrawn(const ListenerRuntime& listener, const std::string& peer,
+                                  std::string_view client_id, const security::TlsEngine& tls,
+                                  security::TlsFailure failure, const std::string& why,
+                                  security::AuditSink* audit) {
+  spdlog::warn("listener {}: closing the connection of {} (client id '{}', certificate serial {}): {}",
+               listener.policy.name, peer, client_id, tls.peer_serial(), why);
+  if (!audit) return;
+  security::AuditEvent e;
+  e.event = "tls.withdrawn";
+  e.listener = listener.policy.name;
+  e.peer = peer;
+  e.client_id = client_id;
+  e.identity = tls.peer_identity();
+  e.failure = security::audit_code(failure);
+  e.reason = why;
+  audit->emit(e);
+}
 
 // One TCP connection. Lives on one loop; every handler runs on that loop's thread.
 class Connection final : public broker::Transport, public std::enable_shared_from_this<Connection> {
@@ -47,7 +86,11 @@ class Connection final : public broker::Transport, public std::enable_shared_fro
   Connection(Loop& loop, tcp::socket socket, const ListenerRuntime& listener, std::string peer,
              std::vector<std::uint8_t> pending_input, std::optional<security::TlsEngine> tls);
 
+  ~Connection() override;
   void start();
+  // Closes the connection at once if the listener's current TLS context no
+  // longer accepts its client certificate (after a reload).
+  void recheck_certificate();
 
   // broker::Transport
   broker::OutputQueue& output() override { return pending_; }
@@ -90,6 +133,9 @@ class Connection final : public broker::Transport, public std::enable_shared_fro
   // drain: send FIN and read until the peer closes; otherwise close at once.
   void finish_close(bool drain);
   void hand_over(std::uint32_t shard);
+  // The socket is closed or handed over: nothing more happens here.
+  void set_dead();
+  void on_handshake_done();
   // Moves `from` into `to`, leaving `from` an empty queue with a reused buffer.
   void take_output(broker::OutputQueue& from, broker::OutputQueue& to);
   void recycle_written();
@@ -102,6 +148,8 @@ class Connection final : public broker::Transport, public std::enable_shared_fro
   std::vector<std::uint8_t> raw_;             // TLS: ciphertext read from the socket
   std::vector<std::uint8_t> cipher_writing_;  // TLS: ciphertext being written
   bool close_notify_sent_ = false;
+  bool handshake_done_ = false;  // counted in the listener's TlsHandshakeMetrics
+  bool registered_ = false;      // in the loop's list of TLS connections
   std::unique_ptr<broker::Client> client_;
   std::vector<std::uint8_t> in_;
   std::size_t in_len_ = 0;
@@ -208,17 +256,28 @@ class Loop {
   // earlier one may be written.
   std::uint64_t durable_epoch() const { return durable_; }
 
+  // The loop's TLS connections, for the recheck after a reload (connections
+  // join when they start and leave when their socket closes).
+  void add_tls(Connection* c) { tls_connections_.insert(c); }
+  void remove_tls(Connection* c) { tls_connections_.erase(c); }
+  // Rechecks every TLS connection's client certificate, a batch per handler so
+  // that the loop keeps serving in between.
+  void recheck_tls();
+
  private:
   void drain_inbox();
   void tick();
   void end_turn();
   void on_durable(std::uint64_t epoch);
+  void recheck_tls_batch(std::shared_ptr<std::vector<std::weak_ptr<Connection>>> list, std::size_t from);
 
   const std::uint32_t index_;
   Bus& bus_;
   // The shard outlives the io_context: handlers destroyed with the io_context
   // own connections whose Client refers to the shard.
   broker::Shard shard_;
+  // Outlives io_ too: connections destroyed with its handlers leave it.
+  std::unordered_set<Connection*> tls_connections_;
   asio::io_context io_{1};
   asio::steady_timer ticker_{io_};
   std::mutex inbox_mu_;
@@ -346,6 +405,24 @@ void Loop::on_durable(std::uint64_t epoch) {
   released_.clear();
 }
 
+void Loop::recheck_tls() {
+  auto list = std::make_shared<std::vector<std::weak_ptr<Connection>>>();
+  list->reserve(tls_connections_.size());
+  for (Connection* c : tls_connections_) list->push_back(c->weak_from_this());
+  recheck_tls_batch(std::move(list), 0);
+}
+
+void Loop::recheck_tls_batch(std::shared_ptr<std::vector<std::weak_ptr<Connection>>> list, std::size_t from) {
+  constexpr std::size_t kBatch = 256;  // a chain verification costs ~0.1 ms
+  shard_.set_now(broker::Clock::now());
+  const std::size_t end = std::min(list->size(), from + kBatch);
+  for (std::size_t i = from; i < end; ++i)
+    if (auto c = (*list)[i].lock()) c->recheck_certificate();
+  if (end < list->size())
+    asio::post(io_,
+               [this, list = std::move(list), end]() mutable { recheck_tls_batch(std::move(list), end); });
+}
+
 void Loop::start_ticks() {
   ticker_.expires_after(kTickInterval);
   ticker_.async_wait([this](const error_code& ec) {
@@ -383,13 +460,34 @@ Connection::Connection(Loop& loop, tcp::socket socket, const ListenerRuntime& li
       in_(std::move(pending_input)) {
   if (!tls_ && listener_.tls) tls_.emplace(listener_.tls->load(), broker::Clock::now());
   if (tls_) raw_.resize(kReadChunk);
+  // An engine that moved here with its connection was counted where it finished.
+  handshake_done_ = tls_ && tls_->state() != security::TlsState::Handshaking;
   in_len_ = in_.size();
   in_.resize(std::max(in_.size(), kReadChunk));
 }
 
+Connection::~Connection() {
+  if (registered_) loop_.remove_tls(this);
+}
+
+void Connection::set_dead() {
+  dead_ = true;
+  if (registered_) {
+    registered_ = false;
+    loop_.remove_tls(this);
+  }
+}
+
 void Connection::start() {
+  if (tls_) {
+    registered_ = true;
+    loop_.add_tls(this);
+  }
   client_ = std::make_unique<broker::Client>(loop_.shard(), *this, listener_.policy);
-  if (in_len_ > 0) {
+  // A connection that moved here may have missed a recheck that both loops ran
+  // while it was on its way.
+  if (handshake_done_ && &tls_->context() != listener_.tls->load().get()) recheck_certificate();
+  if (in_len_ > 0 && !closing_) {
     // Bytes read on the loop that accepted the connection, CONNECT first.
     process_input();
     if (dead_) return;
@@ -439,22 +537,15 @@ void Connection::on_ciphertext(std::size_t n) {
   const auto now = broker::Clock::now();
   const bool was_established = tls_->established();
   tls_->feed({raw_.data(), n}, now);
+  if (!handshake_done_ && tls_->state() != security::TlsState::Handshaking) on_handshake_done();
   if (!tls_->ciphertext().empty()) flush_soon();  // handshake flights, alerts
   if (tls_->state() == security::TlsState::Failed) {
-    spdlog::info("TLS handshake with {} on {} failed: {}", peer_, listener_.policy.name, tls_->error());
-    if (const auto& audit = loop_.shard().shared().audit) {
-      security::AuditEvent e;
-      e.event = "tls.failure";
-      e.listener = listener_.policy.name;
-      e.peer = peer_;
-      e.failure = security::audit_code(tls_->failure());
-      e.reason = tls_->error();
-      audit->emit(e);
-    }
+    on_tls_failure(listener_, peer_, *tls_, was_established, loop_.shard().shared().audit.get());
     closing_ = true;
     client_->on_disconnected();
     return;  // flush() sends the alert, then closes
   }
+  if (dead_ || closing_) return;  // closed by the recheck in on_handshake_done
   if (!was_established && tls_->established())
     spdlog::debug("TLS with {}: {} {}{}{}", peer_, tls_->version(), tls_->cipher(),
                   tls_->resumed() ? ", resumed" : "",
@@ -473,6 +564,35 @@ void Connection::on_ciphertext(std::size_t n) {
   read();
 }
 
+void Connection::on_handshake_done() {
+  handshake_done_ = true;
+  listener_.tls_metrics->record(*tls_);
+  // A handshake that began before a reload ran against the old context: check
+  // the certificate against the current one, as the live connections were.
+  if (tls_->established() && &tls_->context() != listener_.tls->load().get()) recheck_certificate();
+}
+
+void Connection::recheck_certificate() {
+  if (dead_ || closing_ || !tls_ || !tls_->established() || !tls_->peer_certificate() || !client_) return;
+  const auto current = listener_.tls->load();
+  std::string why;
+  const auto failure = current->recheck(*tls_, &why);
+  if (failure == security::TlsFailure::None) return;
+  const broker::Session* session = client_->session();
+  on_tls_certificate_withdrawn(listener_, peer_, session ? std::string_view(session->client_id) : "", *tls_,
+                               failure, why, loop_.shard().shared().audit.get());
+  listener_.tls_metrics->record_closed_revoked();
+  // Nothing more reaches this client: what is queued is dropped, the will is
+  // published (an abnormal end), a close_notify and FIN follow at once.
+  closing_ = true;
+  pending_.clear();
+  held_.clear();
+  client_->on_disconnected();
+  tls_->close_notify();
+  close_notify_sent_ = true;
+  flush_soon();
+}
+
 void Connection::process_input() {
   const std::size_t used = client_->on_bytes({in_.data(), in_len_});
   if (used > 0) {
@@ -488,7 +608,7 @@ void Connection::hand_over(std::uint32_t shard) {
   const int fd = ::dup(socket_.native_handle());
   error_code ec;
   socket_.close(ec);
-  dead_ = true;
+  set_dead();
   client_.reset();
   if (fd < 0) {
     spdlog::warn("cannot move connection from {} to loop {}: {}", peer_, shard,
@@ -672,7 +792,7 @@ void Connection::finish_close(bool drain) {
       return;
     }
   }
-  dead_ = true;
+  set_dead();
   if (drain_timer_) drain_timer_->cancel();
   if (hold_timer_) hold_timer_->cancel();
   socket_.close(ec);
@@ -771,6 +891,10 @@ Server::Server(ServerOptions options, broker::BrokerShared& shared)
     for (const auto& a : l.auth) p->policy.auth.add(a);
     p->policy.clientid = l.clientid;
     p->tls = l.tls;
+    if (p->tls) {
+      p->tls_metrics = std::make_unique<security::TlsHandshakeMetrics>();
+      shared.tls_metrics.emplace_back(l.name, p->tls_metrics.get());
+    }
     m.policies.push_back(std::move(p));
   }
 }
@@ -853,6 +977,20 @@ std::vector<std::uint16_t> Server::ports() const {
   std::vector<std::uint16_t> out;
   for (const auto& a : impl_->acceptors) out.push_back(a->local_endpoint().port());
   return out;
+}
+
+std::vector<Server::TlsListenerMetrics> Server::tls_metrics() const {
+  std::vector<TlsListenerMetrics> out;
+  for (const auto& p : impl_->policies)
+    if (p->tls_metrics) out.push_back({p->policy.name, p->tls_metrics.get()});
+  return out;
+}
+
+void Server::recheck_tls_connections() {
+  for (auto& l : impl_->loops) {
+    Loop* lp = l.get();
+    asio::post(lp->io(), [lp] { lp->recheck_tls(); });
+  }
 }
 
 broker::ShardStats::Snapshot Server::totals() const {

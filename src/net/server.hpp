@@ -50,6 +50,22 @@ class Server {
   // Sum of every shard's counters.
   broker::ShardStats::Snapshot totals() const;
 
+  // Handshake counters of every TLS listener, in listener order (for a metrics
+  // endpoint; the same counters feed $SYS/broker/tls/<listener>/...).
+  struct TlsListenerMetrics {
+    std::string listener;
+    const security::TlsHandshakeMetrics* metrics;
+  };
+  std::vector<TlsListenerMetrics> tls_metrics() const;
+
+  // Call after a TLS listener's context was swapped (reload): each event loop
+  // checks the client certificate of each of its established TLS connections
+  // against the listener's current context (TlsServerContext::recheck) and
+  // closes at once, as an abnormal end (the will is published), those it no
+  // longer accepts: revoked by a new CRL, or no longer issued by a trusted CA.
+  // Thread-safe; returns at once, the loops do the work in small batches.
+  void recheck_tls_connections();
+
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;

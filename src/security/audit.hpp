@@ -20,7 +20,7 @@ namespace moat::security {
 // the line. Views need to live only for the call to emit().
 struct AuditEvent {
   std::string_view event;  // "auth.success", "auth.failure", "acl.deny", "ban", "unban",
-                           // "tls.failure", "connection.refused"
+                           // "tls.failure", "tls.withdrawn", "connection.refused"
   std::string_view listener;
   std::string_view peer;     // "address:port"
   std::string_view address;  // bans and refusals: the address alone

@@ -74,6 +74,13 @@ struct TlsServerConfig {
   std::string ciphers;       // TLS 1.2 list; empty = kDefaultCiphers (+ kDefaultPskCiphers with psk_file)
   std::string ciphersuites;  // TLS 1.3 list; empty = kDefaultCiphersuites
   std::filesystem::path psk_file;  // "identity:hexkey" per line, '#' comments
+  // Adds kPlainPskCiphers (TLS 1.2 PSK suites without ECDHE, hence without
+  // forward secrecy) to the default list; for devices that cannot do ECDHE.
+  bool psk_plain_suites = false;
+  // DER OCSP response for `cert`, stapled when a client asks (status_request).
+  std::filesystem::path ocsp_response;
+  // moatd reloads the context when one of its files changes (besides SIGHUP).
+  bool reload_on_change = true;
   IdentityFrom identity_from = IdentityFrom::Cn;
   // ALPN protocols accepted, in server preference order. A client offering ALPN
   // without any of these is refused (RFC 7301, no_application_protocol); a
@@ -92,11 +99,18 @@ inline constexpr std::string_view kDefaultCiphers =
     "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
     "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
     "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305";
-inline constexpr std::string_view kDefaultPskCiphers =
-    "ECDHE-PSK-CHACHA20-POLY1305:PSK-AES128-GCM-SHA256:PSK-AES256-GCM-SHA384:PSK-CHACHA20-POLY1305";
+// With a PSK the session keys come from the PSK alone unless an ECDHE exchange
+// is mixed in: the default keeps forward secrecy (ECDHE-PSK; TLS 1.3 external
+// PSK uses psk_dhe_ke). The plain suites are an opt-in (psk_plain_suites).
+inline constexpr std::string_view kDefaultPskCiphers = "ECDHE-PSK-CHACHA20-POLY1305";
+inline constexpr std::string_view kPlainPskCiphers =
+    "PSK-AES128-GCM-SHA256:PSK-AES256-GCM-SHA384:PSK-CHACHA20-POLY1305";
 inline constexpr std::string_view kDefaultCiphersuites =
     "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256";
 inline constexpr std::string_view kGroups = "X25519:P-256:P-384";
+
+class TlsEngine;
+enum class TlsFailure : std::uint8_t;
 
 class TlsServerContext {
  public:
@@ -125,6 +139,16 @@ class TlsServerContext {
   bool revoked(const X509* cert) const;
   bool has_crl() const;
   std::size_t psk_count() const;
+  // Checks an established connection's client certificate against this context
+  // (normally a newer one than the connection was accepted with): CertRevoked
+  // if one of these CRLs lists the leaf; if this context's CAs or (with
+  // crl_check = "chain") CRLs differ from the connection's, the whole chain is
+  // verified again (validity dates aside: reload does not expire connections)
+  // and a failure gives its reason. TlsFailure::None when the certificate still
+  // stands or the connection has none. `why` gets the words for the log.
+  TlsFailure recheck(const TlsEngine& engine, std::string* why = nullptr) const;
+  // A valid OCSP response is stapled for the default certificate.
+  bool staples_ocsp() const;
 
   // Session-ticket keys: a ring of the current key and the previous one. New
   // tickets use the current key; a ticket under the previous key still resumes
@@ -166,6 +190,13 @@ enum class TlsFailure : std::uint8_t {
 };
 inline constexpr std::size_t kTlsFailureCount = static_cast<std::size_t>(TlsFailure::Count);
 std::string_view to_string(TlsFailure f);
+// A topic- and metric-friendly name: "unknown_ca", "cert_revoked", ...
+std::string_view to_slug(TlsFailure f);
+
+// Every file and folder a context is built from (cert, key, ca, ca_dir, crl,
+// psk_file, ocsp_response, sni certificates and keys): what a reload on file
+// change watches.
+std::vector<std::filesystem::path> watched_paths(const TlsServerConfig& config);
 
 // One TLS server connection over memory BIOs.
 class TlsEngine {
@@ -217,12 +248,16 @@ class TlsEngine {
   bool psk_used() const;
   std::string peer_fingerprint_sha256() const;  // lowercase hex of the leaf's DER, "" if none
   const X509* peer_certificate() const;         // borrowed; nullptr if none
+  // "CN=device-1,O=Acme" and the serial in hex ("1003"); "" without a certificate.
+  std::string peer_subject() const;
+  std::string peer_serial() const;
   std::optional<Clock::duration> handshake_duration() const;
   const TlsServerContext& context() const;
 
   struct Impl;
 
  private:
+  friend class TlsServerContext;  // recheck() reads the peer's chain
   std::unique_ptr<Impl> impl_;
 };
 
@@ -234,8 +269,9 @@ std::string certificate_fingerprint_sha256(const X509* cert);
 // atomics) and read by the metrics endpoint through snapshot().
 struct TlsHandshakeMetrics {
   // Upper bounds of the duration buckets in microseconds; one more bucket (+Inf) follows.
-  static constexpr std::array<std::uint64_t, 12> kBucketMicros = {
-      500, 1000, 2000, 5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000, 5000000};
+  static constexpr std::array<std::uint64_t, 15> kBucketMicros = {100,    250,    500,     1000,    2000,
+                                                                  5000,   10000,  25000,   50000,   100000,
+                                                                  250000, 500000, 1000000, 2500000, 5000000};
 
   struct Snapshot {
     std::uint64_t completed = 0;
@@ -247,6 +283,13 @@ struct TlsHandshakeMetrics {
     std::array<std::uint64_t, kBucketMicros.size() + 1> duration_buckets{};  // not cumulative
     std::uint64_t duration_count = 0;
     std::uint64_t duration_sum_micros = 0;
+    // Established connections closed because a reload revoked their certificate.
+    std::uint64_t closed_revoked = 0;
+
+    std::uint64_t failed() const;
+    // The q-quantile (0..1) of the handshake durations in microseconds,
+    // interpolated within its bucket; 0 without any.
+    double duration_quantile_micros(double q) const;
   };
 
   // Call once per connection when its handshake ends (Established or Failed
@@ -255,6 +298,7 @@ struct TlsHandshakeMetrics {
   void record_completed(std::string_view version, bool resumed, bool psk,
                         std::optional<std::chrono::steady_clock::duration> duration);
   void record_failure(TlsFailure reason);
+  void record_closed_revoked();
   Snapshot snapshot() const;
 
  private:
@@ -262,6 +306,7 @@ struct TlsHandshakeMetrics {
   std::array<std::atomic<std::uint64_t>, kTlsFailureCount> failures_{};
   std::array<std::atomic<std::uint64_t>, kBucketMicros.size() + 1> buckets_{};
   std::atomic<std::uint64_t> duration_count_{0}, duration_sum_{0};
+  std::atomic<std::uint64_t> closed_revoked_{0};
 };
 
 }  // namespace moat::security

@@ -1,9 +1,11 @@
 // TlsServerContext: every file of [listener.tls] read, checked and turned into
 // one SSL_CTX. Errors name the file and the reason.
 #include <openssl/bio.h>
+#include <openssl/bn.h>
 #include <openssl/core_names.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/ocsp.h>
 #include <openssl/pem.h>
 #include <openssl/rand.h>
 #include <openssl/ssl.h>
@@ -13,6 +15,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cstring>
+#include <ctime>
 #include <fstream>
 #include <sstream>
 #include <utility>
@@ -153,6 +156,7 @@ TlsServerContext::Impl::~Impl() {
     EVP_PKEY_free(e.key);
     if (e.chain) sk_X509_pop_free(e.chain, X509_free);
   }
+  X509_free(ocsp_leaf);
 }
 
 namespace {
@@ -354,6 +358,195 @@ void check_crl(const std::filesystem::path& file, X509_CRL* crl, X509_STORE* sto
   ERR_clear_error();
 }
 
+// ---------------------------------------------------------------- digests
+
+// SHA-256 over length-prefixed pieces: what a reload compares to learn whether
+// the CAs or the CRLs changed.
+class Digest {
+ public:
+  Digest() : md_(EVP_MD_CTX_new()) {
+    if (!md_ || EVP_DigestInit_ex(md_, EVP_sha256(), nullptr) != 1)
+      throw TlsError("tls: SHA-256 unavailable: " + openssl_reason());
+  }
+  ~Digest() { EVP_MD_CTX_free(md_); }
+  Digest(const Digest&) = delete;
+  Digest& operator=(const Digest&) = delete;
+  void add(std::string_view piece) {
+    const std::uint64_t n = piece.size();
+    EVP_DigestUpdate(md_, &n, sizeof n);
+    EVP_DigestUpdate(md_, piece.data(), piece.size());
+  }
+  std::string finish() {
+    unsigned char out[EVP_MAX_MD_SIZE];
+    unsigned int len = 0;
+    EVP_DigestFinal_ex(md_, out, &len);
+    return std::string(reinterpret_cast<const char*>(out), len);
+  }
+
+ private:
+  EVP_MD_CTX* md_;
+};
+
+// Every regular file of a c_rehash folder, by name.
+void add_folder(Digest& d, const std::filesystem::path& dir) {
+  std::vector<std::filesystem::path> files;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec))
+    if (e.is_regular_file(ec)) files.push_back(e.path());
+  std::sort(files.begin(), files.end());
+  for (const auto& f : files) {
+    std::ifstream in(f, std::ios::binary);
+    std::ostringstream ss;
+    ss << in.rdbuf();
+    d.add(f.filename().string());
+    d.add(ss.str());
+  }
+}
+
+// ---------------------------------------------------------------- OCSP
+
+struct OcspResponseFree {
+  void operator()(OCSP_RESPONSE* r) const { OCSP_RESPONSE_free(r); }
+};
+struct OcspBasicFree {
+  void operator()(OCSP_BASICRESP* b) const { OCSP_BASICRESP_free(b); }
+};
+
+bool same_octets(const ASN1_OCTET_STRING* a, const unsigned char* b, unsigned int len) {
+  return a && static_cast<unsigned int>(ASN1_STRING_length(a)) == len &&
+         std::memcmp(ASN1_STRING_get0_data(a), b, len) == 0;
+}
+
+std::time_t asn1_time_t(const ASN1_TIME* t) {
+  std::tm tm{};
+  if (!t || ASN1_TIME_to_tm(t, &tm) != 1) return 0;
+  return timegm(&tm);
+}
+
+// The issuer of `leaf`: from the certificate file's chain, else from the CA store.
+X509* find_issuer(X509* leaf, STACK_OF(X509) * chain, X509_STORE* store) {
+  for (int i = 0; chain && i < sk_X509_num(chain); ++i) {
+    X509* c = sk_X509_value(chain, i);
+    if (X509_check_issued(c, leaf) == X509_V_OK) {
+      X509_up_ref(c);
+      return c;
+    }
+  }
+  X509* issuer = nullptr;
+  X509_STORE_CTX* sctx = X509_STORE_CTX_new();
+  if (sctx && X509_STORE_CTX_init(sctx, store, leaf, nullptr) == 1)
+    if (X509_STORE_CTX_get1_issuer(&issuer, sctx, leaf) != 1) issuer = nullptr;
+  X509_STORE_CTX_free(sctx);
+  ERR_clear_error();
+  return issuer;
+}
+
+// The response must be a successful basic response that says "good" about
+// `leaf` and is current at `now`; its signature is checked when the issuer of
+// `leaf` is known (in the certificate file or among the CAs).
+void load_ocsp(const std::filesystem::path& file, X509* leaf, STACK_OF(X509) * chain, X509_STORE* store,
+               std::time_t now, TlsServerContext::Impl& impl) {
+  const std::string data = read_file("ocsp_response", file);
+  ERR_clear_error();
+  const auto* p = reinterpret_cast<const unsigned char*>(data.data());
+  std::unique_ptr<OCSP_RESPONSE, OcspResponseFree> resp(
+      d2i_OCSP_RESPONSE(nullptr, &p, static_cast<long>(data.size())));
+  if (!resp || p != reinterpret_cast<const unsigned char*>(data.data()) + data.size())
+    fail("ocsp_response", file, "not a DER OCSP response (" + openssl_reason() + ")");
+  const int status = OCSP_response_status(resp.get());
+  if (status != OCSP_RESPONSE_STATUS_SUCCESSFUL)
+    fail("ocsp_response", file,
+         std::string("the responder answered '") + OCSP_response_status_str(status) + "'");
+  std::unique_ptr<OCSP_BASICRESP, OcspBasicFree> basic(OCSP_response_get1_basic(resp.get()));
+  if (!basic) fail("ocsp_response", file, "no basic OCSP response inside (" + openssl_reason() + ")");
+
+  std::unique_ptr<X509, decltype(&X509_free)> issuer(find_issuer(leaf, chain, store), X509_free);
+  OCSP_SINGLERESP* single = nullptr;
+  for (int i = 0; i < OCSP_resp_count(basic.get()) && !single; ++i) {
+    OCSP_SINGLERESP* sr = OCSP_resp_get0(basic.get(), i);
+    ASN1_OCTET_STRING* name_hash = nullptr;
+    ASN1_OBJECT* md_obj = nullptr;
+    ASN1_OCTET_STRING* key_hash = nullptr;
+    ASN1_INTEGER* serial = nullptr;
+    if (OCSP_id_get0_info(&name_hash, &md_obj, &key_hash, &serial,
+                          const_cast<OCSP_CERTID*>(OCSP_SINGLERESP_get0_id(sr))) != 1)
+      continue;
+    if (!serial || ASN1_INTEGER_cmp(serial, X509_get0_serialNumber(leaf)) != 0) continue;
+    const EVP_MD* md = EVP_get_digestbyobj(md_obj);
+    unsigned char h[EVP_MAX_MD_SIZE];
+    unsigned int hl = 0;
+    if (!md || X509_NAME_digest(X509_get_issuer_name(leaf), md, h, &hl) != 1 ||
+        !same_octets(name_hash, h, hl))
+      continue;
+    if (issuer && (X509_pubkey_digest(issuer.get(), md, h, &hl) != 1 || !same_octets(key_hash, h, hl)))
+      continue;
+    single = sr;
+  }
+  if (!single)
+    fail(
+        "ocsp_response", file,
+        "is not about the server certificate (serial " +
+            [&] {
+              BIGNUM* bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(leaf), nullptr);
+              char* hex = bn ? BN_bn2hex(bn) : nullptr;
+              std::string out = hex ? hex : "?";
+              OPENSSL_free(hex);
+              BN_free(bn);
+              return out;
+            }() +
+            ", issuer '" + name_text(X509_get_issuer_name(leaf)) + "')");
+
+  int reason = 0;
+  ASN1_GENERALIZEDTIME* revoked_at = nullptr;
+  ASN1_GENERALIZEDTIME* this_update = nullptr;
+  ASN1_GENERALIZEDTIME* next_update = nullptr;
+  const int cert_status = OCSP_single_get0_status(single, &reason, &revoked_at, &this_update, &next_update);
+  if (cert_status == V_OCSP_CERTSTATUS_REVOKED)
+    fail("ocsp_response", file,
+         "says the server certificate is revoked (since " + asn1_time_text(revoked_at) + ")");
+  if (cert_status != V_OCSP_CERTSTATUS_GOOD)
+    fail("ocsp_response", file, "says the server certificate's status is unknown");
+  constexpr std::time_t kSkew = 300;  // clocks of the responder and this host may differ a little
+  std::time_t t = now + kSkew;
+  if (this_update && X509_cmp_time(this_update, &t) > 0)
+    fail("ocsp_response", file, "not valid before " + asn1_time_text(this_update));
+  t = now;
+  if (next_update && X509_cmp_time(next_update, &t) < 0)
+    fail("ocsp_response", file, "expired: its next update was due on " + asn1_time_text(next_update));
+
+  if (issuer) {
+    // Signed by the issuer itself or by a responder it delegated (OCSPSigning).
+    X509_STORE* anchor = X509_STORE_new();
+    STACK_OF(X509)* untrusted = sk_X509_new_null();
+    X509_STORE_add_cert(anchor, issuer.get());
+    X509_STORE_set_flags(anchor, X509_V_FLAG_PARTIAL_CHAIN);
+    sk_X509_push(untrusted, issuer.get());
+    for (int i = 0; chain && i < sk_X509_num(chain); ++i) sk_X509_push(untrusted, sk_X509_value(chain, i));
+    const int ok = OCSP_basic_verify(basic.get(), untrusted, anchor, 0);
+    sk_X509_free(untrusted);
+    X509_STORE_free(anchor);
+    if (ok != 1)
+      fail("ocsp_response", file,
+           "signature does not verify against the issuer '" + name_text(X509_get_subject_name(issuer.get())) +
+               "' or a responder it delegated (" + openssl_reason() + ")");
+  } else {
+    impl.warnings.push_back("tls: ocsp_response " + quoted(file) +
+                            ": the issuer of the server certificate is in neither cert nor ca; its "
+                            "signature is left to the clients to check");
+  }
+  if (next_update) {
+    std::time_t soon = now + 24 * 3600;
+    if (X509_cmp_time(next_update, &soon) < 0)
+      impl.warnings.push_back("tls: ocsp_response " + quoted(file) + ": next update due on " +
+                              asn1_time_text(next_update) + "; replace the file before then");
+  }
+  ERR_clear_error();
+  impl.ocsp_der.assign(data.begin(), data.end());
+  X509_up_ref(leaf);
+  impl.ocsp_leaf = leaf;
+  impl.ocsp_next_update = next_update ? asn1_time_t(next_update) : 0;
+}
+
 int hex_value(char c) {
   if (c >= '0' && c <= '9') return c - '0';
   if (c >= 'a' && c <= 'f') return c - 'a' + 10;
@@ -457,6 +650,20 @@ int alpn_cb(SSL* /*ssl*/, const unsigned char** out, unsigned char* outlen, cons
     }
   }
   return SSL_TLSEXT_ERR_ALERT_FATAL;  // no_application_protocol (RFC 7301, 3.2)
+}
+
+// OCSP stapling (status_request): a copy of the response for the default
+// certificate, while it is current (an SNI certificate has none).
+int ocsp_status_cb(SSL* ssl, void* arg) {
+  auto* impl = static_cast<TlsServerContext::Impl*>(arg);
+  if (impl->ocsp_der.empty() || !impl->ocsp_leaf) return SSL_TLSEXT_ERR_NOACK;
+  X509* served = SSL_get_certificate(ssl);
+  if (!served || X509_cmp(served, impl->ocsp_leaf) != 0) return SSL_TLSEXT_ERR_NOACK;
+  if (impl->ocsp_next_update != 0 && std::time(nullptr) > impl->ocsp_next_update) return SSL_TLSEXT_ERR_NOACK;
+  auto* copy = static_cast<unsigned char*>(OPENSSL_memdup(impl->ocsp_der.data(), impl->ocsp_der.size()));
+  if (!copy) return SSL_TLSEXT_ERR_NOACK;
+  SSL_set_tlsext_status_ocsp_resp(ssl, copy, static_cast<long>(impl->ocsp_der.size()));  // takes ownership
+  return SSL_TLSEXT_ERR_OK;
 }
 
 // TLS 1.2 PSK suites.
@@ -633,6 +840,21 @@ bool TlsServerContext::has_crl() const {
 std::size_t TlsServerContext::psk_count() const {
   return impl_->psk.size();
 }
+bool TlsServerContext::staples_ocsp() const {
+  return !impl_->ocsp_der.empty();
+}
+
+std::vector<std::filesystem::path> watched_paths(const TlsServerConfig& c) {
+  std::vector<std::filesystem::path> out;
+  for (const auto* p : {&c.cert, &c.key, &c.ca, &c.ca_dir, &c.psk_file, &c.ocsp_response})
+    if (!p->empty()) out.push_back(*p);
+  for (const auto& p : c.crl) out.push_back(p);
+  for (const auto& s : c.sni) {
+    out.push_back(s.cert);
+    out.push_back(s.key);
+  }
+  return out;
+}
 
 void TlsServerContext::rotate_ticket_keys() const {
   if (impl_->tickets) impl_->tickets->rotate();
@@ -680,6 +902,9 @@ std::shared_ptr<const TlsServerContext> TlsServerContext::load(const TlsServerCo
   if (!config.crl.empty() && config.ca.empty() && config.ca_dir.empty())
     config_fail("crl", "CRLs need ca or ca_dir (the CAs that sign them)");
   if (config.ticket_key_rotation.count() <= 0) config_fail("ticket_key_rotation", "must be positive");
+  if (!config.ocsp_response.empty() && config.cert.empty())
+    config_fail("ocsp_response", "needs cert (the response is about the server certificate)");
+  if (config.psk_plain_suites && config.psk_file.empty()) config_fail("psk_plain_suites", "needs psk_file");
   for (const auto& p : config.alpn)
     if (p.empty() || p.size() > 255) config_fail("alpn", "protocol names are 1..255 bytes");
 
@@ -698,6 +923,7 @@ std::shared_ptr<const TlsServerContext> TlsServerContext::load(const TlsServerCo
   if (ciphers.empty()) {
     ciphers = std::string(kDefaultCiphers);
     if (!config.psk_file.empty()) ciphers += ":" + std::string(kDefaultPskCiphers);
+    if (!config.psk_file.empty() && config.psk_plain_suites) ciphers += ":" + std::string(kPlainPskCiphers);
   }
   if (SSL_CTX_set_cipher_list(ctx, ciphers.c_str()) != 1)
     config_fail("ciphers", "no usable TLS 1.2 cipher in '" + ciphers + "'");
@@ -739,10 +965,10 @@ std::shared_ptr<const TlsServerContext> TlsServerContext::load(const TlsServerCo
   }
 
   // The server certificate, and the extra ones chosen by SNI.
+  CertAndKey server;  // kept for the OCSP response, checked once the CAs are loaded
   if (!config.cert.empty()) {
-    CertAndKey ck;
-    load_cert_and_key(config.cert, config.key, config.key_password, now_t, impl.warnings, ck);
-    if (SSL_CTX_use_cert_and_key(ctx, ck.chain.leaf, ck.key, ck.chain.extra, 1) != 1)
+    load_cert_and_key(config.cert, config.key, config.key_password, now_t, impl.warnings, server);
+    if (SSL_CTX_use_cert_and_key(ctx, server.chain.leaf, server.key, server.chain.extra, 1) != 1)
       fail("certificate", config.cert, "refused by OpenSSL: " + openssl_reason());
   }
   for (const TlsSniCert& s : config.sni) {
@@ -762,8 +988,11 @@ std::shared_ptr<const TlsServerContext> TlsServerContext::load(const TlsServerCo
 
   // Client certificates: trust anchors, CRLs, verification mode.
   X509_STORE* store = SSL_CTX_get_cert_store(ctx);
+  Digest ca_digest;
+  Digest crl_digest;
   if (!config.ca.empty()) {
-    (void)read_file("ca", config.ca);  // a precise message for a missing or unreadable file
+    // read first: a precise message for a missing or unreadable file
+    ca_digest.add(read_file("ca", config.ca));
     if (X509_STORE_load_file(store, config.ca.c_str()) != 1)
       fail("ca", config.ca, "no usable CA certificate (" + openssl_reason() + ")");
     STACK_OF(X509_NAME)* names = SSL_load_client_CA_file(config.ca.c_str());
@@ -776,14 +1005,19 @@ std::shared_ptr<const TlsServerContext> TlsServerContext::load(const TlsServerCo
       fail("ca_dir", config.ca_dir, "not a readable folder");
     if (X509_STORE_load_path(store, config.ca_dir.c_str()) != 1)
       fail("ca_dir", config.ca_dir, "cannot use it (" + openssl_reason() + ")");
+    add_folder(ca_digest, config.ca_dir);
   }
+  impl.ca_digest = ca_digest.finish();
   for (const auto& file : config.crl) {
+    crl_digest.add(file.string());
+    crl_digest.add(read_file("crl", file));
     for (X509_CRL* crl : read_crls(file)) {
       impl.crls.push_back(crl);
       check_crl(file, crl, store, now_t);
       if (X509_STORE_add_crl(store, crl) != 1) fail("crl", file, "refused by OpenSSL: " + openssl_reason());
     }
   }
+  impl.crl_digest = crl_digest.finish();
   if (!impl.crls.empty()) {
     unsigned long flags = X509_V_FLAG_CRL_CHECK;
     if (config.crl_check == CrlCheck::Chain) flags |= X509_V_FLAG_CRL_CHECK_ALL;
@@ -803,6 +1037,13 @@ std::shared_ptr<const TlsServerContext> TlsServerContext::load(const TlsServerCo
     check_key_file_mode(config.psk_file, impl.warnings);
     SSL_CTX_set_psk_server_callback(ctx, psk_server_cb);
     SSL_CTX_set_psk_find_session_callback(ctx, psk_find_session_cb);
+  }
+
+  if (!config.ocsp_response.empty()) {
+    load_ocsp(config.ocsp_response, server.chain.leaf, server.chain.extra, store, now_t, impl);
+    SSL_CTX_callback_ctrl(ctx, SSL_CTRL_SET_TLSEXT_STATUS_REQ_CB,
+                          reinterpret_cast<void (*)()>(ocsp_status_cb));
+    SSL_CTX_set_tlsext_status_arg(ctx, &impl);
   }
 
   SSL_CTX_set_alpn_select_cb(ctx, alpn_cb, &impl);

@@ -1,5 +1,6 @@
 // TlsEngine: one server-side SSL* over memory BIOs, and the failure words.
 #include <openssl/bio.h>
+#include <openssl/bn.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/ssl.h>
@@ -55,6 +56,50 @@ std::string_view to_string(TlsFailure f) {
       break;
   }
   return "?";
+}
+
+std::string_view to_slug(TlsFailure f) {
+  switch (f) {
+    case TlsFailure::None:
+      return "none";
+    case TlsFailure::UnknownCa:
+      return "unknown_ca";
+    case TlsFailure::CertExpired:
+      return "cert_expired";
+    case TlsFailure::CertNotYetValid:
+      return "cert_not_yet_valid";
+    case TlsFailure::CertRevoked:
+      return "cert_revoked";
+    case TlsFailure::CertBadPurpose:
+      return "cert_bad_purpose";
+    case TlsFailure::CertInvalid:
+      return "cert_invalid";
+    case TlsFailure::CrlProblem:
+      return "crl_problem";
+    case TlsFailure::NoClientCert:
+      return "no_client_cert";
+    case TlsFailure::NoSharedCipher:
+      return "no_shared_cipher";
+    case TlsFailure::ProtocolVersion:
+      return "protocol_version";
+    case TlsFailure::NotTls:
+      return "not_tls";
+    case TlsFailure::PskUnknownIdentity:
+      return "psk_unknown_identity";
+    case TlsFailure::PskMismatch:
+      return "psk_mismatch";
+    case TlsFailure::NoApplicationProtocol:
+      return "no_application_protocol";
+    case TlsFailure::PeerAlert:
+      return "peer_alert";
+    case TlsFailure::BufferLimit:
+      return "buffer_limit";
+    case TlsFailure::Protocol:
+      return "protocol";
+    case TlsFailure::Count:
+      break;
+  }
+  return "unknown";
 }
 
 namespace {
@@ -533,6 +578,20 @@ bool TlsEngine::psk_used() const {
 const X509* TlsEngine::peer_certificate() const {
   return impl_->ssl ? SSL_get0_peer_certificate(impl_->ssl) : nullptr;
 }
+std::string TlsEngine::peer_subject() const {
+  const X509* c = peer_certificate();
+  return c ? name_rfc2253(X509_get_subject_name(c)) : std::string();
+}
+std::string TlsEngine::peer_serial() const {
+  const X509* c = peer_certificate();
+  if (!c) return {};
+  BIGNUM* bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(c), nullptr);
+  char* hex = bn ? BN_bn2hex(bn) : nullptr;
+  std::string out = hex ? hex : "";
+  OPENSSL_free(hex);
+  BN_free(bn);
+  return out;
+}
 std::string TlsEngine::peer_fingerprint_sha256() const {
   return certificate_fingerprint_sha256(peer_certificate());
 }
@@ -541,6 +600,48 @@ std::optional<TlsEngine::Clock::duration> TlsEngine::handshake_duration() const 
 }
 const TlsServerContext& TlsEngine::context() const {
   return *impl_->context;
+}
+
+// ---------------------------------------------------------------- recheck after reload
+
+TlsFailure TlsServerContext::recheck(const TlsEngine& engine, std::string* why) const {
+  const TlsEngine::Impl& e = *engine.impl_;
+  if (!e.ssl || e.state != TlsState::Established) return TlsFailure::None;
+  X509* leaf = SSL_get0_peer_certificate(e.ssl);
+  if (!leaf) return TlsFailure::None;
+  const std::string subject = name_rfc2253(X509_get_subject_name(leaf));
+  auto verdict = [&](TlsFailure f, std::string_view words) {
+    if (why) *why = std::string(words) + ": " + subject;
+    return f;
+  };
+  if (revoked(leaf)) return verdict(TlsFailure::CertRevoked, "certificate revoked");
+
+  const Impl& before = *e.context->impl_;
+  const Impl& now = *impl_;
+  const bool cas_changed = before.ca_digest != now.ca_digest;
+  const bool chain_crls_changed =
+      now.config.crl_check == CrlCheck::Chain && before.crl_digest != now.crl_digest;
+  if (&before == &now || (!cas_changed && !chain_crls_changed)) return TlsFailure::None;
+  if (now.config.client_cert == ClientCertMode::None) return TlsFailure::None;  // certificates not asked for
+
+  // The chain the client sent, against the new CAs and CRLs. Dates are not
+  // judged again: a certificate that expires during a connection is the
+  // handshake's business, not the reload's.
+  X509_STORE_CTX* x = X509_STORE_CTX_new();
+  if (!x) return TlsFailure::None;
+  long err = X509_V_OK;
+  if (X509_STORE_CTX_init(x, SSL_CTX_get_cert_store(now.ctx), leaf, SSL_get_peer_cert_chain(e.ssl)) == 1) {
+    X509_STORE_CTX_set_purpose(x, X509_PURPOSE_SSL_CLIENT);
+    X509_VERIFY_PARAM* param = X509_STORE_CTX_get0_param(x);
+    X509_VERIFY_PARAM_set_depth(param, now.config.verify_depth);
+    X509_VERIFY_PARAM_set_flags(param, X509_V_FLAG_NO_CHECK_TIME);
+    if (X509_verify_cert(x) != 1) err = X509_STORE_CTX_get_error(x);
+  }
+  X509_STORE_CTX_free(x);
+  ERR_clear_error();
+  if (err == X509_V_OK) return TlsFailure::None;
+  const VerifyWords w = verify_words(err);
+  return verdict(w.failure, w.words.empty() ? std::string_view(X509_verify_cert_error_string(err)) : w.words);
 }
 
 }  // namespace moat::security

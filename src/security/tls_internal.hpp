@@ -5,6 +5,7 @@
 #include <openssl/x509.h>
 
 #include <chrono>
+#include <ctime>
 #include <map>
 #include <mutex>
 #include <string>
@@ -76,6 +77,15 @@ struct TlsServerContext::Impl {
   std::map<std::string, std::vector<unsigned char>, std::less<>> psk;
   std::vector<tls_detail::SniEntry> sni;
   std::shared_ptr<tls_detail::TicketKeyRing> tickets;
+  // SHA-256 of the CA material (ca, ca_dir) and of the CRL files as read: a
+  // reload re-verifies live chains only when these change.
+  std::string ca_digest;
+  std::string crl_digest;
+  // The stapled OCSP response (DER) for `ocsp_leaf`; not stapled after
+  // `ocsp_next_update` (0: the response names no next update).
+  std::vector<unsigned char> ocsp_der;
+  X509* ocsp_leaf = nullptr;
+  std::time_t ocsp_next_update = 0;
   ~Impl();
 };
 

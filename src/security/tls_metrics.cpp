@@ -1,4 +1,6 @@
 // Handshake counters per listener.
+#include <algorithm>
+
 #include "security/tls.hpp"
 
 namespace moat::security {
@@ -37,6 +39,10 @@ void TlsHandshakeMetrics::record_completed(std::string_view version, bool resume
   }
 }
 
+void TlsHandshakeMetrics::record_closed_revoked() {
+  closed_revoked_.fetch_add(1, std::memory_order_relaxed);
+}
+
 void TlsHandshakeMetrics::record_failure(TlsFailure reason) {
   const auto i = static_cast<std::size_t>(reason);
   if (i < kTlsFailureCount) failures_[i].fetch_add(1, std::memory_order_relaxed);
@@ -54,7 +60,37 @@ TlsHandshakeMetrics::Snapshot TlsHandshakeMetrics::snapshot() const {
   for (std::size_t i = 0; i < buckets_.size(); ++i) s.duration_buckets[i] = buckets_[i].load(r);
   s.duration_count = duration_count_.load(r);
   s.duration_sum_micros = duration_sum_.load(r);
+  s.closed_revoked = closed_revoked_.load(r);
   return s;
+}
+
+std::uint64_t TlsHandshakeMetrics::Snapshot::failed() const {
+  std::uint64_t n = 0;
+  for (std::size_t i = 0; i < kTlsFailureCount; ++i)
+    if (i != static_cast<std::size_t>(TlsFailure::None)) n += failures[i];
+  return n;
+}
+
+double TlsHandshakeMetrics::Snapshot::duration_quantile_micros(double q) const {
+  std::uint64_t total = 0;
+  for (const auto n : duration_buckets) total += n;
+  if (total == 0) return 0;
+  q = std::clamp(q, 0.0, 1.0);
+  // The rank of the quantile among `total` samples, found in the cumulative counts,
+  // placed linearly between its bucket's bounds.
+  const double rank = q * static_cast<double>(total);
+  double seen = 0;
+  for (std::size_t b = 0; b < duration_buckets.size(); ++b) {
+    const auto n = static_cast<double>(duration_buckets[b]);
+    if (n > 0 && seen + n >= rank) {
+      const double lo = b == 0 ? 0.0 : static_cast<double>(kBucketMicros[b - 1]);
+      if (b == kBucketMicros.size()) return lo;  // beyond the last bound: only a floor is known
+      const double hi = static_cast<double>(kBucketMicros[b]);
+      return lo + (hi - lo) * std::clamp((rank - seen) / n, 0.0, 1.0);
+    }
+    seen += n;
+  }
+  return static_cast<double>(kBucketMicros.back());
 }
 
 }  // namespace moat::security

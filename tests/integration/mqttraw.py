@@ -9,6 +9,7 @@ broker sent.
 import errno
 import select
 import socket
+import ssl
 import struct
 import time
 from collections import namedtuple
@@ -249,15 +250,22 @@ def _recv_some(sock, timeout):
     """recv with a deadline. Returns bytes, b'' on EOF/reset, None on timeout."""
     if timeout is not None and timeout <= 0:
         timeout = 0
-    # poll(), not select(): the scale test has more than 1024 descriptors open.
-    poller = select.poll()
-    poller.register(sock, select.POLLIN | select.POLLERR | select.POLLHUP)
-    if not poller.poll(None if timeout is None else int(timeout * 1000 + 0.999)):
-        return None
+    # A TLS socket (ssl.SSLSocket) may hold decrypted bytes the descriptor does not show.
+    pending = getattr(sock, "pending", None)
+    if pending is None or pending() == 0:
+        # poll(), not select(): the scale test has more than 1024 descriptors open.
+        poller = select.poll()
+        poller.register(sock, select.POLLIN | select.POLLERR | select.POLLHUP)
+        if not poller.poll(None if timeout is None else int(timeout * 1000 + 0.999)):
+            return None
     try:
         return sock.recv(65536)
     except (ConnectionResetError, ConnectionAbortedError):
         return b""
+    except ssl.SSLWantReadError:
+        return None  # a TLS record not complete yet (or a post-handshake message)
+    except ssl.SSLError:
+        return b""  # TLS: an alert or a close without close_notify ends the connection
     except OSError as e:
         if e.errno in (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN):
             return b""

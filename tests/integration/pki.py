@@ -95,6 +95,8 @@ keyUsage = critical,keyCertSign,cRLSign
 subjectKeyIdentifier = hash
 authorityKeyIdentifier = keyid:always
 
+# Certificates name where their CRL is published (nothing serves it: the
+# tests hand CRLs to moatd as files), as a scanner (testssl.sh) expects.
 [ server_ext ]
 basicConstraints = critical,CA:FALSE
 keyUsage = critical,digitalSignature,keyEncipherment
@@ -102,6 +104,7 @@ extendedKeyUsage = serverAuth
 subjectAltName = IP:127.0.0.1,DNS:localhost
 subjectKeyIdentifier = hash
 authorityKeyIdentifier = keyid
+crlDistributionPoints = URI:http://localhost/ca.crl
 
 [ other_server_ext ]
 basicConstraints = critical,CA:FALSE
@@ -115,6 +118,15 @@ authorityKeyIdentifier = keyid
 basicConstraints = critical,CA:FALSE
 keyUsage = critical,digitalSignature,keyEncipherment
 extendedKeyUsage = clientAuth
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+crlDistributionPoints = URI:http://localhost/ca.crl
+
+# A delegated OCSP responder (RFC 6960, 4.2.2.2).
+[ ocsp_ext ]
+basicConstraints = critical,CA:FALSE
+keyUsage = critical,digitalSignature
+extendedKeyUsage = OCSPSigning
 subjectKeyIdentifier = hash
 authorityKeyIdentifier = keyid
 
@@ -176,6 +188,19 @@ class CA:
         self.crl = os.path.join(self.dir, name)
         openssl("ca", "-config", self.cnf, "-gencrl", "-out", self.crl)
         return self.crl
+
+    def ocsp_response(self, cert, out, days=7):
+        """Writes to `out` the DER OCSP response this CA's delegated responder
+        gives about `cert` (good, or revoked if revoked here), as
+        `openssl ocsp` answers from the CA's index. Returns `out`."""
+        if getattr(self, "_responder", None) is None:
+            self._responder = self.issue("ocsp-responder", "/CN=Moat Test OCSP Responder",
+                                         ext="ocsp_ext")
+        rcert, rkey = self._responder
+        openssl("ocsp", "-index", os.path.join(self.dir, "index.txt"), "-rsigner", rcert,
+                "-rkey", rkey, "-CA", self.cert, "-issuer", self.cert, "-cert", cert,
+                "-respout", out, "-ndays", str(days), "-no_nonce")
+        return out
 
 
 Pki = namedtuple("Pki", "dir ca ca_cert server_cert server_key client_cert client_key "
@@ -253,7 +278,7 @@ def secure_broker(tmp_path, request):
 
     - listeners: list of listener dicts (see secure_config); default one tcp
       listener "plain" with auth ["password"];
-    - files: {name: text} written next to moat.toml before the start;
+    - files: {name: text or bytes} written next to moat.toml before the start;
     - password_file / acl: file names (relative to the config folder, as the
       broker resolves them) or None for no such section; `acl_text` writes
       the ACL file "acl" and configures it;
@@ -273,9 +298,12 @@ def secure_broker(tmp_path, request):
         workdir = tmp_path / ("sbroker%d" % len(started))
         workdir.mkdir()
         (workdir / "data").mkdir()
-        for name, text in (files or {}).items():
+        for name, content in (files or {}).items():
             p = workdir / name
-            p.write_text(text)
+            if isinstance(content, bytes):
+                p.write_bytes(content)
+            else:
+                p.write_text(content)
             os.chmod(str(p), 0o600)
         acl_file = None
         if acl_text is not None:

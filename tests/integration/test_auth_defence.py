@@ -19,7 +19,7 @@ import pytest
 
 import mqttraw
 from pki import make_pki, run_pub, secure_broker  # noqa: F401 (fixture)
-from util import scaled, uniq
+from util import audit_lines, scaled, uniq, wait_audit
 
 pytestmark = [pytest.mark.moat_only, pytest.mark.threaded]
 
@@ -36,7 +36,7 @@ AUDIT_FIELDS = {
     "suppressed": int, "duration_s": int, "until": str, "reason": str,
 }
 AUDIT_EVENTS = {"auth.success", "auth.failure", "acl.deny", "ban", "unban", "tls.failure",
-                "connection.refused", "audit.dropped"}
+                "tls.withdrawn", "connection.refused", "audit.dropped"}
 TS_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 
@@ -62,26 +62,6 @@ def defence(**kw):
     for k, v in d.items():
         lines.append("%s = %s" % (k, json.dumps(v)))
     return "\n".join(lines) + "\n"
-
-
-def audit_lines(path):
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f.read().splitlines() if line]
-
-
-def wait_audit(path, pred, timeout=10.0, what="audit line"):
-    deadline = time.monotonic() + scaled(timeout)
-    while True:
-        lines = audit_lines(path)
-        found = [e for e in lines if pred(e)]
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError("no %s within %.1fs; audit:\n%s" % (
-                what, scaled(timeout), "\n".join(json.dumps(e) for e in lines)))
-        time.sleep(0.02)  # polling a file written by the broker's audit thread
 
 
 def check_schema(e):

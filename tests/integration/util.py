@@ -2,6 +2,7 @@
 and broker health checks."""
 
 import itertools
+import json
 import os
 import queue
 import subprocess
@@ -218,3 +219,24 @@ def mosquitto_pub(broker, topic, message=None, qos=0, retain=False, null=False, 
     out = r.stdout.decode("utf-8", "replace")
     assert r.returncode == 0, "mosquitto_pub failed (%d):\n%s" % (r.returncode, out)
     return out
+
+
+# The audit log ([log] audit, docs/audit.md): JSON lines written by the broker.
+def audit_lines(path):
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f.read().splitlines() if line]
+
+
+def wait_audit(path, pred, timeout=10.0, what="audit line"):
+    deadline = time.monotonic() + scaled(timeout)
+    while True:
+        lines = audit_lines(path)
+        found = [e for e in lines if pred(e)]
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError("no %s within %.1fs; audit:\n%s" % (
+                what, scaled(timeout), "\n".join(json.dumps(e) for e in lines)))
+        time.sleep(0.02)  # polling a file written by the broker's audit thread

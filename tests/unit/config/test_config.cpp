@@ -182,6 +182,33 @@ TEST(Config, SecurityMisconfigurationsAreErrors) {
             std::string::npos);
 }
 
+TEST(Config, TlsOcspPskAndReloadKeys) {
+  const std::string head =
+      "[[listener]]\nname = \"s\"\nbind = \"127.0.0.1:8883\"\ntransport = \"tls\"\nauth = [\"psk\"]\n"
+      "[listener.tls]\n";
+  const auto c = parse(head +
+                           "cert = \"s.crt\"\nkey = \"s.key\"\nocsp_response = \"s.ocsp\"\n"
+                           "psk_file = \"psk.txt\"\npsk_plain_suites = true\nreload_on_change = false\n",
+                       "/etc/moat/moat.toml");
+  const auto& t = *c.listeners.at(0).tls;
+  EXPECT_EQ(t.ocsp_response, "/etc/moat/s.ocsp");
+  EXPECT_TRUE(t.psk_plain_suites);
+  EXPECT_FALSE(t.reload_on_change);
+  const auto d = parse(head + "psk_file = \"psk.txt\"\n", "/etc/moat/moat.toml");
+  EXPECT_FALSE(d.listeners.at(0).tls->psk_plain_suites);
+  EXPECT_TRUE(d.listeners.at(0).tls->reload_on_change);
+  EXPECT_TRUE(d.listeners.at(0).tls->ocsp_response.empty());
+
+  EXPECT_NE(
+      error_of(head + "psk_file = \"p\"\nocsp_response = \"s.ocsp\"\n").find("ocsp_response: needs cert"),
+      std::string::npos);
+  EXPECT_NE(error_of(head + "cert = \"a\"\nkey = \"b\"\npsk_plain_suites = true\n")
+                .find("psk_plain_suites: needs psk_file"),
+            std::string::npos);
+  EXPECT_NE(error_of(head + "psk_file = \"p\"\nreload_on_change = \"yes\"\n").find("must be true or false"),
+            std::string::npos);
+}
+
 TEST(Config, SyntaxErrorHasPosition) {
   const auto e = error_of("[broker\nthreads = 1\n");
   EXPECT_NE(e.find("/etc/moat/moat.toml:1:"), std::string::npos) << e;

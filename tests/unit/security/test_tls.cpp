@@ -5,8 +5,11 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
+#include <openssl/ocsp.h>
+
 #include <cstring>
 #include <fstream>
+#include <set>
 #include <thread>
 
 #include "security/tls.hpp"
@@ -546,7 +549,9 @@ TEST(TlsEngine, OptionalModeWithoutCertIsEstablishedWithoutIdentity) {
 // ---------------------------------------------------------------- PSK
 
 TEST(TlsEngine, Psk12SuitesGiveThePskIdentity) {
-  auto ctx = load(psk_only_config());
+  TlsServerConfig cfg = psk_only_config();
+  cfg.psk_plain_suites = true;
+  auto ctx = load(cfg);
   EXPECT_EQ(ctx->psk_count(), 2u);
   for (const char* suite : {"PSK-AES128-GCM-SHA256", "ECDHE-PSK-CHACHA20-POLY1305"}) {
     ClientOptions o;
@@ -563,11 +568,34 @@ TEST(TlsEngine, Psk12SuitesGiveThePskIdentity) {
   }
 }
 
+TEST(TlsEngine, Psk12WithoutForwardSecrecyOnlyWhenConfigured) {
+  // The default keeps forward secrecy: a client that offers only plain PSK
+  // suites finds no shared cipher.
+  ClientOptions o;
+  o.max_version = TLS1_2_VERSION;
+  o.ciphers = "PSK-AES128-GCM-SHA256:PSK-AES256-GCM-SHA384:PSK-CHACHA20-POLY1305";
+  o.psk_identity = "sensor-7";
+  o.psk = psk7();
+  auto refused = connect(load(psk_only_config()), o);
+  ASSERT_EQ(refused.server->state(), TlsState::Failed);
+  EXPECT_EQ(refused.server->failure(), TlsFailure::NoSharedCipher) << refused.server->error();
+
+  TlsServerConfig cfg = psk_only_config();
+  cfg.psk_plain_suites = true;
+  auto accepted = connect(load(cfg), o);
+  ASSERT_EQ(accepted.server->state(), TlsState::Established) << accepted.server->error();
+  EXPECT_EQ(accepted.server->peer_identity(), "sensor-7");
+
+  cfg = base_config();
+  cfg.psk_plain_suites = true;  // without psk_file
+  EXPECT_NE(load_error(cfg).find("psk_plain_suites"), std::string::npos);
+}
+
 TEST(TlsEngine, Psk12WrongKeyAndUnknownIdentityFail) {
   auto ctx = load(psk_only_config());
   ClientOptions o;
   o.max_version = TLS1_2_VERSION;
-  o.ciphers = "PSK-AES128-GCM-SHA256";
+  o.ciphers = "ECDHE-PSK-CHACHA20-POLY1305";
   o.psk_identity = "sensor-7";
   o.psk = std::vector<unsigned char>(32, 0xaa);
   auto c = connect(ctx, o);
@@ -996,6 +1024,140 @@ TEST(TlsServerContext, RevokedCheckAgainstAReloadedContext) {
   SSL_SESSION_free(o.session);
 }
 
+TEST(TlsServerContext, RecheckAfterReload) {
+  TlsServerConfig cfg = base_config();
+  cfg.client_cert = ClientCertMode::Required;
+  cfg.crl = {pki().p("empty.crl")};
+  auto old_ctx = load(cfg);
+  auto stolen = connect(old_ctx, with_client_cert("revoked.crt"));
+  auto good = connect(old_ctx, with_client_cert("device-1.crt"));
+  ASSERT_EQ(stolen.server->state(), TlsState::Established) << stolen.server->error();
+  ASSERT_EQ(good.server->state(), TlsState::Established) << good.server->error();
+  EXPECT_EQ(old_ctx->recheck(*stolen.server), TlsFailure::None);
+  EXPECT_EQ(stolen.server->peer_serial(), "1003");
+  EXPECT_EQ(stolen.server->peer_subject(), "CN=device-2,O=Moat Test");
+
+  // A new CRL lists device-2.
+  cfg.crl = {pki().p("ca.crl")};
+  auto new_crl = TlsServerContext::load(cfg, std::chrono::system_clock::now(), old_ctx.get());
+  std::string why;
+  EXPECT_EQ(new_crl->recheck(*stolen.server, &why), TlsFailure::CertRevoked);
+  EXPECT_EQ(why, "certificate revoked: CN=device-2,O=Moat Test");
+  EXPECT_EQ(new_crl->recheck(*good.server), TlsFailure::None);
+
+  // The CA is no longer trusted: every certificate it issued goes.
+  cfg.ca = pki().p("other-ca.crt");
+  cfg.crl.clear();
+  auto new_ca = TlsServerContext::load(cfg, std::chrono::system_clock::now(), old_ctx.get());
+  EXPECT_EQ(new_ca->recheck(*good.server, &why), TlsFailure::UnknownCa);
+  EXPECT_NE(why.find("unknown CA"), std::string::npos) << why;
+
+  // Connections without a client certificate have nothing to recheck.
+  TlsServerConfig plain = base_config();
+  auto anonymous = connect(load(plain), {});
+  ASSERT_EQ(anonymous.server->state(), TlsState::Established);
+  EXPECT_EQ(new_ca->recheck(*anonymous.server), TlsFailure::None);
+}
+
+// ---------------------------------------------------------------- OCSP stapling
+
+struct OcspRespFree {
+  void operator()(OCSP_RESPONSE* r) const { OCSP_RESPONSE_free(r); }
+};
+
+// A DER OCSP response about `subject` (issued by `issuer`), signed with `signer`/`signer_key`.
+std::vector<unsigned char> make_ocsp(X509* subject, X509* issuer, X509* signer, EVP_PKEY* signer_key,
+                                     int status, long this_update, long next_update) {
+  OCSP_CERTID* id = OCSP_cert_to_id(EVP_sha1(), subject, issuer);
+  OCSP_BASICRESP* bs = OCSP_BASICRESP_new();
+  ASN1_TIME* thisupd = X509_gmtime_adj(nullptr, this_update);
+  ASN1_TIME* nextupd = X509_gmtime_adj(nullptr, next_update);
+  ASN1_TIME* revoked_at = status == V_OCSP_CERTSTATUS_REVOKED ? X509_gmtime_adj(nullptr, -7200) : nullptr;
+  EXPECT_NE(
+      OCSP_basic_add1_status(bs, id, status, OCSP_REVOKED_STATUS_KEYCOMPROMISE, revoked_at, thisupd, nextupd),
+      nullptr);
+  EXPECT_EQ(OCSP_basic_sign(bs, signer, signer_key, EVP_sha256(), nullptr, 0), 1);
+  std::unique_ptr<OCSP_RESPONSE, OcspRespFree> r(OCSP_response_create(OCSP_RESPONSE_STATUS_SUCCESSFUL, bs));
+  unsigned char* der = nullptr;
+  const int n = i2d_OCSP_RESPONSE(r.get(), &der);
+  std::vector<unsigned char> out(der, der + std::max(n, 0));
+  OPENSSL_free(der);
+  OCSP_BASICRESP_free(bs);
+  OCSP_CERTID_free(id);
+  ASN1_TIME_free(thisupd);
+  ASN1_TIME_free(nextupd);
+  ASN1_TIME_free(revoked_at);
+  return out;
+}
+
+fs::path write_bytes(const char* name, const std::vector<unsigned char>& bytes) {
+  const fs::path p = pki().dir / name;
+  std::ofstream(p, std::ios::binary)
+      .write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  return p;
+}
+
+// The OCSP response the client received in the handshake ("" if none).
+std::vector<unsigned char> stapled(std::shared_ptr<const TlsServerContext> ctx, bool ask, int max_version) {
+  ClientOptions o;
+  o.max_version = max_version;
+  TestClient client(o);
+  if (ask) SSL_set_tlsext_status_type(client.ssl(), TLSEXT_STATUSTYPE_ocsp);
+  TlsEngine server(std::move(ctx));
+  pump(client, server);
+  EXPECT_TRUE(client.established());
+  const unsigned char* resp = nullptr;
+  const long n = SSL_get_tlsext_status_ocsp_resp(client.ssl(), &resp);
+  return resp && n > 0 ? std::vector<unsigned char>(resp, resp + n) : std::vector<unsigned char>{};
+}
+
+TEST(TlsServerContext, OcspResponseIsStapled) {
+  const Pki& k = pki();
+  const auto good = make_ocsp(k.server.get(), k.ca.get(), k.ca.get(), k.ca_key.get(), V_OCSP_CERTSTATUS_GOOD,
+                              -3600, 7L * 86400);
+  TlsServerConfig cfg = base_config();
+  cfg.ocsp_response = write_bytes("good.ocsp", good);
+  auto ctx = load(cfg);
+  EXPECT_TRUE(ctx->staples_ocsp());
+  EXPECT_EQ(stapled(ctx, true, TLS1_3_VERSION), good);
+  EXPECT_EQ(stapled(ctx, true, TLS1_2_VERSION), good);
+  EXPECT_TRUE(stapled(ctx, false, TLS1_3_VERSION).empty());  // not asked, not sent
+  EXPECT_FALSE(load(base_config())->staples_ocsp());
+}
+
+TEST(TlsServerContext, OcspResponseErrorsNameTheFileAndReason) {
+  const Pki& k = pki();
+  TlsServerConfig cfg = base_config();
+  auto error_for = [&](const char* name, const std::vector<unsigned char>& der) {
+    cfg.ocsp_response = write_bytes(name, der);
+    return load_error(cfg);
+  };
+  std::string e = error_for("garbage.ocsp", {0x30, 0x03, 0x0a, 0x01, 0x00, 0xff});
+  EXPECT_NE(e.find("garbage.ocsp"), std::string::npos) << e;
+  EXPECT_NE(e.find("not a DER OCSP response"), std::string::npos) << e;
+
+  e = error_for("other.ocsp", make_ocsp(k.server2.get(), k.ca.get(), k.ca.get(), k.ca_key.get(),
+                                        V_OCSP_CERTSTATUS_GOOD, -3600, 86400));
+  EXPECT_NE(e.find("not about the server certificate"), std::string::npos) << e;
+
+  e = error_for("stale.ocsp", make_ocsp(k.server.get(), k.ca.get(), k.ca.get(), k.ca_key.get(),
+                                        V_OCSP_CERTSTATUS_GOOD, -3L * 86400, -86400));
+  EXPECT_NE(e.find("stale.ocsp"), std::string::npos) << e;
+  EXPECT_NE(e.find("expired"), std::string::npos) << e;
+
+  e = error_for("revoked.ocsp", make_ocsp(k.server.get(), k.ca.get(), k.ca.get(), k.ca_key.get(),
+                                          V_OCSP_CERTSTATUS_REVOKED, -3600, 86400));
+  EXPECT_NE(e.find("revoked"), std::string::npos) << e;
+
+  e = error_for("forged.ocsp", make_ocsp(k.server.get(), k.ca.get(), k.other_ca.get(), k.other_ca_key.get(),
+                                         V_OCSP_CERTSTATUS_GOOD, -3600, 86400));
+  EXPECT_NE(e.find("signature does not verify"), std::string::npos) << e;
+
+  cfg = psk_only_config();
+  cfg.ocsp_response = pki().dir / "good.ocsp";
+  EXPECT_NE(load_error(cfg).find("needs cert"), std::string::npos);
+}
+
 // ---------------------------------------------------------------- metrics
 
 TEST(TlsHandshakeMetrics, CountsCompletedFailedAndDurations) {
@@ -1029,8 +1191,25 @@ TEST(TlsHandshakeMetrics, CountsCompletedFailedAndDurations) {
   EXPECT_EQ(s.failures[static_cast<std::size_t>(TlsFailure::CertRevoked)], 1u);
   EXPECT_EQ(s.duration_count, 2u);
   EXPECT_EQ(s.duration_sum_micros, 8500u);
-  EXPECT_EQ(s.duration_buckets[2], 1u);  // <= 2 ms
-  EXPECT_EQ(s.duration_buckets[4], 1u);  // <= 10 ms
+  EXPECT_EQ(s.duration_buckets[4], 1u);  // <= 2 ms
+  EXPECT_EQ(s.duration_buckets[6], 1u);  // <= 10 ms
+  EXPECT_EQ(s.failed(), 2u);
+  // One sample in (1, 2] ms and one in (5, 10] ms: the median is the top of the
+  // first, the 99th percentile near the top of the second.
+  EXPECT_DOUBLE_EQ(s.duration_quantile_micros(0.5), 2000.0);
+  EXPECT_NEAR(s.duration_quantile_micros(0.99), 9900.0, 1.0);
+  EXPECT_EQ(TlsHandshakeMetrics::Snapshot{}.duration_quantile_micros(0.5), 0.0);
+  m.record_closed_revoked();
+  EXPECT_EQ(m.snapshot().closed_revoked, 1u);
+}
+
+TEST(TlsHandshakeMetrics, FailureSlugsAreDistinctTopicLevels) {
+  std::set<std::string> seen;
+  for (std::size_t f = 0; f < kTlsFailureCount; ++f) {
+    const std::string slug(to_slug(static_cast<TlsFailure>(f)));
+    EXPECT_EQ(slug.find_first_of("/+# "), std::string::npos) << slug;
+    EXPECT_TRUE(seen.insert(slug).second) << slug;
+  }
 }
 
 TEST(TlsConfig, ParsersAcceptTheTomlSpellings) {
