@@ -380,6 +380,7 @@ void Client::finish_connect(const security::AuthResult& auth) {
   s.username = identity_;
   s.own_acl = own_acl_;
   s.own_acl_only = own_acl_only_;
+  s.acl_cache.clear();
   state_ = State::Connected;
   keep_alive_ = std::chrono::seconds(pc->keep_alive);
   last_packet_at_ = shard_.now();
@@ -401,7 +402,7 @@ void Client::handle_publish(const codec::Publish& p) {
   const bool duplicate_qos2 = p.qos == QoS::ExactlyOnce && s.awaiting_pubrel.count(p.packet_id) != 0;
   // A refused PUBLISH is dropped but still acknowledged: MQTT 3.1.1 has no way to
   // refuse one but closing the connection.
-  const bool allowed = duplicate_qos2 || shard_.allowed(identity(s), security::Action::Publish, p.topic);
+  const bool allowed = duplicate_qos2 || shard_.allowed(s, security::Action::Publish, p.topic);
   if (!allowed) {
     shard_.stats().dropped_not_authorized.add();
     spdlog::debug("client {} ({}): PUBLISH to '{}' not authorized, dropped", client_id_, identity_, p.topic);

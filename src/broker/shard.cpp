@@ -274,7 +274,7 @@ void Shard::deliver(Session& s, const MessagePtr& m, QoS qos, bool retain, std::
     return;
   }
   // Checked at delivery: a subscriber that lost the right stops receiving.
-  if (!allowed(s.identity(), security::Action::Receive, m->topic)) {
+  if (!allowed(s, security::Action::Receive, m->topic)) {
     if (seq) writes().erase_queued(s.id, seq);
     return;
   }
@@ -410,7 +410,13 @@ void Shard::resume(Session& s) {
 
 void Shard::tick(TimePoint now) {
   now_ = now;
-  if (shared_.acl) acl_ = shared_.acl->load();        // picks up a reloaded ACL
+  if (shared_.acl) {  // picks up a reloaded ACL; the sessions' memoised decisions go stale
+    auto current = shared_.acl->load();
+    if (current != acl_) {
+      acl_ = std::move(current);
+      ++acl_generation_;
+    }
+  }
   if (started_at_ == TimePoint{}) started_at_ = now;  // the first tick starts the uptime
   if (index_ == 0 && shared_.sys_interval.count() > 0 && now >= next_sys_) {
     publish_sys();

@@ -31,6 +31,7 @@
 #include "security/audit.hpp"
 #include "security/authn.hpp"
 #include "security/clientid.hpp"
+#include "security/decision_cache.hpp"
 #include "security/defence.hpp"
 #include "store/store.hpp"
 
@@ -191,6 +192,8 @@ class Session {
   std::shared_ptr<const security::OrderedRules> own_acl;
   bool own_acl_only = false;
   security::Identity identity() const { return {username, client_id, own_acl.get(), own_acl_only}; }
+  // Decisions for this identity (cleared when a connection sets it).
+  security::DecisionCache acl_cache;
   TimePoint offline_since{};  // for session expiry
   std::map<std::string, codec::QoS, std::less<>> subscriptions;
   std::deque<Inflight> inflight;                      // in the order sent
@@ -320,6 +323,15 @@ class Shard {
   bool allowed(const security::Identity& who, security::Action action, std::string_view topic) const {
     return security::authorize(acl_.get(), who, action, topic) == security::Decision::Allow;
   }
+  // The same for a session's identity, memoised in the session: with an ACL
+  // of any size the publish and delivery paths pay once per (action, topic).
+  bool allowed(Session& s, security::Action action, std::string_view topic) const {
+    if (!acl_ && !s.own_acl) return true;
+    if (auto d = s.acl_cache.find(acl_generation_, action, topic)) return *d == security::Decision::Allow;
+    const auto d = security::authorize(acl_.get(), s.identity(), action, topic);
+    s.acl_cache.put(acl_generation_, action, topic, d);
+    return d == security::Decision::Allow;
+  }
   ShardStats& stats() { return stats_; }
   const ShardStats& stats() const { return stats_; }
   // Store operations recorded so far (ever): output queued after this number
@@ -379,6 +391,7 @@ class Shard {
   store::Batch batch_;
   std::uint64_t writes_made_ = 0;
   std::shared_ptr<const security::AccessPolicy> acl_;  // this loop's snapshot, refreshed by tick()
+  std::uint64_t acl_generation_ = 1;                   // bumped when tick() finds a new acl_
   std::vector<Subscriber> match_scratch_;
   TimePoint started_at_{};
   TimePoint next_sys_{};

@@ -15,6 +15,7 @@ import os
 import pty
 import queue
 import select
+import signal
 import stat
 import subprocess
 import time
@@ -597,3 +598,52 @@ def test_acl_retained_not_delivered_when_unreadable(secure_broker, passwd_text):
             wr.publish("live/sentinel", b"end", qos=1)
             got = [(p.topic, p.payload, p.retain) for p in collect_until(r, "live/sentinel")]
             assert got == [("public/r", b"public-retained", True)], got
+
+
+def test_acl_reload_withdraws_rights_from_live_clients(secure_broker, passwd_text):
+    """Rights withdrawn by a reloaded ACL stop a connected subscriber from
+    receiving and a connected publisher from publishing, on topics they have
+    used before (the broker memoises decisions per session: a reload must
+    make them stale)."""
+    both = "user watcher\ntopic read #\n\nuser writer\ntopic write #\n"
+    b = secure_broker(listeners=PASSWORD_THEN_ANON, password_file="passwd",
+                      files={"passwd": passwd_text}, acl_text=both, threads=2)
+    ep = ep_of(b)
+    acl_path = b.workdir / "acl"
+
+    def reload(text):
+        mark = b.log_mark()
+        tmp = acl_path.with_suffix(".new")
+        tmp.write_text(text)
+        os.replace(tmp, acl_path)
+        os.kill(b.pid, signal.SIGHUP)
+        b.wait_for_log(r"reload: ACL", since=mark)
+
+    def delivered(w, wr, topic):
+        """Publishes `topic` then a sentinel; True if the watcher got `topic`."""
+        wr.publish(topic, b"m", qos=1)
+        wr.publish("end/sentinel", b"end", qos=1)
+        return [p.topic for p in collect_until(w, "end/sentinel")] == [topic]
+
+    def until_refused(w, wr, topic):
+        # The event loops take a reloaded ACL at their next tick (a few times a
+        # second): poll, bounded.
+        deadline = time.monotonic() + scaled(5)
+        while delivered(w, wr, topic):
+            assert time.monotonic() < deadline, "%s still delivered after the reload" % topic
+        for _ in range(3):
+            assert not delivered(w, wr, topic)
+
+    with login(ep, "watcher") as w, login(ep, "writer") as wr:
+        assert w.subscribe([("#", 1)]) == [1]
+        for _ in range(3):
+            assert delivered(w, wr, "x/1") and delivered(w, wr, "y/1")
+        # The watcher may no longer read x/#: x/1 stops reaching it.
+        reload("user watcher\ntopic read y/#\ntopic read end/#\n\nuser writer\ntopic write #\n")
+        until_refused(w, wr, "x/1")
+        assert delivered(w, wr, "y/1")
+        # The writer may no longer write y/#: y/1 is acknowledged and dropped.
+        reload("user watcher\ntopic read #\n\nuser writer\ntopic write x/#\ntopic write end/#\n")
+        until_refused(w, wr, "y/1")
+        assert delivered(w, wr, "x/1")
+    assert b.alive()
