@@ -284,3 +284,119 @@ def test_config_errors_name_the_policy_line(tmp_path):
                        timeout=scaled(30))
     assert r.returncode == 2
     assert "%s:8:11: payload_policy[0].require:" % conf in r.stderr.decode(), r.stderr
+
+
+# ================================================================ moat pub --seal, moat sub --open
+
+def moat_sub_open(b, filt, keyring, count, *extra):
+    """`moat sub --open` running until `count` messages are printed (or 20 s);
+    returns the Popen once its subscription is acknowledged."""
+    from test_payload import MOAT
+    argv = [MOAT, "sub", "-h", b.host, "-p", str(b.port), "-t", filt, "-v", "-q", "1", "-d",
+            "--open", "--keyring", keyring, "-C", str(count), "-W", str(int(scaled(20)))] + list(extra)
+    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    seen = []
+    deadline = time.monotonic() + scaled(10)
+    while time.monotonic() < deadline:
+        line = p.stderr.readline().decode()
+        assert line, "moat sub ended before subscribing: %s" % seen
+        seen.append(line)
+        if "subscribed to" in line:
+            return p
+    p.kill()
+    p.wait()
+    raise AssertionError("moat sub: no subscription: %s" % seen)
+
+
+def moat_pub(b, topic, *args, stdin=b""):
+    r = moat("pub", "-h", b.host, "-p", str(b.port), "-t", topic, "-q", "1", *args, stdin=stdin)
+    return r
+
+
+def test_cli_pub_seal_and_sub_open(start_broker, tmp_path):
+    b = start_broker()
+    d = str(tmp_path)
+    sig = keygen(d, "ed25519", "dev-sig")
+    mac = keygen(d, "hmac256", "line-mac")
+    other = keygen(d, "ed25519", "other-sig")
+    enc = keygen(d, "x25519", "ops-enc")
+    pub_ring = os.path.join(d, "pub.toml")
+    with open(pub_ring, "w") as f:
+        f.write('[[topic]]\nfilter = "cmd/#"\nkeys = ["%s"]\nseal = "sign"\n\n'
+                '[[topic]]\nfilter = "line/#"\nkeys = ["%s"]\n\n'
+                '[[topic]]\nfilter = "ops/#"\nkeys = ["%s.pub"]\n' % (sig, mac, enc))
+    sub_ring = os.path.join(d, "sub.toml")
+    with open(sub_ring, "w") as f:
+        f.write('[[topic]]\nfilter = "cmd/#"\nkeys = ["%s.pub"]\n\n'
+                '[[topic]]\nfilter = "line/#"\nkeys = ["%s"]\n\n'
+                '[[topic]]\nfilter = "ops/#"\nkeys = ["%s"]\n' % (sig, mac, enc))
+
+    sub = moat_sub_open(b, "#", sub_ring, 5)
+    try:
+        # good ones: the keyring's seal mode (sign), --seal mac, --seal encrypt-to, -l lines
+        assert moat_pub(b, "cmd/1", "-m", "start", "--keyring", pub_ring).returncode == 0
+        r = moat_pub(b, "line/1", "-m", "42", "--seal", "mac", "--keyring", pub_ring)
+        assert r.returncode == 0, r.stderr
+        r = moat_pub(b, "ops/1", "-m", "secret", "--seal", "encrypt-to", "--keyring", pub_ring)
+        assert r.returncode == 0, r.stderr
+
+        # bad ones, sent raw so the test controls the bytes
+        raw = login(b)
+        good = seal("sign", sig, "cmd/1", b"stop")
+        tampered = bytearray(good)
+        tampered[tampered.find(b"stop")] ^= 0x20
+        raw.publish("cmd/1", bytes(tampered), qos=1)                                 # tampered
+        raw.publish("cmd/2", seal("sign", sig, "cmd/1", b"moved"), qos=1)            # wrong topic
+        raw.publish("cmd/1", seal("sign", other, "cmd/1", b"intruder"), qos=1)       # unknown key
+        raw.publish("cmd/1", b"not an envelope", qos=1)                              # malformed
+        raw.publish("cmd/1", good, qos=1)
+        raw.publish("cmd/1", good, qos=1)                                            # replayed
+        r = moat_pub(b, "line/2", "-l", "--seal", "mac", "--keyring", pub_ring, stdin=b"a\n")
+        assert r.returncode == 0, r.stderr
+        out, err = sub.communicate(timeout=scaled(30))
+    finally:
+        if sub.poll() is None:
+            sub.kill()
+            sub.wait()
+    assert sub.returncode == 0, err
+    assert out.decode().splitlines() == ["cmd/1 start", "line/1 42", "ops/1 secret", "cmd/1 stop", "line/2 a"]
+    errors = [line for line in err.decode().splitlines() if line.startswith("moat sub: '")]
+    assert len(errors) == 5, err
+    assert errors[0].startswith("moat sub: 'cmd/1': verification failed"), errors
+    assert errors[1].startswith("moat sub: 'cmd/2': verification failed"), errors
+    assert errors[2].startswith("moat sub: 'cmd/1': unknown key"), errors
+    assert errors[3].startswith("moat sub: 'cmd/1': malformed"), errors
+    assert errors[4].startswith("moat sub: 'cmd/1': replayed"), errors
+    assert b"intruder" not in out and b"moved" not in out
+
+
+def test_cli_seal_usage_errors(start_broker, tmp_path):
+    b = start_broker()
+    d = str(tmp_path)
+    pubkey = keygen(d, "ed25519", "k") + ".pub"
+    ring = os.path.join(d, "ring.toml")
+    with open(ring, "w") as f:
+        f.write('[[topic]]\nfilter = "a/#"\nkeys = ["%s"]\n' % pubkey)
+    r = moat_pub(b, "a/1", "-m", "x", "--seal", "sign")
+    assert r.returncode == 1 and b"--seal needs --keyring FILE" in r.stderr
+    r = moat_pub(b, "a/1", "-m", "x", "--keyring", ring)
+    assert r.returncode == 1 and b"names no seal mode for 'a/1'" in r.stderr, r.stderr
+    r = moat_pub(b, "a/1", "-m", "x", "--seal", "sign", "--keyring", ring)
+    assert r.returncode == 1 and b"signing needs a private key" in r.stderr, r.stderr
+    r = moat("sub", "-h", b.host, "-p", str(b.port), "-t", "a/#", "--open")
+    assert r.returncode == 1 and b"--open needs --keyring FILE" in r.stderr, r.stderr
+
+
+def test_cli_pub_seal_passes_the_broker_policy(secure_broker, tmp_path):  # noqa: F811
+    b, k = make_broker(secure_broker, tmp_path)
+    ring = str(tmp_path / "alice.toml")
+    with open(ring, "w") as f:
+        f.write('[[topic]]\nfilter = "plant/#"\nkeys = ["%s"]\nseal = "sign"\n' % k["alice-sig"])
+    sub = login(b, name="sub")
+    sub.subscribe([("plant/#", 1)])
+    r = moat_pub(b, "plant/3/cmd", "-u", "alice", "-P", USERS["alice"], "-m", "go", "--keyring", ring)
+    assert r.returncode == 0, r.stderr
+    pub = sub.recv_publish()
+    assert pub.topic == "plant/3/cmd"
+    opened = moat("open", "--key", k["alice-sig"] + ".pub", "-t", pub.topic, stdin=pub.payload)
+    assert opened.returncode == 0 and opened.stdout == b"go", opened.stderr
