@@ -80,6 +80,13 @@ std::optional<std::string> seal_message(payload::Keyring& ring, payload::Mode mo
 std::optional<std::string> open_message(payload::Keyring& ring, bool require_fresh, std::string_view topic,
                                         std::string& payload);
 
+// payload.cpp: a keyring file (throws with FILE:LINE:COLUMN), a seal mode by name
+// (encrypt | encrypt-to | mac | sign), and the payload an integrity envelope
+// (COSE_Sign1, COSE_Mac0) carries, unverified (moat bench's subscribers).
+std::shared_ptr<payload::Keyring> load_keyring(const std::string& path);
+std::optional<payload::Mode> seal_mode(std::string_view name);
+std::optional<std::string_view> envelope_content(std::string_view bytes);
+
 int run_pub(const PubArgs& a);
 int run_sub(const SubArgs& a);
 // moat init DIR [--host NAME]... [--tls-bind A:P] [--local-bind A:P] [--force]

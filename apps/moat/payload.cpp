@@ -335,4 +335,21 @@ std::optional<std::string> open_message(payload::Keyring& ring, bool require_fre
   return std::nullopt;
 }
 
+std::shared_ptr<payload::Keyring> load_keyring(const std::string& path) {
+  return payload::Keyring::load(path);
+}
+
+std::optional<payload::Mode> seal_mode(std::string_view name) {
+  const auto m = payload::parse_mode(name);
+  if (!m || *m == payload::Mode::Digest) return std::nullopt;
+  return m;
+}
+
+std::optional<std::string_view> envelope_content(std::string_view bytes) {
+  auto env = payload::decode(bytes);
+  if (!env || (env->kind != payload::Envelope::Kind::Sign1 && env->kind != payload::Envelope::Kind::Mac0))
+    return std::nullopt;
+  return env->content;
+}
+
 }  // namespace moat::cli
