@@ -81,6 +81,18 @@ def audit(b):
         return [json.loads(line) for line in f.read().splitlines() if line]
 
 
+def rejects(b, n):
+    """The payload.reject audit lines once there are `n` (the audit log is
+    written by its own thread; polled, bounded)."""
+    deadline = time.monotonic() + scaled(10)
+    while True:
+        found = [e for e in audit(b) if e["event"] == "payload.reject"]
+        if len(found) >= n or time.monotonic() > deadline:
+            assert len(found) == n, found
+            return found
+        time.sleep(0.02)
+
+
 def wait_sys(sub, topic, want, timeout=15):
     """Receive $SYS publishes until `topic` carries `want` (the broker publishes
     every sys_interval); returns the last value seen on failure."""
@@ -192,16 +204,16 @@ def test_signature_policy_delivers_bound_signers_and_drops_the_rest(secure_broke
     wait_sys(sys_sub, "$SYS/broker/messages/payload_verified", "2")
 
     # ... and audited, one line per drop with its reason.
-    rejects = [e for e in audit(b) if e["event"] == "payload.reject"]
-    assert sorted(e["failure"] for e in rejects) == sorted(
-        [f for f, _ in drops] + ["not_sealed", "not_sealed"]), rejects
-    by_alice = [e for e in rejects if e.get("identity") == "alice"]
+    rejects_ = rejects(b, len(drops) + 2)
+    assert sorted(e["failure"] for e in rejects_) == sorted(
+        [f for f, _ in drops] + ["not_sealed", "not_sealed"]), rejects_
+    by_alice = [e for e in rejects_ if e.get("identity") == "alice"]
     assert len(by_alice) == len(drops) + 1
-    for e in rejects:
+    for e in rejects_:
         assert e["topic"] == topic and e["action"] == "publish" and e["reason"], e
-    unbound = sorted(e["kid"] for e in rejects if e["failure"] == "signer_not_bound")
+    unbound = sorted(e["kid"] for e in rejects_ if e["failure"] == "signer_not_bound")
     assert unbound == ["bob-sig", "mallory-sig"]
-    assert all(e["mode"] == "sign" for e in rejects if e["failure"] != "not_sealed")
+    assert all(e["mode"] == "sign" for e in rejects_ if e["failure"] != "not_sealed")
 
     assert b.alive()
 
@@ -215,8 +227,7 @@ def test_anonymous_publisher_cannot_use_a_bound_key(secure_broker, tmp_path):  #
     anon.publish(topic, seal("sign", k["alice-sig"], topic, b"x"), qos=1)
     anon.publish("plant/7/done", b"end", qos=1)
     assert collect_until(sub, "plant/7/done") == []
-    rejects = [e for e in audit(b) if e["event"] == "payload.reject"]
-    assert [e["failure"] for e in rejects] == ["signer_not_bound"]
+    assert [e["failure"] for e in rejects(b, 1)] == ["signer_not_bound"]
 
 
 def test_decrypt_policy_delivers_plaintext(secure_broker, tmp_path):  # noqa: F811
@@ -262,7 +273,7 @@ def test_decrypt_policy_delivers_plaintext(secure_broker, tmp_path):  # noqa: F8
     pub.publish(topic, sealed, qos=1)
     got = raw_sub.recv_publish()
     assert got.payload == b"22.5 C"
-    assert [e["failure"] for e in audit(b) if e["event"] == "payload.reject"] == ["not_sealed"]
+    assert [e["failure"] for e in rejects(b, 1)] == ["not_sealed"]
 
 
 def test_config_errors_name_the_policy_line(tmp_path):
@@ -422,3 +433,23 @@ def test_bench_seal_sign_through_a_signature_policy(secure_broker, tmp_path):  #
     r = json.loads(p.stdout.decode().strip().splitlines()[-1])
     assert r["ok"] and r["delivered"] > 0 and r["lost"] == 0, r
     assert not b.find_log("refused by the payload policy")
+
+
+def test_will_on_a_policed_topic_must_satisfy_the_policy(secure_broker, tmp_path):  # noqa: F811
+    b, k = make_broker(secure_broker, tmp_path)
+    topic = "plant/5/cmd"
+    c = mqttraw.Client(b.host, b.port, timeout=scaled(10), name="will-plain")
+    c.connect(uniq("w"), username="alice", password=USERS["alice"], will_topic=topic,
+              will_payload=b"unsigned last words", expect_rc=5)
+    c.close()
+    # A signed will from the bound publisher is accepted, and published on loss.
+    sub = login(b, name="sub")
+    sub.subscribe([("plant/#", 1)])
+    will = seal("sign", k["alice-sig"], topic, b"signed last words")
+    c = mqttraw.Client(b.host, b.port, timeout=scaled(10), name="will-signed")
+    c.connect(uniq("w"), username="alice", password=USERS["alice"], will_topic=topic, will_payload=will,
+              will_qos=1)
+    c.abort()
+    pub = sub.recv_publish()
+    assert (pub.topic, pub.payload) == (topic, will)
+    assert [(e["action"], e["failure"]) for e in rejects(b, 1)] == [("will", "not_sealed")]

@@ -211,12 +211,6 @@ std::vector<std::shared_ptr<const Key>> Keyring::keys_for(std::string_view topic
   return out;
 }
 
-bool Keyring::covers(std::string_view topic) const {
-  return std::any_of(entries_.begin(), entries_.end(), [&](const Entry& e) {
-    return e.filter.empty() || codec::topic_matches(e.filter, topic);
-  });
-}
-
 std::optional<Mode> Keyring::seal_mode_for(std::string_view topic) const {
   for (const Entry& e : entries_)
     if (e.seal && (e.filter.empty() || codec::topic_matches(e.filter, topic))) return e.seal;

@@ -69,8 +69,6 @@ class Keyring {
 
   // The keys of every entry whose filter matches `topic`, in file order.
   std::vector<std::shared_ptr<const Key>> keys_for(std::string_view topic) const;
-  // Does any entry's filter match `topic`?
-  bool covers(std::string_view topic) const;
   // The `seal` mode of the first matching entry that has one.
   std::optional<Mode> seal_mode_for(std::string_view topic) const;
   // Is there a key for `topic` that seals in `mode`? (digest: always)
