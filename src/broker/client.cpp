@@ -367,7 +367,8 @@ void Client::finish_connect(const security::AuthResult& auth) {
   if (pc->will) {
     const MessagePtr& w = *pc->will;
     auto admitted = admit_payload(w->topic, w->payload, w->qos, w->retain, "will");
-    if (!admitted) return refuse_connect(ConnectReturnCode::NotAuthorized, "will refused by the payload policy");
+    if (!admitted)
+      return refuse_connect(ConnectReturnCode::NotAuthorized, "will refused by the payload policy");
     pc->will = std::move(admitted);
   }
   const std::string& client_id = pc->client_id;

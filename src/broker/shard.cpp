@@ -407,7 +407,7 @@ void Shard::resume(Session& s) {
 
 void Shard::tick(TimePoint now) {
   now_ = now;
-  if (shared_.acl) acl_ = shared_.acl->load();        // picks up a reloaded ACL
+  if (shared_.acl) acl_ = shared_.acl->load();  // picks up a reloaded ACL
   if (shared_.payload) payload_ = shared_.payload->load();
   if (started_at_ == TimePoint{}) started_at_ = now;  // the first tick starts the uptime
   if (index_ == 0 && shared_.sys_interval.count() > 0 && now >= next_sys_) {

@@ -47,9 +47,9 @@ struct ShardStats {
     }
   };
   Snapshot snapshot() const {
-    return {clients_connected.get(), sessions.get(),           messages_received.get(),
-            messages_sent.get(),     dropped_queue_full.get(), dropped_offline_qos0.get(),
-            protocol_errors.get(),   takeovers.get(),          dropped_not_authorized.get(),
+    return {clients_connected.get(),      sessions.get(),           messages_received.get(),
+            messages_sent.get(),          dropped_queue_full.get(), dropped_offline_qos0.get(),
+            protocol_errors.get(),        takeovers.get(),          dropped_not_authorized.get(),
             dropped_payload_policy.get(), payload_verified.get()};
   }
 };

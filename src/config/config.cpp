@@ -358,7 +358,8 @@ std::vector<broker::PayloadPolicySpec> read_payload_policies(const Reporter& r, 
       r.fail(t.source(), sec, "missing key 'topic' (a topic filter or an array of them)");
     for (const auto& f : *topics) {
       if (!codec::valid_topic_filter(f) || codec::check_utf8(f) != codec::ProtocolError::None)
-        r.fail_at(*t.get("topic"), qualified(sec, "topic"), fmt::format("'{}' is not a valid topic filter", f));
+        r.fail_at(*t.get("topic"), qualified(sec, "topic"),
+                  fmt::format("'{}' is not a valid topic filter", f));
     }
     p.topics = *topics;
     if (!t.get("require")) r.fail(t.source(), sec, "missing key 'require' (mac | signature | encrypted)");
@@ -370,11 +371,14 @@ std::vector<broker::PayloadPolicySpec> read_payload_policies(const Reporter& r, 
     p.keyring = get_path(r, t, sec, "keyring", dir);
     if (const toml::node* k = t.get("keyring")) p.keyring_at = at(k->source());
     if (p.keyring.empty() && p.require != broker::PayloadRequirement::Encrypted)
-      r.fail(t.source(), sec, fmt::format("require = \"{}\" needs a keyring = \"...\" with the keys that verify", req));
+      r.fail(t.source(), sec,
+             fmt::format("require = \"{}\" needs a keyring = \"...\" with the keys that verify", req));
     if (const toml::node* sn = t.get("signers")) {
       p.signers_at = at(sn->source());
       const toml::table* st = sn->as_table();
-      if (!st) r.fail_at(*sn, qualified(sec, "signers"), "must be a table: { \"key id\" = \"identity\" or [identities] }");
+      if (!st)
+        r.fail_at(*sn, qualified(sec, "signers"),
+                  "must be a table: { \"key id\" = \"identity\" or [identities] }");
       for (const auto& [kid, v] : *st) {
         const std::string key = qualified(sec, "signers") + "." + std::string(kid.str());
         std::vector<std::string> who;
@@ -403,11 +407,11 @@ std::vector<broker::PayloadPolicySpec> read_payload_policies(const Reporter& r, 
           r.fail_at(*b, qualified(sec, "bind"), "only %u (identity), %c (client id) and %% may follow a %");
         ++k;
       }
-      if (!p.signers.empty())
-        r.fail_at(*b, qualified(sec, "bind"), "give either signers or bind, not both");
+      if (!p.signers.empty()) r.fail_at(*b, qualified(sec, "bind"), "give either signers or bind, not both");
     }
     if ((!p.signers.empty() || !p.bind.empty()) && p.require == broker::PayloadRequirement::Encrypted)
-      r.fail_at(*t.get(p.signers.empty() ? "bind" : "signers"), qualified(sec, p.signers.empty() ? "bind" : "signers"),
+      r.fail_at(*t.get(p.signers.empty() ? "bind" : "signers"),
+                qualified(sec, p.signers.empty() ? "bind" : "signers"),
                 "binds MAC and signature keys to publishers: only with require = \"mac\" or \"signature\"");
     p.decrypt = get_bool(r, t, sec, "decrypt", false);
     if (const toml::node* d = t.get("decrypt")) {
@@ -415,7 +419,8 @@ std::vector<broker::PayloadPolicySpec> read_payload_policies(const Reporter& r, 
       if (p.decrypt && p.require != broker::PayloadRequirement::Encrypted)
         r.fail_at(*d, qualified(sec, "decrypt"), "only with require = \"encrypted\"");
       if (p.decrypt && p.keyring.empty())
-        r.fail_at(*d, qualified(sec, "decrypt"), "needs a keyring = \"...\" with the broker's decryption key");
+        r.fail_at(*d, qualified(sec, "decrypt"),
+                  "needs a keyring = \"...\" with the broker's decryption key");
     }
     p.require_fresh = get_bool(r, t, sec, "require_fresh", true);
     out.push_back(std::move(p));

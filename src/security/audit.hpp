@@ -31,7 +31,7 @@ struct AuditEvent {
   std::string_view reason;
   std::string_view action;                 // acl.deny: "publish" | "subscribe" | "will"
   std::string_view topic;                  // acl.deny: topic name or filter
-  std::string_view failure;                // tls.failure, payload.reject: the failure kind ("unknown_ca", ...)
+  std::string_view failure;                // tls.failure, payload.reject: the kind of failure
   std::string_view kid;                    // payload.reject: the key id the envelope names
   std::string_view mode;                   // payload.reject: the envelope's mode ("sign", ...)
   std::optional<int> code;                 // auth.failure: CONNACK return code sent

@@ -189,7 +189,8 @@ std::unique_ptr<Keyring> Keyring::parse(std::string_view text, const std::filesy
       const auto m = parse_mode(*sn->value<std::string_view>());
       if (!m || *m == Mode::Digest)
         r.fail(*sn, "topic.seal",
-               "\"" + std::string(*sn->value<std::string_view>()) + "\" is not one of: encrypt | encrypt-to | mac | sign");
+               "\"" + std::string(*sn->value<std::string_view>()) +
+                   "\" is not one of: encrypt | encrypt-to | mac | sign");
       if (std::none_of(e.keys.begin(), e.keys.end(), [&](const auto& k) { return seals(*k, *m); }))
         r.fail(*sn, "topic.seal",
                "no key of this entry can seal in mode " + std::string(to_string(*m)) +
