@@ -42,7 +42,9 @@ struct BenchArgs {
   bool json = false;
   bool quiet = false;
   long broker_pid = 0;
-  TlsFlags tls;  // as moat pub; --tls-resume sets tls.resume
+  TlsFlags tls;         // as moat pub; --tls-resume sets tls.resume
+  std::string seal;     // --seal sign | mac: publishers seal each message with --keyring
+  std::string keyring;  // --keyring
 };
 
 // Adds the `bench` subcommand with its flags, which are parsed into `a`.

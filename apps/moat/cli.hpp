@@ -4,12 +4,18 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "client/client.hpp"
+
+namespace moat::payload {
+class Keyring;  // security/payload/keyring.hpp
+enum class Mode : std::uint8_t;
+}  // namespace moat::payload
 
 namespace moat::cli {
 
@@ -42,6 +48,9 @@ struct PubArgs {
   std::string payload;  // for Message, File, Null and Stdin (already read)
   client::QoS qos = client::QoS::AtMostOnce;
   bool retain = false;
+  // --seal MODE --keyring F: each message is sealed with the topic's key (null: sent as is).
+  std::shared_ptr<payload::Keyring> keyring;
+  std::optional<payload::Mode> seal;
 };
 
 enum class Format { Text, Json };
@@ -57,7 +66,26 @@ struct SubArgs {
   std::size_t count = 0;                // -C; 0 = no limit
   unsigned timeout_s = 0;               // -W; 0 = none
   Format format = Format::Text;
+  // --open --keyring F: each message is verified or decrypted; failures go to
+  // stderr and are neither printed nor counted for -C.
+  std::shared_ptr<payload::Keyring> keyring;
+  bool require_fresh = false;  // --require-fresh
 };
+
+// payload.cpp: `payload` sealed in place with the topic's key; the reason when it cannot be.
+std::optional<std::string> seal_message(payload::Keyring& ring, payload::Mode mode, std::string_view topic,
+                                        std::string& payload);
+// payload.cpp: the envelope `payload` verified or decrypted in place; on failure
+// the reason ("replayed: ...", "verification failed (tampered or wrong topic): ...").
+std::optional<std::string> open_message(payload::Keyring& ring, bool require_fresh, std::string_view topic,
+                                        std::string& payload);
+
+// payload.cpp: a keyring file (throws with FILE:LINE:COLUMN), a seal mode by name
+// (encrypt | encrypt-to | mac | sign), and the payload an integrity envelope
+// (COSE_Sign1, COSE_Mac0) carries, unverified (moat bench's subscribers).
+std::shared_ptr<payload::Keyring> load_keyring(const std::string& path);
+std::optional<payload::Mode> seal_mode(std::string_view name);
+std::optional<std::string_view> envelope_content(std::string_view bytes);
 
 int run_pub(const PubArgs& a);
 int run_sub(const SubArgs& a);
@@ -76,9 +104,9 @@ struct PasswdArgs {
   std::string file;
   std::string user;
   std::optional<std::string> password;  // with -b
-  bool create = false;  // -c: start a new file
-  bool batch = false;   // -b: the password is on the command line
-  bool remove = false;  // -D: delete the user
+  bool create = false;                  // -c: start a new file
+  bool batch = false;                   // -b: the password is on the command line
+  bool remove = false;                  // -D: delete the user
 };
 int run_passwd(const PasswdArgs& a);
 

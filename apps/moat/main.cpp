@@ -12,9 +12,10 @@
 
 #include "bench.hpp"
 #include "cli.hpp"
-#include "probe.hpp"
-#include "tls_flags.hpp"
 #include "payload.hpp"
+#include "probe.hpp"
+#include "security/payload/keyring.hpp"
+#include "tls_flags.hpp"
 
 namespace {
 
@@ -62,20 +63,25 @@ void add_common(CLI::App* app, CommonFlags& f, const char* qos_help) {
                    ->check(CLI::Range(1, 65535));
   app->add_option("--unix", f.unix_path, "connect through this Unix socket instead of TCP");
   f.id_opt = app->add_option("-i,--id", f.id, "client identifier (default: assigned by the broker)");
-  f.prefix_opt = app->add_option("-I,--id-prefix", f.id_prefix, "client identifier: this prefix followed by the process id");
+  f.prefix_opt = app->add_option("-I,--id-prefix", f.id_prefix,
+                                 "client identifier: this prefix followed by the process id");
   f.id_opt->excludes(f.prefix_opt);
   f.user_opt = app->add_option("-u,--username", f.username, "user name");
   f.pass_opt = app->add_option("-P,--pw", f.password, "password (needs -u)");
   app->add_option("-k,--keepalive", f.keepalive, "keep-alive in seconds; 0 = off")
       ->capture_default_str()
       ->check(CLI::Range(0, 65535));
-  app->add_flag("-c,--disable-clean-session", f.no_clean, "persistent session (clean session off; needs -i or -I)");
+  app->add_flag("-c,--disable-clean-session", f.no_clean,
+                "persistent session (clean session off; needs -i or -I)");
   app->add_flag("-d,--debug", f.debug, "print what is sent and received on stderr");
-  app->add_option("-V,--protocol-version", f.version, "mqttv311 (or 311) | mqttv31 (or 31)")->capture_default_str();
+  app->add_option("-V,--protocol-version", f.version, "mqttv311 (or 311) | mqttv31 (or 31)")
+      ->capture_default_str();
   app->add_option("-q,--qos", f.qos, qos_help)->capture_default_str()->check(CLI::Range(0, 2));
   f.will_topic_opt = app->add_option("--will-topic", f.will_topic, "topic of the will message");
-  f.will_payload_opt = app->add_option("--will-payload", f.will_payload, "payload of the will (default: empty)");
-  f.will_qos_opt = app->add_option("--will-qos", f.will_qos, "QoS of the will (default 0)")->check(CLI::Range(0, 2));
+  f.will_payload_opt =
+      app->add_option("--will-payload", f.will_payload, "payload of the will (default: empty)");
+  f.will_qos_opt =
+      app->add_option("--will-qos", f.will_qos, "QoS of the will (default 0)")->check(CLI::Range(0, 2));
   f.will_retain_opt = app->add_flag("--will-retain", f.will_retain, "the will is retained");
   app->add_flag("--reconnect", f.reconnect, "reconnect after a lost connection (off by default)");
   moat::cli::add_tls_flags(app, f.tls);
@@ -144,8 +150,8 @@ bool to_common(const std::string& cmd, const CommonFlags& f, moat::cli::Common& 
     o.password = f.password;
   }
 
-  const bool will_parts = f.will_payload_opt->count() > 0 || f.will_qos_opt->count() > 0 ||
-                          f.will_retain_opt->count() > 0;
+  const bool will_parts =
+      f.will_payload_opt->count() > 0 || f.will_qos_opt->count() > 0 || f.will_retain_opt->count() > 0;
   if (f.will_topic_opt->count() > 0) {
     if (auto problem = moat::cli::topic_name_problem(f.will_topic)) {
       error_line(cmd, "--will-topic: " + *problem);
@@ -221,6 +227,15 @@ int main(int argc, char** argv) {
   pub->add_flag("-n,--null-message", null_msg, "send an empty (zero length) message");
   pub->add_flag("-s,--stdin-file", whole_stdin, "send all of stdin as one message");
   pub->add_flag("-r,--retain", retain, "the message is retained");
+  std::string pub_seal;
+  std::string pub_keyring;
+  pub->add_option("--seal", pub_seal,
+                  "seal each message: encrypt | encrypt-to | mac | sign (needs --keyring)")
+      ->check(CLI::IsMember({"encrypt", "encrypt-to", "mac", "sign"}));
+  pub->add_option(
+      "--keyring", pub_keyring,
+      "keyring file (docs/payload-security.md) whose key for the topic seals; without --seal, the "
+      "entry's seal mode");
 
   // ---- moat sub
   CLI::App* sub = app.add_subcommand("sub", "subscribe and print messages (as mosquitto_sub)");
@@ -241,6 +256,13 @@ int main(int argc, char** argv) {
   sub->add_option("--format", format, "text | json (one JSON object per line)")
       ->capture_default_str()
       ->check(CLI::IsMember({"text", "json"}));
+  bool sub_open = false;
+  std::string sub_keyring;
+  sub->add_flag(
+      "--open", sub_open,
+      "verify or decrypt each message with --keyring; failures are reported on stderr, not printed");
+  sub->add_option("--keyring", sub_keyring, "keyring file for --open (docs/payload-security.md)");
+  sub->add_flag("--require-fresh", sa.require_fresh, "with --open: refuse envelopes without replay headers");
 
   // ---- moat init
   CLI::App* init = app.add_subcommand(
@@ -305,7 +327,8 @@ int main(int argc, char** argv) {
     if (init->parsed()) return moat::cli::run_init(init_args);
     if (passwd->parsed()) {
       if (passwd_args.batch != !passwd_password.empty() && !passwd_args.remove) {
-        error_line("passwd", passwd_args.batch ? "-b needs the password after USER" : "a PASSWORD argument needs -b");
+        error_line("passwd",
+                   passwd_args.batch ? "-b needs the password after USER" : "a PASSWORD argument needs -b");
         return moat::cli::kUsage;
       }
       if (passwd_args.batch) passwd_args.password = passwd_password;
@@ -323,7 +346,8 @@ int main(int argc, char** argv) {
       }
       if (!to_common("pub", pf, pa.common)) return moat::cli::kUsage;
       const int sources = static_cast<int>(msg_opt->count() > 0) + static_cast<int>(file_opt->count() > 0) +
-                          static_cast<int>(lines) + static_cast<int>(null_msg) + static_cast<int>(whole_stdin);
+                          static_cast<int>(lines) + static_cast<int>(null_msg) +
+                          static_cast<int>(whole_stdin);
       if (sources != 1) {
         error_line("pub", sources == 0 ? "no message given: use one of -m, -f, -l, -n or -s"
                                        : "give only one of -m, -f, -l, -n and -s");
@@ -334,6 +358,33 @@ int main(int argc, char** argv) {
         return moat::cli::kUsage;
       }
       pa.topic = pub_topic;
+      if (!pub_seal.empty() && pub_keyring.empty()) {
+        error_line("pub", "--seal needs --keyring FILE");
+        return moat::cli::kUsage;
+      }
+      if (!pub_keyring.empty()) {
+        try {
+          pa.keyring = moat::payload::Keyring::load(pub_keyring);
+        } catch (const std::exception& e) {
+          error_line("pub", e.what());
+          return moat::cli::kUsage;
+        }
+        pa.seal =
+            pub_seal.empty() ? pa.keyring->seal_mode_for(pa.topic) : moat::payload::parse_mode(pub_seal);
+        if (!pa.seal) {
+          error_line("pub", "--keyring " + pub_keyring + " names no seal mode for " +
+                                moat::cli::quoted(pa.topic) +
+                                ": give --seal encrypt | encrypt-to | mac | sign");
+          return moat::cli::kUsage;
+        }
+        if (!pa.keyring->can_seal(pa.topic, *pa.seal)) {
+          error_line("pub",
+                     pub_keyring + " has no key for " + moat::cli::quoted(pa.topic) + " that seals in mode " +
+                         std::string(moat::payload::to_string(*pa.seal)) +
+                         (*pa.seal == moat::payload::Mode::Sign ? " (signing needs a private key)" : ""));
+          return moat::cli::kUsage;
+        }
+      }
       pa.qos = static_cast<client::QoS>(pf.qos);
       pa.retain = retain;
       if (msg_opt->count() > 0) {
@@ -386,6 +437,22 @@ int main(int argc, char** argv) {
       for (const auto& f : sa.filter_out) {
         if (auto problem = moat::cli::topic_filter_problem(f)) {
           error_line("sub", "-T: " + *problem);
+          return moat::cli::kUsage;
+        }
+      }
+      if (sub_open != !sub_keyring.empty()) {
+        error_line("sub", sub_open ? "--open needs --keyring FILE" : "--keyring is for --open");
+        return moat::cli::kUsage;
+      }
+      if (sa.require_fresh && !sub_open) {
+        error_line("sub", "--require-fresh is for --open");
+        return moat::cli::kUsage;
+      }
+      if (sub_open) {
+        try {
+          sa.keyring = moat::payload::Keyring::load(sub_keyring);
+        } catch (const std::exception& e) {
+          error_line("sub", e.what());
           return moat::cli::kUsage;
         }
       }

@@ -317,4 +317,39 @@ int run_payload_command(const PayloadCommands& c) {
   return -1;
 }
 
+std::optional<std::string> seal_message(payload::Keyring& ring, payload::Mode mode, std::string_view topic,
+                                        std::string& bytes) {
+  auto env = ring.seal(topic, bytes, mode);
+  if (!env) return env.error().message();
+  bytes = std::move(*env);
+  return std::nullopt;
+}
+
+std::optional<std::string> open_message(payload::Keyring& ring, bool require_fresh, std::string_view topic,
+                                        std::string& bytes) {
+  payload::OpenPolicy policy;
+  policy.require_fresh = require_fresh;
+  auto opened = ring.open(topic, bytes, policy);
+  if (!opened) return opened.error().message();
+  bytes = std::move(opened->plaintext);
+  return std::nullopt;
+}
+
+std::shared_ptr<payload::Keyring> load_keyring(const std::string& path) {
+  return payload::Keyring::load(path);
+}
+
+std::optional<payload::Mode> seal_mode(std::string_view name) {
+  const auto m = payload::parse_mode(name);
+  if (!m || *m == payload::Mode::Digest) return std::nullopt;
+  return m;
+}
+
+std::optional<std::string_view> envelope_content(std::string_view bytes) {
+  auto env = payload::decode(bytes);
+  if (!env || (env->kind != payload::Envelope::Kind::Sign1 && env->kind != payload::Envelope::Kind::Mac0))
+    return std::nullopt;
+  return env->content;
+}
+
 }  // namespace moat::cli

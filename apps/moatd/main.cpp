@@ -17,6 +17,7 @@
 #include <mutex>
 #include <thread>
 
+#include "broker/payload_policy.hpp"
 #include "config/config.hpp"
 #include "net/server.hpp"
 #include "security/acl.hpp"
@@ -73,6 +74,8 @@ struct SecurityMaterial {
   std::map<std::string, std::shared_ptr<security::Reloadable<security::ClientIdRules>>> clientid;
   std::shared_ptr<security::AuditLog> audit;
   std::shared_ptr<security::AuthThrottle> defence;
+  // [[payload_policy]] with their keyrings; always present, so that a reload may add some.
+  std::shared_ptr<security::Reloadable<moat::broker::PayloadPolicies>> payload;
   struct Tls {
     std::string listener;
     security::TlsServerConfig config;
@@ -96,6 +99,8 @@ struct SecurityMaterial {
       jwt = std::make_shared<security::JwtAuthenticator>(*cfg.jwt, std::move(keys));
     }
     if (cfg.has_acl) acl = std::make_shared<security::Reloadable<security::AccessPolicy>>(load_policy(cfg));
+    payload = std::make_shared<security::Reloadable<moat::broker::PayloadPolicies>>(
+        moat::broker::PayloadPolicies::load(cfg.payload_policies));
     if (cfg.clientid)
       clientid[""] = std::make_shared<security::Reloadable<security::ClientIdRules>>(
           security::ClientIdRules::make(*cfg.clientid));
@@ -152,6 +157,16 @@ struct SecurityMaterial {
       }
     } else if (next && next->has_acl) {
       spdlog::warn("reload: an [acl] added to the configuration takes effect after a restart");
+    }
+    if (next) {
+      // Keyrings read again from the same files keep their replay windows.
+      try {
+        auto policies = moat::broker::PayloadPolicies::load(next->payload_policies, payload->load().get());
+        spdlog::info("reload: {} payload polic{}", policies->size(), policies->size() == 1 ? "y" : "ies");
+        payload->store(std::move(policies));
+      } catch (const std::exception& e) {
+        spdlog::error("reload of the payload policies failed, keeping the previous ones: {}", e.what());
+      }
     }
     if (next) {
       auto update = [&](const std::string& key, const std::optional<security::ClientIdRules::Spec>& spec) {
@@ -298,6 +313,12 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (check_only) {
+    try {
+      moat::broker::PayloadPolicies::load(cfg.payload_policies);  // the keyrings too
+    } catch (const std::exception& e) {
+      fmt::print(stderr, "moatd: configuration error: {}\n", e.what());
+      return 2;
+    }
     fmt::print("{}: configuration is valid\n", config_file.empty() ? "built-in default" : config_file);
     return 0;
   }
@@ -377,6 +398,9 @@ int main(int argc, char** argv) {
   shared.acl = material.acl;
   shared.defence = material.defence;
   shared.audit = material.audit;
+  shared.payload = material.payload;
+  if (const auto n = cfg.payload_policies.size())
+    spdlog::info("{} payload polic{} on topics", n, n == 1 ? "y" : "ies");
 
   moat::net::ServerOptions opts;
   opts.threads = cfg.threads;

@@ -362,6 +362,15 @@ void Client::finish_connect(const security::AuthResult& auth) {
     audit(e);
     return refuse_connect(ConnectReturnCode::NotAuthorized, "will topic not authorized");
   }
+  // A will on a policed topic must satisfy the policy now: it is published
+  // later, when the publisher can no longer be asked.
+  if (pc->will) {
+    const MessagePtr& w = *pc->will;
+    auto admitted = admit_payload(w->topic, w->payload, w->qos, w->retain, "will");
+    if (!admitted)
+      return refuse_connect(ConnectReturnCode::NotAuthorized, "will refused by the payload policy");
+    pc->will = std::move(admitted);
+  }
   const std::string& client_id = pc->client_id;
 
   // [MQTT-3.1.4-2] a second connection with the same identifier takes over.
@@ -414,9 +423,11 @@ void Client::handle_publish(const codec::Publish& p) {
     audit(e);
   }
   if (!duplicate_qos2 && allowed) {
-    auto m = make_message(p.topic, p.payload, p.qos, p.retain);
-    if (p.retain && shard_.shared().retained.update(m)) shard_.persist_retained(m);
-    shard_.route(m);
+    // Still acknowledged below when the topic's payload policy drops it.
+    if (auto m = admit_payload(p.topic, p.payload, p.qos, p.retain, "publish")) {
+      if (p.retain && shard_.shared().retained.update(m)) shard_.persist_retained(m);
+      shard_.route(m);
+    }
   }
   if (p.qos == QoS::AtLeastOnce) {
     send(codec::Ack{codec::PacketType::Puback, p.packet_id});  // [MQTT-4.3.2-2]

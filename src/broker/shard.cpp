@@ -34,7 +34,8 @@ Shard::Shard(std::uint32_t index, BrokerShared& shared, ShardBus& bus)
       bus_(bus),
       now_(Clock::now()),
       outboxes_(shared.shard_count),
-      acl_(shared.acl ? shared.acl->load() : nullptr) {}
+      acl_(shared.acl ? shared.acl->load() : nullptr),
+      payload_(shared.payload ? shared.payload->load() : nullptr) {}
 
 Shard::~Shard() = default;
 
@@ -417,6 +418,7 @@ void Shard::tick(TimePoint now) {
       ++acl_generation_;
     }
   }
+  if (shared_.payload) payload_ = shared_.payload->load();
   if (started_at_ == TimePoint{}) started_at_ = now;  // the first tick starts the uptime
   if (index_ == 0 && shared_.sys_interval.count() > 0 && now >= next_sys_) {
     publish_sys();
@@ -466,6 +468,8 @@ void Shard::publish_sys() {
   put("$SYS/broker/connections/protocol_errors", std::to_string(t.protocol_errors));
   put("$SYS/broker/connections/takeovers", std::to_string(t.takeovers));
   put("$SYS/broker/messages/dropped/not_authorized", std::to_string(t.dropped_not_authorized));
+  put("$SYS/broker/messages/dropped/payload_policy", std::to_string(t.dropped_payload_policy));
+  put("$SYS/broker/messages/payload_verified", std::to_string(t.payload_verified));
   publish_tls_sys();
 }
 

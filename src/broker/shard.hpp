@@ -23,6 +23,7 @@
 #include "broker/limits.hpp"
 #include "broker/message.hpp"
 #include "broker/output.hpp"
+#include "broker/payload_policy.hpp"
 #include "broker/retained.hpp"
 #include "broker/stats.hpp"
 #include "broker/subscription_index.hpp"
@@ -150,6 +151,8 @@ struct BrokerShared {
   // Each TLS listener's handshake counters (name, counters), for
   // $SYS/broker/tls/<listener>/...; filled by net before the loops start.
   std::vector<std::pair<std::string, const security::TlsHandshakeMetrics*>> tls_metrics;
+  // [[payload_policy]]: null when none is configured; swapped on reload.
+  std::shared_ptr<security::Reloadable<PayloadPolicies>> payload;
 };
 
 // Which shard owns a client identifier: every connection with that identifier
@@ -254,6 +257,11 @@ class Client {
   // Fills listener, peer and client id, and emits (when an audit log is configured).
   void audit(security::AuditEvent& e) const;
   void handle_publish(const codec::Publish& p);
+  // The topic's payload policy for a PUBLISH or will (client_payload.cpp): the
+  // message to route (the plaintext when the policy decrypts), or null when the
+  // policy refuses it, which is counted and audited here.
+  MessagePtr admit_payload(std::string_view topic, std::string_view payload, codec::QoS qos, bool retain,
+                           std::string_view action);
   void handle_ack(const codec::Ack& a);
   void handle_subscribe(const codec::Subscribe& s);
   void handle_unsubscribe(const codec::Unsubscribe& u);
@@ -282,6 +290,11 @@ class Client {
   bool auth_deferred_ = false;  // authentication left the loop turn: resume input afterwards
   std::shared_ptr<PendingConnect> pending_;
   std::uint64_t writes_mark_ = 0;  // Shard::writes_made() when the current packet began
+  // payload.reject audit lines of this connection: at most kPayloadAuditBurst per
+  // kPayloadAuditWindow, the rest counted and reported with the next line.
+  TimePoint payload_audit_since_{};
+  std::uint32_t payload_audit_lines_ = 0;
+  std::uint64_t payload_audit_suppressed_ = 0;
 };
 
 class Shard {
@@ -332,6 +345,8 @@ class Shard {
     s.acl_cache.put(acl_generation_, action, topic, d);
     return d == security::Decision::Allow;
   }
+  // This loop's snapshot of the topic payload policies; null when none.
+  const PayloadPolicies* payload_policies() const { return payload_.get(); }
   ShardStats& stats() { return stats_; }
   const ShardStats& stats() const { return stats_; }
   // Store operations recorded so far (ever): output queued after this number
@@ -392,6 +407,7 @@ class Shard {
   std::uint64_t writes_made_ = 0;
   std::shared_ptr<const security::AccessPolicy> acl_;  // this loop's snapshot, refreshed by tick()
   std::uint64_t acl_generation_ = 1;                   // bumped when tick() finds a new acl_
+  std::shared_ptr<const PayloadPolicies> payload_;     // likewise
   std::vector<Subscriber> match_scratch_;
   TimePoint started_at_{};
   TimePoint next_sys_{};

@@ -24,10 +24,13 @@ struct ShardStats {
   Counter protocol_errors;       // connections closed for a protocol violation
   Counter takeovers;
   Counter dropped_not_authorized;  // PUBLISH refused by the ACL (still acknowledged)
+  Counter dropped_payload_policy;  // PUBLISH refused by a topic payload policy (still acknowledged)
+  Counter payload_verified;        // PUBLISH and wills that a topic payload policy verified
 
   struct Snapshot {
     std::uint64_t clients_connected, sessions, messages_received, messages_sent, dropped_queue_full,
-        dropped_offline_qos0, protocol_errors, takeovers, dropped_not_authorized;
+        dropped_offline_qos0, protocol_errors, takeovers, dropped_not_authorized, dropped_payload_policy,
+        payload_verified;
     Snapshot& operator+=(const Snapshot& o) {
       clients_connected += o.clients_connected;
       sessions += o.sessions;
@@ -38,13 +41,16 @@ struct ShardStats {
       protocol_errors += o.protocol_errors;
       takeovers += o.takeovers;
       dropped_not_authorized += o.dropped_not_authorized;
+      dropped_payload_policy += o.dropped_payload_policy;
+      payload_verified += o.payload_verified;
       return *this;
     }
   };
   Snapshot snapshot() const {
-    return {clients_connected.get(), sessions.get(),           messages_received.get(),
-            messages_sent.get(),     dropped_queue_full.get(), dropped_offline_qos0.get(),
-            protocol_errors.get(),   takeovers.get(),          dropped_not_authorized.get()};
+    return {clients_connected.get(),      sessions.get(),           messages_received.get(),
+            messages_sent.get(),          dropped_queue_full.get(), dropped_offline_qos0.get(),
+            protocol_errors.get(),        takeovers.get(),          dropped_not_authorized.get(),
+            dropped_payload_policy.get(), payload_verified.get()};
   }
 };
 

@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "codec/decoder.hpp"
+#include "codec/topic.hpp"
 #include "security/authn.hpp"
 
 namespace moat::config {
@@ -343,6 +344,98 @@ std::vector<security::OrderedRule> read_acl_rules(const Reporter& r, const toml:
   return rules;
 }
 
+// [[payload_policy]]: topic filters and what their payloads must carry.
+std::vector<broker::PayloadPolicySpec> read_payload_policies(const Reporter& r, const toml::node& n,
+                                                             const std::filesystem::path& source,
+                                                             const std::filesystem::path& dir) {
+  const toml::array* arr = n.as_array();
+  if (!arr || !arr->is_array_of_tables())
+    r.fail_at(n, "payload_policy", "must be an array of tables ([[payload_policy]])");
+  auto at = [&](const toml::source_region& where) {
+    return fmt::format("{}:{}:{}", source.string(), where.begin.line, where.begin.column);
+  };
+  std::vector<broker::PayloadPolicySpec> out;
+  for (std::size_t i = 0; i < arr->size(); ++i) {
+    const toml::table& t = *arr->get(i)->as_table();
+    const std::string sec = fmt::format("payload_policy[{}]", i);
+    only_keys(r, t, sec, {"topic", "require", "keyring", "signers", "bind", "decrypt", "require_fresh"});
+    broker::PayloadPolicySpec p;
+    p.at = at(t.source());
+    const auto topics = get_strings(r, t, sec, "topic", true);
+    if (!topics || topics->empty())
+      r.fail(t.source(), sec, "missing key 'topic' (a topic filter or an array of them)");
+    for (const auto& f : *topics) {
+      if (!codec::valid_topic_filter(f) || codec::check_utf8(f) != codec::ProtocolError::None)
+        r.fail_at(*t.get("topic"), qualified(sec, "topic"),
+                  fmt::format("'{}' is not a valid topic filter", f));
+    }
+    p.topics = *topics;
+    if (!t.get("require")) r.fail(t.source(), sec, "missing key 'require' (mac | signature | encrypted)");
+    const std::string req = get_string(r, t, sec, "require", "");
+    one_of(r, t, sec, "require", req, {"mac", "signature", "encrypted"});
+    p.require = req == "mac"         ? broker::PayloadRequirement::Mac
+                : req == "signature" ? broker::PayloadRequirement::Signature
+                                     : broker::PayloadRequirement::Encrypted;
+    p.keyring = get_path(r, t, sec, "keyring", dir);
+    if (const toml::node* k = t.get("keyring")) p.keyring_at = at(k->source());
+    if (p.keyring.empty() && p.require != broker::PayloadRequirement::Encrypted)
+      r.fail(t.source(), sec,
+             fmt::format("require = \"{}\" needs a keyring = \"...\" with the keys that verify", req));
+    if (const toml::node* sn = t.get("signers")) {
+      p.signers_at = at(sn->source());
+      const toml::table* st = sn->as_table();
+      if (!st)
+        r.fail_at(*sn, qualified(sec, "signers"),
+                  "must be a table: { \"key id\" = \"identity\" or [identities] }");
+      for (const auto& [kid, v] : *st) {
+        const std::string key = qualified(sec, "signers") + "." + std::string(kid.str());
+        std::vector<std::string> who;
+        if (v.is_string()) {
+          who.emplace_back(*v.value<std::string_view>());
+        } else if (const toml::array* a = v.as_array(); a && !a->empty()) {
+          for (const auto& e : *a) {
+            if (!e.is_string()) r.fail_at(e, key, "identities are strings");
+            who.emplace_back(*e.value<std::string_view>());
+          }
+        } else {
+          r.fail_at(v, key, "must be an identity or a non-empty array of identities");
+        }
+        for (const auto& w : who)
+          if (w.empty()) r.fail_at(v, key, "an identity must not be empty");
+        p.signers.emplace(std::string(kid.str()), std::move(who));
+      }
+      if (p.signers.empty()) r.fail_at(*sn, qualified(sec, "signers"), "must name at least one key id");
+    }
+    p.bind = get_string(r, t, sec, "bind", "");
+    if (const toml::node* b = t.get("bind")) {
+      if (p.bind.empty()) r.fail_at(*b, qualified(sec, "bind"), "must not be empty");
+      for (std::size_t k = 0; k < p.bind.size(); ++k) {
+        if (p.bind[k] != '%') continue;
+        if (k + 1 >= p.bind.size() || (p.bind[k + 1] != 'u' && p.bind[k + 1] != 'c' && p.bind[k + 1] != '%'))
+          r.fail_at(*b, qualified(sec, "bind"), "only %u (identity), %c (client id) and %% may follow a %");
+        ++k;
+      }
+      if (!p.signers.empty()) r.fail_at(*b, qualified(sec, "bind"), "give either signers or bind, not both");
+    }
+    if ((!p.signers.empty() || !p.bind.empty()) && p.require == broker::PayloadRequirement::Encrypted)
+      r.fail_at(*t.get(p.signers.empty() ? "bind" : "signers"),
+                qualified(sec, p.signers.empty() ? "bind" : "signers"),
+                "binds MAC and signature keys to publishers: only with require = \"mac\" or \"signature\"");
+    p.decrypt = get_bool(r, t, sec, "decrypt", false);
+    if (const toml::node* d = t.get("decrypt")) {
+      p.decrypt_at = at(d->source());
+      if (p.decrypt && p.require != broker::PayloadRequirement::Encrypted)
+        r.fail_at(*d, qualified(sec, "decrypt"), "only with require = \"encrypted\"");
+      if (p.decrypt && p.keyring.empty())
+        r.fail_at(*d, qualified(sec, "decrypt"),
+                  "needs a keyring = \"...\" with the broker's decryption key");
+    }
+    p.require_fresh = get_bool(r, t, sec, "require_fresh", true);
+    out.push_back(std::move(p));
+  }
+  return out;
+}
+
 void read_listener(const Reporter& r, const toml::table& t, std::size_t i, Config& c,
                    std::set<std::string>& names, const std::filesystem::path& dir) {
   const std::string sec = fmt::format("listener[{}]", i);
@@ -462,7 +555,7 @@ Config parse(std::string_view text, const std::filesystem::path& source) {
   }
   Config c;
   c.source = source;
-  only_keys(r, root, "", {"broker", "log", "limits", "listener", "store", "auth", "acl"});
+  only_keys(r, root, "", {"broker", "log", "limits", "listener", "store", "auth", "acl", "payload_policy"});
   const std::filesystem::path dir = source.parent_path();
   if (const auto* t = get_table(r, root, "auth")) {
     only_keys(r, *t, "auth", {"password", "jwt", "http", "clientid", "defence"});
@@ -560,6 +653,8 @@ Config parse(std::string_view text, const std::filesystem::path& source) {
     for (std::size_t i = 0; i < arr->size(); ++i)
       read_listener(r, *arr->get(i)->as_table(), i, c, names, dir);
   }
+  if (const toml::node* n = root.get("payload_policy"))
+    c.payload_policies = read_payload_policies(r, *n, source, dir);
   if (c.listeners.empty())
     r.fail(root.source(), "listener", "no [[listener]] configured: moatd would accept no connection");
 

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "broker/limits.hpp"
+#include "broker/payload_policy.hpp"
 #include "security/acl.hpp"
 #include "security/clientid.hpp"
 #include "security/defence.hpp"
@@ -54,6 +55,8 @@ struct Config {
   std::optional<security::JwtConfig> jwt;                 // [auth.jwt]
   security::DefenceConfig defence;                        // [auth.defence]
   std::string audit;  // [log] audit: a path (resolved), "-" for stderr, "" for none
+  // [[payload_policy]], in order; keyrings are read by broker::PayloadPolicies::load.
+  std::vector<broker::PayloadPolicySpec> payload_policies;
 };
 
 // The safe default: plain MQTT on 127.0.0.1:1883, anonymous clients, data in

@@ -93,6 +93,8 @@ std::string format_audit_line(const AuditEvent& e, std::chrono::system_clock::ti
   str("action", e.action);
   str("topic", e.topic);
   str("failure", e.failure);
+  str("kid", e.kid);
+  str("mode", e.mode);
   if (e.code) j["code"] = *e.code;
   if (e.delay_ms) j["delay_ms"] = *e.delay_ms;
   if (e.failures) j["failures"] = *e.failures;

@@ -20,7 +20,7 @@ namespace moat::security {
 // the line. Views need to live only for the call to emit().
 struct AuditEvent {
   std::string_view event;  // "auth.success", "auth.failure", "acl.deny", "ban", "unban",
-                           // "tls.failure", "tls.withdrawn", "connection.refused"
+                           // "tls.failure", "tls.withdrawn", "connection.refused", "payload.reject"
   std::string_view listener;
   std::string_view peer;     // "address:port"
   std::string_view address;  // bans and refusals: the address alone
@@ -31,7 +31,9 @@ struct AuditEvent {
   std::string_view reason;
   std::string_view action;                 // acl.deny: "publish" | "subscribe" | "will"
   std::string_view topic;                  // acl.deny: topic name or filter
-  std::string_view failure;                // tls.failure: the failure kind ("unknown_ca", ...)
+  std::string_view failure;                // tls.failure, payload.reject: the kind of failure
+  std::string_view kid;                    // payload.reject: the key id the envelope names
+  std::string_view mode;                   // payload.reject: the envelope's mode ("sign", ...)
   std::optional<int> code;                 // auth.failure: CONNACK return code sent
   std::optional<std::int64_t> delay_ms;    // auth.failure: refusal held this long (backoff)
   std::optional<std::int64_t> failures;    // auth.failure: consecutive failures of this address and user

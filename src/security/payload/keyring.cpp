@@ -93,7 +93,13 @@ bool opens(const Key& k, const Envelope& env) {
 }  // namespace
 
 Keyring::Keyring(std::vector<Entry> entries, ReplayConfig replay)
-    : entries_(std::move(entries)), guard_(replay) {}
+    : entries_(std::move(entries)), replay_(replay), guard_(std::make_shared<ReplayGuard>(replay)) {}
+
+void Keyring::adopt_replay_windows(std::shared_ptr<ReplayGuard> windows) {
+  if (!windows) return;
+  windows->reconfigure(replay_);
+  guard_ = std::move(windows);
+}
 
 std::unique_ptr<Keyring> Keyring::single(Key key, ReplayConfig replay) {
   Entry e;
@@ -145,7 +151,7 @@ std::unique_ptr<Keyring> Keyring::parse(std::string_view text, const std::filesy
   if (!topics->is_array_of_tables()) r.fail(*topics, "topic", "must be an array of tables ([[topic]])");
   for (const toml::node& tn : *topics->as_array()) {
     const toml::table& t = *tn.as_table();
-    only_keys(r, t, "topic", {"filter", "keys", "require_fresh"});
+    only_keys(r, t, "topic", {"filter", "keys", "require_fresh", "seal"});
     Entry e;
     const toml::node* f = t.get("filter");
     if (!f) r.fail(tn, "topic.filter", "missing: the topic filter these keys are for");
@@ -178,6 +184,19 @@ std::unique_ptr<Keyring> Keyring::parse(std::string_view text, const std::filesy
       if (!rf->is_boolean()) r.fail(*rf, "topic.require_fresh", "must be true or false");
       e.require_fresh = *rf->value<bool>();
     }
+    if (const toml::node* sn = t.get("seal")) {
+      if (!sn->is_string()) r.fail(*sn, "topic.seal", "must be a string (encrypt | encrypt-to | mac | sign)");
+      const auto m = parse_mode(*sn->value<std::string_view>());
+      if (!m || *m == Mode::Digest)
+        r.fail(*sn, "topic.seal",
+               "\"" + std::string(*sn->value<std::string_view>()) +
+                   "\" is not one of: encrypt | encrypt-to | mac | sign");
+      if (std::none_of(e.keys.begin(), e.keys.end(), [&](const auto& k) { return seals(*k, *m); }))
+        r.fail(*sn, "topic.seal",
+               "no key of this entry can seal in mode " + std::string(to_string(*m)) +
+                   (*m == Mode::Sign ? " (signing needs a private key)" : ""));
+      e.seal = *m;
+    }
     entries.push_back(std::move(e));
   }
   return std::make_unique<Keyring>(std::move(entries), replay);
@@ -191,6 +210,18 @@ std::vector<std::shared_ptr<const Key>> Keyring::keys_for(std::string_view topic
       if (std::find(out.begin(), out.end(), k) == out.end()) out.push_back(k);
   }
   return out;
+}
+
+std::optional<Mode> Keyring::seal_mode_for(std::string_view topic) const {
+  for (const Entry& e : entries_)
+    if (e.seal && (e.filter.empty() || codec::topic_matches(e.filter, topic))) return e.seal;
+  return std::nullopt;
+}
+
+bool Keyring::can_seal(std::string_view topic, Mode mode) const {
+  if (mode == Mode::Digest) return true;
+  const auto keys = keys_for(topic);
+  return std::any_of(keys.begin(), keys.end(), [&](const auto& k) { return seals(*k, mode); });
 }
 
 Result<std::string> Keyring::seal(std::string_view topic, std::string_view plaintext, Mode mode,
@@ -223,6 +254,11 @@ Result<std::string> Keyring::seal(std::string_view topic, std::string_view plain
 Result<Opened> Keyring::open(std::string_view topic, std::string_view envelope, const OpenPolicy& policy) {
   auto env = decode(envelope);
   if (!env) return env.error();
+  return open(topic, *env, policy);
+}
+
+Result<Opened> Keyring::open(std::string_view topic, const Envelope& envelope, const OpenPolicy& policy) {
+  const Envelope* env = &envelope;
 
   bool require_fresh = policy.require_fresh;
   for (const Entry& e : entries_)
@@ -273,7 +309,7 @@ Result<Opened> Keyring::open(std::string_view topic, std::string_view envelope, 
     if (!o.seq)
       return fail(Errc::not_fresh, "no protected sequence number (Partial IV, header 6, or CWT claim cti)");
   }
-  const ReplayConfig& rc = guard_.config();
+  const ReplayConfig& rc = replay_;
   if (o.iat) {
     const std::int64_t now = policy.now_s ? *policy.now_s : now_seconds();
     const std::int64_t max_age = policy.max_age_s ? *policy.max_age_s : rc.max_age_s;
@@ -286,7 +322,7 @@ Result<Opened> Keyring::open(std::string_view topic, std::string_view envelope, 
                                    " s");
   }
   if (o.seq) {
-    if (auto ok = guard_.accept(o.sender, *o.seq); !ok) return ok.error();
+    if (auto ok = guard_->accept(o.sender, *o.seq); !ok) return ok.error();
   }
   return opened;
 }

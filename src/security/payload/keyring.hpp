@@ -1,6 +1,6 @@
 // A keyring: which keys seal and open the envelopes of which topics, with the
-// sender's sequence numbers and the receiver's replay windows. The client (and
-// later the broker's topic policies) seal and open through it:
+// sender's sequence numbers and the receiver's replay windows. The client
+// library and the broker's topic policies seal and open through it:
 //
 //   auto ring = payload::Keyring::load("keys.toml");
 //   auto env = ring->seal("plant/7/cmd", "open valve", payload::Mode::Sign);
@@ -53,6 +53,9 @@ class Keyring {
     std::string filter;                            // MQTT topic filter; empty: every topic
     std::vector<std::shared_ptr<const Key>> keys;  // the first key fit for a mode seals; all open
     bool require_fresh = false;
+    // How a client seals what it publishes on these topics (`seal = "sign"`);
+    // none: the entry only opens, or the caller names the mode.
+    std::optional<Mode> seal;
   };
 
   explicit Keyring(std::vector<Entry> entries, ReplayConfig replay = {});
@@ -66,20 +69,34 @@ class Keyring {
 
   // The keys of every entry whose filter matches `topic`, in file order.
   std::vector<std::shared_ptr<const Key>> keys_for(std::string_view topic) const;
+  // The `seal` mode of the first matching entry that has one.
+  std::optional<Mode> seal_mode_for(std::string_view topic) const;
+  // Is there a key for `topic` that seals in `mode`? (digest: always)
+  bool can_seal(std::string_view topic, Mode mode) const;
 
   Result<std::string> seal(std::string_view topic, std::string_view plaintext, Mode mode,
                            const SealPolicy& policy = {});
   // Decodes, finds the key (by kid), verifies or decrypts, then checks the
   // timestamp and the replay window, which it updates.
   Result<Opened> open(std::string_view topic, std::string_view envelope, const OpenPolicy& policy = {});
+  // The same for an envelope already decoded (whose bytes outlive the call).
+  Result<Opened> open(std::string_view topic, const Envelope& envelope, const OpenPolicy& policy = {});
 
-  ReplayGuard& replay_guard() { return guard_; }
+  ReplayGuard& replay_guard() { return *guard_; }
+  const ReplayConfig& replay_config() const { return replay_; }
+  // The replay windows, to hand over to the keyring that replaces this one
+  // (a reload must not forget which envelopes were seen).
+  std::shared_ptr<ReplayGuard> replay_windows() const { return guard_; }
+  // Uses `windows` (from the keyring this one replaces) from now on, with this
+  // keyring's [replay] limits. Call before the keyring is shared.
+  void adopt_replay_windows(std::shared_ptr<ReplayGuard> windows);
   const std::vector<Entry>& entries() const { return entries_; }
 
  private:
   std::vector<Entry> entries_;
+  ReplayConfig replay_;
   Sequencer sequencer_;
-  ReplayGuard guard_;
+  std::shared_ptr<ReplayGuard> guard_;
 };
 
 }  // namespace moat::payload

@@ -50,7 +50,20 @@ class ReplayGuard {
  public:
   explicit ReplayGuard(ReplayConfig c = {}) : config_(c) {}
 
-  const ReplayConfig& config() const { return config_; }
+  ReplayConfig config() const {
+    std::lock_guard lock(mu_);
+    return config_;
+  }
+  // New limits (a reloaded keyring); windows over them shrink at their next use.
+  void reconfigure(ReplayConfig c) {
+    std::lock_guard lock(mu_);
+    config_ = c;
+  }
+  // Senders with a window (tests, statistics).
+  std::size_t senders() const {
+    std::lock_guard lock(mu_);
+    return windows_.size();
+  }
 
   // Accepts `seq` for `sender` if it is new and above the window's floor, and
   // records it. Call only for an envelope that verified.

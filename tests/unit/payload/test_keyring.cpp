@@ -127,7 +127,7 @@ TEST_F(KeyringFiles, ErrorsNameFileLineColumnKeyAndReason) {
   write_key("k.jwk", Key::generate(KeyKind::Aes256, "k"));
   EXPECT_EQ(load_error("[[topic]]\nfilter = \"a/#\"\nkeys = [\"k.jwk\"]\nfiltr = 1\n"),
             (dir_ / "keys.toml").string() +
-                ":4:9: topic.filtr: unknown key (known here: filter, keys, require_fresh)");
+                ":4:9: topic.filtr: unknown key (known here: filter, keys, require_fresh, seal)");
   EXPECT_NE(load_error("[[topic]]\nfilter = \"a/#/b\"\nkeys = [\"k.jwk\"]\n").find(":2:10: topic.filter: "),
             std::string::npos);
   EXPECT_NE(
