@@ -92,6 +92,8 @@ class Iam:
                 return 200, {"result": "bad_credentials", "reason": "wrong password"}
             return 200, {"result": "deny", "reason": "unknown user"}
         assert req["request"] == "authorize", req
+        if req["topic"].startswith("slow/"):
+            self.release.wait(scaled(30))
         return 200, {"result": "allow" if req["topic"].startswith("ok/") else "deny"}
 
     def count(self, kind, user=None, action=None, topic=None):
@@ -333,6 +335,38 @@ def test_slow_iam_times_out_others_are_served(secure_broker, iam):
     assert 1.4 <= took <= 1.5 + scaled(1.5), took
     assert fast < 1.4, "other clients waited for the slow IAM answer (%.2fs)" % fast
     b.wait_for_log(r"authentication: no answer from http://127\.0\.0\.1:%d in time" % s.port)
+
+
+def test_slow_authorization_holds_only_that_client(secure_broker, iam):
+    s = iam()
+    b = secure_broker(listeners=LISTENERS,
+                      extra=http_table("http://127.0.0.1:%d/auth" % s.port, authorize=True,
+                                       timeout=1.5, retries=0))
+    root = connected(b, "root")  # a superuser sees everything, asks nothing
+    root.subscribe([("#", 1)])
+    alice = connected(b, "alice")
+    bob = connected(b, "bob")
+    t0 = time.monotonic()
+    pid = alice.alloc_pid()
+    alice.send(mqttraw.publish("slow/x", b"held", qos=1, pid=pid))
+    deadline = time.monotonic() + scaled(5)
+    while s.count("authorize", "alice", "publish", "slow/x") == 0:
+        assert time.monotonic() < deadline, "the authorization request never reached the IAM"
+        time.sleep(0.01)
+    # Bob is served while alice's publish waits for its answer.
+    bob.publish("ok/b", b"from bob", qos=1)
+    assert time.monotonic() - t0 < 1.4
+    got = root.recv_publish(scaled(5))
+    assert got.topic == "ok/b", got
+    # No answer within the timeout: denied, acknowledged and dropped.
+    pkt = alice.expect(mqttraw.PUBACK, scaled(5))
+    assert mqttraw.packet_id(pkt) == pid
+    took = time.monotonic() - t0
+    assert 1.4 <= took <= 1.5 + scaled(1.5), took
+    alice.publish("ok/after", b"next", qos=1)  # the connection goes on
+    assert root.recv_publish(scaled(5)).topic == "ok/after"
+    for c in (root, alice, bob):
+        c.close()
 
 
 def test_dead_iam_fails_closed(secure_broker, iam):
