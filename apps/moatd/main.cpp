@@ -23,6 +23,8 @@
 #include "security/acl.hpp"
 #include "security/audit.hpp"
 #include "security/defence.hpp"
+#include "security/http_client.hpp"
+#include "security/iam.hpp"
 #include "security/jwt.hpp"
 #include "security/file_watcher.hpp"
 #include "security/password_file.hpp"
@@ -76,6 +78,9 @@ struct SecurityMaterial {
   std::shared_ptr<security::AuthThrottle> defence;
   // [[payload_policy]] with their keyrings; always present, so that a reload may add some.
   std::shared_ptr<security::Reloadable<moat::broker::PayloadPolicies>> payload;
+  // [auth.http]: the IAM server and the HTTP clients it talks through (one per server).
+  std::shared_ptr<security::Iam> iam;
+  std::vector<std::shared_ptr<security::HttpClient>> http;
   struct Tls {
     std::string listener;
     security::TlsServerConfig config;
@@ -101,6 +106,7 @@ struct SecurityMaterial {
     if (cfg.has_acl) acl = std::make_shared<security::Reloadable<security::AccessPolicy>>(load_policy(cfg));
     payload = std::make_shared<security::Reloadable<moat::broker::PayloadPolicies>>(
         moat::broker::PayloadPolicies::load(cfg.payload_policies));
+    if (cfg.iam) load_iam(*cfg.iam);
     if (cfg.clientid)
       clientid[""] = std::make_shared<security::Reloadable<security::ClientIdRules>>(
           security::ClientIdRules::make(*cfg.clientid));
@@ -115,6 +121,45 @@ struct SecurityMaterial {
           {l.name, *l.tls, std::make_shared<security::Reloadable<security::TlsServerContext>>(ctx)});
     }
   }
+
+  void load_iam(const security::IamConfig& c) {
+    auto client_for = [&](const security::HttpUrl& url) {
+      for (const auto& h : http_origins)
+        if (h.first == url.origin()) return h.second;
+      security::HttpClientOptions o;
+      o.server = url;
+      o.ca = c.ca;
+      o.server_name = c.server_name;
+      o.cert = c.cert;
+      o.key = c.key;
+      o.connect_timeout = c.connect_timeout;
+      o.retries = c.retries;
+      o.retry_backoff = c.retry_backoff;
+      o.pool_size = c.pool_size;
+      o.user_agent = std::string("moatd/") + MOAT_VERSION;
+      auto client = std::make_shared<security::HttpClient>(o);
+      http.push_back(client);
+      http_origins.emplace_back(url.origin(), client);
+      return client;
+    };
+    auto auth = client_for(c.url);
+    std::shared_ptr<security::HttpClient> authz;
+    if (c.authorize) authz = client_for(c.authorize_url ? *c.authorize_url : c.url);
+    iam = std::make_shared<security::Iam>(c, auth, authz,
+                                          [](const std::string& what) { spdlog::warn("{}", what); });
+    if (c.send_password && !c.url.tls)
+      spdlog::warn("[auth.http] sends passwords over plain HTTP to {} (insecure_password_over_http)",
+                   c.url.origin());
+    spdlog::info("IAM server {}{}: cache {} s (allow), {} s (deny), on error {}", c.url.origin(),
+                 c.authorize ? " (authentication and authorization)" : " (authentication)",
+                 c.cache_ttl.count() / 1000.0, c.cache_negative_ttl.count() / 1000.0,
+                 c.on_error_next ? "next" : "deny");
+  }
+  // Before the event loops go: no answer may arrive for a loop that is gone.
+  void stop_http() {
+    for (auto& h : http) h->stop();
+  }
+  std::vector<std::pair<std::string, std::shared_ptr<security::HttpClient>>> http_origins;
 
   // SIGHUP: new handshakes, logins and checks use the new material; live
   // connections are not dropped. `next` is the configuration file as it is
@@ -232,6 +277,7 @@ struct SecurityMaterial {
     using K = security::TlsIdentityPasswordAuthenticator::Kind;
     if (name == "password") return password;
     if (name == "jwt") return jwt;
+    if (name == "http") return std::make_shared<security::IamAuthenticator>(iam);
     if (name == "certificate+password")
       return std::make_shared<security::TlsIdentityPasswordAuthenticator>(K::Certificate, password);
     if (name == "psk+password")
@@ -357,9 +403,10 @@ int main(int argc, char** argv) {
         const auto r = rocks->check();
         fmt::print(
             "{}\n  sessions {}\n  queued messages {} ({} in flight)\n  QoS 2 ids awaiting PUBREL {}\n"
-            "  retained messages {}\n  bytes {}\n  entries of ended sessions {}\n  damaged entries {}\n",
-            rocks->describe(), r.sessions, r.queued, r.inflight, r.pubrel, r.retained, r.bytes, r.orphans,
-            r.damaged);
+            "  retained messages {}\n  bans {}\n  bytes {}\n  entries of ended sessions {}\n"
+            "  damaged entries {}\n",
+            rocks->describe(), r.sessions, r.queued, r.inflight, r.pubrel, r.retained, r.bans, r.bytes,
+            r.orphans, r.damaged);
         return r.damaged ? 3 : 0;
       }
       store = std::move(rocks);
@@ -395,8 +442,20 @@ int main(int argc, char** argv) {
     spdlog::critical("{}", e.what());
     return 1;
   }
+  if (material.defence && !snapshot.bans.empty()) {
+    // Stored with their end in wall-clock time; the defence counts on the steady clock.
+    const auto steady = std::chrono::steady_clock::now();
+    const std::int64_t wall = moat::store::unix_ms_now();
+    std::vector<security::Ban> bans;
+    for (auto& b : snapshot.bans)
+      bans.push_back({std::move(b.address), steady + std::chrono::milliseconds(b.until_unix_ms - wall),
+                      std::move(b.reason)});
+    spdlog::info("store: restored {} ban(s) of the brute-force defence", bans.size());
+    material.defence->restore(std::move(bans), steady);
+  }
   shared.acl = material.acl;
   shared.defence = material.defence;
+  if (material.iam && material.iam->config().authorize) shared.authorizer = material.iam;
   shared.audit = material.audit;
   shared.payload = material.payload;
   if (const auto n = cfg.payload_policies.size())
@@ -451,6 +510,7 @@ int main(int argc, char** argv) {
   }
   tls_watcher.reset();
   server.stop();
+  material.stop_http();
   const auto t = server.totals();
   spdlog::info("stopped: {} messages received, {} sent, {} dropped (queue full), {} protocol errors",
                t.messages_received, t.messages_sent, t.dropped_queue_full, t.protocol_errors);

@@ -1,6 +1,8 @@
 // Per-connection protocol handling: MQTT 3.1.1 sections 3 and 4 from the server side.
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+
 #include "broker/shard.hpp"
 #include "codec/topic.hpp"
 
@@ -26,7 +28,8 @@ Client::~Client() {
 
 std::size_t Client::on_bytes(std::span<const std::uint8_t> data) {
   std::size_t used = 0;
-  while (state_ != State::Closed && state_ != State::Authenticating && !migrating_ && used < data.size()) {
+  while (state_ != State::Closed && state_ != State::Authenticating && !migrating_ && !held_ &&
+         used < data.size()) {
     auto r = codec::decode(data.subspan(used), decoder_);
     if (r.status == codec::DecodeStatus::NeedMore) break;
     if (r.status == codec::DecodeStatus::Error) {
@@ -41,6 +44,13 @@ std::size_t Client::on_bytes(std::span<const std::uint8_t> data) {
     last_packet_at_ = shard_.now();
     handle(r.packet);
     if (migrating_) break;  // the CONNECT is decoded again on the owning shard
+    if (state_ == State::Connected && has_unanswered()) {
+      // The remote authorizer decides part of this packet, which had no effect
+      // yet: it stays in the input and is decoded again once the answers are in.
+      if (!ask_remote(identity(*session_), [this] { transport_.resume_input(); })) break;
+      continue;  // answered from the remote authorizer's cache meanwhile
+    }
+    asked_.clear();
     used += r.consumed;
   }
   return used;
@@ -108,6 +118,7 @@ void Client::close(CloseKind kind, const char* reason) {
     s.client = nullptr;
     s.offline_since = shard_.now();
     // [MQTT-3.1.2-6] a clean session ends with its network connection.
+    s.access.clear();  // decisions are kept for connected clients only
     if (s.clean_session) shard_.destroy_session(s);
   }
   // [MQTT-3.1.2-8] the will is published when the connection closes for any
@@ -206,6 +217,8 @@ void Client::handle_connect(const codec::Connect& c) {
   if (c.will) pc.will = make_message(c.will->topic, c.will->payload, c.will->qos, c.will->retain);
   pc.certificate_identity = std::string(transport_.certificate_identity());
   pc.psk_identity = std::string(transport_.psk_identity());
+  pc.certificate_subject = transport_.certificate_subject();
+  pc.certificate_fingerprint = transport_.certificate_fingerprint();
   auth_step(0);
 }
 
@@ -223,9 +236,11 @@ void Client::auth_step(std::size_t i) {
     // hold further input of this connection until the answer is in.
     state_ = State::Authenticating;
     auth_deferred_ = true;
+    const std::uint64_t step = ++auth_step_id_;
     auto result = std::make_shared<security::AuthResult>();
-    auto then = [this, result, i] {
-      if (state_ != State::Authenticating) return;
+    auto then = [this, result, i, step] {
+      if (state_ != State::Authenticating || step != auth_step_id_) return;
+      ++auth_step_id_;
       if (result->decision == security::AuthDecision::Continue) return auth_step(i + 1);
       auth_done(std::move(*result));
     };
@@ -235,6 +250,17 @@ void Client::auth_step(std::size_t i) {
           [result, keep = pending_, info = connect_info(*pending_), &a] { *result = a.authenticate(info); },
           std::move(then));
     } else {
+      // An answer that never comes (a server that accepts and stays silent)
+      // must not hold the client forever: refused as unavailable.
+      transport_.run_after(shard_.shared().limits.auth_timeout, [this, step, method = a.name()] {
+        if (state_ != State::Authenticating || step != auth_step_id_) return;
+        ++auth_step_id_;
+        security::AuthResult r;
+        r.decision = security::AuthDecision::Unavailable;
+        r.method = method;
+        r.reason = "authentication timed out";
+        auth_done(std::move(r));
+      });
       transport_.run_async(
           [result, keep = pending_, info = connect_info(*pending_), &a](std::function<void()> resume) {
             a.authenticate_async(info, [result, keep, resume = std::move(resume)](security::AuthResult r) {
@@ -258,6 +284,8 @@ security::ConnectInfo Client::connect_info(const PendingConnect& pc) const {
   if (pc.password) info.password = *pc.password;
   info.certificate_identity = pc.certificate_identity;
   info.psk_identity = pc.psk_identity;
+  info.certificate_subject = pc.certificate_subject;
+  info.certificate_fingerprint = pc.certificate_fingerprint;
   return info;
 }
 
@@ -292,15 +320,20 @@ void Client::auth_done(security::AuthResult auth) {
     return;
   }
 
+  const bool unavailable = auth.decision == security::AuthDecision::Unavailable;
   const auto code = auth.decision == security::AuthDecision::BadCredentials
                         ? ConnectReturnCode::BadUsernameOrPassword
-                        : ConnectReturnCode::NotAuthorized;
+                    : unavailable ? ConnectReturnCode::ServerUnavailable
+                                  : ConnectReturnCode::NotAuthorized;
   std::string why = auth.reason.empty() ? std::string(code == ConnectReturnCode::BadUsernameOrPassword
                                                           ? "bad user name or password"
-                                                          : "not authorized")
+                                                      : unavailable ? "authentication unavailable"
+                                                                    : "not authorized")
                                         : auth.reason;
+  // An unavailable authentication server is no guess at a password: it is not
+  // counted, or an outage would ban every client that tried meanwhile.
   security::AuthThrottle::Failure f;
-  if (defence) f = defence->failure(address, sent_user, shard_.now());
+  if (defence && !unavailable) f = defence->failure(address, sent_user, shard_.now());
   security::AuditEvent e;
   e.event = "auth.failure";
   e.client_id = pc.client_id;
@@ -308,7 +341,7 @@ void Client::auth_done(security::AuthResult auth) {
   e.method = auth.method;
   e.reason = why;
   e.code = static_cast<int>(code);
-  if (defence) {
+  if (defence && !unavailable) {
     e.delay_ms = f.delay.count();
     e.failures = f.failures;
   }
@@ -316,6 +349,7 @@ void Client::auth_done(security::AuthResult auth) {
   if (f.banned) {
     const auto secs = std::chrono::duration_cast<std::chrono::seconds>(defence->config().ban_time).count();
     spdlog::warn("banned {} for {} s: {}", f.banned->address, secs, f.banned->reason);
+    shard_.persist_ban(*f.banned);
     security::AuditEvent b;
     b.event = "ban";
     b.address = f.banned->address;
@@ -345,14 +379,30 @@ void Client::auth_done(security::AuthResult auth) {
 
 void Client::finish_connect(const security::AuthResult& auth) {
   writes_mark_ = shard_.writes_made();
-  auto pc = std::move(pending_);
-  state_ = State::AwaitConnect;  // until CONNACK: a refusal below closes from here
   identity_ = auth.identity;
   own_acl_ = auth.acl;
   own_acl_only_ = auth.acl_only;
+  superuser_ = auth.superuser;
   // [MQTT-3.1.2-9] the will is a PUBLISH like any other: the ACL must allow it.
-  const security::Identity who{identity_, pc->client_id, own_acl_.get(), own_acl_only_};
-  if (pc->will && !shard_.allowed(who, security::Action::Publish, (*pc->will)->topic)) {
+  Access will_access = Access::Allow;
+  if (pending_->will) {
+    const security::Identity who{identity_, pending_->client_id, own_acl_.get(), own_acl_only_, superuser_};
+    will_access = check(who, nullptr, security::Action::Publish, (*pending_->will)->topic);
+    if (will_access == Access::Ask) {
+      // The remote authorizer decides the will topic; CONNACK waits for it.
+      state_ = State::Authenticating;
+      auto again = [this, auth] {
+        finish_connect(auth);
+        if (state_ == State::Connected) transport_.resume_input();
+      };
+      if (!ask_remote(who, std::move(again))) return;
+      will_access = check(who, nullptr, security::Action::Publish, (*pending_->will)->topic);
+    }
+    asked_.clear();
+  }
+  auto pc = std::move(pending_);
+  state_ = State::AwaitConnect;  // until CONNACK: a refusal below closes from here
+  if (will_access != Access::Allow) {
     security::AuditEvent e;
     e.event = "acl.deny";
     e.client_id = pc->client_id;
@@ -389,7 +439,8 @@ void Client::finish_connect(const security::AuthResult& auth) {
   s.username = identity_;
   s.own_acl = own_acl_;
   s.own_acl_only = own_acl_only_;
-  s.acl_cache.clear();
+  s.superuser = superuser_;
+  s.access.clear();  // decisions cached for an earlier connection's identity
   state_ = State::Connected;
   keep_alive_ = std::chrono::seconds(pc->keep_alive);
   last_packet_at_ = shard_.now();
@@ -407,11 +458,14 @@ void Client::finish_connect(const security::AuthResult& auth) {
 
 void Client::handle_publish(const codec::Publish& p) {
   Session& s = *session_;
-  shard_.stats().messages_received.add();
   const bool duplicate_qos2 = p.qos == QoS::ExactlyOnce && s.awaiting_pubrel.count(p.packet_id) != 0;
   // A refused PUBLISH is dropped but still acknowledged: MQTT 3.1.1 has no way to
   // refuse one but closing the connection.
-  const bool allowed = duplicate_qos2 || shard_.allowed(s, security::Action::Publish, p.topic);
+  const Access access =
+      duplicate_qos2 ? Access::Allow : check(identity(s), &s.access, security::Action::Publish, p.topic);
+  if (access == Access::Ask) return;  // handled again once the remote authorizer answered
+  shard_.stats().messages_received.add();
+  const bool allowed = access == Access::Allow;
   if (!allowed) {
     shard_.stats().dropped_not_authorized.add();
     spdlog::debug("client {} ({}): PUBLISH to '{}' not authorized, dropped", client_id_, identity_, p.topic);
@@ -474,9 +528,17 @@ void Client::handle_subscribe(const codec::Subscribe& sub) {
   Session& s = *session_;
   codec::Suback ack;
   ack.packet_id = sub.packet_id;  // [MQTT-3.8.4-2]
-  for (const auto& f : sub.subscriptions) {
+  // Every filter is decided before any takes effect: when the remote
+  // authorizer must be asked, the packet is handled again with its answers.
+  std::vector<Access> decisions;
+  decisions.reserve(sub.subscriptions.size());
+  for (const auto& f : sub.subscriptions)
+    decisions.push_back(check(identity(s), &s.access, security::Action::Subscribe, f.filter));
+  if (has_unanswered()) return;
+  for (std::size_t i = 0; i < sub.subscriptions.size(); ++i) {
+    const auto& f = sub.subscriptions[i];
     // Filters are valid here (the decoder closes on a malformed one).
-    if (!shard_.allowed(identity(s), security::Action::Subscribe, f.filter)) {
+    if (decisions[i] != Access::Allow) {
       spdlog::debug("client {} ({}): subscription to '{}' not authorized", client_id_, identity_, f.filter);
       security::AuditEvent e;
       e.event = "acl.deny";
@@ -506,6 +568,73 @@ void Client::handle_unsubscribe(const codec::Unsubscribe& u) {
   Session& s = *session_;
   for (const auto f : u.filters) shard_.unsubscribe(s, f);
   send(codec::Unsuback{u.packet_id});  // [MQTT-3.10.4-4][MQTT-3.10.4-5]
+}
+
+}  // namespace moat::broker
+
+namespace moat::broker {
+
+Client::Access Client::check(const security::Identity& who, security::AccessCache* cache,
+                             security::Action action, std::string_view topic) {
+  for (const auto& q : asked_)
+    if (q.answer && q.action == action && q.topic == topic)
+      return q.answer->decision == security::Decision::Allow ? Access::Allow : Access::Deny;
+  if (const auto d = shard_.access(who, cache, action, topic))
+    return *d == security::Decision::Allow ? Access::Allow : Access::Deny;
+  const bool noted = std::any_of(asked_.begin(), asked_.end(),
+                                 [&](const Asked& q) { return q.action == action && q.topic == topic; });
+  if (!noted) asked_.push_back(Asked{action, std::string(topic), std::nullopt});
+  return Access::Ask;
+}
+
+bool Client::has_unanswered() const {
+  return std::any_of(asked_.begin(), asked_.end(), [](const Asked& q) { return !q.answer; });
+}
+
+bool Client::ask_remote(const security::Identity& who, std::function<void()> ready) {
+  security::RemoteAuthorizer& remote = *shard_.shared().authorizer;
+  const std::uint64_t hold = ++hold_id_;
+  held_ = true;
+  asking_ = true;
+  auto answered = [this, hold, ready](std::size_t k, security::RemoteAuthorizer::Answer a) {
+    if (hold != hold_id_ || state_ == State::Closed || k >= asked_.size()) return;
+    asked_[k].answer = a;
+    if (session_) shard_.remember(session_->access, asked_[k].action, asked_[k].topic, a);
+    if (has_unanswered()) return;
+    held_ = false;
+    ++hold_id_;  // the timeout below has nothing left to do
+    if (!asking_) ready();
+  };
+  for (std::size_t k = 0; k < asked_.size(); ++k) {
+    if (asked_[k].answer) continue;
+    auto slot = std::make_shared<security::RemoteAuthorizer::Answer>();
+    const Asked& q = asked_[k];
+    transport_.run_async(
+        [&remote, &who, &q, slot](std::function<void()> resume) {
+          remote.ask(who, q.action, q.topic,
+                     [slot, resume = std::move(resume)](security::RemoteAuthorizer::Answer a) {
+                       *slot = a;
+                       resume();
+                     });
+        },
+        [answered, k, slot] { answered(k, *slot); });
+    if (!held_) break;  // answered at once, all of them
+  }
+  asking_ = false;
+  if (!held_) return true;
+  // The remote authorizer times out on its own; this is the broker's bound,
+  // should an answer never come: what is still unanswered is denied.
+  transport_.run_after(shard_.shared().limits.auth_timeout, [this, hold, ready] {
+    if (hold != hold_id_ || !held_ || state_ == State::Closed) return;
+    spdlog::warn("client {} ({}): no authorization answer within {} ms, denied", client_id_, identity_,
+                 shard_.shared().limits.auth_timeout.count());
+    for (auto& q : asked_)
+      if (!q.answer) q.answer = security::RemoteAuthorizer::Answer{security::Decision::Deny, {}};
+    held_ = false;
+    ++hold_id_;
+    ready();
+  });
+  return false;
 }
 
 }  // namespace moat::broker

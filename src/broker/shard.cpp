@@ -103,6 +103,40 @@ void Shard::persist_retained(const MessagePtr& m) {
     writes().put_retained({m->topic, m->payload, static_cast<std::uint8_t>(m->qos)});
 }
 
+std::optional<security::Decision> Shard::access(const security::Identity& who, security::AccessCache* cache,
+                                                security::Action action, std::string_view topic) {
+  using security::Decision;
+  if (who.superuser) return Decision::Allow;
+  const auto& remote = shared_.authorizer;
+  if (!acl_ && !who.own && !remote) return Decision::Allow;  // nothing to check
+  if (cache)
+    if (auto d = cache->find(action, topic, acl_version_, now_)) return d;
+  const security::AccessPolicy::Resolved* resolved =
+      cache && acl_ ? cache->resolved(*acl_, who, acl_version_) : nullptr;
+  auto d = security::decide_locally(acl_.get(), who, action, topic, resolved);
+  auto expires = TimePoint::max();
+  if (!d) {
+    if (!remote) {
+      d = acl_ ? Decision::Deny : Decision::Allow;
+    } else if (action == security::Action::Receive) {
+      d = Decision::Allow;  // the remote authorizer granted the subscription
+    } else if (auto a = remote->cached(who, action, topic, now_)) {
+      d = a->decision;
+      expires = a->expires;
+    } else {
+      return std::nullopt;
+    }
+  }
+  if (cache) cache->put(action, topic, *d, acl_version_, expires);
+  return d;
+}
+
+void Shard::persist_ban(const security::Ban& b) {
+  if (!shared_.store) return;
+  const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(b.until - now_);
+  writes().put_ban({b.address, store::unix_ms_now() + left.count(), b.reason});
+}
+
 store::Batch& Shard::writes() {
   request_end_turn();
   ++writes_made_;
@@ -275,7 +309,8 @@ void Shard::deliver(Session& s, const MessagePtr& m, QoS qos, bool retain, std::
     return;
   }
   // Checked at delivery: a subscriber that lost the right stops receiving.
-  if (!allowed(s, security::Action::Receive, m->topic)) {
+  if (access(s.identity(), s.client ? &s.access : nullptr, security::Action::Receive, m->topic) !=
+      security::Decision::Allow) {
     if (seq) writes().erase_queued(s.id, seq);
     return;
   }
@@ -411,11 +446,11 @@ void Shard::resume(Session& s) {
 
 void Shard::tick(TimePoint now) {
   now_ = now;
-  if (shared_.acl) {  // picks up a reloaded ACL; the sessions' memoised decisions go stale
-    auto current = shared_.acl->load();
-    if (current != acl_) {
-      acl_ = std::move(current);
-      ++acl_generation_;
+  if (shared_.acl) {  // picks up a reloaded ACL
+    auto fresh = shared_.acl->load();
+    if (fresh != acl_) {
+      acl_ = std::move(fresh);
+      ++acl_version_;  // every session's cached decisions are stale
     }
   }
   if (shared_.payload) payload_ = shared_.payload->load();
@@ -427,6 +462,7 @@ void Shard::tick(TimePoint now) {
   if (index_ == 0 && shared_.defence && now >= next_ban_check_) {
     for (const auto& b : shared_.defence->expire(now)) {
       spdlog::info("ban of {} lifted", b.address);
+      if (shared_.store) writes().erase_ban(b.address);
       if (shared_.audit) {
         security::AuditEvent e;
         e.event = "unban";

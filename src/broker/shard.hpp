@@ -32,7 +32,6 @@
 #include "security/audit.hpp"
 #include "security/authn.hpp"
 #include "security/clientid.hpp"
-#include "security/decision_cache.hpp"
 #include "security/defence.hpp"
 #include "store/store.hpp"
 
@@ -60,6 +59,10 @@ class Transport {
   // TLS: the identity the client certificate or the PSK gave, empty otherwise.
   virtual std::string_view certificate_identity() const { return {}; }
   virtual std::string_view psk_identity() const { return {}; }
+  // TLS: the client certificate's subject (RFC 2253) and SHA-256 fingerprint
+  // (lowercase hex of the DER), empty without a client certificate.
+  virtual std::string certificate_subject() const { return {}; }
+  virtual std::string certificate_fingerprint() const { return {}; }
   // Runs `work` where it may block (a worker thread), then `then` back on this
   // connection's loop, unless the connection has gone. The default runs both now.
   virtual void run_off_loop(std::function<void()> work, std::function<void()> then) {
@@ -153,6 +156,9 @@ struct BrokerShared {
   std::vector<std::pair<std::string, const security::TlsHandshakeMetrics*>> tls_metrics;
   // [[payload_policy]]: null when none is configured; swapped on reload.
   std::shared_ptr<security::Reloadable<PayloadPolicies>> payload;
+  // [auth.http] authorize: the IAM server decides the publishes and
+  // subscriptions the local rules have no rule for; null = none.
+  std::shared_ptr<security::RemoteAuthorizer> authorizer;
 };
 
 // Which shard owns a client identifier: every connection with that identifier
@@ -194,9 +200,12 @@ class Session {
   // The last connection's own ACL rules (a JWT's ACL claim), null if none.
   std::shared_ptr<const security::OrderedRules> own_acl;
   bool own_acl_only = false;
-  security::Identity identity() const { return {username, client_id, own_acl.get(), own_acl_only}; }
-  // Decisions for this identity (cleared when a connection sets it).
-  security::DecisionCache acl_cache;
+  bool superuser = false;  // the IAM server said so for the last connection
+  security::Identity identity() const {
+    return {username, client_id, own_acl.get(), own_acl_only, superuser};
+  }
+  // Recent authorization decisions of the connected client (freed while offline).
+  security::AccessCache access;
   TimePoint offline_since{};  // for session expiry
   std::map<std::string, codec::QoS, std::less<>> subscriptions;
   std::deque<Inflight> inflight;                      // in the order sent
@@ -240,6 +249,8 @@ class Client {
     std::optional<MessagePtr> will;
     std::string certificate_identity;
     std::string psk_identity;
+    std::string certificate_subject;
+    std::string certificate_fingerprint;
   };
   enum class CloseKind : std::uint8_t { Normal, Abnormal };
 
@@ -252,8 +263,19 @@ class Client {
   void auth_done(security::AuthResult auth);
   void finish_connect(const security::AuthResult& auth);
   security::Identity identity(const Session& s) const {
-    return {identity_, s.client_id, own_acl_.get(), own_acl_only_};
+    return {identity_, s.client_id, own_acl_.get(), own_acl_only_, superuser_};
   }
+  // The decision for one request of this client. Ask: the remote authorizer
+  // must be asked; the request is noted in asked_ and the packet being handled
+  // must have no effect (it is handled again once the answers are in).
+  enum class Access : std::uint8_t { Allow, Deny, Ask };
+  Access check(const security::Identity& who, security::AccessCache* cache, security::Action action,
+               std::string_view topic);
+  bool has_unanswered() const;
+  // Asks the remote authorizer every unanswered request in asked_ and holds
+  // the input meanwhile. Returns true when every answer came at once; otherwise
+  // `ready` runs on the loop once they are all in (or denied at auth_timeout).
+  bool ask_remote(const security::Identity& who, std::function<void()> ready);
   // Fills listener, peer and client id, and emits (when an audit log is configured).
   void audit(security::AuditEvent& e) const;
   void handle_publish(const codec::Publish& p);
@@ -287,7 +309,19 @@ class Client {
   std::string identity_;                                   // authenticated user name (ACL identity)
   std::shared_ptr<const security::OrderedRules> own_acl_;  // rules from the authenticator (JWT)
   bool own_acl_only_ = false;
-  bool auth_deferred_ = false;  // authentication left the loop turn: resume input afterwards
+  bool superuser_ = false;
+  bool auth_deferred_ = false;      // authentication left the loop turn: resume input afterwards
+  std::uint64_t auth_step_id_ = 0;  // the asynchronous step being awaited (its timeout checks it)
+  // Requests of the packet being handled that the remote authorizer decides.
+  struct Asked {
+    security::Action action;
+    std::string topic;
+    std::optional<security::RemoteAuthorizer::Answer> answer;
+  };
+  std::vector<Asked> asked_;
+  bool held_ = false;          // input held until every asked_ has its answer
+  bool asking_ = false;        // inside ask_remote: answers arriving now need no `ready`
+  std::uint64_t hold_id_ = 0;  // the current hold (late answers of an older one are ignored)
   std::shared_ptr<PendingConnect> pending_;
   std::uint64_t writes_mark_ = 0;  // Shard::writes_made() when the current packet began
   // payload.reject audit lines of this connection: at most kPayloadAuditBurst per
@@ -336,14 +370,17 @@ class Shard {
   bool allowed(const security::Identity& who, security::Action action, std::string_view topic) const {
     return security::authorize(acl_.get(), who, action, topic) == security::Decision::Allow;
   }
-  // The same for a session's identity, memoised in the session: with an ACL
-  // of any size the publish and delivery paths pay once per (action, topic).
-  bool allowed(Session& s, security::Action action, std::string_view topic) const {
-    if (!acl_ && !s.own_acl) return true;
-    if (auto d = s.acl_cache.find(acl_generation_, action, topic)) return *d == security::Decision::Allow;
-    const auto d = security::authorize(acl_.get(), s.identity(), action, topic);
-    s.acl_cache.put(acl_generation_, action, topic, d);
-    return d == security::Decision::Allow;
+  // The decision for one request: superuser, own rules, the ACL, then the
+  // remote authorizer's cached answer. Allow or Deny, or nullopt when the
+  // remote authorizer must be asked (never for Receive: a subscription it
+  // granted receives what it matches). `cache`: the session's recent
+  // decisions, or null.
+  std::optional<security::Decision> access(const security::Identity& who, security::AccessCache* cache,
+                                           security::Action action, std::string_view topic);
+  // Keeps a remote answer in the session's cache.
+  void remember(security::AccessCache& cache, security::Action action, std::string_view topic,
+                const security::RemoteAuthorizer::Answer& a) {
+    cache.put(action, topic, a.decision, acl_version_, a.expires);
   }
   // This loop's snapshot of the topic payload policies; null when none.
   const PayloadPolicies* payload_policies() const { return payload_.get(); }
@@ -369,6 +406,8 @@ class Shard {
   void unsubscribe(Session& s, std::string_view filter);
   void persist(const Session& s);
   void persist_retained(const MessagePtr& m);
+  // A ban of the brute-force defence, kept across restarts (its end in wall-clock time).
+  void persist_ban(const security::Ban& b);
   // This turn's store writes; asks for end_turn() so they get committed.
   store::Batch& writes();
   void deliver_local(std::uint64_t session_id, const MessagePtr& m, codec::QoS qos, std::uint64_t seq);
@@ -406,7 +445,7 @@ class Shard {
   store::Batch batch_;
   std::uint64_t writes_made_ = 0;
   std::shared_ptr<const security::AccessPolicy> acl_;  // this loop's snapshot, refreshed by tick()
-  std::uint64_t acl_generation_ = 1;                   // bumped when tick() finds a new acl_
+  std::uint64_t acl_version_ = 1;                      // changes with acl_ (AccessCache entries)
   std::shared_ptr<const PayloadPolicies> payload_;     // likewise
   std::vector<Subscriber> match_scratch_;
   TimePoint started_at_{};

@@ -436,6 +436,60 @@ std::vector<broker::PayloadPolicySpec> read_payload_policies(const Reporter& r, 
   return out;
 }
 
+// [auth.http]: the IAM server.
+security::IamConfig read_iam(const Reporter& r, const toml::table& t, const std::filesystem::path& dir) {
+  const std::string sec = "auth.http";
+  only_keys(r, t, sec,
+            {"url", "authorize", "authorize_url", "ca", "server_name", "cert", "key", "connect_timeout",
+             "timeout", "retries", "retry_backoff", "pool_size", "cache_ttl", "cache_negative_ttl",
+             "cache_size", "on_error", "send_password", "insecure_password_over_http"});
+  security::IamConfig c;
+  auto url = [&](std::string_view key) {
+    const toml::node* n = t.get(key);
+    std::string why;
+    auto u = security::HttpUrl::parse(get_string(r, t, sec, key, ""), &why);
+    if (!u) r.fail_at(*n, qualified(sec, key), why);
+    return *u;
+  };
+  if (!t.get("url")) r.fail(t.source(), sec, "missing key 'url' (\"https://iam.example:8443/mqtt\")");
+  c.url = url("url");
+  c.authorize = get_bool(r, t, sec, "authorize", c.authorize);
+  if (t.get("authorize_url")) {
+    if (!c.authorize)
+      r.fail_at(*t.get("authorize_url"), qualified(sec, "authorize_url"), "only with authorize = true");
+    c.authorize_url = url("authorize_url");
+  }
+  const bool any_tls = c.url.tls || (c.authorize_url && c.authorize_url->tls);
+  c.ca = get_path(r, t, sec, "ca", dir);
+  c.cert = get_path(r, t, sec, "cert", dir);
+  c.key = get_path(r, t, sec, "key", dir);
+  c.server_name = get_string(r, t, sec, "server_name", "");
+  for (const char* k : {"ca", "cert", "key", "server_name"})
+    if (t.get(k) && !any_tls) r.fail_at(*t.get(k), qualified(sec, k), "only for https:// URLs");
+  if (c.cert.empty() != c.key.empty()) r.fail(t.source(), sec, "cert and key go together");
+  c.connect_timeout = get_millis(r, t, sec, "connect_timeout", c.connect_timeout, 0.01, 60);
+  c.timeout = get_millis(r, t, sec, "timeout", c.timeout, 0.01, 300);
+  c.retries = static_cast<unsigned>(get_int(r, t, sec, "retries", c.retries, 0, 10));
+  c.retry_backoff = get_millis(r, t, sec, "retry_backoff", c.retry_backoff, 0, 60);
+  c.pool_size = static_cast<std::size_t>(get_int(r, t, sec, "pool_size", 8, 1, 1024));
+  c.cache_ttl = get_millis(r, t, sec, "cache_ttl", c.cache_ttl, 0, 86400);
+  c.cache_negative_ttl = get_millis(r, t, sec, "cache_negative_ttl", c.cache_negative_ttl, 0, 86400);
+  c.cache_size = static_cast<std::size_t>(get_int(r, t, sec, "cache_size", 100'000, 1, 100'000'000));
+  const std::string on_error = get_string(r, t, sec, "on_error", "deny");
+  if (t.get("on_error")) one_of(r, t, sec, "on_error", on_error, {"deny", "next"});
+  c.on_error_next = on_error == "next";
+  const std::string password = get_string(r, t, sec, "send_password", "presence");
+  if (t.get("send_password")) one_of(r, t, sec, "send_password", password, {"presence", "value"});
+  c.send_password = password == "value";
+  c.insecure_password_over_http =
+      get_bool(r, t, sec, "insecure_password_over_http", c.insecure_password_over_http);
+  if (c.send_password && !c.url.tls && !c.insecure_password_over_http)
+    r.fail_at(
+        *t.get("send_password"), qualified(sec, "send_password"),
+        "\"value\" sends passwords: the url must be https:// (or set insecure_password_over_http = true)");
+  return c;
+}
+
 void read_listener(const Reporter& r, const toml::table& t, std::size_t i, Config& c,
                    std::set<std::string>& names, const std::filesystem::path& dir) {
   const std::string sec = fmt::format("listener[{}]", i);
@@ -490,6 +544,8 @@ void read_listener(const Reporter& r, const toml::table& t, std::size_t i, Confi
                   fmt::format("method '{}' needs [auth.password] file = \"...\"", name));
       if (name == "jwt" && !c.jwt)
         r.fail_at(m, qualified(sec, "auth"), "method 'jwt' needs an [auth.jwt] table with a key");
+      if (name == "http" && !c.iam)
+        r.fail_at(m, qualified(sec, "auth"), "method 'http' needs an [auth.http] table with a url");
       if ((name == "certificate" || name == "psk" || name == "certificate+password" ||
            name == "psk+password") &&
           l.transport != "tls")
@@ -559,8 +615,10 @@ Config parse(std::string_view text, const std::filesystem::path& source) {
   const std::filesystem::path dir = source.parent_path();
   if (const auto* t = get_table(r, root, "auth")) {
     only_keys(r, *t, "auth", {"password", "jwt", "http", "clientid", "defence"});
-    if (const toml::node* n = t->get("http"))
-      r.fail_at(*n, "auth.http", "not available in this version of moatd");
+    if (const toml::node* n = t->get("http")) {
+      if (!n->is_table()) r.fail_at(*n, "auth.http", "must be a table ([auth.http])");
+      c.iam = read_iam(r, *n->as_table(), dir);
+    }
     if (const auto* p = get_table(r, *t, "password")) {
       only_keys(r, *p, "auth.password", {"file"});
       c.password_file = get_path(r, *p, "auth.password", "file", dir);
@@ -610,7 +668,7 @@ Config parse(std::string_view text, const std::filesystem::path& source) {
   if (const auto* t = get_table(r, root, "limits")) {
     only_keys(r, *t, "limits",
               {"max_packet_size", "connect_timeout", "max_inflight_messages", "max_queued_messages",
-               "max_queued_bytes", "queue_full", "queue_qos0_offline"});
+               "max_queued_bytes", "queue_full", "queue_qos0_offline", "auth_timeout"});
     auto& l = c.limits;
     // The smallest useful limit still admits a CONNECT with a short client id.
     l.max_packet_size = static_cast<std::uint32_t>(
@@ -629,6 +687,7 @@ Config parse(std::string_view text, const std::filesystem::path& source) {
     l.queue_full =
         queue_full == "drop-oldest" ? broker::QueueFullPolicy::DropOldest : broker::QueueFullPolicy::DropNew;
     l.queue_qos0_offline = get_bool(r, *t, "limits", "queue_qos0_offline", l.queue_qos0_offline);
+    l.auth_timeout = get_millis(r, *t, "limits", "auth_timeout", l.auth_timeout, 0.1, 3600);
   }
   if (const auto* t = get_table(r, root, "store")) {
     only_keys(r, *t, "store", {"engine", "durability", "sync_interval", "session_expiry"});

@@ -15,6 +15,7 @@
 #include "security/acl.hpp"
 #include "security/clientid.hpp"
 #include "security/defence.hpp"
+#include "security/iam.hpp"
 #include "security/jwt.hpp"
 #include "security/tls.hpp"
 
@@ -53,6 +54,7 @@ struct Config {
   bool has_acl = false;                                   // [acl] has a file or rules: deny by default
   std::optional<security::ClientIdRules::Spec> clientid;  // [auth.clientid]
   std::optional<security::JwtConfig> jwt;                 // [auth.jwt]
+  std::optional<security::IamConfig> iam;                 // [auth.http]
   security::DefenceConfig defence;                        // [auth.defence]
   std::string audit;  // [log] audit: a path (resolved), "-" for stderr, "" for none
   // [[payload_policy]], in order; keyrings are read by broker::PayloadPolicies::load.

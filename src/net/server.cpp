@@ -123,6 +123,13 @@ class Connection final : public broker::Transport, public std::enable_shared_fro
     return tls_ && tls_->established() && tls_->psk_used() ? std::string_view(tls_->psk_identity())
                                                            : std::string_view();
   }
+  std::string certificate_subject() const override {
+    const X509* cert = tls_ && tls_->established() ? tls_->peer_certificate() : nullptr;
+    return cert ? security::certificate_identity(cert, security::IdentityFrom::Subject) : std::string();
+  }
+  std::string certificate_fingerprint() const override {
+    return tls_ && tls_->established() ? tls_->peer_fingerprint_sha256() : std::string();
+  }
 
  private:
   void on_ciphertext(std::size_t n);
@@ -153,6 +160,10 @@ class Connection final : public broker::Transport, public std::enable_shared_fro
   std::unique_ptr<broker::Client> client_;
   std::vector<std::uint8_t> in_;
   std::size_t in_len_ = 0;
+  // Where the read in flight writes (plain TCP): input held for an
+  // asynchronous answer may be consumed meanwhile (resume_input), moving
+  // in_len_ below it; the bytes read are then moved down to in_len_.
+  std::size_t read_at_ = 0;
   broker::OutputQueue pending_;
   // Output of earlier turns whose store writes are still being committed, oldest
   // first, with the commit epoch each waits for.
@@ -505,6 +516,7 @@ void Connection::read() {
     return;
   }
   if (in_.size() - in_len_ < kReadChunk / 2) in_.resize(in_.size() * 2);
+  read_at_ = in_len_;
   socket_.async_read_some(
       asio::buffer(in_.data() + in_len_, in_.size() - in_len_),
       [self = shared_from_this()](const error_code& ec, std::size_t n) { self->on_read(ec, n); });
@@ -525,6 +537,7 @@ void Connection::on_read(const error_code& ec, std::size_t n) {
     in_len_ = 0;  // discard what arrives after we decided to close
     return read();
   }
+  if (!tls_ && read_at_ != in_len_) std::memmove(in_.data() + in_len_, in_.data() + read_at_, n);
   in_len_ += n;
   loop_.shard().set_now(broker::Clock::now());
   process_input();

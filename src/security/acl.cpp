@@ -254,6 +254,10 @@ std::shared_ptr<const Acl> Acl::load_mosquitto(const std::filesystem::path& path
 Decision Acl::check(const Identity& who, Action action, std::string_view topic) const {
   // The broker validates names and filters first; a malformed one is refused here too.
   if (!valid_request(action, topic)) return Decision::Deny;
+  return decide(who, action, topic).value_or(Decision::Deny);
+}
+
+std::optional<Decision> Acl::decide(const Identity& who, Action action, std::string_view topic) const {
   const auto bit = static_cast<std::uint8_t>(action);
   const Group* own = nullptr;
   if (who.username.empty()) {
@@ -268,7 +272,7 @@ Decision Acl::check(const Identity& who, Action action, std::string_view topic) 
   };
   if ((own && any_match(own->deny)) || any_match(any_.deny)) return Decision::Deny;
   if ((own && any_match(own->allow)) || any_match(any_.allow)) return Decision::Allow;
-  return Decision::Deny;
+  return std::nullopt;
 }
 
 // ---- ordered rules ----
@@ -335,21 +339,79 @@ std::optional<Decision> OrderedRules::check(const Identity& who, Action action,
   return std::nullopt;
 }
 
+std::vector<std::uint32_t> OrderedRules::resolve(const Identity& who) const {
+  static const std::vector<std::uint32_t> kNone;
+  const std::vector<std::uint32_t>* own = &kNone;
+  if (auto it = by_user_.find(who.username); it != by_user_.end()) own = &it->second;
+  std::vector<std::uint32_t> out;
+  // The same merge as check(), keeping the rules whose patterns name `who`.
+  std::size_t i = 0;
+  std::size_t j = 0;
+  while (i < own->size() || j < generic_.size()) {
+    std::uint32_t next;
+    if (j == generic_.size() || (i < own->size() && (*own)[i] < generic_[j]))
+      next = (*own)[i++];
+    else
+      next = generic_[j++];
+    const OrderedRule& r = rules_[next].rule;
+    if (r.user &&
+        (who.username.empty() ? !r.user->empty() : !glob_match(*r.user, who.username, who.username)))
+      continue;
+    if (r.client_id && !glob_match(*r.client_id, who.client_id, who.username)) continue;
+    out.push_back(next);
+  }
+  return out;
+}
+
+std::optional<Decision> OrderedRules::check_resolved(std::span<const std::uint32_t> resolved,
+                                                     const Identity& who, Action action,
+                                                     std::string_view topic) const {
+  const auto bit = static_cast<std::uint8_t>(action);
+  for (const std::uint32_t i : resolved) {
+    const Compiled& c = rules_[i];
+    if ((c.rule.actions & bit) == 0) continue;
+    if (topic_applies(c.rule.topic, c.substitute, who, action, topic))
+      return c.rule.allow ? Decision::Allow : Decision::Deny;
+  }
+  return std::nullopt;
+}
+
 Decision AccessPolicy::check(const Identity& who, Action action, std::string_view topic) const {
+  return decide(who, action, topic).value_or(Decision::Deny);
+}
+
+AccessPolicy::Resolved AccessPolicy::resolve(const Identity& who) const {
+  Resolved r;
+  if (rules_) r.rules = rules_->resolve(who);
+  return r;
+}
+
+std::optional<Decision> AccessPolicy::decide(const Identity& who, Action action, std::string_view topic,
+                                             const Resolved* resolved) const {
   if (!valid_request(action, topic)) return Decision::Deny;
-  if (rules_)
-    if (auto d = rules_->check(who, action, topic)) return *d;
-  if (file_) return file_->check(who, action, topic);
-  return Decision::Deny;
+  if (rules_) {
+    auto d = resolved ? rules_->check_resolved(resolved->rules, who, action, topic)
+                      : rules_->check(who, action, topic);
+    if (d) return d;
+  }
+  if (file_) return file_->decide(who, action, topic);
+  return std::nullopt;
 }
 
 Decision authorize(const AccessPolicy* policy, const Identity& who, Action action, std::string_view topic) {
+  return decide_locally(policy, who, action, topic).value_or(policy ? Decision::Deny : Decision::Allow);
+}
+
+std::optional<Decision> decide_locally(const AccessPolicy* policy, const Identity& who, Action action,
+                                       std::string_view topic, const AccessPolicy::Resolved* resolved) {
+  if (who.superuser) return Decision::Allow;
   if (who.own) {
     if (!valid_request(action, topic)) return Decision::Deny;
-    if (auto d = who.own->check(who, action, topic)) return *d;
+    if (auto d = who.own->check(who, action, topic)) return d;
     if (who.own_only) return Decision::Deny;
   }
-  return policy ? policy->check(who, action, topic) : Decision::Allow;
+  if (policy) return policy->decide(who, action, topic, resolved);
+  return std::nullopt;
 }
 
 std::string_view to_string(Action a) {
@@ -362,6 +424,64 @@ std::string_view to_string(Action a) {
       return "receive";
   }
   return "?";
+}
+
+// ---- per-session decision cache ----
+
+namespace {
+std::size_t slot_hash(Action action, std::string_view topic) {
+  return std::hash<std::string_view>{}(topic)*31 + static_cast<std::size_t>(action);
+}
+}  // namespace
+
+std::optional<Decision> AccessCache::find(Action action, std::string_view topic, std::uint64_t version,
+                                          Time now) const {
+  if (!slots_ || version == 0) return std::nullopt;
+  const std::size_t h = slot_hash(action, topic);
+  for (const std::size_t i : {h % kSlots, (h / kSlots) % kSlots}) {
+    const Slot& s = slots_[i];
+    if (s.hash == h && s.version == version && s.action == action && s.expires > now && s.topic == topic)
+      return s.decision;
+  }
+  return std::nullopt;
+}
+
+void AccessCache::put(Action action, std::string_view topic, Decision d, std::uint64_t version,
+                      Time expires) {
+  if (version == 0) return;
+  if (!slots_) slots_ = std::make_unique<Slot[]>(kSlots);
+  const std::size_t h = slot_hash(action, topic);
+  Slot& a = slots_[h % kSlots];
+  Slot& b = slots_[(h / kSlots) % kSlots];
+  auto same = [&](const Slot& s) { return s.hash == h && s.action == action && s.topic == topic; };
+  Slot& s = same(a) ? a : same(b) ? b : a.stamp <= b.stamp ? a : b;
+  s.hash = h;
+  s.version = version;
+  s.stamp = ++stamp_;
+  s.expires = expires;
+  s.topic.assign(topic);  // reuses the slot's buffer once it is large enough
+  s.action = action;
+  s.decision = d;
+}
+
+const AccessPolicy::Resolved* AccessCache::resolved(const AccessPolicy& policy, const Identity& who,
+                                                    std::uint64_t version) {
+  if (resolved_version_ == version && version != 0) return &resolved_;
+  if (seen_version_ != version) {
+    seen_version_ = version;
+    return nullptr;
+  }
+  resolved_ = policy.resolve(who);
+  resolved_version_ = version;
+  return &resolved_;
+}
+
+void AccessCache::clear() {
+  slots_.reset();
+  stamp_ = 0;
+  resolved_version_ = 0;
+  seen_version_ = 0;
+  resolved_ = {};
 }
 
 }  // namespace moat::security

@@ -3,11 +3,14 @@
 // model a TOML rule list will produce. docs/security.md has the exact semantics.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -33,6 +36,8 @@ struct Identity {
   // `own_only` nothing else is consulted. Null: none.
   const OrderedRules* own = nullptr;
   bool own_only = false;
+  // Allowed everything (the IAM server said so at authentication).
+  bool superuser = false;
 };
 
 struct AclRule {
@@ -74,6 +79,8 @@ class Acl {
   // Any applicable deny rule denies; otherwise any applicable allow rule allows;
   // otherwise Deny.
   Decision check(const Identity& who, Action action, std::string_view topic_or_filter) const;
+  // The same without the final default: nullopt when no rule applies.
+  std::optional<Decision> decide(const Identity& who, Action action, std::string_view topic_or_filter) const;
 
   std::size_t size() const { return count_; }
 
@@ -131,6 +138,13 @@ class OrderedRules {
   // naming this user literally and the rules with a pattern or no user, merged
   // in their written order.
   std::optional<Decision> check(const Identity& who, Action action, std::string_view topic) const;
+  // The rules whose user and client-id patterns match `who`, in written order:
+  // what check() would consider for this identity, found once.
+  std::vector<std::uint32_t> resolve(const Identity& who) const;
+  // check() visiting only `resolved` (from resolve() for the same identity on
+  // this table): neither the user-name lookup nor the pattern matching is repeated.
+  std::optional<Decision> check_resolved(std::span<const std::uint32_t> resolved, const Identity& who,
+                                         Action action, std::string_view topic) const;
   std::size_t size() const { return rules_.size(); }
 
   OrderedRules(const OrderedRules&) = delete;
@@ -161,6 +175,17 @@ class AccessPolicy {
   AccessPolicy(std::shared_ptr<const OrderedRules> rules, std::shared_ptr<const Acl> file)
       : rules_(std::move(rules)), file_(std::move(file)) {}
   Decision check(const Identity& who, Action action, std::string_view topic_or_filter) const;
+
+  // The ordered rules that can apply to one identity (OrderedRules::resolve).
+  struct Resolved {
+    std::vector<std::uint32_t> rules;
+  };
+  Resolved resolve(const Identity& who) const;
+  // check() without the final default: nullopt when neither the rules nor the
+  // file has a rule for the request (a malformed topic is denied). With
+  // `resolved` (from resolve() for the same identity) only those rules are visited.
+  std::optional<Decision> decide(const Identity& who, Action action, std::string_view topic_or_filter,
+                                 const Resolved* resolved = nullptr) const;
   const OrderedRules* rules() const { return rules_.get(); }
   const Acl* file() const { return file_.get(); }
 
@@ -169,14 +194,81 @@ class AccessPolicy {
   std::shared_ptr<const Acl> file_;
 };
 
-// The decision for one request: the identity's own rules, then `policy`. A
-// null policy (no ACL configured) allows what the own rules do not decide
-// (unless own_only).
+// The decision for one request: a superuser is allowed, then the identity's
+// own rules, then `policy`. A null policy (no ACL configured) allows what the
+// own rules do not decide (unless own_only).
 Decision authorize(const AccessPolicy* policy, const Identity& who, Action action,
                    std::string_view topic_or_filter);
+// authorize() without its final default: nullopt when neither the own rules
+// nor `policy` has a rule for the request (then a remote authorizer may be
+// asked). `resolved`: `policy`'s rules resolved for `who`, or null.
+std::optional<Decision> decide_locally(const AccessPolicy* policy, const Identity& who, Action action,
+                                       std::string_view topic_or_filter,
+                                       const AccessPolicy::Resolved* resolved = nullptr);
 
 // "publish", "subscribe", "receive"; for logs and the audit stream.
 std::string_view to_string(Action a);
+
+// A decision point outside the broker (the IAM server over HTTP), asked when
+// the local rules have no answer for a publish or a subscribe. Thread-safe.
+class RemoteAuthorizer {
+ public:
+  using Time = std::chrono::steady_clock::time_point;
+  struct Answer {
+    Decision decision = Decision::Deny;
+    Time expires{};  // how long the answer may be reused
+  };
+  using Done = std::function<void(Answer)>;
+
+  virtual ~RemoteAuthorizer() = default;
+  // A cached answer, or nullopt: ask().
+  virtual std::optional<Answer> cached(const Identity& who, Action action, std::string_view topic,
+                                       Time now) = 0;
+  // Asks; `done` is called once, from any thread. Errors answer Deny.
+  virtual void ask(const Identity& who, Action action, std::string_view topic, Done done) = 0;
+};
+
+// One session's memory of recent decisions, so that a client publishing to the
+// same topics again (the common case) costs one hash and one comparison rather
+// than a walk over the rules: (action, topic) -> decision for one policy
+// version, each with an expiry (a decision of the IAM server lives as long as
+// its cache entry there; local ones until the policy changes). It also keeps
+// the policy's rules resolved for the session's identity (AccessPolicy::
+// resolve) for the misses. Bounded: kSlots entries, allocated at the first
+// use; each topic has two candidate slots and a new entry replaces the older
+// of them. One session, one event loop: not thread-safe.
+class AccessCache {
+ public:
+  using Time = std::chrono::steady_clock::time_point;
+  static constexpr std::size_t kSlots = 8;
+
+  // `version` 0 is never cached.
+  std::optional<Decision> find(Action action, std::string_view topic, std::uint64_t version, Time now) const;
+  void put(Action action, std::string_view topic, Decision d, std::uint64_t version, Time expires);
+  // `policy`'s rules for `who`, resolved again when `version` changed; null
+  // at the first call for a version (resolving costs about one check, which
+  // a session that asks once never wins back).
+  const AccessPolicy::Resolved* resolved(const AccessPolicy& policy, const Identity& who,
+                                         std::uint64_t version);
+  // Forgets everything and frees the memory (a new identity, a disconnect).
+  void clear();
+
+ private:
+  struct Slot {
+    std::size_t hash = 0;
+    std::uint64_t version = 0;  // 0: empty
+    std::uint64_t stamp = 0;    // insertion order
+    Time expires{};
+    std::string topic;
+    Action action = Action::Publish;
+    Decision decision = Decision::Deny;
+  };
+  std::unique_ptr<Slot[]> slots_;
+  std::uint64_t stamp_ = 0;
+  std::uint64_t resolved_version_ = 0;
+  std::uint64_t seen_version_ = 0;  // resolved() was asked once for this version
+  AccessPolicy::Resolved resolved_;
+};
 
 // A table that event loops read while a reload replaces it. load() copies a
 // shared_ptr under a mutex (uncontended: ~20 ns): take one snapshot per batch of

@@ -5,12 +5,18 @@
 namespace moat::security {
 
 AuthResult AnonymousAuthenticator::authenticate(const ConnectInfo& info) {
-  return AuthResult{AuthDecision::Allow, std::string(info.username.value_or("")), name(), {}, {}, false};
+  return AuthResult{
+      AuthDecision::Allow, std::string(info.username.value_or("")), name(), {}, {}, false, false};
 }
 
 AuthResult AuthChain::end_of_chain() {
-  return AuthResult{
-      AuthDecision::NotAuthorized, {}, "none", "no authentication method admitted the client", {}, false};
+  return AuthResult{AuthDecision::NotAuthorized,
+                    {},
+                    "none",
+                    "no authentication method admitted the client",
+                    {},
+                    false,
+                    false};
 }
 
 AuthResult AuthChain::authenticate(const ConnectInfo& info) const {
@@ -30,13 +36,15 @@ AuthResult AuthChain::authenticate(const ConnectInfo& info) const {
 }
 
 AuthResult CertificateAuthenticator::authenticate(const ConnectInfo& info) {
-  if (info.certificate_identity.empty()) return AuthResult{AuthDecision::Continue, {}, name(), {}, {}, false};
-  return AuthResult{AuthDecision::Allow, std::string(info.certificate_identity), name(), {}, {}, false};
+  if (info.certificate_identity.empty())
+    return AuthResult{AuthDecision::Continue, {}, name(), {}, {}, false, false};
+  return AuthResult{
+      AuthDecision::Allow, std::string(info.certificate_identity), name(), {}, {}, false, false};
 }
 
 AuthResult PskAuthenticator::authenticate(const ConnectInfo& info) {
-  if (info.psk_identity.empty()) return AuthResult{AuthDecision::Continue, {}, name(), {}, {}, false};
-  return AuthResult{AuthDecision::Allow, std::string(info.psk_identity), name(), {}, {}, false};
+  if (info.psk_identity.empty()) return AuthResult{AuthDecision::Continue, {}, name(), {}, {}, false, false};
+  return AuthResult{AuthDecision::Allow, std::string(info.psk_identity), name(), {}, {}, false, false};
 }
 
 AuthResult TlsIdentityPasswordAuthenticator::authenticate(const ConnectInfo& info) {
@@ -72,7 +80,7 @@ AuthResult TlsIdentityPasswordAuthenticator::authenticate(const ConnectInfo& inf
 
 bool is_supported_auth_method(std::string_view name) {
   return name == "anonymous" || name == "password" || name == "certificate" || name == "psk" ||
-         name == "jwt" || name == "certificate+password" || name == "psk+password";
+         name == "jwt" || name == "http" || name == "certificate+password" || name == "psk+password";
 }
 
 std::shared_ptr<Authenticator> make_authenticator(std::string_view name) {

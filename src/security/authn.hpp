@@ -31,6 +31,10 @@ struct ConnectInfo {
   std::optional<std::string_view> password;
   std::string_view certificate_identity;  // from the TLS client certificate (identity_from), or empty
   std::string_view psk_identity;          // the TLS-PSK identity, or empty
+  // The client certificate's subject (RFC 2253) and the SHA-256 of its DER
+  // (lowercase hex); empty without a client certificate.
+  std::string_view certificate_subject;
+  std::string_view certificate_fingerprint;
 };
 
 enum class AuthDecision {
@@ -38,6 +42,10 @@ enum class AuthDecision {
   Allow,
   BadCredentials,  // CONNACK 0x04
   NotAuthorized,   // CONNACK 0x05
+  // The method could not decide (its server is unreachable, or it did not
+  // answer in time): CONNACK 0x03, server unavailable. Not counted as a failed
+  // authentication by the brute-force defence: an outage must not ban clients.
+  Unavailable,
 };
 
 struct AuthResult {
@@ -51,6 +59,8 @@ struct AuthResult {
   // broker's ACL; with `acl_only` they replace it. Null: none.
   std::shared_ptr<const OrderedRules> acl;
   bool acl_only = false;
+  // Allowed every publish, subscribe and delivery (an IAM server's answer).
+  bool superuser = false;
 };
 
 class Authenticator {

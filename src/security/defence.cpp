@@ -270,4 +270,12 @@ std::vector<Ban> AuthThrottle::expire(DefenceTime now) {
   return ended;
 }
 
+void AuthThrottle::restore(std::vector<Ban> bans, DefenceTime now) {
+  std::lock_guard lock(mu_);
+  for (auto& b : bans) {
+    if (b.until <= now || exempt(b.address)) continue;
+    bans_->put(std::move(b));
+  }
+}
+
 }  // namespace moat::security

@@ -72,9 +72,10 @@ struct Ban {
   std::string reason;
 };
 
-// Where bans live. The throttle calls it under its own lock, so an
-// implementation needs no locking of its own; a persistent implementation
-// (the store) converts `until` to wall-clock time when it saves.
+// Where bans live in memory. The throttle calls it under its own lock, so an
+// implementation needs no locking of its own. Persistence is the broker's:
+// it writes each new ban and each lifted one to the store and hands the
+// stored ones back through AuthThrottle::restore at start-up.
 class BanList {
  public:
   virtual ~BanList() = default;
@@ -125,6 +126,10 @@ class AuthThrottle {
   void success(std::string_view address, std::string_view username);
   // Lifts the bans that ended; returns them (to log them).
   std::vector<Ban> expire(DefenceTime now);
+  // Start-up: bans kept from the previous run (the store holds them; the
+  // broker writes each ban and unban there). Bans that ended are skipped;
+  // exempt addresses are not restored.
+  void restore(std::vector<Ban> bans, DefenceTime now);
 
   bool exempt(std::string_view address) const;
   bool banned(std::string_view address, DefenceTime now) const;

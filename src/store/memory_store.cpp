@@ -41,6 +41,12 @@ void MemoryStore::commit(const Batch& b) {
       case Batch::Op::EraseRetained:
         if (auto it = retained_.find(e.key); it != retained_.end()) retained_.erase(it);
         break;
+      case Batch::Op::PutBan:
+        bans_.insert_or_assign(e.key, e.value);
+        break;
+      case Batch::Op::EraseBan:
+        if (auto it = bans_.find(e.key); it != bans_.end()) bans_.erase(it);
+        break;
     }
   }
 }
@@ -69,8 +75,19 @@ Snapshot MemoryStore::load() {
       ++snap.orphans_removed;
   }
   for (const auto& [sid, pid] : pubrel_)
-    if (auto it = by_id.find(sid); it != by_id.end()) snap.sessions[it->second].awaiting_pubrel.push_back(pid);
+    if (auto it = by_id.find(sid); it != by_id.end())
+      snap.sessions[it->second].awaiting_pubrel.push_back(pid);
   for (const auto& [topic, bytes] : retained_) snap.retained.push_back(decode_retained(bytes));
+  const std::int64_t now = unix_ms_now();
+  for (auto it = bans_.begin(); it != bans_.end();) {
+    auto b = decode_ban(it->second);
+    if (b.until_unix_ms <= now) {
+      it = bans_.erase(it);  // ended while the broker was stopped
+      continue;
+    }
+    snap.bans.push_back(std::move(b));
+    ++it;
+  }
   for (auto it = queued_.begin(); it != queued_.end();) {
     if (!by_id.count(it->first.first)) {
       inflight_.erase(it->first);

@@ -24,6 +24,7 @@ class MemoryStore final : public Store {
   std::map<std::pair<std::uint64_t, std::uint64_t>, std::pair<std::uint16_t, std::uint8_t>> inflight_;
   std::set<std::pair<std::uint64_t, std::uint16_t>> pubrel_;
   std::map<std::string, std::string, std::less<>> retained_;
+  std::map<std::string, std::string, std::less<>> bans_;  // address -> record
   std::uint64_t commits_ = 0;
 };
 

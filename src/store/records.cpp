@@ -1,4 +1,5 @@
 #include <bit>
+#include <chrono>
 #include <cstring>
 #include <iterator>
 
@@ -79,7 +80,7 @@ class Reader {
   const char* what_;
 };
 
-enum Kind : std::uint8_t { kSession = 1, kQueued = 2, kRetained = 3 };
+enum Kind : std::uint8_t { kSession = 1, kQueued = 2, kRetained = 3, kBan = 4 };
 
 }  // namespace
 
@@ -153,6 +154,30 @@ RetainedRecord decode_retained(std::string_view bytes) {
   return rr;
 }
 
+std::string encode(const BanRecord& b) {
+  Writer w(kBan);
+  w.str(b.address);
+  w.u64(static_cast<std::uint64_t>(b.until_unix_ms));
+  w.str(b.reason);
+  return w.take();
+}
+
+BanRecord decode_ban(std::string_view bytes) {
+  Reader r(bytes, kBan, "ban");
+  BanRecord b;
+  b.address = r.str();
+  b.until_unix_ms = static_cast<std::int64_t>(r.u64());
+  b.reason = r.str();
+  r.done();
+  return b;
+}
+
+std::int64_t unix_ms_now() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
 Batch::Entry& Batch::add(Op op, std::uint64_t session_id, std::uint64_t seq) {
   Entry& e = entries_.emplace_back();
   e.op = op;
@@ -215,6 +240,14 @@ void Batch::put_retained(const RetainedRecord& r) {
 }
 void Batch::erase_retained(std::string_view topic) {
   add(Op::EraseRetained, 0, 0).key = std::string(topic);
+}
+void Batch::put_ban(const BanRecord& b) {
+  Entry& e = add(Op::PutBan, 0, 0);
+  e.key = b.address;
+  e.value = encode(b);
+}
+void Batch::erase_ban(std::string_view address) {
+  add(Op::EraseBan, 0, 0).key = std::string(address);
 }
 
 }  // namespace moat::store

@@ -141,6 +141,12 @@ void RocksDbStore::commit(const Batch& b) {
       case Batch::Op::EraseRetained:
         wb.Delete("r" + e.key);
         break;
+      case Batch::Op::PutBan:
+        wb.Put("b" + e.key, e.value);
+        break;
+      case Batch::Op::EraseBan:
+        wb.Delete("b" + e.key);
+        break;
     }
   }
   rocksdb::WriteOptions wo;
@@ -200,6 +206,14 @@ Snapshot RocksDbStore::load() {
   }
   for (it->Seek("r"); it->Valid() && it->key().starts_with("r"); it->Next())
     snap.retained.push_back(decode_retained(it->value().ToStringView()));
+  const std::int64_t now = unix_ms_now();
+  for (it->Seek("b"); it->Valid() && it->key().starts_with("b"); it->Next()) {
+    auto b = decode_ban(it->value().ToStringView());
+    if (b.until_unix_ms <= now)
+      cleanup.Delete(it->key());  // ended while the broker was stopped
+    else
+      snap.bans.push_back(std::move(b));
+  }
   ok_or_throw(it->status(), "store read failed");
   if (cleanup.Count() > 0) {
     rocksdb::WriteOptions wo;
@@ -235,6 +249,9 @@ RocksDbStore::Report RocksDbStore::check() {
           break;
         case 'r':
           decode_retained(v), ++r.retained;
+          break;
+        case 'b':
+          decode_ban(v), ++r.bans;
           break;
         default:
           ++r.damaged;

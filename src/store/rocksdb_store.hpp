@@ -7,6 +7,7 @@
 //   "i" be64(session) be64(seq)   in-flight state of a queued message (packet id, state)
 //   "p" be64(session) be16(id)    inbound QoS 2 packet id awaiting PUBREL
 //   "r" topic                     retained message
+//   "b" address                   ban of the brute-force defence
 #pragma once
 
 #include <atomic>
@@ -51,7 +52,8 @@ class RocksDbStore final : public Store {
 
   // Counts per key kind and checks that every record decodes (--check-store).
   struct Report {
-    std::uint64_t sessions = 0, queued = 0, inflight = 0, pubrel = 0, retained = 0, orphans = 0, damaged = 0;
+    std::uint64_t sessions = 0, queued = 0, inflight = 0, pubrel = 0, retained = 0, bans = 0, orphans = 0,
+                  damaged = 0;
     std::uint64_t bytes = 0;
   };
   Report check();

@@ -7,7 +7,8 @@
 //
 // What is durable: persistent sessions (clean session 0) with their
 // subscriptions, every message queued for or in flight to them, the inbound
-// QoS 2 packet ids awaiting PUBREL, and retained messages.
+// QoS 2 packet ids awaiting PUBREL, retained messages, and the addresses the
+// brute-force defence banned.
 #pragma once
 
 #include <cstdint>
@@ -44,6 +45,15 @@ struct RetainedRecord {
   std::uint8_t qos = 0;
 };
 
+// An address banned by the brute-force defence, until a wall-clock time (a
+// restart must not lift a ban, and a ban that ended while moatd was stopped is
+// not restored).
+struct BanRecord {
+  std::string address;
+  std::int64_t until_unix_ms = 0;  // milliseconds since 1970-01-01 UTC
+  std::string reason;
+};
+
 // Everything durable, as read at start-up.
 struct Snapshot {
   struct Session {
@@ -53,6 +63,8 @@ struct Snapshot {
   };
   std::vector<Session> sessions;
   std::vector<RetainedRecord> retained;
+  // Bans still in force at load(); those that ended are removed from the store.
+  std::vector<BanRecord> bans;
   std::uint64_t next_seq = 1;         // above every stored seq
   std::uint64_t next_session_id = 1;  // above every stored session id
   // Messages stored for sessions that had ended when the broker stopped (a crash
@@ -74,7 +86,9 @@ class Batch {
     PutPubrel,
     ErasePubrel,
     PutRetained,
-    EraseRetained
+    EraseRetained,
+    PutBan,
+    EraseBan
   };
   struct Entry {
     Op op = Op::PutSession;
@@ -82,7 +96,7 @@ class Batch {
     std::uint64_t seq = 0;        // queued seq, or the packet id for Pubrel ops
     std::uint16_t packet_id = 0;  // PutInflight
     std::uint8_t state = 0;       // PutInflight; EraseQueued: 1 = its in-flight entry too
-    std::string key;              // client id or topic
+    std::string key;              // client id, topic or banned address
     std::string value;            // encoded record (see codec functions below)
   };
 
@@ -103,6 +117,8 @@ class Batch {
   void erase_pubrel(std::uint64_t session_id, std::uint16_t packet_id);
   void put_retained(const RetainedRecord& r);
   void erase_retained(std::string_view topic);
+  void put_ban(const BanRecord& b);
+  void erase_ban(std::string_view address);
 
   bool empty() const { return entries_.empty(); }
   std::size_t size() const { return entries_.size(); }
@@ -146,9 +162,13 @@ class StoreError : public std::runtime_error {
 std::string encode(const SessionRecord& s);
 std::string encode(const QueuedRecord& q);
 std::string encode(const RetainedRecord& r);
+std::string encode(const BanRecord& b);
 // Throw StoreError("damaged record ...") on malformed input.
 SessionRecord decode_session(std::string_view bytes);
 QueuedRecord decode_queued(std::string_view bytes);
 RetainedRecord decode_retained(std::string_view bytes);
+BanRecord decode_ban(std::string_view bytes);
+// The time load() compares ban ends with (wall clock, Unix milliseconds).
+std::int64_t unix_ms_now();
 
 }  // namespace moat::store

@@ -285,3 +285,35 @@ def test_audit_to_stderr(secure_broker, passwd_text):
     e = json.loads(m.string)
     check_schema(e)
     assert e["username"] == "bob" and "bob-WRONG" not in b.log_text()
+
+
+def test_bans_survive_a_restart(secure_broker, passwd_text):
+    """A ban is written to the store and restored at start: restarting the
+    broker does not lift it (docs/security.md, "Brute-force defence")."""
+    from conftest import MOATD, Broker
+    from pki import LISTENER_RE
+
+    b = secure_broker(listeners=PASSWORD, password_file="passwd", files={"passwd": passwd_text},
+                      extra=defence(ban_after=2, backoff_initial=0.05, backoff_max=0.05, ban_time=600))
+    ep = b.endpoints["plain"]
+    for i in range(2):
+        rc, _ = timed_connack(ep, "alice", "guess-%d" % i)
+        assert rc == BAD_CREDENTIALS
+    b.wait_for_log(r"banned 127\.0\.0\.1 for 600 s")
+    assert timed_connack(ep, "alice", USERS["alice"])[0] is None
+    assert b.stop(signal.SIGTERM, 10) == 0
+    again = Broker([MOATD, "-c", b.config_path], cwd=str(b.workdir), config_path=b.config_path)
+    try:
+        again.wait_for_log(r"store: restored 1 ban\(s\) of the brute-force defence")
+        m = again.wait_for_log(LISTENER_RE.pattern)
+        host, port = m.group(1), int(m.group(2))
+        c = mqttraw.Client(host, port, timeout=scaled(10), name="after-restart")
+        try:
+            c.send(mqttraw.connect(uniq("r"), username="alice", password=USERS["alice"]),
+                   ignore_errors=True)
+            assert c.expect_closed(scaled(5)) == b"", "a restored ban let a CONNACK through"
+        finally:
+            c.close()
+        again.wait_for_log(r"refusing connections from 127\.0\.0\.1: address banned")
+    finally:
+        assert again.stop(signal.SIGTERM, 10) == 0

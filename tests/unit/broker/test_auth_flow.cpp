@@ -88,7 +88,7 @@ class LaterAuthenticator final : public security::Authenticator {
   void answer(security::AuthDecision d, std::string identity) {
     auto done = std::move(pending);
     pending = nullptr;
-    done(security::AuthResult{d, std::move(identity), name(), "", nullptr, false});
+    done(security::AuthResult{d, std::move(identity), name(), "", nullptr, false, false});
   }
   Done pending;
   std::string seen_user;
@@ -184,6 +184,13 @@ TEST_F(AuthFlowTest, FailuresAreHeldWithBackoffThenTheAddressIsBanned) {
   EXPECT_EQ(delays, (std::vector<std::int64_t>{100, 200, 400, 400}));
   ASSERT_EQ(audit->of("ban").size(), 1u);
   EXPECT_EQ(audit->of("ban")[0].address, "192.0.2.7");
+  // The ban is in the store, ending about ban_time from now (wall clock).
+  {
+    const auto bans = store.load().bans;
+    ASSERT_EQ(bans.size(), 1u);
+    EXPECT_EQ(bans[0].address, "192.0.2.7");
+    EXPECT_NEAR(static_cast<double>(bans[0].until_unix_ms - store::unix_ms_now()), 600'000.0, 5'000.0);
+  }
   // Banned: even the right password is refused, at once and without asking the authenticator.
   auto& c = open("192.0.2.7:200");
   send_connect(c, "c9", "alice", "pw");
@@ -196,6 +203,7 @@ TEST_F(AuthFlowTest, FailuresAreHeldWithBackoffThenTheAddressIsBanned) {
   EXPECT_EQ(connack(other), 0);
   advance(std::chrono::seconds(601));
   ASSERT_EQ(audit->of("unban").size(), 1u);
+  EXPECT_TRUE(store.load().bans.empty());  // lifted in the store too
   auto& again = open("192.0.2.7:201");
   send_connect(again, "c11", "alice", "pw");
   EXPECT_EQ(connack(again), 0);
@@ -235,6 +243,29 @@ TEST_F(AuthFlowTest, AsynchronousAuthenticatorHoldsInputUntilItAnswers) {
   send_connect(d, "async-2", "dave", "token");
   later->answer(security::AuthDecision::NotAuthorized, "");
   EXPECT_EQ(connack(d), static_cast<int>(ConnectReturnCode::NotAuthorized));
+}
+
+TEST_F(AuthFlowTest, AnAsynchronousAuthenticatorThatNeverAnswersTimesOut) {
+  auto later = std::make_shared<LaterAuthenticator>();
+  policy.auth.add(later);
+  make();
+  auto& c = open("192.0.2.1:1");
+  send_connect(c, "silent-1", "carol", "token");
+  ASSERT_TRUE(later->pending);
+  EXPECT_EQ(connack(c), -1);
+  // The broker's bound ([limits] auth_timeout) is a timer of the connection.
+  ASSERT_EQ(c.held.size(), 1u);
+  EXPECT_EQ(c.held[0].first, shared.limits.auth_timeout);
+  c.release();
+  bus.settle();
+  EXPECT_EQ(connack(c), static_cast<int>(ConnectReturnCode::ServerUnavailable));
+  EXPECT_TRUE(c.closed);
+  ASSERT_EQ(audit->of("auth.failure").size(), 1u);
+  EXPECT_EQ(audit->of("auth.failure")[0].reason, "authentication timed out");
+  // A late answer finds nothing to do.
+  later->answer(security::AuthDecision::Allow, "carol");
+  bus.settle();
+  EXPECT_EQ(connack(c), -1);
 }
 
 TEST_F(AuthFlowTest, ConnectionRulesFromTheAuthenticatorGovernPublishSubscribeReceiveAndWill) {

@@ -117,9 +117,6 @@ TEST(Config, FeaturesOfLaterVersionsAreRefusedNotIgnored) {
                      "[\"anonymous\"]\n")
                 .find("not available in this version"),
             std::string::npos);
-  EXPECT_NE(error_of(std::string(kListener) + "[auth.http]\nurl = \"https://iam\"\n")
-                .find("auth.http: not available"),
-            std::string::npos);
   EXPECT_NE(error_of(std::string(kListener) + "[store]\nengine = \"etcd\"\n")
                 .find("store.engine: 'etcd' is not one of"),
             std::string::npos);

@@ -199,3 +199,139 @@ TEST(ConfigAuth, Mistakes) {
 
 }  // namespace
 }  // namespace moat::config
+
+namespace moat::config {
+namespace {
+
+constexpr std::string_view kHttpListener = R"(
+[[listener]]
+name = "iam"
+bind = "127.0.0.1:1883"
+auth = ["http"]
+)";
+
+TEST(ConfigIam, FullTableAndDefaults) {
+  const auto c = parse(std::string(R"(
+[auth.http]
+url = "https://iam.internal:8443/mqtt/auth?v=1"
+authorize = true
+authorize_url = "https://iam.internal:8443/mqtt/acl"
+ca = "iam-ca.crt"
+server_name = "iam.internal"
+cert = "moatd.crt"
+key = "moatd.key"
+connect_timeout = 0.5
+timeout = 3
+retries = 4
+retry_backoff = 0.05
+pool_size = 16
+cache_ttl = 120
+cache_negative_ttl = 0
+cache_size = 5000
+on_error = "next"
+send_password = "value"
+
+[limits]
+auth_timeout = 7.5
+)") + std::string(kHttpListener),
+                       "/etc/moat/moat.toml");
+  ASSERT_TRUE(c.iam);
+  const auto& i = *c.iam;
+  EXPECT_TRUE(i.url.tls);
+  EXPECT_EQ(i.url.host, "iam.internal");
+  EXPECT_EQ(i.url.port, 8443);
+  EXPECT_EQ(i.url.target, "/mqtt/auth?v=1");
+  EXPECT_TRUE(i.authorize);
+  ASSERT_TRUE(i.authorize_url);
+  EXPECT_EQ(i.authorize_url->target, "/mqtt/acl");
+  EXPECT_EQ(i.ca, "/etc/moat/iam-ca.crt");
+  EXPECT_EQ(i.cert, "/etc/moat/moatd.crt");
+  EXPECT_EQ(i.server_name, "iam.internal");
+  EXPECT_EQ(i.connect_timeout.count(), 500);
+  EXPECT_EQ(i.timeout.count(), 3000);
+  EXPECT_EQ(i.retries, 4u);
+  EXPECT_EQ(i.retry_backoff.count(), 50);
+  EXPECT_EQ(i.pool_size, 16u);
+  EXPECT_EQ(i.cache_ttl.count(), 120'000);
+  EXPECT_EQ(i.cache_negative_ttl.count(), 0);
+  EXPECT_EQ(i.cache_size, 5000u);
+  EXPECT_TRUE(i.on_error_next);
+  EXPECT_TRUE(i.send_password);
+  EXPECT_EQ(c.limits.auth_timeout.count(), 7500);
+  EXPECT_EQ(c.listeners[0].auth, std::vector<std::string>{"http"});
+
+  const auto d =
+      parse(std::string("[auth.http]\nurl = \"http://127.0.0.1:8080\"\n") + std::string(kHttpListener),
+            "/etc/moat/moat.toml");
+  ASSERT_TRUE(d.iam);
+  EXPECT_FALSE(d.iam->url.tls);
+  EXPECT_EQ(d.iam->url.port, 8080);
+  EXPECT_EQ(d.iam->url.target, "/");
+  EXPECT_FALSE(d.iam->authorize);
+  EXPECT_FALSE(d.iam->on_error_next);  // fail closed
+  EXPECT_FALSE(d.iam->send_password);  // presence only
+  EXPECT_EQ(d.iam->timeout.count(), 5000);
+  EXPECT_EQ(d.iam->cache_ttl.count(), 60'000);
+  EXPECT_EQ(d.limits.auth_timeout.count(), 10'000);
+}
+
+TEST(ConfigIam, Mistakes) {
+  auto err = [](std::string_view iam, std::string_view listener = kHttpListener) {
+    try {
+      parse(std::string(iam) + std::string(listener), "/etc/moat/moat.toml");
+    } catch (const ConfigError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  auto has = [](const std::string& text, std::string_view what) {
+    return text.find(what) != std::string::npos ? ::testing::AssertionSuccess()
+                                                : ::testing::AssertionFailure() << text;
+  };
+  EXPECT_TRUE(has(err("", kHttpListener), "method 'http' needs an [auth.http] table"));
+  EXPECT_TRUE(
+      has(err("[auth.http]\nauthorize = true\n"), "/etc/moat/moat.toml:1:1: auth.http: missing key 'url'"));
+  EXPECT_TRUE(
+      has(err("[auth.http]\nurl = \"ftp://iam\"\n"), "auth.http.url: must start with http:// or https://"));
+  EXPECT_TRUE(has(err("[auth.http]\nurl = \"https://user:pw@iam/\"\n"), "do not belong in the URL"));
+  EXPECT_TRUE(has(err("[auth.http]\nurl = \"https://iam:0/\"\n"), "out of range"));
+  EXPECT_TRUE(has(err("[auth.http]\nurl = \"https://iam/\"\nurl2 = 1\n"), "auth.http.url2: unknown key"));
+  EXPECT_TRUE(
+      has(err("[auth.http]\nurl = \"http://iam/\"\nca = \"ca.crt\"\n"), "auth.http.ca: only for https://"));
+  EXPECT_TRUE(
+      has(err("[auth.http]\nurl = \"https://iam/\"\ncert = \"c.crt\"\n"), "cert and key go together"));
+  EXPECT_TRUE(has(err("[auth.http]\nurl = \"https://iam/\"\nauthorize_url = \"https://iam/acl\"\n"),
+                  "authorize_url: only with authorize = true"));
+  EXPECT_TRUE(has(err("[auth.http]\nurl = \"https://iam/\"\non_error = \"allow\"\n"),
+                  "auth.http.on_error: 'allow' is not one of: deny | next"));
+  EXPECT_TRUE(
+      has(err("[auth.http]\nurl = \"https://iam/\"\ntimeout = 0\n"), "auth.http.timeout: must be between"));
+  // The password itself only over TLS, unless explicitly allowed.
+  EXPECT_TRUE(has(err("[auth.http]\nurl = \"http://iam/\"\nsend_password = \"value\"\n"),
+                  "auth.http.send_password: \"value\" sends passwords: the url must be https://"));
+  EXPECT_EQ(err("[auth.http]\nurl = \"http://iam/\"\nsend_password = \"value\"\ninsecure_password_over_http "
+                "= true\n"),
+            "no error");
+  EXPECT_TRUE(has(err("[limits]\nauth_timeout = 0\n", kListener), "limits.auth_timeout: must be between"));
+}
+
+TEST(ConfigIam, Urls) {
+  auto u = security::HttpUrl::parse("https://[2001:db8::1]:8443/a/b");
+  ASSERT_TRUE(u);
+  EXPECT_EQ(u->host, "2001:db8::1");
+  EXPECT_EQ(u->origin(), "https://[2001:db8::1]:8443");
+  u = security::HttpUrl::parse("http://iam?x=1");
+  ASSERT_TRUE(u);
+  EXPECT_EQ(u->target, "/?x=1");
+  EXPECT_EQ(u->port, 80);
+  std::string why;
+  EXPECT_FALSE(security::HttpUrl::parse("https://iam/a b", &why));
+  EXPECT_NE(why.find("%-encoded"), std::string::npos);
+  EXPECT_FALSE(security::HttpUrl::parse("https://iam/#frag", &why));
+  EXPECT_FALSE(security::HttpUrl::parse("https://[::1/", &why));
+  EXPECT_FALSE(security::HttpUrl::parse("https://:443/", &why));
+  EXPECT_FALSE(security::HttpUrl::parse("https://iam:99999/", &why));
+}
+
+}  // namespace
+}  // namespace moat::config

@@ -240,6 +240,25 @@ TEST(AuthThrottle, BansSurviveInTheirList) {
   EXPECT_EQ(raw->all().size(), 2u);
 }
 
+TEST(AuthThrottle, RestoredBansHoldUntilTheirEnd) {
+  DefenceConfig cfg = test_config();
+  cfg.allow = {*Cidr::parse("198.51.100.0/24")};
+  AuthThrottle t(cfg);
+  t.restore({Ban{"192.0.2.1", kT0 + seconds(30), "from the last run"},
+             Ban{"192.0.2.2", kT0 - seconds(1), "already over"},
+             Ban{"198.51.100.9", kT0 + seconds(30), "now exempt"}},
+            kT0);
+  EXPECT_TRUE(t.banned("192.0.2.1", kT0));
+  EXPECT_EQ(t.admit_connection("192.0.2.1", kT0).admission, AuthThrottle::Admission::Banned);
+  EXPECT_FALSE(t.banned("192.0.2.2", kT0));
+  EXPECT_FALSE(t.banned("198.51.100.9", kT0));
+  EXPECT_TRUE(t.expire(kT0 + seconds(29)).empty());
+  const auto ended = t.expire(kT0 + seconds(30));
+  ASSERT_EQ(ended.size(), 1u);
+  EXPECT_EQ(ended[0].address, "192.0.2.1");
+  EXPECT_FALSE(t.banned("192.0.2.1", kT0 + seconds(30)));
+}
+
 TEST(AuthThrottle, ConcurrentUse) {
   AuthThrottle t(test_config());
   std::vector<std::thread> threads;

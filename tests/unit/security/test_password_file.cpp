@@ -283,7 +283,7 @@ TEST(PasswordFile, SetPasswordRefusesBadInput) {
 }
 
 ConnectInfo connect(std::optional<std::string_view> user, std::optional<std::string_view> pw) {
-  return ConnectInfo{"l", "127.0.0.1:1", "cid", user, pw, {}, {}};
+  return ConnectInfo{"l", "127.0.0.1:1", "cid", user, pw, {}, {}, {}, {}};
 }
 
 TEST(PasswordAuthenticator, Decisions) {

@@ -134,5 +134,56 @@ TEST(Stores, EraseQueuedRemovesTheMessageAndItsInflightEntry) {
   });
 }
 
+TEST(Stores, BansSurviveAReopenAndEndedOnesAreDroppedAtLoad) {
+  const std::int64_t now = unix_ms_now();
+  auto ban = [](std::string address, std::int64_t until) { return BanRecord{address, until, "10 failures"}; };
+  auto check = [&](Store& s) {
+    const Snapshot snap = s.load();
+    ASSERT_EQ(snap.bans.size(), 1u);
+    EXPECT_EQ(snap.bans[0].address, "2001:db8::7");
+    EXPECT_EQ(snap.bans[0].until_unix_ms, now + 3'600'000);
+    EXPECT_EQ(snap.bans[0].reason, "10 failures");
+  };
+  auto write = [&](Store& s) {
+    Batch b;
+    b.put_ban(ban("192.0.2.1", now + 3'600'000));
+    b.put_ban(ban("192.0.2.2", now - 1'000));  // ended while stopped
+    b.put_ban(ban("2001:db8::7", now + 1'000));
+    b.put_ban(ban("2001:db8::7", now + 3'600'000));  // a later ban replaces the first
+    s.commit(b);
+    Batch lifted;
+    lifted.erase_ban("192.0.2.1");
+    s.commit(lifted);
+  };
+  {
+    MemoryStore m;
+    write(m);
+    check(m);
+    check(m);  // the ended ban was removed, not only skipped
+  }
+  TempDir dir;
+  const RocksDbOptions o{dir.path() / "store", Durability::Sync, std::chrono::milliseconds(100)};
+  {
+    RocksDbStore r(o);
+    write(r);
+  }
+  RocksDbStore reopened(o);
+  check(reopened);
+  const auto report = reopened.check();
+  EXPECT_EQ(report.bans, 1u);  // the ended one is gone from disk
+  EXPECT_EQ(report.damaged, 0u);
+}
+
+TEST(Records, BanRecordRoundTripsAndRefusesDamage) {
+  const BanRecord b{"198.51.100.4", 1'767'225'600'000, "10 failed authentications within 60 s"};
+  const std::string bytes = encode(b);
+  const BanRecord d = decode_ban(bytes);
+  EXPECT_EQ(d.address, b.address);
+  EXPECT_EQ(d.until_unix_ms, b.until_unix_ms);
+  EXPECT_EQ(d.reason, b.reason);
+  EXPECT_THROW(decode_ban(bytes.substr(0, bytes.size() - 1)), StoreError);
+  EXPECT_THROW(decode_ban(encode(RetainedRecord{"t", "p", 0})), StoreError);
+}
+
 }  // namespace
 }  // namespace moat::store

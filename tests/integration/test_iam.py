@@ -1,0 +1,402 @@
+"""The IAM server over HTTP ([auth.http], docs/security.md "IAM server over
+HTTP") end to end: a real HTTP server started by the test on 127.0.0.1 port 0
+(http.server in a thread, HTTP/1.1 keep-alive; TLS with a CA the test
+generates), a real moatd, raw MQTT clients.
+
+The server counts the requests it gets per (kind, user name, action, topic),
+so the tests assert what reached it, not only what the broker answered."""
+
+import json
+import socket
+import ssl
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+import mqttraw
+from pki import make_pki, secure_broker  # noqa: F401 (fixture)
+from util import scaled, uniq
+
+pytestmark = [pytest.mark.moat_only, pytest.mark.threaded]
+
+SERVER_UNAVAILABLE = 3
+BAD_CREDENTIALS = 4
+NOT_AUTHORIZED = 5
+SUBACK_FAILURE = 0x80
+
+LISTENERS = [{"name": "plain", "bind": "127.0.0.1:0", "transport": "tcp", "auth": ["http"]}]
+
+
+class Iam:
+    """An IAM server: `decide(request dict) -> (status, answer dict)`. Users:
+    alice, bob: allowed; mallory: denied; eve: bad credentials; acl-user:
+    allowed with an ACL; root: superuser; slow: the answer waits until the
+    test ends. Authorization: topics under "ok/" allowed, others denied."""
+
+    def __init__(self, tls_files=None):
+        self.lock = threading.Lock()
+        self.requests = []  # request bodies (dicts), in arrival order
+        self.release = threading.Event()
+        iam = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive
+
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                n = int(self.headers.get("Content-Length", "0"))
+                req = json.loads(self.rfile.read(n))
+                req["_path"] = self.path
+                req["_content_type"] = self.headers.get("Content-Type", "")
+                with iam.lock:
+                    iam.requests.append(req)
+                status, answer = iam.decide(req)
+                body = json.dumps(answer).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # moatd gave up waiting (the slow IAM test)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        if tls_files is not None:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*tls_files)
+            self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def decide(self, req):
+        if req["request"] == "authenticate":
+            user = req.get("username")
+            if user == "slow":
+                self.release.wait(scaled(30))
+                return 200, {"result": "allow"}
+            if user in ("alice", "bob"):
+                return 200, {"result": "allow"}
+            if user == "acl-user":
+                return 200, {"result": "allow", "identity": "acl-user",
+                             "acl": [{"permission": "allow", "action": "all", "topic": "acl-user/#"}]}
+            if user == "root":
+                return 200, {"result": "allow", "superuser": True}
+            if user == "eve":
+                return 200, {"result": "bad_credentials", "reason": "wrong password"}
+            return 200, {"result": "deny", "reason": "unknown user"}
+        assert req["request"] == "authorize", req
+        if req["topic"].startswith("slow/"):
+            self.release.wait(scaled(30))
+        return 200, {"result": "allow" if req["topic"].startswith("ok/") else "deny"}
+
+    def count(self, kind, user=None, action=None, topic=None):
+        with self.lock:
+            return sum(1 for r in self.requests if r["request"] == kind
+                       and (user is None or r.get("username") == user)
+                       and (action is None or r.get("action") == action)
+                       and (topic is None or r.get("topic") == topic))
+
+    def of(self, kind):
+        with self.lock:
+            return [r for r in self.requests if r["request"] == kind]
+
+    def close(self):
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def iam():
+    servers = []
+
+    def start(tls_files=None):
+        s = Iam(tls_files)
+        servers.append(s)
+        return s
+
+    yield start
+    for s in servers:
+        s.close()
+
+
+def http_table(url, **kw):
+    lines = ["[auth.http]", "url = %s" % json.dumps(url)]
+    for k, v in kw.items():
+        lines.append("%s = %s" % (k, json.dumps(v)))
+    return "\n".join(lines) + "\n"
+
+
+def client(b, name):
+    return mqttraw.Client(b.host, b.port, timeout=scaled(10), name=name)
+
+
+def connack(b, user, password="pw", client_id=None, timeout=10):
+    """CONNACK return code (None: closed without one) and seconds taken."""
+    c = client(b, user)
+    try:
+        t0 = time.monotonic()
+        c.send(mqttraw.connect(client_id or uniq("iam"), username=user, password=password),
+               ignore_errors=True)
+        try:
+            pkt = c.recv_packet(scaled(timeout))
+        except mqttraw.ConnectionClosed:
+            return None, time.monotonic() - t0
+        assert pkt.type == mqttraw.CONNACK, pkt
+        return mqttraw.decode_connack(pkt)[1], time.monotonic() - t0
+    finally:
+        c.close()
+
+
+def connected(b, user, client_id=None):
+    c = client(b, user)
+    c.connect(client_id or uniq(user), username=user, password="pw")
+    return c
+
+
+def test_allow_deny_and_the_request(secure_broker, iam):
+    s = iam()
+    b = secure_broker(listeners=LISTENERS, extra=http_table("http://127.0.0.1:%d/mqtt/auth" % s.port))
+    assert connack(b, "alice", client_id="alice-1")[0] == 0
+    assert connack(b, "mallory")[0] == NOT_AUTHORIZED
+    assert connack(b, "eve")[0] == BAD_CREDENTIALS
+    req = [r for r in s.of("authenticate") if r.get("username") == "alice"][0]
+    assert req["_path"] == "/mqtt/auth", req
+    assert req["_content_type"].startswith("application/json"), req
+    assert req["client_id"] == "alice-1" and req["listener"] == "plain", req
+    assert req["peer_address"] == "127.0.0.1", req
+    # send_password = "presence" (default): the password itself never leaves the broker.
+    assert req["password_present"] is True and "password" not in req, req
+    assert "pw" not in json.dumps(req)
+    b.wait_for_log(r"IAM: not authorized: unknown user|unknown user")
+
+
+def test_password_value_over_https(secure_broker, iam, tmp_path):
+    pki = make_pki(tmp_path / "pki")
+    s = iam(tls_files=(pki.server_cert, pki.server_key))
+    b = secure_broker(listeners=LISTENERS,
+                      extra=http_table("https://127.0.0.1:%d/auth" % s.port, ca=pki.ca_cert,
+                                       send_password="value"))
+    assert connack(b, "alice", password="secret-1")[0] == 0
+    req = s.of("authenticate")[-1]
+    assert req["password"] == "secret-1" and req["password_present"] is True, req
+    assert "certificate" not in req, req
+
+
+def test_tls_to_the_iam_verifies_its_certificate(secure_broker, iam, tmp_path):
+    pki = make_pki(tmp_path / "pki")
+    s = iam(tls_files=(pki.server_cert, pki.server_key))
+    url = "https://127.0.0.1:%d/auth" % s.port
+    good = secure_broker(listeners=LISTENERS, extra=http_table(url, ca=pki.ca_cert))
+    assert connack(good, "alice")[0] == 0
+    assert connack(good, "mallory")[0] == NOT_AUTHORIZED
+    assert s.count("authenticate") == 2
+    # A CA that did not sign the server's certificate: no answer is trusted,
+    # the client is refused (fail closed) and nothing was sent in clear.
+    bad = secure_broker(listeners=LISTENERS,
+                        extra=http_table(url, ca=pki.intruder_ca.cert, retries=0))
+    assert connack(bad, "alice")[0] == SERVER_UNAVAILABLE
+    bad.wait_for_log(r"IAM server https://127\.0\.0\.1:%d: authentication: .*certificate" % s.port)
+    assert s.count("authenticate") == 2
+
+
+def test_acl_from_the_iam_answer(secure_broker, iam):
+    s = iam()
+    b = secure_broker(listeners=LISTENERS, extra=http_table("http://127.0.0.1:%d/auth" % s.port))
+    c = connected(b, "acl-user")
+    assert c.subscribe([("acl-user/#", 1), ("other/#", 1)]) == [1, SUBACK_FAILURE]
+    c.publish("acl-user/x", b"mine", qos=1)
+    assert c.recv_publish(scaled(5)).topic == "acl-user/x"
+    # A publish outside its rules is acknowledged and dropped (MQTT 3.1.1).
+    watcher = connected(b, "alice")
+    watcher.subscribe([("other/#", 1)])
+    c.publish("other/y", b"not mine", qos=1)  # PUBACK: it has been routed (or dropped)
+    watcher.publish("other/sentinel", b"s", qos=1)
+    assert watcher.recv_publish(scaled(5)).topic == "other/sentinel"
+    c.close()
+    watcher.close()
+
+
+def test_authorization_by_the_iam_and_its_cache(secure_broker, iam):
+    s = iam()
+    b = secure_broker(listeners=LISTENERS,
+                      extra=http_table("http://127.0.0.1:%d/auth" % s.port, authorize=True,
+                                       authorize_url="http://127.0.0.1:%d/acl" % s.port,
+                                       cache_ttl=60, cache_negative_ttl=60))
+    alice = connected(b, "alice", client_id="alice-1")
+    assert alice.subscribe([("ok/#", 1), ("secret/#", 1)]) == [1, SUBACK_FAILURE]
+    n = 20
+    for i in range(n):
+        alice.publish("ok/a", b"%d" % i, qos=1)
+        alice.publish("secret/x", b"%d" % i, qos=1)
+    got = [alice.recv_publish(scaled(5)).payload for _ in range(n)]
+    assert got == [b"%d" % i for i in range(n)]
+    alice.expect_no_packet(scaled(0.2))
+    # One request per (identity, action, topic) within the TTL, however many
+    # publishes: the cache holds the IAM to that.
+    assert s.count("authorize", "alice", "publish", "ok/a") == 1
+    assert s.count("authorize", "alice", "publish", "secret/x") == 1
+    assert s.count("authorize", "alice", "subscribe", "ok/#") == 1
+    assert s.count("authorize", "alice", "subscribe", "secret/#") == 1
+    # Deliveries are not asked: the granted subscription covers them.
+    assert s.count("authorize", action="receive") == 0
+    req = s.of("authorize")[0]
+    assert req["_path"] == "/acl" and req["username"] == "alice" and req["client_id"], req
+    # Another identity is another decision; a reconnect of the same one is not.
+    bob = connected(b, "bob")
+    for i in range(5):
+        bob.publish("ok/a", b"b%d" % i, qos=1)
+    assert s.count("authorize", "bob", "publish", "ok/a") == 1
+    bob.close()
+    alice.close()
+    again = connected(b, "alice", client_id="alice-1")
+    again.publish("ok/a", b"x", qos=1)
+    again.publish("ok/a", b"y", qos=1)
+    assert s.count("authorize", "alice", "publish", "ok/a") == 1
+    again.close()
+    # The client identifier is part of the identity asked about.
+    other = connected(b, "alice", client_id="alice-2")
+    other.publish("ok/a", b"z", qos=1)
+    assert s.count("authorize", "alice", "publish", "ok/a") == 2
+    other.close()
+    print("IAM cache: alice-1 made %d publishes and 2 subscriptions over 2 connections "
+          "-> %d authorization requests"
+          % (2 * n + 2, sum(1 for r in s.of("authorize") if r["client_id"] == "alice-1")))
+
+
+def test_authorization_cache_expires_after_its_ttl(secure_broker, iam):
+    s = iam()
+    b = secure_broker(listeners=LISTENERS,
+                      extra=http_table("http://127.0.0.1:%d/auth" % s.port, authorize=True,
+                                       cache_ttl=0.5))
+    c = connected(b, "alice", client_id="ttl-1")
+    for i in range(5):
+        c.publish("ok/t", b"%d" % i, qos=1)
+    assert s.count("authorize", "alice", "publish", "ok/t") == 1
+    # Past the TTL the decision is asked again, once (the passing of time is
+    # what is tested here).
+    time.sleep(0.7)
+    for i in range(5):
+        c.publish("ok/t", b"%d" % i, qos=1)
+    assert s.count("authorize", "alice", "publish", "ok/t") == 2
+    c.close()
+
+
+def test_superuser_is_not_asked(secure_broker, iam):
+    s = iam()
+    b = secure_broker(listeners=LISTENERS,
+                      extra=http_table("http://127.0.0.1:%d/auth" % s.port, authorize=True))
+    root = connected(b, "root")
+    assert root.subscribe([("secret/#", 1)]) == [1]
+    root.publish("secret/a", b"x", qos=1)
+    assert root.recv_publish(scaled(5)).topic == "secret/a"
+    assert s.count("authorize") == 0
+    # Not a superuser: the same subscription goes to the IAM and is denied.
+    alice = connected(b, "alice")
+    assert alice.subscribe([("secret/#", 1)]) == [SUBACK_FAILURE]
+    assert s.count("authorize", "alice", "subscribe", "secret/#") == 1
+    root.close()
+    alice.close()
+
+
+def test_slow_iam_times_out_others_are_served(secure_broker, iam):
+    s = iam()
+    b = secure_broker(listeners=LISTENERS,
+                      extra=http_table("http://127.0.0.1:%d/auth" % s.port, timeout=1.5, retries=0))
+    result = {}
+
+    def slow():
+        result["slow"] = connack(b, "slow", timeout=10)
+
+    t = threading.Thread(target=slow)
+    t.start()
+    # Wait for the slow request to reach the server, then show the broker
+    # serves others meanwhile (the event loops are not blocked).
+    deadline = time.monotonic() + scaled(5)
+    while s.count("authenticate", "slow") == 0:
+        assert time.monotonic() < deadline, "the slow request never reached the IAM"
+        time.sleep(0.01)
+    t0 = time.monotonic()
+    for i in range(5):
+        rc, took = connack(b, "alice", client_id="fast-%d" % i)
+        assert rc == 0
+    fast = time.monotonic() - t0
+    t.join(scaled(10))
+    assert not t.is_alive()
+    rc, took = result["slow"]
+    assert rc == SERVER_UNAVAILABLE, rc
+    assert 1.4 <= took <= 1.5 + scaled(1.5), took
+    assert fast < 1.4, "other clients waited for the slow IAM answer (%.2fs)" % fast
+    b.wait_for_log(r"authentication: no answer from http://127\.0\.0\.1:%d in time" % s.port)
+
+
+def test_slow_authorization_holds_only_that_client(secure_broker, iam):
+    s = iam()
+    b = secure_broker(listeners=LISTENERS,
+                      extra=http_table("http://127.0.0.1:%d/auth" % s.port, authorize=True,
+                                       timeout=1.5, retries=0))
+    root = connected(b, "root")  # a superuser sees everything, asks nothing
+    root.subscribe([("#", 1)])
+    alice = connected(b, "alice")
+    bob = connected(b, "bob")
+    t0 = time.monotonic()
+    pid = alice.alloc_pid()
+    alice.send(mqttraw.publish("slow/x", b"held", qos=1, pid=pid))
+    deadline = time.monotonic() + scaled(5)
+    while s.count("authorize", "alice", "publish", "slow/x") == 0:
+        assert time.monotonic() < deadline, "the authorization request never reached the IAM"
+        time.sleep(0.01)
+    # Bob is served while alice's publish waits for its answer.
+    bob.publish("ok/b", b"from bob", qos=1)
+    assert time.monotonic() - t0 < 1.4
+    got = root.recv_publish(scaled(5))
+    assert got.topic == "ok/b", got
+    # No answer within the timeout: denied, acknowledged and dropped.
+    pkt = alice.expect(mqttraw.PUBACK, scaled(5))
+    assert mqttraw.packet_id(pkt) == pid
+    took = time.monotonic() - t0
+    assert 1.4 <= took <= 1.5 + scaled(1.5), took
+    alice.publish("ok/after", b"next", qos=1)  # the connection goes on
+    assert root.recv_publish(scaled(5)).topic == "ok/after"
+    for c in (root, alice, bob):
+        c.close()
+
+
+def test_dead_iam_fails_closed(secure_broker, iam):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]  # bound, never listening: connections are refused
+    try:
+        b = secure_broker(listeners=LISTENERS,
+                          extra=http_table("http://127.0.0.1:%d/auth" % port, retries=2,
+                                           retry_backoff=0.05, timeout=2))
+        for user in ("alice", "bob"):
+            rc, took = connack(b, user)
+            assert rc == SERVER_UNAVAILABLE, (user, rc)
+            assert took < scaled(2.5), took
+        b.wait_for_log(r"IAM server http://127\.0\.0\.1:%d: authentication: " % port)
+        # An outage is no password guess: nobody is banned (the defence counts nothing).
+        assert b.find_log("banned") is None
+    finally:
+        s.close()
+
+
+def test_dead_iam_with_on_error_next_falls_through(secure_broker, iam):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    try:
+        listeners = [dict(LISTENERS[0], auth=["http", "anonymous"])]
+        b = secure_broker(listeners=listeners,
+                          extra=http_table("http://127.0.0.1:%d/auth" % port, retries=0,
+                                           on_error="next"))
+        assert connack(b, "alice")[0] == 0
+    finally:
+        s.close()
