@@ -19,18 +19,26 @@ bool RetainedStore::update(const MessagePtr& m) {
 RetainedStore::Update RetainedStore::update(const MessagePtr& m, const Limits& limits) {
   std::lock_guard lock(mu_);
   auto it = by_topic_.find(m->topic);
+  // $SYS and other '$' topics are the broker's own: kept, never counted.
+  const bool counted = m->topic.empty() || m->topic[0] != '$';
   if (m->payload.empty()) {
     if (it == by_topic_.end()) return Update::Unchanged;
-    bytes_ -= size_of(*it->second);
+    if (counted) {
+      bytes_ -= size_of(*it->second);
+      --counted_;
+    }
     by_topic_.erase(it);
     return Update::Changed;
   }
-  const std::uint64_t old = it == by_topic_.end() ? 0 : size_of(*it->second);
-  const std::uint64_t after = bytes_ - old + size_of(*m);
-  if (it == by_topic_.end() && limits.max_messages > 0 && by_topic_.size() >= limits.max_messages)
-    return Update::OverMessages;
-  if (limits.max_bytes > 0 && after > limits.max_bytes && after > bytes_) return Update::OverBytes;
-  bytes_ = after;
+  if (counted) {
+    const std::uint64_t old = it == by_topic_.end() ? 0 : size_of(*it->second);
+    const std::uint64_t after = bytes_ - old + size_of(*m);
+    if (it == by_topic_.end() && limits.max_messages > 0 && counted_ >= limits.max_messages)
+      return Update::OverMessages;
+    if (limits.max_bytes > 0 && after > limits.max_bytes && after > bytes_) return Update::OverBytes;
+    bytes_ = after;
+    if (it == by_topic_.end()) ++counted_;
+  }
   if (it == by_topic_.end())
     by_topic_.emplace(m->topic, m);
   else

@@ -21,6 +21,7 @@ class RetainedStore {
   bool update(const MessagePtr& m);
 
   // [limits] max_retained_messages / max_retained_bytes (topic + payload); 0 = none.
+  // Topics starting with '$' ($SYS) are neither limited nor counted.
   struct Limits {
     std::uint64_t max_messages = 0;
     std::uint64_t max_bytes = 0;
@@ -43,7 +44,8 @@ class RetainedStore {
  private:
   mutable std::mutex mu_;
   std::map<std::string, MessagePtr, std::less<>> by_topic_;
-  std::uint64_t bytes_ = 0;  // topic + payload of every retained message
+  std::uint64_t bytes_ = 0;    // topic + payload of the counted ('$'-less) retained messages
+  std::uint64_t counted_ = 0;  // retained messages whose topic does not start with '$'
 };
 
 }  // namespace moat::broker
