@@ -320,7 +320,6 @@ int main(int argc, char** argv) {
   shared.audit = material.audit;
   // [limits] docs/limits.md: the [auth.defence] allow list is exempt from the
   // per-address connection limit and flapping detection.
-  shared.limits.exempt = cfg.defence.allow;
   shared.connections = std::make_shared<moat::broker::ConnectionCounter>(
       cfg.limits.max_connections, cfg.limits.max_connections_per_address, cfg.defence.allow);
   if (cfg.limits.flapping_max > 0) {

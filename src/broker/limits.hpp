@@ -7,8 +7,6 @@
 #include <string>
 #include <vector>
 
-#include "security/defence.hpp"
-
 namespace moat::broker {
 
 // What a session's full queue does with one more message (docs/mqtt.md).
@@ -36,7 +34,8 @@ struct Limits {
 
   // Connections open at once, refused at accept (before TLS); 0 = no limit.
   std::uint32_t max_connections = 100'000;
-  std::uint32_t max_connections_per_address = 1000;  // addresses in `exempt` excepted
+  // The [auth.defence] allow list is exempt (moatd wires ConnectionCounter).
+  std::uint32_t max_connections_per_address = 1000;
   // Bytes; the CONNECT of a longer client identifier gets CONNACK 0x02.
   std::uint32_t max_client_id_length = 256;
   // Topic names (PUBLISH, will) and filters (SUBSCRIBE): bytes and '/'-separated levels.
@@ -57,9 +56,6 @@ struct Limits {
   std::chrono::seconds flapping_ban_time{300};
   // Each limit is logged at most once per interval (with the count in between).
   std::chrono::seconds log_interval{10};
-  // Peers exempt from max_connections_per_address and flapping detection: the
-  // [auth.defence] allow list (loopback by default).
-  std::vector<security::Cidr> exempt = security::DefenceConfig::default_allow();
 };
 
 using Clock = std::chrono::steady_clock;
