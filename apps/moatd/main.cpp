@@ -460,6 +460,19 @@ int main(int argc, char** argv) {
   shared.payload = material.payload;
   if (const auto n = cfg.payload_policies.size())
     spdlog::info("{} payload polic{} on topics", n, n == 1 ? "y" : "ies");
+  // [limits] docs/limits.md: the [auth.defence] allow list is exempt from the
+  // per-address connection limit and flapping detection.
+  shared.connections = std::make_shared<moat::broker::ConnectionCounter>(
+      cfg.limits.max_connections, cfg.limits.max_connections_per_address, cfg.defence.allow);
+  if (cfg.limits.flapping_max > 0) {
+    moat::security::FlappingConfig fc;
+    fc.max = cfg.limits.flapping_max;
+    fc.window = cfg.limits.flapping_window;
+    fc.delay = cfg.limits.flapping_delay;
+    fc.ban_time = cfg.limits.flapping_ban_time;
+    fc.exempt = cfg.defence.allow;
+    shared.flapping = std::make_shared<moat::security::FlapDetector>(fc);
+  }
 
   moat::net::ServerOptions opts;
   opts.threads = cfg.threads;

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 
+#include "broker/limit_checks.hpp"
 #include "broker/shard.hpp"
 #include "codec/topic.hpp"
 
@@ -11,6 +12,15 @@ namespace moat::broker {
 using codec::ConnectReturnCode;
 using codec::ProtocolError;
 using codec::QoS;
+
+namespace {
+// Counts a limit hit and, at most once per [limits] log_interval, logs it with
+// the peer; `detail` is only formatted for a report.
+template <class F>
+void limit_hit(Shard& shard, Limit l, std::string_view peer, std::string_view client_id, F&& detail) {
+  if (const auto n = shard.limit_hit(l)) report_limit(l, n, peer, client_id, detail());
+}
+}  // namespace
 
 Client::Client(Shard& shard, Transport& transport, const ListenerPolicy& listener)
     : shard_(shard), transport_(transport), listener_(listener) {
@@ -111,6 +121,16 @@ void Client::close(CloseKind kind, const char* reason) {
   if (was_connected) {
     shard_.stats().clients_connected.sub();
     spdlog::debug("client {} from {} disconnected: {}", client_id_, transport_.peer(), reason);
+    // Flapping: connections that end without DISCONNECT (dropped, taken over,
+    // closed for an error) count towards a ban of the client identifier.
+    if (const auto& flap = shard_.shared().flapping; flap && kind == CloseKind::Abnormal) {
+      if (auto ban =
+              flap->on_disconnect(client_id_, security::peer_address(transport_.peer()), shard_.now())) {
+        limit_hit(shard_, Limit::FlappingBanned, transport_.peer(), client_id_, [&] {
+          return fmt::format("client id banned for {} s: {}", flap->config().ban_time.count(), ban->reason);
+        });
+      }
+    }
   }
   if (session_) {
     Session& s = *session_;
@@ -126,7 +146,7 @@ void Client::close(CloseKind kind, const char* reason) {
   // first, so a persistent session subscribed to its own will queues it.
   if (kind == CloseKind::Abnormal && will_) {
     const MessagePtr& w = *will_;
-    if (w->retain && shard_.shared().retained.update(w)) shard_.persist_retained(w);
+    if (w->retain) shard_.retain(w, transport_.peer(), client_id_);
     shard_.route(w);
   }
   will_.reset();
@@ -170,6 +190,19 @@ void Client::handle_connect(const codec::Connect& c) {
     // MQTT 3.1 section 3.1: identifiers are 1 to 23 characters.
     return refuse_connect(ConnectReturnCode::IdentifierRejected, "MQTT 3.1 client identifier length");
   }
+  if (const auto max = shard_.shared().limits.max_client_id_length; max > 0 && client_id.size() > max) {
+    limit_hit(shard_, Limit::ClientIdLength, transport_.peer(), {},
+              [&] { return fmt::format("client id of {} bytes (at most {})", client_id.size(), max); });
+    client_id_.clear();
+    return refuse_connect(ConnectReturnCode::IdentifierRejected, "client identifier too long");
+  }
+  if (c.will) {
+    if (const auto over = topic_over_limits(c.will->topic, shard_.shared().limits)) {
+      limit_hit(shard_, *over, transport_.peer(), client_id_,
+                [&] { return fmt::format("will topic of {} bytes refused", c.will->topic.size()); });
+      return refuse_connect(ConnectReturnCode::NotAuthorized, "will topic over the limits");
+    }
+  }
   if (client_id.empty()) {
     // [MQTT-3.1.3-8] an empty identifier needs clean session 1 ...
     if (!c.clean_session)
@@ -204,6 +237,26 @@ void Client::handle_connect(const codec::Connect& c) {
     }
   }
 
+  // Flapping detection: a banned client identifier is refused; one that keeps
+  // dropping its connections waits for its CONNACK.
+  std::chrono::milliseconds flap_delay{0};
+  if (const auto& flap = shard_.shared().flapping) {
+    const auto v = flap->on_connect(client_id, security::peer_address(transport_.peer()), shard_.now());
+    if (v.banned) {
+      limit_hit(shard_, Limit::FlappingRefused, transport_.peer(), client_id, [&] {
+        const auto left = std::chrono::duration_cast<std::chrono::seconds>(v.banned_until - shard_.now());
+        return fmt::format("client id banned for flapping ({} s left)", left.count());
+      });
+      return refuse_connect(ConnectReturnCode::NotAuthorized, "client identifier banned for flapping");
+    }
+    flap_delay = v.delay;
+    if (flap_delay.count() > 0)
+      limit_hit(shard_, Limit::FlappingDelayed, transport_.peer(), client_id, [&] {
+        return fmt::format("{} disconnections in the window; CONNECT held {} ms", v.disconnections,
+                           flap_delay.count());
+      });
+  }
+
   // Everything the rest of the CONNECT needs, owned: the decoder's views die with
   // the input buffer, and authentication may finish on a later loop turn.
   pending_ = std::make_shared<PendingConnect>();
@@ -219,6 +272,16 @@ void Client::handle_connect(const codec::Connect& c) {
   pc.psk_identity = std::string(transport_.psk_identity());
   pc.certificate_subject = transport_.certificate_subject();
   pc.certificate_fingerprint = transport_.certificate_fingerprint();
+  if (flap_delay.count() > 0) {
+    // Held on a timer, input paused until the CONNECT is answered.
+    state_ = State::Authenticating;
+    auth_deferred_ = true;
+    transport_.run_after(flap_delay, [this] {
+      if (state_ != State::Authenticating) return;
+      auth_step(0);
+    });
+    return;
+  }
   auth_step(0);
 }
 
@@ -476,10 +539,28 @@ void Client::handle_publish(const codec::Publish& p) {
     e.topic = p.topic;
     audit(e);
   }
-  if (!duplicate_qos2 && allowed) {
+  bool deliver = !duplicate_qos2 && allowed;
+  if (deliver) {
+    if (const auto over = topic_over_limits(p.topic, shard_.shared().limits)) {
+      limit_hit(shard_, *over, transport_.peer(), client_id_, [&] {
+        return fmt::format("PUBLISH to a topic of {} bytes; connection closed", p.topic.size());
+      });
+      return close(CloseKind::Abnormal, "topic over the limits");
+    }
+    if (const PayloadLimit* pl = payload_limit(p.topic, shard_.shared().limits);
+        pl && p.payload.size() > pl->max) {
+      // Like a PUBLISH the ACL refuses: dropped, counted, and still acknowledged.
+      limit_hit(shard_, Limit::Payload, transport_.peer(), client_id_, [&] {
+        return fmt::format("PUBLISH of {} bytes to '{}' (at most {} on '{}'), dropped", p.payload.size(),
+                           p.topic, pl->max, pl->topics);
+      });
+      deliver = false;
+    }
+  }
+  if (deliver) {
     // Still acknowledged below when the topic's payload policy drops it.
     if (auto m = admit_payload(p.topic, p.payload, p.qos, p.retain, "publish")) {
-      if (p.retain && shard_.shared().retained.update(m)) shard_.persist_retained(m);
+      if (p.retain) shard_.retain(m, transport_.peer(), client_id_);
       shard_.route(m);
     }
   }
@@ -535,9 +616,25 @@ void Client::handle_subscribe(const codec::Subscribe& sub) {
   for (const auto& f : sub.subscriptions)
     decisions.push_back(check(identity(s), &s.access, security::Action::Subscribe, f.filter));
   if (has_unanswered()) return;
+  const Limits& limits = shard_.shared().limits;
   for (std::size_t i = 0; i < sub.subscriptions.size(); ++i) {
     const auto& f = sub.subscriptions[i];
     // Filters are valid here (the decoder closes on a malformed one).
+    if (const auto over = topic_over_limits(f.filter, limits)) {
+      limit_hit(shard_, *over, transport_.peer(), client_id_,
+                [&] { return fmt::format("SUBSCRIBE to a filter of {} bytes refused", f.filter.size()); });
+      ack.return_codes.push_back(codec::kSubackFailure);
+      continue;
+    }
+    if (limits.max_subscriptions_per_client > 0 &&
+        s.subscriptions.size() >= limits.max_subscriptions_per_client &&
+        s.subscriptions.find(f.filter) == s.subscriptions.end()) {
+      limit_hit(shard_, Limit::Subscriptions, transport_.peer(), client_id_, [&] {
+        return fmt::format("{} subscriptions held; '{}' refused", s.subscriptions.size(), f.filter);
+      });
+      ack.return_codes.push_back(codec::kSubackFailure);
+      continue;
+    }
     if (decisions[i] != Access::Allow) {
       spdlog::debug("client {} ({}): subscription to '{}' not authorized", client_id_, identity_, f.filter);
       security::AuditEvent e;

@@ -2,6 +2,7 @@
 // PUBLISH packets with RETAIN=1 and by new subscriptions, never by plain routing.
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <map>
 #include <mutex>
@@ -16,7 +17,26 @@ class RetainedStore {
  public:
   // A zero-length payload clears the topic [MQTT-3.3.1-10]; otherwise it replaces
   // the topic's retained message [MQTT-3.3.1-5]. Returns true if the set changed.
+  // Not limited: restored messages and $SYS.
   bool update(const MessagePtr& m);
+
+  // [limits] max_retained_messages / max_retained_bytes (topic + payload); 0 = none.
+  // Topics starting with '$' ($SYS) are neither limited nor counted.
+  struct Limits {
+    std::uint64_t max_messages = 0;
+    std::uint64_t max_bytes = 0;
+  };
+  enum class Update : std::uint8_t {
+    Unchanged,     // clearing a topic that held nothing
+    Changed,       // stored, replaced or cleared
+    OverMessages,  // a new topic while max_messages are retained: not retained
+    OverBytes,     // a new topic, or a larger replacement, past max_bytes: not retained
+  };
+  // update() for clients' messages: a new topic is retained only within the
+  // limits; replacing a topic's message always is, unless it grows the total
+  // past max_bytes (then the previous message stays).
+  Update update(const MessagePtr& m, const Limits& limits);
+  std::uint64_t bytes() const;
   // Calls f for every retained message whose topic matches the (valid) filter.
   void for_each_match(std::string_view filter, const std::function<void(const MessagePtr&)>& f) const;
   std::size_t size() const;
@@ -24,6 +44,8 @@ class RetainedStore {
  private:
   mutable std::mutex mu_;
   std::map<std::string, MessagePtr, std::less<>> by_topic_;
+  std::uint64_t bytes_ = 0;    // topic + payload of the counted ('$'-less) retained messages
+  std::uint64_t counted_ = 0;  // retained messages whose topic does not start with '$'
 };
 
 }  // namespace moat::broker

@@ -3,6 +3,8 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include "broker/limit_checks.hpp"
+
 #include <random>
 #include <utility>
 
@@ -135,6 +137,24 @@ void Shard::persist_ban(const security::Ban& b) {
   if (!shared_.store) return;
   const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(b.until - now_);
   writes().put_ban({b.address, store::unix_ms_now() + left.count(), b.reason});
+}
+
+void Shard::retain(const MessagePtr& m, std::string_view peer, std::string_view client_id) {
+  const Limits& l = shared_.limits;
+  const auto r = shared_.retained.update(m, {l.max_retained_messages, l.max_retained_bytes});
+  if (r == RetainedStore::Update::Changed) return persist_retained(m);
+  if (r == RetainedStore::Update::Unchanged) return;
+  // Not retained; the message is still delivered to the subscribers it matches.
+  const Limit which =
+      r == RetainedStore::Update::OverMessages ? Limit::RetainedMessages : Limit::RetainedBytes;
+  if (const auto n = limit_hit(which))
+    report_limit(which, n, peer, client_id,
+                 which == Limit::RetainedMessages
+                     ? fmt::format("{} retained topics; '{}' not retained, delivered",
+                                   l.max_retained_messages, m->topic)
+                     : fmt::format("{} of {} retained bytes used; '{}' ({} bytes) not retained, delivered",
+                                   shared_.retained.bytes(), l.max_retained_bytes, m->topic,
+                                   m->topic.size() + m->payload.size()));
 }
 
 store::Batch& Shard::writes() {
@@ -472,6 +492,10 @@ void Shard::tick(TimePoint now) {
     }
     next_ban_check_ = now + kExpiryCheckInterval;
   }
+  if (index_ == 0 && shared_.flapping && now >= next_flap_check_) {
+    for (const auto& b : shared_.flapping->expire(now)) spdlog::info("ban of client id {} lifted", b.address);
+    next_flap_check_ = now + kExpiryCheckInterval;
+  }
   if (shared_.limits.session_expiry.count() > 0 && now >= next_expiry_check_) {
     expire_sessions();
     next_expiry_check_ = now + kExpiryCheckInterval;
@@ -506,6 +530,12 @@ void Shard::publish_sys() {
   put("$SYS/broker/messages/dropped/not_authorized", std::to_string(t.dropped_not_authorized));
   put("$SYS/broker/messages/dropped/payload_policy", std::to_string(t.dropped_payload_policy));
   put("$SYS/broker/messages/payload_verified", std::to_string(t.payload_verified));
+  if (shared_.connections) put("$SYS/broker/connections/open", std::to_string(shared_.connections->total()));
+  put("$SYS/broker/retained messages/bytes", std::to_string(shared_.retained.bytes()));
+  for (std::size_t i = 0; i < kLimitCount; ++i) {
+    const auto l = static_cast<Limit>(i);
+    put(fmt::format("$SYS/broker/limits/{}", limit_name(l)), std::to_string(shared_.limit_stats.count(l)));
+  }
   publish_tls_sys();
 }
 

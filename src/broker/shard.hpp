@@ -20,6 +20,7 @@
 #include <variant>
 #include <vector>
 
+#include "broker/connections.hpp"
 #include "broker/limits.hpp"
 #include "broker/message.hpp"
 #include "broker/output.hpp"
@@ -33,6 +34,7 @@
 #include "security/authn.hpp"
 #include "security/clientid.hpp"
 #include "security/defence.hpp"
+#include "security/flapping.hpp"
 #include "store/store.hpp"
 
 namespace moat::security {
@@ -159,6 +161,13 @@ struct BrokerShared {
   // [auth.http] authorize: the IAM server decides the publishes and
   // subscriptions the local rules have no rule for; null = none.
   std::shared_ptr<security::RemoteAuthorizer> authorizer;
+  // Limits hit (docs/limits.md), counted and reported by every loop and net.
+  LimitStats limit_stats;
+  // [limits] flapping_*: null = off.
+  std::shared_ptr<security::FlapDetector> flapping;
+  // [limits] max_connections, max_connections_per_address: slots taken by net at
+  // accept; null = not counted.
+  std::shared_ptr<ConnectionCounter> connections;
 };
 
 // Which shard owns a client identifier: every connection with that identifier
@@ -386,6 +395,9 @@ class Shard {
   const PayloadPolicies* payload_policies() const { return payload_.get(); }
   ShardStats& stats() { return stats_; }
   const ShardStats& stats() const { return stats_; }
+  // Counts a limit hit (docs/limits.md); non-zero when it is to be reported now
+  // (the number of hits the report stands for).
+  std::uint64_t limit_hit(Limit l) { return shared_.limit_stats.hit(l, now_, shared_.limits.log_interval); }
   // Store operations recorded so far (ever): output queued after this number
   // changed reports something written (Transport::hold_until_stored).
   std::uint64_t writes_made() const { return writes_made_; }
@@ -408,6 +420,9 @@ class Shard {
   void persist_retained(const MessagePtr& m);
   // A ban of the brute-force defence, kept across restarts (its end in wall-clock time).
   void persist_ban(const security::Ban& b);
+  // A client's retained message (PUBLISH or will) within max_retained_messages
+  // and max_retained_bytes: stored and persisted, or counted and reported.
+  void retain(const MessagePtr& m, std::string_view peer, std::string_view client_id);
   // This turn's store writes; asks for end_turn() so they get committed.
   store::Batch& writes();
   void deliver_local(std::uint64_t session_id, const MessagePtr& m, codec::QoS qos, std::uint64_t seq);
@@ -455,6 +470,7 @@ class Shard {
   TimePoint tls_sys_at_{};
   TimePoint next_expiry_check_{};
   TimePoint next_ban_check_{};
+  TimePoint next_flap_check_{};
 };
 
 }  // namespace moat::broker

@@ -594,6 +594,56 @@ void parse_bind(std::string_view bind, std::string& host, std::uint16_t& port) {
   port = static_cast<std::uint16_t>(std::stoul(std::string(p)));
 }
 
+// [limits] against abuse (docs/limits.md): counts, lengths, retained set,
+// [[limits.payload]] and flapping detection.
+static void read_abuse_limits(const Reporter& r, const toml::table& t, broker::Limits& l) {
+  const auto u32 = [&](std::string_view key, std::uint32_t fallback, std::int64_t lo, std::int64_t hi) {
+    return static_cast<std::uint32_t>(get_int(r, t, "limits", key, fallback, lo, hi));
+  };
+  l.max_connections = u32("max_connections", l.max_connections, 0, 10'000'000);
+  l.max_connections_per_address =
+      u32("max_connections_per_address", l.max_connections_per_address, 0, 10'000'000);
+  l.max_client_id_length = u32("max_client_id_length", l.max_client_id_length, 23, 65535);
+  l.max_topic_length = u32("max_topic_length", l.max_topic_length, 1, 65535);
+  l.max_topic_levels = u32("max_topic_levels", l.max_topic_levels, 1, 65535);
+  l.max_subscriptions_per_client =
+      u32("max_subscriptions_per_client", l.max_subscriptions_per_client, 0, 10'000'000);
+  l.max_retained_messages = static_cast<std::uint64_t>(
+      get_int(r, t, "limits", "max_retained_messages", static_cast<std::int64_t>(l.max_retained_messages), 0,
+              1'000'000'000));
+  l.max_retained_bytes = static_cast<std::uint64_t>(get_int(r, t, "limits", "max_retained_bytes",
+                                                            static_cast<std::int64_t>(l.max_retained_bytes),
+                                                            0, std::int64_t{1} << 40));
+  l.flapping_max = u32("flapping_max", l.flapping_max, 0, 1'000'000);
+  l.flapping_window =
+      std::chrono::seconds(get_int(r, t, "limits", "flapping_window", l.flapping_window.count(), 1, 86400));
+  const double delay = get_seconds(r, t, "limits", "flapping_delay",
+                                   static_cast<double>(l.flapping_delay.count()) / 1000.0, 0, 30);
+  l.flapping_delay = std::chrono::milliseconds(static_cast<std::int64_t>(std::llround(delay * 1000)));
+  l.flapping_ban_time = std::chrono::seconds(
+      get_int(r, t, "limits", "flapping_ban_time", l.flapping_ban_time.count(), 1, 30 * 86400));
+  l.log_interval =
+      std::chrono::seconds(get_int(r, t, "limits", "log_interval", l.log_interval.count(), 1, 86400));
+  if (const toml::node* n = t.get("payload")) {
+    const toml::array* arr = n->as_array();
+    if (!arr || !arr->is_array_of_tables())
+      r.fail_at(*n, "limits.payload", "must be an array of tables ([[limits.payload]])");
+    for (std::size_t i = 0; i < arr->size(); ++i) {
+      const toml::table& e = *arr->get(i)->as_table();
+      const std::string sec = fmt::format("limits.payload[{}]", i);
+      only_keys(r, e, sec, {"topics", "max"});
+      broker::PayloadLimit p;
+      p.topics = get_string(r, e, sec, "topics", "");
+      if (!e.get("topics")) r.fail(e.source(), sec, "missing key 'topics'");
+      if (!codec::valid_topic_filter(p.topics))
+        r.fail_at(*e.get("topics"), qualified(sec, "topics"), "not a valid topic filter");
+      if (!e.get("max")) r.fail(e.source(), sec, "missing key 'max'");
+      p.max = static_cast<std::uint32_t>(get_int(r, e, sec, "max", 0, 0, codec::kMaxRemainingLength));
+      l.payload.push_back(std::move(p));
+    }
+  }
+}
+
 Config default_config() {
   Config c;
   c.listeners.push_back(
@@ -667,8 +717,28 @@ Config parse(std::string_view text, const std::filesystem::path& source) {
   }
   if (const auto* t = get_table(r, root, "limits")) {
     only_keys(r, *t, "limits",
-              {"max_packet_size", "connect_timeout", "max_inflight_messages", "max_queued_messages",
-               "max_queued_bytes", "queue_full", "queue_qos0_offline", "auth_timeout"});
+              {"max_packet_size",
+               "connect_timeout",
+               "max_inflight_messages",
+               "max_queued_messages",
+               "max_queued_bytes",
+               "queue_full",
+               "queue_qos0_offline",
+               "max_connections",
+               "max_connections_per_address",
+               "max_client_id_length",
+               "max_topic_length",
+               "max_topic_levels",
+               "max_subscriptions_per_client",
+               "max_retained_messages",
+               "max_retained_bytes",
+               "payload",
+               "flapping_max",
+               "flapping_window",
+               "flapping_delay",
+               "flapping_ban_time",
+               "log_interval",
+               "auth_timeout"});
     auto& l = c.limits;
     // The smallest useful limit still admits a CONNECT with a short client id.
     l.max_packet_size = static_cast<std::uint32_t>(
@@ -688,6 +758,7 @@ Config parse(std::string_view text, const std::filesystem::path& source) {
         queue_full == "drop-oldest" ? broker::QueueFullPolicy::DropOldest : broker::QueueFullPolicy::DropNew;
     l.queue_qos0_offline = get_bool(r, *t, "limits", "queue_qos0_offline", l.queue_qos0_offline);
     l.auth_timeout = get_millis(r, *t, "limits", "auth_timeout", l.auth_timeout, 0.1, 3600);
+    read_abuse_limits(r, *t, l);
   }
   if (const auto* t = get_table(r, root, "store")) {
     only_keys(r, *t, "store", {"engine", "durability", "sync_interval", "session_expiry"});

@@ -20,6 +20,8 @@
 #include <thread>
 #include <unordered_set>
 
+#include "broker/limit_checks.hpp"
+
 namespace moat::net {
 
 namespace asio = boost::asio;
@@ -84,7 +86,8 @@ class Connection final : public broker::Transport, public std::enable_shared_fro
   // `tls`: an engine moved from another loop with its connection; a new TLS
   // connection starts one from the listener's current context.
   Connection(Loop& loop, tcp::socket socket, const ListenerRuntime& listener, std::string peer,
-             std::vector<std::uint8_t> pending_input, std::optional<security::TlsEngine> tls);
+             std::vector<std::uint8_t> pending_input, std::optional<security::TlsEngine> tls,
+             broker::ConnectionCounter::Slot slot);
 
   ~Connection() override;
   void start();
@@ -179,6 +182,7 @@ class Connection final : public broker::Transport, public std::enable_shared_fro
   std::optional<std::uint32_t> migrate_to_;
   std::unique_ptr<asio::steady_timer> drain_timer_;
   std::unique_ptr<asio::steady_timer> hold_timer_;  // a refusal held back (brute-force backoff)
+  broker::ConnectionCounter::Slot slot_;            // [limits] max_connections*, until destroyed
 };
 
 // Commits one loop's store writes on a thread of its own when a commit waits for
@@ -462,13 +466,15 @@ void set_nodelay(tcp::socket& s) {
 }
 
 Connection::Connection(Loop& loop, tcp::socket socket, const ListenerRuntime& listener, std::string peer,
-                       std::vector<std::uint8_t> pending_input, std::optional<security::TlsEngine> tls)
+                       std::vector<std::uint8_t> pending_input, std::optional<security::TlsEngine> tls,
+                       broker::ConnectionCounter::Slot slot)
     : loop_(loop),
       socket_(std::move(socket)),
       listener_(listener),
       peer_(std::move(peer)),
       tls_(std::move(tls)),
-      in_(std::move(pending_input)) {
+      in_(std::move(pending_input)),
+      slot_(std::move(slot)) {
   if (!tls_ && listener_.tls) tls_.emplace(listener_.tls->load(), broker::Clock::now());
   if (tls_) raw_.resize(kReadChunk);
   // An engine that moved here with its connection was counted where it finished.
@@ -632,7 +638,7 @@ void Connection::hand_over(std::uint32_t shard) {
   Loop& target = *(*loop_.bus().loops)[shard];
   // A TLS session moves with its socket: the engine is plain memory, not bound to a loop.
   asio::post(target.io(), [&target, fd, &listener = listener_, peer = std::move(peer_),
-                           rest = std::move(rest), tls = std::move(tls_)]() mutable {
+                           rest = std::move(rest), tls = std::move(tls_), slot = std::move(slot_)]() mutable {
     tcp::socket s(target.io());
     error_code aec;
     s.assign(tcp::v4(), fd, aec);  // the protocol family only selects option handling
@@ -642,7 +648,7 @@ void Connection::hand_over(std::uint32_t shard) {
     }
     target.shard().set_now(broker::Clock::now());
     std::make_shared<Connection>(target, std::move(s), listener, std::move(peer), std::move(rest),
-                                 std::move(tls))
+                                 std::move(tls), std::move(slot))
         ->start();
   });
 }
@@ -832,10 +838,30 @@ struct Server::Impl {
   void accept(std::size_t i);
   // [auth.defence]: false (and the socket closed) for a banned address or one
   // over its connection rate.
-  bool admit(std::size_t i, tcp::socket& s, const std::string& peer);
+  // [limits] max_connections*: on admission `slot` holds the connection's place.
+  bool admit(std::size_t i, tcp::socket& s, const std::string& peer, broker::ConnectionCounter::Slot& slot);
 };
 
-bool Server::Impl::admit(std::size_t i, tcp::socket& s, const std::string& peer) {
+bool Server::Impl::admit(std::size_t i, tcp::socket& s, const std::string& peer,
+                         broker::ConnectionCounter::Slot& slot) {
+  if (shared.connections) {
+    const auto a = shared.connections->acquire(security::peer_address(peer), slot);
+    if (a != broker::ConnectionCounter::Admission::Admit) {
+      const bool total = a == broker::ConnectionCounter::Admission::TotalFull;
+      const auto l = total ? broker::Limit::Connections : broker::Limit::ConnectionsPerAddress;
+      if (const auto n = shared.limit_stats.hit(l, broker::Clock::now(), shared.limits.log_interval))
+        broker::report_limit(
+            l, n, peer, {},
+            total ? fmt::format("{} connections open; refused at accept on listener {}",
+                                shared.connections->max_total(), policies[i]->policy.name)
+                  : fmt::format("{} connections open from this address; refused at accept on "
+                                "listener {}",
+                                shared.connections->max_per_address(), policies[i]->policy.name));
+      error_code ec;
+      s.close(ec);
+      return false;
+    }
+  }
   if (!shared.defence) return true;
   const auto address = security::peer_address(peer);
   const auto v = shared.defence->admit_connection(address, broker::Clock::now());
@@ -876,15 +902,16 @@ void Server::Impl::accept(std::size_t i) {
       return;
     }
     auto peer = format_peer(s);
-    if (!admit(i, s, peer)) return accept(i);
+    broker::ConnectionCounter::Slot slot;
+    if (!admit(i, s, peer, slot)) return accept(i);
     set_nodelay(s);
-    asio::post(target.io(),
-               [&target, s = std::move(s), &policy = *policies[i], peer = std::move(peer)]() mutable {
-                 target.shard().set_now(broker::Clock::now());
-                 std::make_shared<Connection>(target, std::move(s), policy, std::move(peer),
-                                              std::vector<std::uint8_t>{}, std::nullopt)
-                     ->start();
-               });
+    asio::post(target.io(), [&target, s = std::move(s), &policy = *policies[i], peer = std::move(peer),
+                             slot = std::move(slot)]() mutable {
+      target.shard().set_now(broker::Clock::now());
+      std::make_shared<Connection>(target, std::move(s), policy, std::move(peer), std::vector<std::uint8_t>{},
+                                   std::nullopt, std::move(slot))
+          ->start();
+    });
     accept(i);
   });
 }

@@ -75,6 +75,19 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   shared.limits.max_packet_size = 4096;
   shared.limits.max_inflight_messages = 3;
   shared.limits.max_queued_messages = 8;
+  // Small limits of docs/limits.md, so inputs reach every refusal path.
+  shared.limits.max_client_id_length = 23;
+  shared.limits.max_topic_length = 64;
+  shared.limits.max_topic_levels = 4;
+  shared.limits.max_subscriptions_per_client = 4;
+  shared.limits.max_retained_messages = 4;
+  shared.limits.max_retained_bytes = 256;
+  shared.limits.payload.push_back({"a/#", 8});
+  security::FlappingConfig flapping;
+  flapping.max = 4;
+  flapping.delay = std::chrono::milliseconds(10);
+  flapping.ban_time = std::chrono::seconds(2);
+  shared.flapping = std::make_shared<security::FlapDetector>(flapping);
   shared.sys_interval = std::chrono::seconds(1);
   shared.version = "fuzz";
   broker::ListenerPolicy policy;

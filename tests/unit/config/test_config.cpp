@@ -211,6 +211,56 @@ TEST(Config, SyntaxErrorHasPosition) {
   EXPECT_NE(e.find("/etc/moat/moat.toml:1:"), std::string::npos) << e;
 }
 
+TEST(Config, AbuseLimits) {
+  const auto c = parse(std::string(kListener) + R"(
+[limits]
+max_connections = 10
+max_connections_per_address = 2
+max_client_id_length = 64
+max_topic_length = 100
+max_topic_levels = 8
+max_subscriptions_per_client = 5
+max_retained_messages = 7
+max_retained_bytes = 4096
+flapping_max = 6
+flapping_window = 30
+flapping_delay = 0.5
+flapping_ban_time = 120
+log_interval = 5
+
+[[limits.payload]]
+topics = "sensors/#"
+max = 16
+)",
+                       "/etc/moat/moat.toml");
+  const auto& l = c.limits;
+  EXPECT_EQ(l.max_connections, 10u);
+  EXPECT_EQ(l.max_connections_per_address, 2u);
+  EXPECT_EQ(l.max_client_id_length, 64u);
+  EXPECT_EQ(l.max_topic_length, 100u);
+  EXPECT_EQ(l.max_topic_levels, 8u);
+  EXPECT_EQ(l.max_subscriptions_per_client, 5u);
+  EXPECT_EQ(l.max_retained_messages, 7u);
+  EXPECT_EQ(l.max_retained_bytes, 4096u);
+  EXPECT_EQ(l.flapping_max, 6u);
+  EXPECT_EQ(l.flapping_window, std::chrono::seconds(30));
+  EXPECT_EQ(l.flapping_delay, std::chrono::milliseconds(500));
+  EXPECT_EQ(l.flapping_ban_time, std::chrono::seconds(120));
+  EXPECT_EQ(l.log_interval, std::chrono::seconds(5));
+  ASSERT_EQ(l.payload.size(), 1u);
+  EXPECT_EQ(l.payload[0].topics, "sensors/#");
+  EXPECT_EQ(l.payload[0].max, 16u);
+
+  auto e = error_of(std::string(kListener) + "[[limits.payload]]\ntopics = \"a/#/b\"\nmax = 1\n");
+  EXPECT_NE(e.find("limits.payload[0].topics: not a valid topic filter"), std::string::npos) << e;
+  e = error_of(std::string(kListener) + "[[limits.payload]]\ntopics = \"a\"\n");
+  EXPECT_NE(e.find("limits.payload[0]: missing key 'max'"), std::string::npos) << e;
+  e = error_of(std::string(kListener) + "[limits]\nmax_client_id_length = 5\n");
+  EXPECT_NE(e.find("limits.max_client_id_length: must be between 23 and 65535"), std::string::npos) << e;
+  e = error_of(std::string(kListener) + "[limits]\nflaping_max = 5\n");
+  EXPECT_NE(e.find("limits.flaping_max: unknown key"), std::string::npos) << e;
+}
+
 TEST(Config, ParseBind) {
   std::string h;
   std::uint16_t p = 0;

@@ -1,0 +1,71 @@
+#include "broker/connections.hpp"
+
+#include <algorithm>
+
+namespace moat::broker {
+
+ConnectionCounter::ConnectionCounter(std::uint32_t max_total, std::uint32_t max_per_address,
+                                     std::vector<security::Cidr> exempt)
+    : max_total_(max_total), max_per_address_(max_per_address), exempt_(std::move(exempt)) {}
+
+ConnectionCounter::Admission ConnectionCounter::acquire(std::string_view address, Slot& slot) {
+  slot.release();
+  bool per_address = max_per_address_ > 0;
+  if (per_address) {
+    const auto ip = security::IpAddress::parse(address);
+    if (ip &&
+        std::any_of(exempt_.begin(), exempt_.end(), [&](const security::Cidr& c) { return c.contains(*ip); }))
+      per_address = false;
+  }
+  std::lock_guard lock(mu_);
+  if (max_total_ > 0 && total_ >= max_total_) return Admission::TotalFull;
+  if (per_address) {
+    auto it = by_address_.find(std::string(address));
+    if (it != by_address_.end() && it->second >= max_per_address_) return Admission::AddressFull;
+    if (it == by_address_.end()) it = by_address_.emplace(std::string(address), 0).first;
+    ++it->second;
+  }
+  ++total_;
+  slot.owner_ = this;
+  slot.address_ = std::string(address);
+  slot.per_address_ = per_address;
+  return Admission::Admit;
+}
+
+void ConnectionCounter::give_back(const Slot& s) {
+  std::lock_guard lock(mu_);
+  --total_;
+  if (!s.per_address_) return;
+  auto it = by_address_.find(s.address_);
+  if (it != by_address_.end() && --it->second == 0) by_address_.erase(it);
+}
+
+std::uint32_t ConnectionCounter::total() const {
+  std::lock_guard lock(mu_);
+  return total_;
+}
+
+std::uint32_t ConnectionCounter::of(std::string_view address) const {
+  std::lock_guard lock(mu_);
+  auto it = by_address_.find(std::string(address));
+  return it == by_address_.end() ? 0 : it->second;
+}
+
+void ConnectionCounter::Slot::release() {
+  if (!owner_) return;
+  owner_->give_back(*this);
+  owner_ = nullptr;
+}
+
+ConnectionCounter::Slot& ConnectionCounter::Slot::operator=(Slot&& o) noexcept {
+  if (this != &o) {
+    release();
+    owner_ = o.owner_;
+    address_ = std::move(o.address_);
+    per_address_ = o.per_address_;
+    o.owner_ = nullptr;
+  }
+  return *this;
+}
+
+}  // namespace moat::broker

@@ -1,0 +1,86 @@
+#include "security/flapping.hpp"
+
+#include <algorithm>
+
+namespace moat::security {
+
+FlapDetector::FlapDetector(FlappingConfig config, std::unique_ptr<BanList> bans)
+    : config_(std::move(config)), bans_(bans ? std::move(bans) : std::make_unique<MemoryBanList>()) {}
+
+bool FlapDetector::exempt(std::string_view address) const {
+  const auto a = IpAddress::parse(address);
+  if (!a) return false;
+  return std::any_of(config_.exempt.begin(), config_.exempt.end(),
+                     [&](const Cidr& c) { return c.contains(*a); });
+}
+
+std::size_t FlapDetector::tracked() const {
+  std::lock_guard lock(mu_);
+  return ids_.size();
+}
+
+FlapDetector::Verdict FlapDetector::on_connect(std::string_view client_id, std::string_view address,
+                                               DefenceTime now) {
+  Verdict v;
+  if (!enabled() || exempt(address)) return v;
+  std::lock_guard lock(mu_);
+  if (auto b = bans_->find(client_id); b && b->until > now) {
+    v.banned = true;
+    v.banned_until = b->until;
+    return v;
+  }
+  auto it = ids_.find(std::string(client_id));
+  if (it == ids_.end()) return v;
+  State& st = it->second;
+  if (now - st.window_start >= config_.window) return v;  // a quiet window: starts afresh
+  v.disconnections = st.disconnections;
+  const std::uint32_t half = std::max<std::uint32_t>(1, config_.max / 2);
+  if (st.disconnections >= half && config_.delay.count() > 0) {
+    const unsigned shift = std::min<std::uint32_t>(st.disconnections - half, 30);
+    const auto raw = config_.delay.count() * (std::int64_t{1} << shift);
+    v.delay = std::chrono::milliseconds(std::min<std::int64_t>(raw, config_.delay_max.count()));
+  }
+  return v;
+}
+
+std::optional<Ban> FlapDetector::on_disconnect(std::string_view client_id, std::string_view address,
+                                               DefenceTime now) {
+  if (!enabled() || exempt(address)) return std::nullopt;
+  std::lock_guard lock(mu_);
+  auto it = ids_.find(std::string(client_id));
+  if (it == ids_.end()) {
+    make_room(now);
+    it = ids_.emplace(std::string(client_id), State{}).first;
+  }
+  State& st = it->second;
+  if (st.disconnections == 0 || now - st.window_start >= config_.window) {
+    st.window_start = now;
+    st.disconnections = 0;
+  }
+  ++st.disconnections;
+  if (st.disconnections < config_.max) return std::nullopt;
+  Ban b{std::string(client_id), now + config_.ban_time,
+        std::to_string(st.disconnections) + " disconnections within " +
+            std::to_string(config_.window.count()) + " s"};
+  bans_->put(b);
+  ids_.erase(it);  // after the ban the count starts again
+  return b;
+}
+
+void FlapDetector::make_room(DefenceTime now) {
+  if (ids_.size() < config_.max_tracked) return;
+  std::erase_if(ids_, [&](const auto& kv) { return now - kv.second.window_start >= config_.window; });
+  // Still full (very many identifiers flapping at once): forget arbitrary ones.
+  while (!ids_.empty() && ids_.size() >= config_.max_tracked) ids_.erase(ids_.begin());
+}
+
+std::vector<Ban> FlapDetector::expire(DefenceTime now) {
+  std::lock_guard lock(mu_);
+  std::vector<Ban> ended;
+  for (auto& b : bans_->all())
+    if (b.until <= now) ended.push_back(std::move(b));
+  for (const auto& b : ended) bans_->erase(b.address);
+  return ended;
+}
+
+}  // namespace moat::security
