@@ -104,6 +104,14 @@ std::vector<Ban> MemoryBanList::all() const {
   return out;
 }
 
+std::vector<Ban> BanList::take_ended(DefenceTime now) {
+  std::vector<Ban> ended;
+  for (auto& b : all())
+    if (b.until <= now) ended.push_back(std::move(b));
+  for (const auto& b : ended) erase(b.address);
+  return ended;
+}
+
 // ---- throttle ----
 
 AuthThrottle::AuthThrottle(DefenceConfig config, std::unique_ptr<BanList> bans)
@@ -263,11 +271,7 @@ void AuthThrottle::success(std::string_view address, std::string_view username) 
 
 std::vector<Ban> AuthThrottle::expire(DefenceTime now) {
   std::lock_guard lock(mu_);
-  std::vector<Ban> ended;
-  for (auto& b : bans_->all())
-    if (b.until <= now) ended.push_back(std::move(b));
-  for (const auto& b : ended) bans_->erase(b.address);
-  return ended;
+  return bans_->take_ended(now);
 }
 
 void AuthThrottle::restore(std::vector<Ban> bans, DefenceTime now) {

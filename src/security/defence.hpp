@@ -83,6 +83,8 @@ class BanList {
   virtual void put(Ban ban) = 0;
   virtual void erase(std::string_view address) = 0;
   virtual std::vector<Ban> all() const = 0;
+  // Removes and returns the bans that have ended by `now`.
+  std::vector<Ban> take_ended(DefenceTime now);
 };
 
 class MemoryBanList final : public BanList {

@@ -76,11 +76,7 @@ void FlapDetector::make_room(DefenceTime now) {
 
 std::vector<Ban> FlapDetector::expire(DefenceTime now) {
   std::lock_guard lock(mu_);
-  std::vector<Ban> ended;
-  for (auto& b : bans_->all())
-    if (b.until <= now) ended.push_back(std::move(b));
-  for (const auto& b : ended) bans_->erase(b.address);
-  return ended;
+  return bans_->take_ended(now);
 }
 
 }  // namespace moat::security
