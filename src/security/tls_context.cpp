@@ -483,18 +483,9 @@ void load_ocsp(const std::filesystem::path& file, X509* leaf, STACK_OF(X509) * c
     single = sr;
   }
   if (!single)
-    fail(
-        "ocsp_response", file,
-        "is not about the server certificate (serial " +
-            [&] {
-              BIGNUM* bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(leaf), nullptr);
-              char* hex = bn ? BN_bn2hex(bn) : nullptr;
-              std::string out = hex ? hex : "?";
-              OPENSSL_free(hex);
-              BN_free(bn);
-              return out;
-            }() +
-            ", issuer '" + name_text(X509_get_issuer_name(leaf)) + "')");
+    fail("ocsp_response", file,
+         "is not about the server certificate (serial " + tls_detail::serial_hex(leaf) + ", issuer '" +
+             name_text(X509_get_issuer_name(leaf)) + "')");
 
   int reason = 0;
   ASN1_GENERALIZEDTIME* revoked_at = nullptr;

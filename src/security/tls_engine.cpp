@@ -582,15 +582,18 @@ std::string TlsEngine::peer_subject() const {
   const X509* c = peer_certificate();
   return c ? name_rfc2253(X509_get_subject_name(c)) : std::string();
 }
-std::string TlsEngine::peer_serial() const {
-  const X509* c = peer_certificate();
-  if (!c) return {};
-  BIGNUM* bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(c), nullptr);
+std::string tls_detail::serial_hex(const X509* cert) {
+  BIGNUM* bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(cert), nullptr);
   char* hex = bn ? BN_bn2hex(bn) : nullptr;
   std::string out = hex ? hex : "";
   OPENSSL_free(hex);
   BN_free(bn);
   return out;
+}
+
+std::string TlsEngine::peer_serial() const {
+  const X509* c = peer_certificate();
+  return c ? tls_detail::serial_hex(c) : std::string();
 }
 std::string TlsEngine::peer_fingerprint_sha256() const {
   return certificate_fingerprint_sha256(peer_certificate());

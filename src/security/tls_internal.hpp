@@ -30,6 +30,8 @@ struct ConnectionHooks {
 };
 
 int hooks_index();
+// A certificate's serial number in upper-case hex ("" when it has none).
+std::string serial_hex(const X509* cert);
 inline ConnectionHooks* hooks_of(SSL* ssl) {
   return static_cast<ConnectionHooks*>(SSL_get_ex_data(ssl, hooks_index()));
 }
