@@ -125,7 +125,8 @@ void check_against_keyring(const PayloadPolicySpec& s, const payload::Keyring& r
                                 [&](const auto& k) { return fits(*k, PayloadRequirement::Encrypted); }))
     throw PayloadPolicyError(s.decrypt_at + ": payload_policy.decrypt: " + file +
                              " has no key that decrypts");
-  for (const auto& [kid, who] : s.signers) {
+  for (const auto& signer : s.signers) {
+    const std::string& kid = signer.first;  // a named variable: clang 14 lambdas cannot capture bindings
     const bool present = std::any_of(keys.begin(), keys.end(),
                                      [&](const auto& k) { return k->kid() == kid && fits(*k, s.require); });
     if (!present)
