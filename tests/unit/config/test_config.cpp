@@ -2,25 +2,13 @@
 #include <gtest/gtest.h>
 
 #include "config/config.hpp"
+#include "config_test_util.hpp"
 
 namespace moat::config {
 namespace {
 
-std::string error_of(std::string_view text) {
-  try {
-    parse(text, "/etc/moat/moat.toml");
-  } catch (const ConfigError& e) {
-    return e.what();
-  }
-  return "no error";
-}
-
-constexpr std::string_view kListener = R"(
-[[listener]]
-name = "local"
-bind = "127.0.0.1:1883"
-auth = ["anonymous"]
-)";
+using test_util::error_of;
+using test_util::kListener;
 
 TEST(Config, DefaultIsLoopbackAnonymous) {
   const auto c = default_config();
