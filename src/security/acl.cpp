@@ -319,8 +319,8 @@ bool OrderedRules::applies(const Compiled& c, const Identity& who, Action action
   return topic_applies(r.topic, c.substitute, who, action, topic);
 }
 
-std::optional<Decision> OrderedRules::check(const Identity& who, Action action,
-                                            std::string_view topic) const {
+template <typename F>
+void OrderedRules::visit(const Identity& who, F&& f) const {
   static const std::vector<std::uint32_t> kNone;
   const std::vector<std::uint32_t>* own = &kNone;
   if (auto it = by_user_.find(who.username); it != by_user_.end()) own = &it->second;
@@ -333,33 +333,34 @@ std::optional<Decision> OrderedRules::check(const Identity& who, Action action,
       next = (*own)[i++];
     else
       next = generic_[j++];
-    const Compiled& c = rules_[next];
-    if (applies(c, who, action, topic)) return c.rule.allow ? Decision::Allow : Decision::Deny;
+    if (f(next)) return;
   }
-  return std::nullopt;
+}
+
+std::optional<Decision> OrderedRules::check(const Identity& who, Action action,
+                                            std::string_view topic) const {
+  std::optional<Decision> d;
+  visit(who, [&](std::uint32_t next) {
+    const Compiled& c = rules_[next];
+    if (!applies(c, who, action, topic)) return false;
+    d = c.rule.allow ? Decision::Allow : Decision::Deny;
+    return true;
+  });
+  return d;
 }
 
 std::vector<std::uint32_t> OrderedRules::resolve(const Identity& who) const {
-  static const std::vector<std::uint32_t> kNone;
-  const std::vector<std::uint32_t>* own = &kNone;
-  if (auto it = by_user_.find(who.username); it != by_user_.end()) own = &it->second;
   std::vector<std::uint32_t> out;
-  // The same merge as check(), keeping the rules whose patterns name `who`.
-  std::size_t i = 0;
-  std::size_t j = 0;
-  while (i < own->size() || j < generic_.size()) {
-    std::uint32_t next;
-    if (j == generic_.size() || (i < own->size() && (*own)[i] < generic_[j]))
-      next = (*own)[i++];
-    else
-      next = generic_[j++];
+  // The rules check() would visit, keeping those whose patterns name `who`.
+  visit(who, [&](std::uint32_t next) {
     const OrderedRule& r = rules_[next].rule;
     if (r.user &&
         (who.username.empty() ? !r.user->empty() : !glob_match(*r.user, who.username, who.username)))
-      continue;
-    if (r.client_id && !glob_match(*r.client_id, who.client_id, who.username)) continue;
+      return false;
+    if (r.client_id && !glob_match(*r.client_id, who.client_id, who.username)) return false;
     out.push_back(next);
-  }
+    return false;
+  });
   return out;
 }
 

@@ -161,6 +161,10 @@ class OrderedRules {
     using is_transparent = void;
   };
   bool applies(const Compiled& c, const Identity& who, Action action, std::string_view topic) const;
+  // Calls f(index) for the rules naming who's user literally and the rules
+  // without a literal user, merged in their written order, until f returns true.
+  template <typename F>
+  void visit(const Identity& who, F&& f) const;
   std::vector<Compiled> rules_;
   std::unordered_map<std::string, std::vector<std::uint32_t>, Hash, std::equal_to<>> by_user_;
   std::vector<std::uint32_t> generic_;  // rules without a literal user name, in order
