@@ -165,6 +165,8 @@ struct SecurityMaterial {
   // connections are not dropped. `next` is the configuration file as it is
   // now (null when it no longer parses): ordered rules and client-id rules
   // come from it; files are re-read at the paths the running moatd uses.
+  // Each "reload: ..." line is logged once the new material is in force, so
+  // whoever waits for it (an operator, a test) sees the new behaviour.
   void reload(const moat::config::Config& cfg, const moat::config::Config* next) {
     if (audit) {
       if (auto why = audit->reopen(); !why.empty())
@@ -174,8 +176,9 @@ struct SecurityMaterial {
     if (password && !cfg.password_file.empty()) {
       try {
         auto table = security::PasswordFile::load(cfg.password_file);
-        spdlog::info("reload: {} ({} users)", cfg.password_file.string(), table->size());
+        const auto users = table->size();
         password->reload(std::move(table));
+        spdlog::info("reload: {} ({} users)", cfg.password_file.string(), users);
       } catch (const std::exception& e) {
         spdlog::error("reload of the password file failed, keeping the previous one: {}", e.what());
       }
@@ -184,8 +187,9 @@ struct SecurityMaterial {
       try {
         auto keys = security::JwtKeys::load(jwt->config());
         for (const auto& w : keys->warnings()) spdlog::warn("{}", w);
-        spdlog::info("reload: JWT keys ({} key(s))", keys->keys().size());
+        const auto n = keys->keys().size();
         jwt->reload(std::move(keys));
+        spdlog::info("reload: JWT keys ({} key(s))", n);
       } catch (const std::exception& e) {
         spdlog::error("reload of the JWT keys failed, keeping the previous ones: {}", e.what());
       }
@@ -195,8 +199,9 @@ struct SecurityMaterial {
         moat::config::Config rules_from = cfg;
         if (next) rules_from.acl_rules = next->acl_rules;
         auto policy = load_policy(rules_from);
-        spdlog::info("reload: ACL ({})", describe(*policy));
+        const auto what = describe(*policy);
         acl->store(std::move(policy));
+        spdlog::info("reload: ACL ({})", what);
       } catch (const std::exception& e) {
         spdlog::error("reload of the ACL failed, keeping the previous one: {}", e.what());
       }
@@ -207,8 +212,9 @@ struct SecurityMaterial {
       // Keyrings read again from the same files keep their replay windows.
       try {
         auto policies = moat::broker::PayloadPolicies::load(next->payload_policies, payload->load().get());
-        spdlog::info("reload: {} payload polic{}", policies->size(), policies->size() == 1 ? "y" : "ies");
+        const auto n = policies->size();
         payload->store(std::move(policies));
+        spdlog::info("reload: {} payload polic{}", n, n == 1 ? "y" : "ies");
       } catch (const std::exception& e) {
         spdlog::error("reload of the payload policies failed, keeping the previous ones: {}", e.what());
       }
