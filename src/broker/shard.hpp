@@ -9,7 +9,6 @@
 
 #include <atomic>
 #include <cstdint>
-#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -21,6 +20,7 @@
 #include <vector>
 
 #include "broker/connections.hpp"
+#include "broker/fifo.hpp"
 #include "broker/limits.hpp"
 #include "broker/message.hpp"
 #include "broker/output.hpp"
@@ -217,8 +217,8 @@ class Session {
   security::AccessCache access;
   TimePoint offline_since{};  // for session expiry
   std::map<std::string, codec::QoS, std::less<>> subscriptions;
-  std::deque<Inflight> inflight;                      // in the order sent
-  std::deque<Queued> queue;                           // waiting for the client or a window slot
+  std::vector<Inflight> inflight;                     // in the order sent (at most max_inflight_messages)
+  Fifo<Queued> queue;                                 // waiting for the client or a window slot
   std::uint64_t queued_bytes = 0;                     // topic + payload bytes in `queue`
   std::unordered_set<std::uint16_t> awaiting_pubrel;  // inbound QoS 2 [MQTT-4.3.3-2]
   std::uint16_t next_packet_id = 1;

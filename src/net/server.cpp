@@ -17,6 +17,7 @@
 #include <condition_variable>
 #include <deque>
 #include <mutex>
+#include <span>
 #include <thread>
 #include <unordered_set>
 
@@ -30,7 +31,12 @@ using boost::system::error_code;
 
 namespace {
 
-constexpr std::size_t kReadChunk = std::size_t{16} * 1024;
+// Reads go through one buffer per loop: an idle connection holds no read
+// buffer (it waits for readability, then reads), only the bytes of a packet
+// that has not fully arrived. Up to kReadsPerWake reads per readiness, then the
+// connection queues behind the loop's other work.
+constexpr std::size_t kReadChunk = std::size_t{64} * 1024;
+constexpr int kReadsPerWake = 4;
 constexpr auto kTickInterval = std::chrono::milliseconds(200);
 constexpr auto kDrainTimeout = std::chrono::seconds(2);
 
@@ -135,9 +141,14 @@ class Connection final : public broker::Transport, public std::enable_shared_fro
   }
 
  private:
-  void on_ciphertext(std::size_t n);
+  // false: stop reading (the TLS connection failed).
+  bool on_ciphertext(std::span<const std::uint8_t> bytes);
   void read();
-  void on_read(const error_code& ec, std::size_t n);
+  void on_readable(const error_code& ec);
+  void on_read_error(const error_code& ec);
+  // Hands bytes just read to the broker; keeps (in in_) what it did not take yet.
+  void take_input(std::span<const std::uint8_t> bytes);
+  void keep_input(std::span<const std::uint8_t> bytes);
   void process_input();
   void on_written(const error_code& ec);
   // drain: send FIN and read until the peer closes; otherwise close at once.
@@ -155,22 +166,20 @@ class Connection final : public broker::Transport, public std::enable_shared_fro
   const ListenerRuntime& listener_;
   std::string peer_;
   std::optional<security::TlsEngine> tls_;
-  std::vector<std::uint8_t> raw_;             // TLS: ciphertext read from the socket
   std::vector<std::uint8_t> cipher_writing_;  // TLS: ciphertext being written
   bool close_notify_sent_ = false;
   bool handshake_done_ = false;  // counted in the listener's TlsHandshakeMetrics
   bool registered_ = false;      // in the loop's list of TLS connections
   std::unique_ptr<broker::Client> client_;
+  // Input the broker has not taken yet: the start of a packet still arriving,
+  // or packets held while an asynchronous answer (authentication) is awaited.
+  // Released when it empties.
   std::vector<std::uint8_t> in_;
   std::size_t in_len_ = 0;
-  // Where the read in flight writes (plain TCP): input held for an
-  // asynchronous answer may be consumed meanwhile (resume_input), moving
-  // in_len_ below it; the bytes read are then moved down to in_len_.
-  std::size_t read_at_ = 0;
   broker::OutputQueue pending_;
   // Output of earlier turns whose store writes are still being committed, oldest
   // first, with the commit epoch each waits for.
-  std::deque<std::pair<std::uint64_t, broker::OutputQueue>> held_;
+  broker::Fifo<std::pair<std::uint64_t, broker::OutputQueue>> held_;
   std::vector<broker::OutputQueue> writing_;
   std::vector<broker::OutputQueue> spare_;  // written queues kept for their buffers
   std::vector<asio::const_buffer> gather_;
@@ -270,6 +279,8 @@ class Loop {
   // The last store commit of this loop that is durable: output held for it or an
   // earlier one may be written.
   std::uint64_t durable_epoch() const { return durable_; }
+  // Where the loop's connections read into (each consumes it before the next reads).
+  std::vector<std::uint8_t>& read_buffer() { return read_buffer_; }
 
   // The loop's TLS connections, for the recheck after a reload (connections
   // join when they start and leave when their socket closes).
@@ -293,6 +304,7 @@ class Loop {
   broker::Shard shard_;
   // Outlives io_ too: connections destroyed with its handlers leave it.
   std::unordered_set<Connection*> tls_connections_;
+  std::vector<std::uint8_t> read_buffer_ = std::vector<std::uint8_t>(kReadChunk);
   asio::io_context io_{1};
   asio::steady_timer ticker_{io_};
   std::mutex inbox_mu_;
@@ -476,11 +488,9 @@ Connection::Connection(Loop& loop, tcp::socket socket, const ListenerRuntime& li
       in_(std::move(pending_input)),
       slot_(std::move(slot)) {
   if (!tls_ && listener_.tls) tls_.emplace(listener_.tls->load(), broker::Clock::now());
-  if (tls_) raw_.resize(kReadChunk);
   // An engine that moved here with its connection was counted where it finished.
   handshake_done_ = tls_ && tls_->state() != security::TlsState::Handshaking;
   in_len_ = in_.size();
-  in_.resize(std::max(in_.size(), kReadChunk));
 }
 
 Connection::~Connection() {
@@ -501,6 +511,8 @@ void Connection::start() {
     loop_.add_tls(this);
   }
   client_ = std::make_unique<broker::Client>(loop_.shard(), *this, listener_.policy);
+  error_code ec;
+  socket_.non_blocking(true, ec);  // on_readable reads until the socket would block
   // A connection that moved here may have missed a recheck that both loops ran
   // while it was on its way.
   if (handshake_done_ && &tls_->context() != listener_.tls->load().get()) recheck_certificate();
@@ -513,74 +525,95 @@ void Connection::start() {
 }
 
 void Connection::read() {
-  if (tls_) {
-    socket_.async_read_some(asio::buffer(raw_),
-                            [self = shared_from_this()](const error_code& ec, std::size_t n) {
-                              if (ec || self->dead_ || self->closing_) return self->on_read(ec, 0);
-                              self->on_ciphertext(n);
-                            });
-    return;
-  }
-  if (in_.size() - in_len_ < kReadChunk / 2) in_.resize(in_.size() * 2);
-  read_at_ = in_len_;
-  socket_.async_read_some(
-      asio::buffer(in_.data() + in_len_, in_.size() - in_len_),
-      [self = shared_from_this()](const error_code& ec, std::size_t n) { self->on_read(ec, n); });
+  socket_.async_wait(tcp::socket::wait_read,
+                     [self = shared_from_this()](const error_code& ec) { self->on_readable(ec); });
 }
 
-void Connection::on_read(const error_code& ec, std::size_t n) {
+void Connection::on_readable(const error_code& ec) {
   if (dead_) return;
-  if (ec) {
-    if (!closing_) {
-      if (ec != asio::error::eof && ec != asio::error::connection_reset)
-        spdlog::debug("read error from {}: {}", peer_, ec.message());
-      closing_ = true;
-      client_->on_disconnected();  // publishes the will; its close() is a no-op now
+  if (ec) return on_read_error(ec);
+  auto& buffer = loop_.read_buffer();
+  for (int i = 0; i < kReadsPerWake; ++i) {
+    error_code rec;
+    const std::size_t n = socket_.read_some(asio::buffer(buffer), rec);
+    if (rec == asio::error::would_block || rec == asio::error::try_again) return read();
+    if (rec) return on_read_error(rec);
+    if (closing_) {
+      in_len_ = 0;  // discard what arrives after we decided to close
+      continue;
     }
-    return finish_close(false);
+    if (tls_) {
+      if (!on_ciphertext({buffer.data(), n})) return;
+    } else {
+      loop_.shard().set_now(broker::Clock::now());
+      take_input({buffer.data(), n});
+    }
+    if (migrate_to_ || dead_) return;
   }
-  if (closing_) {
-    in_len_ = 0;  // discard what arrives after we decided to close
-    return read();
-  }
-  if (!tls_ && read_at_ != in_len_) std::memmove(in_.data() + in_len_, in_.data() + read_at_, n);
-  in_len_ += n;
-  loop_.shard().set_now(broker::Clock::now());
-  process_input();
-  if (migrate_to_ || dead_) return;
-  read();
+  // More may be waiting: read it after the loop's other work.
+  asio::post(loop_.io(), [self = shared_from_this()] { self->on_readable({}); });
 }
 
-// TLS: decrypt what arrived; MQTT bytes join the plaintext input buffer.
-void Connection::on_ciphertext(std::size_t n) {
+void Connection::on_read_error(const error_code& ec) {
+  if (!closing_) {
+    if (ec != asio::error::eof && ec != asio::error::connection_reset)
+      spdlog::debug("read error from {}: {}", peer_, ec.message());
+    closing_ = true;
+    client_->on_disconnected();  // publishes the will; its close() is a no-op now
+  }
+  finish_close(false);
+}
+
+void Connection::keep_input(std::span<const std::uint8_t> bytes) {
+  if (bytes.empty()) return;
+  if (in_.size() - in_len_ < bytes.size()) in_.resize(in_len_ + bytes.size());
+  std::memcpy(in_.data() + in_len_, bytes.data(), bytes.size());
+  in_len_ += bytes.size();
+}
+
+void Connection::take_input(std::span<const std::uint8_t> bytes) {
+  if (in_len_ > 0) {
+    keep_input(bytes);
+    return process_input();
+  }
+  // Nothing held: the broker reads straight from the loop's buffer.
+  const std::size_t used = client_->on_bytes(bytes);
+  keep_input(bytes.subspan(used));
+  if (migrate_to_) hand_over(*migrate_to_);
+}
+
+// TLS: decrypt what arrived; MQTT bytes join the plaintext input.
+bool Connection::on_ciphertext(std::span<const std::uint8_t> bytes) {
   const auto now = broker::Clock::now();
   const bool was_established = tls_->established();
-  tls_->feed({raw_.data(), n}, now);
+  tls_->feed(bytes, now);
   if (!handshake_done_ && tls_->state() != security::TlsState::Handshaking) on_handshake_done();
   if (!tls_->ciphertext().empty()) flush_soon();  // handshake flights, alerts
   if (tls_->state() == security::TlsState::Failed) {
     on_tls_failure(listener_, peer_, *tls_, was_established, loop_.shard().shared().audit.get());
     closing_ = true;
     client_->on_disconnected();
-    return;  // flush() sends the alert, then closes
+    return false;  // flush() sends the alert, then closes
   }
-  if (dead_ || closing_) return;  // closed by the recheck in on_handshake_done
+  if (dead_ || closing_) return !dead_;  // closed by the recheck in on_handshake_done
   if (!was_established && tls_->established())
     spdlog::debug("TLS with {}: {} {}{}{}", peer_, tls_->version(), tls_->cipher(),
                   tls_->resumed() ? ", resumed" : "",
                   tls_->peer_identity().empty() ? std::string() : ", identity " + tls_->peer_identity());
   auto& plain = tls_->plaintext();
   if (!plain.empty()) {
-    if (in_.size() - in_len_ < plain.size()) in_.resize(in_len_ + plain.size() + kReadChunk);
-    std::memcpy(in_.data() + in_len_, plain.data(), plain.size());
-    in_len_ += plain.size();
-    plain.clear();
+    // Copied out first: a hand-over moves the engine, and its buffer with it.
+    keep_input(plain);
+    std::vector<std::uint8_t>().swap(plain);
     loop_.shard().set_now(now);
     process_input();
-    if (migrate_to_ || dead_) return;
+    if (migrate_to_ || dead_) return false;
   }
-  if (tls_->peer_closed()) return on_read(asio::error::eof, 0);
-  read();
+  if (tls_->peer_closed()) {
+    on_read_error(asio::error::eof);
+    return false;
+  }
+  return true;
 }
 
 void Connection::on_handshake_done() {
@@ -618,6 +651,7 @@ void Connection::process_input() {
     std::memmove(in_.data(), in_.data() + used, in_len_ - used);
     in_len_ -= used;
   }
+  if (in_len_ == 0 && !in_.empty()) std::vector<std::uint8_t>().swap(in_);  // idle: hold nothing
   if (migrate_to_) hand_over(*migrate_to_);
 }
 
@@ -745,7 +779,8 @@ void Connection::flush(bool with_pending) {
     write_active_ = true;
     asio::async_write(socket_, asio::buffer(cipher_writing_),
                       [self = shared_from_this()](const error_code& ec, std::size_t) {
-                        self->cipher_writing_.clear();
+                        // Not kept: an idle TLS connection holds no write buffer.
+                        std::vector<std::uint8_t>().swap(self->cipher_writing_);
                         self->on_written(ec);
                       });
     return;

@@ -1,11 +1,13 @@
 // TlsEngine: one server-side SSL* over memory BIOs, and the failure words.
 #include <openssl/bio.h>
 #include <openssl/bn.h>
+#include <openssl/buffer.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
+#include <array>
 #include <climits>
 #include <cstring>
 
@@ -282,6 +284,7 @@ struct TlsEngine::Impl : tls_detail::ConnectionHooks {
     ERR_clear_error();
   }
   void drain_wbio();
+  void shrink_bios();
   bool check_limits();
   void handshake();
   void on_established();
@@ -300,6 +303,30 @@ void TlsEngine::Impl::drain_wbio() {
     const int got = BIO_read(wbio, cipher.data() + old, chunk);
     cipher.resize(old + static_cast<std::size_t>(std::max(got, 0)));
     if (got <= 0) return;
+  }
+}
+
+// A memory BIO keeps the largest input it ever held (a handshake flight, a
+// burst). Once drained, one that grew past kKeepBio is replaced by a fresh
+// one: an idle connection holds only OpenSSL's state (SSL_MODE_RELEASE_BUFFERS
+// frees its record buffers).
+void TlsEngine::Impl::shrink_bios() {
+  constexpr std::size_t kKeepBio = 1024;
+  auto grown = [](BIO* b) {
+    BUF_MEM* mem = nullptr;
+    return BIO_ctrl_pending(b) == 0 && BIO_get_mem_ptr(b, &mem) == 1 && mem && mem->max > kKeepBio;
+  };
+  if (grown(rbio)) {
+    if (BIO* fresh = BIO_new(BIO_s_mem())) {
+      SSL_set0_rbio(ssl, fresh);  // frees the old one
+      rbio = fresh;
+    }
+  }
+  if (grown(wbio)) {
+    if (BIO* fresh = BIO_new(BIO_s_mem())) {
+      SSL_set0_wbio(ssl, fresh);
+      wbio = fresh;
+    }
   }
 }
 
@@ -369,13 +396,16 @@ void TlsEngine::Impl::on_established() {
 void TlsEngine::Impl::read_records() {
   while (state == TlsState::Established) {
     if (!check_limits()) return;
-    const std::size_t old = plain.size();
-    plain.resize(old + kReadChunk);
+    // Records are decrypted into one buffer per thread and appended: the
+    // plaintext buffer of a connection grows to what arrived, not to a record.
+    thread_local std::array<std::uint8_t, kReadChunk> record;
     std::size_t n = 0;
     ERR_clear_error();
-    const int r = SSL_read_ex(ssl, plain.data() + old, kReadChunk, &n);
-    plain.resize(old + (r == 1 ? n : 0));
-    if (r == 1) continue;
+    const int r = SSL_read_ex(ssl, record.data(), record.size(), &n);
+    if (r == 1) {
+      plain.insert(plain.end(), record.data(), record.data() + n);
+      continue;
+    }
     const int e = SSL_get_error(ssl, r);
     if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) return;
     if (e == SSL_ERROR_ZERO_RETURN) {
@@ -506,6 +536,7 @@ void TlsEngine::feed(std::span<const std::uint8_t> from_socket, Clock::time_poin
   if (m.state == TlsState::Established) m.read_records();
   m.drain_wbio();
   if (m.state == TlsState::Established || m.state == TlsState::Handshaking) m.check_limits();
+  if (m.state == TlsState::Established) m.shrink_bios();
 }
 
 void TlsEngine::write(std::span<const std::uint8_t> app) {
