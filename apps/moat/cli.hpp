@@ -69,11 +69,6 @@ struct SubArgs {
   bool require_fresh = false;  // --require-fresh
 };
 
-// payload.cpp: `payload` sealed in place with the topic's key; the reason when it
-// cannot be (moat bench; pub and sub seal and open through client::PayloadSecurity).
-std::optional<std::string> seal_message(payload::Keyring& ring, payload::Mode mode, std::string_view topic,
-                                        std::string& payload);
-
 // payload.cpp: a keyring file (throws with FILE:LINE:COLUMN), a seal mode by name
 // (encrypt | encrypt-to | mac | sign), and the payload an integrity envelope
 // (COSE_Sign1, COSE_Mac0) carries, unverified (moat bench's subscribers).

@@ -317,14 +317,6 @@ int run_payload_command(const PayloadCommands& c) {
   return -1;
 }
 
-std::optional<std::string> seal_message(payload::Keyring& ring, payload::Mode mode, std::string_view topic,
-                                        std::string& bytes) {
-  auto env = ring.seal(topic, bytes, mode);
-  if (!env) return env.error().message();
-  bytes = std::move(*env);
-  return std::nullopt;
-}
-
 std::shared_ptr<payload::Keyring> load_keyring(const std::string& path) {
   return payload::Keyring::load(path);
 }
