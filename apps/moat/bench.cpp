@@ -408,6 +408,11 @@ void Publisher::connect(asio::io_context& io) {
   auto o = r.base;
   o.client_id = r.a.id_prefix + "p" + std::to_string(id);
   o.clean_session = true;
+  if (r.ring) {  // --seal: the client library seals each message
+    o.payload.keyring = r.ring;
+    o.payload.seal_mode = r.seal;
+    o.payload.open = false;
+  }
   c = std::make_unique<client::Client>(io, o);
   auto counted = std::make_shared<bool>(false);
   c->on_connect([this, counted](const client::ConnectResult& res) {
@@ -453,12 +458,6 @@ void Publisher::pump() {
     std::memcpy(payload.data() + 4, &id, 4);
     std::memcpy(payload.data() + 8, &seq, 8);
     std::memcpy(payload.data() + 16, &now, 8);
-    if (r.ring) {
-      if (auto error = seal_message(*r.ring, *r.seal, topic, payload)) {
-        r.fail(kUsage, "publisher " + std::to_string(id) + ": cannot seal: " + *error);
-        return;
-      }
-    }
     ++seq;
     ++outstanding;
     issued.add();
@@ -467,7 +466,8 @@ void Publisher::pump() {
       --outstanding;
       if (e != Error::None) {
         if (!r.closing.load())
-          r.fail(kLost, "publisher " + std::to_string(id) + ": publish failed: " + client::to_string(e));
+          r.fail(e == Error::SealFailed ? kUsage : kLost,
+                 "publisher " + std::to_string(id) + ": publish failed: " + client::to_string(e));
         return;
       }
       w.stats.acked.add();

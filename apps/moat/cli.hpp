@@ -48,9 +48,7 @@ struct PubArgs {
   std::string payload;  // for Message, File, Null and Stdin (already read)
   client::QoS qos = client::QoS::AtMostOnce;
   bool retain = false;
-  // --seal MODE --keyring F: each message is sealed with the topic's key (null: sent as is).
-  std::shared_ptr<payload::Keyring> keyring;
-  std::optional<payload::Mode> seal;
+  // --seal MODE --keyring F: common.options.payload seals each message.
 };
 
 enum class Format { Text, Json };
@@ -66,19 +64,10 @@ struct SubArgs {
   std::size_t count = 0;                // -C; 0 = no limit
   unsigned timeout_s = 0;               // -W; 0 = none
   Format format = Format::Text;
-  // --open --keyring F: each message is verified or decrypted; failures go to
-  // stderr and are neither printed nor counted for -C.
-  std::shared_ptr<payload::Keyring> keyring;
+  // --open --keyring F: common.options.payload verifies or decrypts each message;
+  // failures go to stderr and are neither printed nor counted for -C.
   bool require_fresh = false;  // --require-fresh
 };
-
-// payload.cpp: `payload` sealed in place with the topic's key; the reason when it cannot be.
-std::optional<std::string> seal_message(payload::Keyring& ring, payload::Mode mode, std::string_view topic,
-                                        std::string& payload);
-// payload.cpp: the envelope `payload` verified or decrypted in place; on failure
-// the reason ("replayed: ...", "verification failed (tampered or wrong topic): ...").
-std::optional<std::string> open_message(payload::Keyring& ring, bool require_fresh, std::string_view topic,
-                                        std::string& payload);
 
 // payload.cpp: a keyring file (throws with FILE:LINE:COLUMN), a seal mode by name
 // (encrypt | encrypt-to | mac | sign), and the payload an integrity envelope

@@ -363,25 +363,30 @@ int main(int argc, char** argv) {
         return moat::cli::kUsage;
       }
       if (!pub_keyring.empty()) {
+        // The client library seals each message (client::PayloadSecurity); checked here
+        // first, so that a missing key is a usage error before anything is sent.
+        auto& ps = pa.common.options.payload;
         try {
-          pa.keyring = moat::payload::Keyring::load(pub_keyring);
+          ps.keyring = moat::payload::Keyring::load(pub_keyring);
         } catch (const std::exception& e) {
           error_line("pub", e.what());
           return moat::cli::kUsage;
         }
-        pa.seal =
-            pub_seal.empty() ? pa.keyring->seal_mode_for(pa.topic) : moat::payload::parse_mode(pub_seal);
-        if (!pa.seal) {
+        ps.seal_mode =
+            pub_seal.empty() ? ps.keyring->seal_mode_for(pa.topic) : moat::payload::parse_mode(pub_seal);
+        ps.open = false;
+        if (!ps.seal_mode) {
           error_line("pub", "--keyring " + pub_keyring + " names no seal mode for " +
                                 moat::cli::quoted(pa.topic) +
                                 ": give --seal encrypt | encrypt-to | mac | sign");
           return moat::cli::kUsage;
         }
-        if (!pa.keyring->can_seal(pa.topic, *pa.seal)) {
-          error_line("pub",
-                     pub_keyring + " has no key for " + moat::cli::quoted(pa.topic) + " that seals in mode " +
-                         std::string(moat::payload::to_string(*pa.seal)) +
-                         (*pa.seal == moat::payload::Mode::Sign ? " (signing needs a private key)" : ""));
+        if (!ps.keyring->can_seal(pa.topic, *ps.seal_mode)) {
+          error_line(
+              "pub",
+              pub_keyring + " has no key for " + moat::cli::quoted(pa.topic) + " that seals in mode " +
+                  std::string(moat::payload::to_string(*ps.seal_mode)) +
+                  (*ps.seal_mode == moat::payload::Mode::Sign ? " (signing needs a private key)" : ""));
           return moat::cli::kUsage;
         }
       }
@@ -449,12 +454,19 @@ int main(int argc, char** argv) {
         return moat::cli::kUsage;
       }
       if (sub_open) {
+        // The client library opens each message (client::PayloadSecurity); as strict as
+        // `moat open`: anything that does not open is reported, not printed.
+        auto& ps = sa.common.options.payload;
         try {
-          sa.keyring = moat::payload::Keyring::load(sub_keyring);
+          ps.keyring = moat::payload::Keyring::load(sub_keyring);
         } catch (const std::exception& e) {
           error_line("sub", e.what());
           return moat::cli::kUsage;
         }
+        ps.seal = false;
+        ps.require_fresh = sa.require_fresh;
+        ps.require_sealed = true;
+        ps.reject_unkeyed = true;
       }
       sa.qos = static_cast<client::QoS>(sf.qos);
       sa.format = format == "json" ? moat::cli::Format::Json : moat::cli::Format::Text;

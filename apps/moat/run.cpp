@@ -286,12 +286,6 @@ class PubSession final : public Session {
   }
 
   void send(std::string payload, bool from_feed) {
-    if (a_.keyring) {
-      if (auto error = seal_message(*a_.keyring, *a_.seal, a_.topic, payload)) {
-        if (from_feed && feed_) feed_->release();
-        return finish(kUsage, "cannot seal for " + quoted(a_.topic) + ": " + *error);
-      }
-    }
     ++outstanding_;
     if (common_.debug)
       debug_line("sending PUBLISH (q" + std::to_string(static_cast<int>(a_.qos)) + ", r" +
@@ -301,6 +295,8 @@ class PubSession final : public Session {
       --outstanding_;
       if (from_feed && feed_) feed_->release();
       if (finishing_) return;
+      if (e == Error::SealFailed)
+        return finish(kUsage, "cannot seal for " + quoted(a_.topic) + ": " + client::to_string(e));
       if (e != Error::None) {
         const std::string why = e == Error::ConnectionLost ? "the connection was lost" : client::to_string(e);
         return finish(e == Error::InvalidArgument ? kUsage : kLost,
@@ -345,6 +341,7 @@ class SubSession final : public Session {
  private:
   void start() override {
     client_->on_message([this](const client::Message& m) { on_message(m); });
+    client_->on_rejected([this](const client::Rejected& r) { on_rejected(r); });
     if (a_.timeout_s > 0) {
       // From the start, so that a broker that never answers is covered too.
       deadline_.expires_after(std::chrono::seconds(a_.timeout_s));
@@ -394,22 +391,28 @@ class SubSession final : public Session {
       debug_line("received PUBLISH (q" + std::to_string(static_cast<int>(m.qos)) + ", r" +
                  (m.retain ? "1" : "0") + (m.dup ? ", d1" : "") + ", " + quoted(m.topic) + ", " +
                  std::to_string(m.payload.size()) + " bytes)");
-    if (a_.no_retained && m.retain) return;
-    for (const auto& f : a_.filter_out)
-      if (codec::topic_matches(f, m.topic)) return;
-    if (a_.keyring) {
-      client::Message plain = m;
-      if (auto error = open_message(*a_.keyring, a_.require_fresh, plain.topic, plain.payload)) {
-        // Not data: a tampered, replayed, moved or unknown envelope is reported, not printed.
-        error_line("sub", quoted(m.topic) + ": " + *error);
-        return;
-      }
-      print_message(a_, plain);
-    } else {
-      print_message(a_, m);
-    }
+    if (!wanted(m.topic, m.retain)) return;
+    print_message(a_, m);
     ++received_;
     if (a_.count > 0 && received_ >= a_.count) finish(kOk, {});
+  }
+
+  // --open: not data. A tampered, replayed, moved or unknown envelope is reported, not printed.
+  void on_rejected(const client::Rejected& r) {
+    if (finishing_) return;
+    if (common_.debug)
+      debug_line("received PUBLISH (q" + std::to_string(static_cast<int>(r.qos)) + ", r" +
+                 (r.retain ? "1" : "0") + ", " + quoted(r.topic) + ", " + std::to_string(r.payload.size()) +
+                 " bytes), not opened");
+    if (!wanted(r.topic, r.retain)) return;
+    error_line("sub", quoted(r.topic) + ": " + r.reason);
+  }
+
+  bool wanted(const std::string& topic, bool retain) const {
+    if (a_.no_retained && retain) return false;
+    for (const auto& f : a_.filter_out)
+      if (codec::topic_matches(f, topic)) return false;
+    return true;
   }
 
   void stop_input() override { deadline_.cancel(); }

@@ -21,6 +21,7 @@
 #include "codec/decoder.hpp"
 #include "codec/encoder.hpp"
 #include "codec/topic.hpp"
+#include "security/payload/keyring.hpp"
 
 namespace moat::client {
 
@@ -47,6 +48,8 @@ const char* to_string(Error e) {
       return "invalid argument";
     case Error::TlsFailed:
       return "TLS handshake failed";
+    case Error::SealFailed:
+      return "cannot seal the payload: no key for the topic fit for the mode";
   }
   return "unknown error";
 }
@@ -226,6 +229,7 @@ struct Client::Impl : std::enable_shared_from_this<Impl> {
   unsigned failed_attempts = 0;
   std::mt19937_64 rng;
   MessageHandler message_handler;
+  RejectHandler reject_handler;
   ConnectHandler connect_handler;
   DisconnectHandler disconnect_handler;
   Completion disconnect_done;
@@ -578,17 +582,47 @@ struct Client::Impl : std::enable_shared_from_this<Impl> {
   }
 
   bool on_publish(const codec::Publish& p) {
-    Message m{std::string(p.topic), std::string(p.payload), p.qos, p.retain, p.dup};
     if (p.qos == QoS::ExactlyOnce) {
       // Deliver on the first PUBLISH; until PUBREL, a resend with this id is the same message.
       const bool first = awaiting_pubrel.insert(p.packet_id).second;
       append(codec::Ack{codec::PacketType::Pubrec, p.packet_id});
-      if (first && message_handler) message_handler(m);
+      if (first) deliver(p);
       return true;
     }
     if (p.qos == QoS::AtLeastOnce) append(codec::Ack{codec::PacketType::Puback, p.packet_id});
-    if (message_handler) message_handler(m);
+    deliver(p);
     return true;
+  }
+
+  // To on_message, or (a message that does not open) to on_rejected. Acknowledged
+  // before either way: a rejected message is not redelivered.
+  void deliver(const codec::Publish& p) {
+    Message m{std::string(p.topic), {}, p.qos, p.retain, p.dup, std::nullopt};
+    const PayloadSecurity& ps = opt.payload;
+    if (!ps.keyring || !ps.open || (!ps.reject_unkeyed && ps.keyring->keys_for(p.topic).empty())) {
+      m.payload = std::string(p.payload);
+      if (message_handler) message_handler(m);
+      return;
+    }
+    auto reject = [&](const payload::Error& e) {
+      if (!reject_handler) return;
+      reject_handler(
+          Rejected{std::move(m.topic), std::string(p.payload), p.qos, p.retain, e.code, e.message()});
+    };
+    auto env = payload::decode(p.payload);
+    if (!env) {
+      if (ps.require_sealed || env.code() != payload::Errc::malformed) return reject(env.error());
+      m.payload = std::string(p.payload);
+      if (message_handler) message_handler(m);
+      return;
+    }
+    payload::OpenPolicy policy;
+    policy.require_fresh = ps.require_fresh;
+    auto opened = ps.keyring->open(p.topic, *env, policy);
+    if (!opened) return reject(opened.error());
+    m.payload = std::move(opened->plaintext);
+    m.sealed = Sealed{opened->mode, opened->alg, std::move(opened->kid), opened->seq, opened->iat};
+    if (message_handler) message_handler(m);
   }
 
   void on_ack(const codec::Ack& a) {
@@ -714,6 +748,7 @@ Client::~Client() {
   auto& m = *impl_;
   m.user_disconnect = true;
   m.message_handler = nullptr;
+  m.reject_handler = nullptr;
   m.connect_handler = nullptr;
   m.disconnect_handler = nullptr;
   m.reconnect_timer.cancel();
@@ -722,6 +757,9 @@ Client::~Client() {
 
 void Client::on_message(MessageHandler h) {
   impl_->message_handler = std::move(h);
+}
+void Client::on_rejected(RejectHandler h) {
+  impl_->reject_handler = std::move(h);
 }
 void Client::on_connect(ConnectHandler h) {
   impl_->connect_handler = std::move(h);
@@ -745,8 +783,18 @@ void Client::publish(std::string topic, std::string payload, QoS qos, bool retai
     return m.complete_later(std::move(done), Error::InvalidArgument);
   if (m.state == Impl::State::Closed && !m.opt.reconnect.enabled && m.user_disconnect)
     return m.complete_later(std::move(done), Error::Cancelled);
-  m.queued.push_back(
-      Impl::Queued{Message{std::move(topic), std::move(payload), qos, retain, false}, std::move(done)});
+  // Sealed once, here: a resend after a reconnect carries the same envelope (a
+  // fresh seal would be a new sequence number, and a duplicate to the receiver).
+  if (const PayloadSecurity& ps = m.opt.payload; ps.keyring && ps.seal) {
+    const auto mode = ps.seal_mode ? ps.seal_mode : ps.keyring->seal_mode_for(topic);
+    if (mode) {
+      auto env = ps.keyring->seal(topic, payload, *mode);
+      if (!env) return m.complete_later(std::move(done), Error::SealFailed);
+      payload = std::move(*env);
+    }
+  }
+  m.queued.push_back(Impl::Queued{
+      Message{std::move(topic), std::move(payload), qos, retain, false, std::nullopt}, std::move(done)});
   m.pump();
 }
 

@@ -17,6 +17,10 @@
 // Everything runs on the io_context given to the constructor; call the Client's
 // functions from that context's thread (or before run()). Handlers are called
 // there too. The client uses the same codec as the broker.
+//
+// With a keyring (Options::payload, docs/client.md "Sealed payloads") the client
+// seals what it publishes and opens what it receives, per topic, with the COSE
+// envelopes of security/payload.
 #pragma once
 
 #include <chrono>
@@ -34,6 +38,12 @@
 namespace boost::asio {
 class io_context;
 }
+
+namespace moat::payload {
+class Keyring;                   // security/payload/keyring.hpp
+enum class Mode : std::uint8_t;  // security/payload/cose.hpp
+enum class Errc : std::uint8_t;  // security/payload/errors.hpp
+}  // namespace moat::payload
 
 namespace moat::client {
 
@@ -55,6 +65,36 @@ struct ReconnectPolicy {
   double multiplier = 2.0;
   double jitter = 0.2;        // each delay is scaled by a random factor in [1-jitter, 1+jitter]
   unsigned max_attempts = 0;  // consecutive failed attempts before giving up; 0 = never
+};
+
+// End-to-end payload security with a keyring (security/payload/keyring.hpp, file
+// format in docs/payload-security.md). Without a keyring, payloads go out and come
+// in as given. The keyring is safe to share between threads, but it holds the
+// replay windows: two clients that receive the same messages need a keyring each
+// (the second would see each envelope as replayed).
+struct PayloadSecurity {
+  std::shared_ptr<payload::Keyring> keyring;
+  // publish() seals the payload before it is queued (a resend after a reconnect
+  // carries the same envelope) in the `seal` mode of the topic's keyring entry; a
+  // topic whose entries name no mode goes out as given. When the keyring has no key
+  // for the topic fit for the mode, the publish completes with Error::SealFailed
+  // and nothing is sent.
+  bool seal = true;
+  // Seals every publish in this mode instead (a topic with no key fit for it:
+  // SealFailed), whatever the entries say.
+  std::optional<payload::Mode> seal_mode;
+  // A message on a topic the keyring has keys for is opened: verified or
+  // decrypted, its freshness and replay window checked. It reaches on_message with
+  // the plaintext and Message::sealed; one that does not open goes to on_rejected
+  // (or is dropped). Either way it is acknowledged per its QoS.
+  bool open = true;
+  bool require_fresh = false;  // refuse envelopes without timestamp and sequence number
+  // On a keyed topic, a payload that is not a COSE envelope at all (payload::decode
+  // says malformed) is rejected; false: delivered as is, with Message::sealed empty.
+  bool require_sealed = true;
+  // A message on a topic the keyring has no keys for is rejected ("unknown key")
+  // instead of delivered as is.
+  bool reject_unkeyed = false;
 };
 
 // Opens the byte stream to the broker. The default connects TCP (host, port), TLS
@@ -79,14 +119,35 @@ struct Options {
   // keeps the session of each server so that a reconnect resumes it.
   std::shared_ptr<TlsContext> tls;
   TransportFactory transport;  // empty: TCP, TLS (with `tls`) or Unix socket
+  PayloadSecurity payload;     // no keyring: payloads as given
+};
+
+// What opening a received envelope verified.
+struct Sealed {
+  payload::Mode mode{};
+  std::int64_t alg = 0;              // COSE algorithm (the content algorithm when encrypted)
+  std::string kid;                   // the key that opened it
+  std::optional<std::uint64_t> seq;  // the sender's sequence number
+  std::optional<std::int64_t> iat;   // sealed at, seconds since the epoch
 };
 
 struct Message {
   std::string topic;
-  std::string payload;
+  std::string payload;  // received through a keyring: the plaintext
   QoS qos = QoS::AtMostOnce;
   bool retain = false;
   bool dup = false;
+  std::optional<Sealed> sealed;  // set when the payload came out of a verified envelope
+};
+
+// A received message that did not open (PayloadSecurity): not delivered.
+struct Rejected {
+  std::string topic;
+  std::string payload;  // as received
+  QoS qos = QoS::AtMostOnce;
+  bool retain = false;
+  moat::payload::Errc code{};  // tampered or wrong topic, replayed, stale, unknown key, ...
+  std::string reason;          // one line: "verification failed (tampered or wrong topic): ..."
 };
 
 enum class Error {
@@ -100,6 +161,7 @@ enum class Error {
   InvalidArgument,  // bad topic, filter or QoS: checked before anything is sent
   TlsFailed,        // the TLS handshake failed: certificate or host name did not verify, the
                     // broker refused our certificate or PSK, no common version or cipher
+  SealFailed,       // the keyring has no key for the topic that seals in its mode: nothing sent
 };
 const char* to_string(Error e);
 const char* to_string(ConnectReturnCode c);
@@ -122,6 +184,7 @@ struct Subscription {
 class Client {
  public:
   using MessageHandler = std::function<void(const Message&)>;
+  using RejectHandler = std::function<void(const Rejected&)>;
   using ConnectHandler = std::function<void(const ConnectResult&)>;
   using DisconnectHandler = std::function<void(Error, const std::string& detail)>;
   using Completion = std::function<void(Error)>;
@@ -133,6 +196,9 @@ class Client {
   Client& operator=(const Client&) = delete;
 
   void on_message(MessageHandler h);
+  // Messages that did not open (Options::payload); without this handler they are
+  // dropped. They are acknowledged all the same, so the broker does not resend them.
+  void on_rejected(RejectHandler h);
   // Called after every CONNACK (also after each reconnect) and for each failed attempt.
   void on_connect(ConnectHandler h);
   // Called when an established connection ends (before any reconnect attempt).
@@ -141,7 +207,8 @@ class Client {
   void connect();
   // QoS 0: completes once written. QoS 1/2: completes on PUBACK / PUBCOMP. While
   // disconnected, messages wait (in memory) and are sent after the next CONNACK;
-  // unacknowledged ones are resent with DUP=1 [MQTT-4.4.0-1].
+  // unacknowledged ones are resent with DUP=1 [MQTT-4.4.0-1]. With a keyring the
+  // payload is sealed here, before it is queued (Options::payload).
   void publish(std::string topic, std::string payload, QoS qos, bool retain, Completion done);
   // Completes on SUBACK with one code per filter (0x80 = refused). Subscriptions are
   // remembered and made again after a reconnect that found no session.
