@@ -29,13 +29,14 @@ using namespace std::chrono_literals;
 class Broker {
  public:
   explicit Broker(std::shared_ptr<const security::TlsServerContext> tls = nullptr,
-                  std::vector<std::string> auth = {"anonymous"}) {
+                  const std::vector<std::string>& auth = {"anonymous"}) {
     shared_.store = &store_;
     shared_.shard_count = 2;
     shared_.sys_interval = std::chrono::seconds(0);
     net::ServerOptions o;
     o.threads = 2;
     std::vector<std::shared_ptr<security::Authenticator>> chain;
+    chain.reserve(auth.size());
     for (const auto& a : auth) chain.push_back(security::make_authenticator(a));
     o.listeners.push_back(
         {"test", "127.0.0.1", 0, chain,
@@ -99,7 +100,7 @@ class Proxy {
       accept();
     });
   }
-  void pump(std::shared_ptr<Pair> p, tcp::socket& from, tcp::socket& to, std::array<char, 8192>& buf) {
+  void pump(const std::shared_ptr<Pair>& p, tcp::socket& from, tcp::socket& to, std::array<char, 8192>& buf) {
     from.async_read_some(
         asio::buffer(buf), [this, p, &from, &to, &buf](boost::system::error_code ec, std::size_t n) {
           if (ec) {
