@@ -1,23 +1,48 @@
 // An application message once it has been accepted by the broker: immutable and
 // shared by every subscriber, session queue and the retained store.
+//
+// The message keeps its bytes in wire form, encoded once: the topic field (length
+// and name) followed by the payload, preceded by the fixed header of the plain
+// QoS 0 PUBLISH. Every subscriber's output references these bytes instead of
+// copying them (broker/output.hpp); only the fixed header of other variants and
+// the packet identifier are per delivery.
 #pragma once
 
 #include <cstdint>
 #include <memory>
-#include <string>
+#include <span>
 #include <string_view>
 
+#include "codec/encoder.hpp"
 #include "codec/packet.hpp"
 
 namespace moat::broker {
 
 struct Message {
   Message(std::string_view topic_name, std::string_view payload_bytes, codec::QoS q, bool r);
+  Message(const Message&) = delete;
+  Message& operator=(const Message&) = delete;
 
-  std::string topic;
-  std::string payload;
-  codec::QoS qos;  // the QoS it was published with
-  bool retain;     // the RETAIN flag it was published with
+  std::string_view topic;    // into the wire bytes
+  std::string_view payload;  // into the wire bytes
+  codec::QoS qos;            // the QoS it was published with
+  bool retain;               // the RETAIN flag it was published with
+
+  // The whole PUBLISH at QoS 0 without DUP and RETAIN.
+  std::span<const std::uint8_t> publish_qos0() const { return {wire_.get() + start_, end_ - start_}; }
+  // The topic field (two length bytes, then the name).
+  std::span<const std::uint8_t> topic_field() const { return {wire_.get() + kHeaderRoom, 2 + topic.size()}; }
+  // The topic field followed by the payload: a PUBLISH without identifier after its fixed header.
+  std::span<const std::uint8_t> body() const { return {wire_.get() + kHeaderRoom, end_ - kHeaderRoom}; }
+  std::span<const std::uint8_t> payload_bytes() const {
+    return {wire_.get() + end_ - payload.size(), payload.size()};
+  }
+
+ private:
+  static constexpr std::size_t kHeaderRoom = codec::kPublishHeaderMax;
+  std::unique_ptr<std::uint8_t[]> wire_;
+  std::size_t start_ = 0;  // where the QoS 0 fixed header starts
+  std::size_t end_ = 0;
 };
 
 using MessagePtr = std::shared_ptr<const Message>;

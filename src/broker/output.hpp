@@ -1,11 +1,13 @@
 // Outgoing bytes of one connection, queued during a loop turn and written with
-// one gather write. Small pieces are copied into a contiguous buffer; large
-// payloads are referenced (the Message keeps them alive), so a payload is never
-// copied per subscriber.
+// gather writes. What is particular to this connection (control packets, the
+// fixed header of a PUBLISH variant, packet identifiers) is copied into a
+// contiguous buffer; the bytes of a message (topic and payload, and the whole
+// packet of a plain QoS 0 PUBLISH) are referenced, encoded once in the Message
+// and shared by every subscriber: no subscriber copies a payload.
 #pragma once
 
 #include <cstdint>
-#include <string_view>
+#include <span>
 #include <vector>
 
 #include "broker/message.hpp"
@@ -15,16 +17,12 @@ namespace moat::broker {
 
 class OutputQueue {
  public:
-  // A piece to write: either a range of the copy buffer or a referenced buffer.
+  // A piece to write: either a range of the copy buffer or referenced bytes.
   struct Piece {
-    std::size_t offset = 0;  // into bytes() when ref is null
+    std::size_t offset = 0;  // into buffer() when data is null
     std::size_t size = 0;
-    const char* data = nullptr;  // referenced bytes, kept alive by keep
-    MessagePtr keep;
+    const std::uint8_t* data = nullptr;  // referenced bytes, kept alive by the queue
   };
-
-  // Payloads at least this large are referenced rather than copied.
-  static constexpr std::size_t kReferenceThreshold = 1024;
 
   codec::Bytes& bytes() { return bytes_; }
   // Call after appending to bytes() so the new bytes are ordered before later pieces.
@@ -36,15 +34,17 @@ class OutputQueue {
   std::size_t size() const { return total_; }
   const std::vector<Piece>& pieces() const { return pieces_; }
   const codec::Bytes& buffer() const { return bytes_; }
+  const std::uint8_t* piece_data(const Piece& p) const { return p.data ? p.data : bytes_.data() + p.offset; }
   void clear();
   void swap(OutputQueue& other) noexcept;
 
  private:
-  void reference(const MessagePtr& keep, std::string_view data);
+  void reference(const MessagePtr& keep, std::span<const std::uint8_t> data);
   codec::Bytes bytes_;
   std::size_t committed_ = 0;
   std::size_t total_ = 0;
   std::vector<Piece> pieces_;
+  std::vector<MessagePtr> keep_;  // the messages whose bytes are referenced
 };
 
 }  // namespace moat::broker

@@ -102,7 +102,8 @@ void Shard::persist_retained(const MessagePtr& m) {
   if (m->payload.empty())
     writes().erase_retained(m->topic);
   else
-    writes().put_retained({m->topic, m->payload, static_cast<std::uint8_t>(m->qos)});
+    writes().put_retained(
+        {std::string(m->topic), std::string(m->payload), static_cast<std::uint8_t>(m->qos)});
 }
 
 std::optional<security::Decision> Shard::access(const security::Identity& who, security::AccessCache* cache,
@@ -302,8 +303,8 @@ void Shard::route(const MessagePtr& m) {
     std::uint64_t seq = 0;
     if (sub.durable && q != QoS::AtMostOnce && shared_.store) {
       seq = shared_.next_seq.fetch_add(1, std::memory_order_relaxed);
-      writes().put_queued(sub.session_id,
-                          {seq, m->topic, m->payload, static_cast<std::uint8_t>(q), false, 0, 0});
+      writes().put_queued(sub.session_id, {seq, std::string(m->topic), std::string(m->payload),
+                                           static_cast<std::uint8_t>(q), false, 0, 0});
     }
     if (sub.shard == index_)
       deliver_local(sub.session_id, m, q, seq);
@@ -336,7 +337,8 @@ void Shard::deliver(Session& s, const MessagePtr& m, QoS qos, bool retain, std::
   }
   if (seq == 0 && s.durable() && qos != QoS::AtMostOnce && shared_.store) {
     seq = shared_.next_seq.fetch_add(1, std::memory_order_relaxed);
-    writes().put_queued(s.id, {seq, m->topic, m->payload, static_cast<std::uint8_t>(qos), retain, 0, 0});
+    writes().put_queued(s.id, {seq, std::string(m->topic), std::string(m->payload),
+                               static_cast<std::uint8_t>(qos), retain, 0, 0});
   }
   // Anything already queued goes first, whatever its QoS, so order holds [MQTT-4.6.0-6].
   if (s.client && s.queue.empty() &&

@@ -71,13 +71,28 @@ std::size_t encode_remaining_length(std::uint32_t len, Bytes& out) {
   return n;
 }
 
-void encode_publish_prefix(QoS qos, bool dup, bool retain, std::string_view topic, std::size_t payload_size,
-                           Bytes& out) {
+std::size_t encode_publish_header(QoS qos, bool dup, bool retain, std::size_t body,
+                                  std::uint8_t (&out)[kPublishHeaderMax]) {
   std::uint8_t flags = static_cast<std::uint8_t>(static_cast<std::uint8_t>(qos) << 1);
   if (dup) flags |= 0x08;
   if (retain) flags |= 0x01;
-  const std::size_t id = qos == QoS::AtMostOnce ? 0 : 2;
-  put_header(PacketType::Publish, flags, string_size(topic) + id + payload_size, out);
+  out[0] = static_cast<std::uint8_t>((static_cast<std::uint8_t>(PacketType::Publish) << 4) | flags);
+  auto len = static_cast<std::uint32_t>(body + (qos == QoS::AtMostOnce ? 0 : 2));
+  std::size_t n = 1;
+  do {
+    std::uint8_t b = len & 0x7F;
+    len >>= 7;
+    if (len) b |= 0x80;
+    out[n++] = b;
+  } while (len && n < kPublishHeaderMax);
+  return n;
+}
+
+void encode_publish_prefix(QoS qos, bool dup, bool retain, std::string_view topic, std::size_t payload_size,
+                           Bytes& out) {
+  std::uint8_t header[kPublishHeaderMax];
+  const std::size_t n = encode_publish_header(qos, dup, retain, string_size(topic) + payload_size, header);
+  out.insert(out.end(), header, header + n);
   put_string(topic, out);
 }
 

@@ -3,8 +3,11 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <spdlog/spdlog.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
+#include <array>
 #include <atomic>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
@@ -14,6 +17,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/thread_pool.hpp>
 #include <boost/asio/write.hpp>
+#include <cerrno>
 #include <condition_variable>
 #include <deque>
 #include <mutex>
@@ -39,6 +43,11 @@ constexpr std::size_t kReadChunk = std::size_t{64} * 1024;
 constexpr int kReadsPerWake = 4;
 constexpr auto kTickInterval = std::chrono::milliseconds(200);
 constexpr auto kDrainTimeout = std::chrono::seconds(2);
+// Pieces per gather write (Linux's IOV_MAX). A QoS 0 message is one piece, a
+// QoS 1/2 message about three, so one system call writes hundreds of messages.
+constexpr std::size_t kMaxIov = 1024;
+// TLS: plaintext pieces are gathered up to one record before encryption.
+constexpr std::size_t kTlsRecord = 16384;
 
 class Loop;
 
@@ -151,6 +160,11 @@ class Connection final : public broker::Transport, public std::enable_shared_fro
   void keep_input(std::span<const std::uint8_t> bytes);
   void process_input();
   void on_written(const error_code& ec);
+  // Writes writing_ from the cursor with gather writes until done or the socket
+  // would block (then waits for writability and goes on).
+  void write_plain();
+  void advance_cursor(std::size_t n);
+  void encrypt_writing();
   // drain: send FIN and read until the peer closes; otherwise close at once.
   void finish_close(bool drain);
   void hand_over(std::uint32_t shard);
@@ -182,7 +196,10 @@ class Connection final : public broker::Transport, public std::enable_shared_fro
   broker::Fifo<std::pair<std::uint64_t, broker::OutputQueue>> held_;
   std::vector<broker::OutputQueue> writing_;
   std::vector<broker::OutputQueue> spare_;  // written queues kept for their buffers
-  std::vector<asio::const_buffer> gather_;
+  // Plain connections: how far writing_ has been written (queue, piece, offset).
+  std::size_t cursor_queue_ = 0;
+  std::size_t cursor_piece_ = 0;
+  std::size_t cursor_offset_ = 0;
   bool dirty_ = false;  // on the loop's list of connections to write
   bool write_active_ = false;
   bool closing_ = false;   // no more input is handed to the broker
@@ -760,10 +777,7 @@ void Connection::flush(bool with_pending) {
   const bool all_out = held_.empty() && pending_.empty();
   if (tls_) {
     // Encrypt what may go, then write the records.
-    for (const auto& q : writing_)
-      for (const auto& p : q.pieces())
-        tls_->write(
-            {p.data ? reinterpret_cast<const std::uint8_t*>(p.data) : q.buffer().data() + p.offset, p.size});
+    encrypt_writing();
     recycle_written();
     if (closing_ && all_out && !close_notify_sent_ && tls_->established()) {
       tls_->close_notify();
@@ -789,14 +803,102 @@ void Connection::flush(bool with_pending) {
     if (closing_ && all_out && !draining_) finish_close(true);
     return;
   }
-  gather_.clear();
-  for (const auto& q : writing_)
-    for (const auto& p : q.pieces())
-      gather_.emplace_back(p.data ? p.data : reinterpret_cast<const char*>(q.buffer().data()) + p.offset,
-                           p.size);
   write_active_ = true;
-  asio::async_write(socket_, gather_,
-                    [self = shared_from_this()](const error_code& ec, std::size_t) { self->on_written(ec); });
+  cursor_queue_ = cursor_piece_ = cursor_offset_ = 0;
+  write_plain();
+}
+
+// Each SSL write makes at least one record: small pieces (headers, packet
+// identifiers, short messages) are gathered first, so a turn's output becomes
+// few full records rather than one per piece.
+void Connection::encrypt_writing() {
+  thread_local std::vector<std::uint8_t> plain;
+  plain.clear();
+  for (const auto& q : writing_)
+    for (const auto& p : q.pieces()) {
+      const std::span<const std::uint8_t> bytes{q.piece_data(p), p.size};
+      if (!plain.empty() && plain.size() + bytes.size() > kTlsRecord) {
+        tls_->write(plain);
+        plain.clear();
+      }
+      if (bytes.size() >= kTlsRecord) {
+        tls_->write(bytes);
+      } else {
+        plain.insert(plain.end(), bytes.begin(), bytes.end());
+      }
+    }
+  if (!plain.empty()) tls_->write(plain);
+  if (plain.capacity() > 4 * kTlsRecord) std::vector<std::uint8_t>().swap(plain);
+}
+
+void Connection::write_plain() {
+  thread_local std::array<iovec, kMaxIov> iov;
+  const int fd = socket_.native_handle();
+  for (;;) {
+    std::size_t n = 0;
+    std::size_t qi = cursor_queue_;
+    std::size_t pi = cursor_piece_;
+    std::size_t off = cursor_offset_;
+    while (qi < writing_.size() && n < iov.size()) {
+      const auto& q = writing_[qi];
+      if (pi == q.pieces().size()) {
+        ++qi;
+        pi = 0;
+        continue;
+      }
+      const auto& p = q.pieces()[pi];
+      // writev takes non-const bases; the kernel only reads them.
+      iov[n].iov_base =
+          const_cast<std::uint8_t*>(q.piece_data(p)) + off;  // NOLINT(cppcoreguidelines-pro-type-const-cast)
+      iov[n].iov_len = p.size - off;
+      ++n;
+      ++pi;
+      off = 0;
+    }
+    if (n == 0) break;
+    msghdr msg{};
+    msg.msg_iov = iov.data();
+    msg.msg_iovlen = n;
+    const ssize_t w = ::sendmsg(fd, &msg, MSG_NOSIGNAL);
+    if (w < 0) {
+      const int err = errno;
+      if (err == EINTR) continue;
+      if (err == EAGAIN || err == EWOULDBLOCK) {
+        socket_.async_wait(tcp::socket::wait_write, [self = shared_from_this()](const error_code& ec) {
+          if (ec || self->dead_) return self->on_written(ec ? ec : asio::error::operation_aborted);
+          self->write_plain();
+        });
+        return;
+      }
+      // Reported from the loop, as an asynchronous write would be.
+      asio::post(loop_.io(),
+                 [self = shared_from_this(), ec = error_code(err, boost::system::system_category())] {
+                   self->on_written(ec);
+                 });
+      return;
+    }
+    advance_cursor(static_cast<std::size_t>(w));
+  }
+  on_written({});
+}
+
+void Connection::advance_cursor(std::size_t n) {
+  while (n > 0 && cursor_queue_ < writing_.size()) {
+    const auto& pieces = writing_[cursor_queue_].pieces();
+    if (cursor_piece_ == pieces.size()) {
+      ++cursor_queue_;
+      cursor_piece_ = 0;
+      continue;
+    }
+    const std::size_t left = pieces[cursor_piece_].size - cursor_offset_;
+    if (n < left) {
+      cursor_offset_ += n;
+      return;
+    }
+    n -= left;
+    ++cursor_piece_;
+    cursor_offset_ = 0;
+  }
 }
 
 void Connection::recycle_written() {

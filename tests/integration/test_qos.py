@@ -1,11 +1,14 @@
 """QoS 0/1/2 delivery: mosquitto clients, paho, and raw sockets."""
 
+import random
 import re
+import socket
+import time
 
 import pytest
 
 import mqttraw
-from util import Paho, collect_until, mosquitto_pub, mosquitto_sub, raw_connected, uniq
+from util import Paho, collect_until, mosquitto_pub, mosquitto_sub, raw_connected, scaled, uniq
 
 RX_RECV_PUBLISH = re.compile(r"received PUBLISH \(d(\d), q(\d), r(\d), m(\d+), '([^']*)'")
 
@@ -192,3 +195,51 @@ def test_raw_subscriber_qos2_flow(broker):
         pub.publish(topic, b"b", qos=0)
         nxt = mqttraw.decode_publish(sub.expect(mqttraw.PUBLISH))
         assert (nxt.payload, nxt.qos) == (b"b", 0)
+
+
+def test_stalled_reader_gets_every_byte(start_broker):
+    """A subscriber that stops reading makes the broker's gather writes stop
+    part-way through a message (its socket buffers are full); when it reads
+    again, the writes resume at the right byte. Every message arrives whole,
+    QoS 0, 1 and 2 mixed, with sizes around the remaining-length boundaries,
+    each QoS in publishing order [MQTT-4.6.0-6]."""
+    broker = start_broker(max_queued_messages=5000, max_inflight_messages=20)
+    topic = uniq("stall/")
+    sub = mqttraw.Client(broker.host, broker.port, name="stalled")
+    # A fixed receive buffer (no autotuning up to tens of MB), still several
+    # times loopback's 64 KB segment so the transfer does not crawl.
+    sub.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 * 1024)
+    sub.connect(uniq("stalled-"))
+    assert sub.subscribe([(topic, 2)]) == [2]
+    sizes = [0, 1, 121, 122, 123, 124, 125, 126, 127, 128, 16375, 16376, 16377, 16378, 65536, 300000]
+    sent = []  # (qos, payload)
+    pub = mqttraw.Client(broker.host, broker.port, name="pub")
+    pub.connect(uniq("pub-"))
+    # Every (QoS, size) pair 3 times, then 20 large QoS 0 messages: the QoS 0
+    # bytes alone (about 8 MB) are more than the socket buffers between the two
+    # hold (the broker's send buffer grows to 4 MB at most).
+    plan = [(n % 3, sizes[n % len(sizes)]) for n in range(len(sizes) * 9)] + [(0, 400000)] * 20
+    for n, (qos, size) in enumerate(plan):
+        payload = (b"%06d:" % n + random.Random(n).randbytes(size))[:size]
+        pub.publish(topic, payload, qos=qos)
+        sent.append((qos, payload))
+    pub.disconnect()
+    # Only now does the subscriber read.
+    got = {0: [], 1: [], 2: []}
+    want = {q: [p for qq, p in sent if qq == q] for q in (0, 1, 2)}
+    deadline = time.monotonic() + scaled(60)
+    while sum(len(v) for v in got.values()) < len(sent):
+        left = deadline - time.monotonic()
+        assert left > 0, "got %s of %s" % ({q: len(v) for q, v in got.items()},
+                                           {q: len(v) for q, v in want.items()})
+        p = sub.recv_publish(timeout=left)
+        assert p.topic == topic and not p.retain, p
+        got[p.qos].append(p.payload)
+    sub.finish_qos2()
+    for q in (0, 1, 2):
+        assert len(got[q]) == len(want[q]), q
+        for k, (a, b) in enumerate(zip(got[q], want[q])):
+            assert a == b, "QoS %d message %d: %d bytes %r... instead of %d bytes %r..." % (
+                q, k, len(a), a[:12], len(b), b[:12])
+    sub.disconnect()
+    assert broker.alive()

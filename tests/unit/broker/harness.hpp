@@ -95,8 +95,7 @@ class FakeConnection final : public broker::Transport {
   std::vector<Received> take() {
     codec::Bytes bytes;
     for (const auto& piece : out_.pieces()) {
-      const char* d =
-          piece.data ? piece.data : reinterpret_cast<const char*>(out_.buffer().data()) + piece.offset;
+      const std::uint8_t* d = out_.piece_data(piece);
       bytes.insert(bytes.end(), d, d + piece.size);
     }
     out_.clear();
