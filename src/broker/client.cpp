@@ -139,7 +139,10 @@ void Client::close(CloseKind kind, const char* reason) {
     s.offline_since = shard_.now();
     // [MQTT-3.1.2-6] a clean session ends with its network connection.
     s.access.clear();  // decisions are kept for connected clients only
-    if (s.clean_session) shard_.destroy_session(s);
+    if (s.clean_session)
+      shard_.destroy_session(s);
+    else
+      shard_.persist(s);  // stores since when it is offline, for session expiry across restarts
   }
   // [MQTT-3.1.2-8] the will is published when the connection closes for any
   // reason but a DISCONNECT (which discarded it already). The session is detached
@@ -499,6 +502,13 @@ void Client::finish_connect(const security::AuthResult& auth) {
   Session& s = shard_.open_session(client_id, pc->clean_session, present);
   session_ = &s;
   s.client = this;
+  if (present) {
+    // Online again: its stored expiry clock stops. The CONNACK tells the client
+    // nothing about that record, so it does not wait for the record's commit.
+    const bool unchanged = shard_.writes_made() == writes_mark_;
+    shard_.persist(s);
+    if (unchanged) writes_mark_ = shard_.writes_made();
+  }
   s.username = identity_;
   s.own_acl = own_acl_;
   s.own_acl_only = own_acl_only_;

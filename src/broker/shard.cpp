@@ -17,6 +17,18 @@ using codec::QoS;
 namespace {
 constexpr auto kDropWarningInterval = std::chrono::seconds(10);
 constexpr auto kExpiryCheckInterval = std::chrono::seconds(1);
+
+// When a restored session went offline, on this process's steady clock: from
+// the wall-clock time its record keeps, or now for records without one (older
+// versions, or a session connected when moatd stopped).
+TimePoint offline_since(const store::SessionRecord& r, TimePoint now) {
+  if (r.offline_since_unix_ms == 0) return now;
+  const auto wall_now = std::chrono::duration_cast<std::chrono::milliseconds>(
+      std::chrono::system_clock::now().time_since_epoch());
+  const auto stored = std::chrono::milliseconds(r.offline_since_unix_ms);
+  // A wall clock set back since then counts as no time offline.
+  return wall_now > stored ? now - (wall_now - stored) : now;
+}
 }  // namespace
 
 std::uint32_t shard_of(std::string_view client_id, std::uint32_t shard_count) {
@@ -94,6 +106,13 @@ void Shard::persist(const Session& s) {
   r.session_id = s.id;
   for (const auto& [filter, qos] : s.subscriptions)
     r.subscriptions.emplace_back(filter, static_cast<std::uint8_t>(qos));
+  if (!s.client && s.offline_since != TimePoint{}) {
+    // The wall clock survives a restart; the steady clock of offline_since does not.
+    const auto offline_for = std::max(now_ - s.offline_since, Clock::duration::zero());
+    const auto since = std::chrono::system_clock::now() - offline_for;
+    r.offline_since_unix_ms = static_cast<std::uint64_t>(
+        std::chrono::duration_cast<std::chrono::milliseconds>(since.time_since_epoch()).count());
+  }
   writes().put_session(r);
 }
 
@@ -185,7 +204,7 @@ void Shard::restore(const store::Snapshot& snapshot) {
     }
     auto owned = std::make_unique<Session>(r.client_id, r.session_id, false);
     Session& s = *owned;
-    s.offline_since = now_;
+    s.offline_since = offline_since(r, now_);
     sessions_by_id_[s.id] = &s;
     sessions_.emplace(r.client_id, std::move(owned));
     stats_.sessions.add();

@@ -62,6 +62,7 @@ class Reader {
     pos_ += n;
     return s;
   }
+  bool at_end() const { return pos_ == in_.size(); }
   void done() {
     if (pos_ != in_.size()) fail("trailing bytes");
   }
@@ -93,6 +94,7 @@ std::string encode(const SessionRecord& s) {
     w.str(f);
     w.u8(q);
   }
+  w.u64(s.offline_since_unix_ms);
   return w.take();
 }
 
@@ -106,6 +108,7 @@ SessionRecord decode_session(std::string_view bytes) {
     auto f = r.str();
     s.subscriptions.emplace_back(std::move(f), r.u8());
   }
+  if (!r.at_end()) s.offline_since_unix_ms = r.u64();  // absent in records of older versions
   r.done();
   return s;
 }

@@ -26,6 +26,10 @@ struct SessionRecord {
   std::string client_id;
   std::uint64_t session_id = 0;
   std::vector<std::pair<std::string, std::uint8_t>> subscriptions;  // filter, QoS
+  // Wall clock (ms since the Unix epoch) since when the session has had no
+  // connection, for session expiry across restarts; 0 while connected, and in
+  // records written before moatd kept it.
+  std::uint64_t offline_since_unix_ms = 0;
 };
 
 // A message queued for, or in flight to, one durable session.

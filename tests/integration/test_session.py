@@ -397,3 +397,58 @@ def test_queue_bytes_limit_drops_oldest_when_configured(start_broker):
         c.disconnect()
     finally:
         c.close()
+
+
+@pytest.mark.moat_only
+def test_session_expiry_counts_offline_time_across_restarts(tmp_path):
+    """[store] session_expiry: a persistent session offline for longer is
+    removed, and the time it spent offline before a restart counts (its stored
+    record keeps since when, on the wall clock). A session that was connected
+    when moatd stopped counts from the restart."""
+    import signal
+    import time
+
+    from conftest import DEFAULTS, MOATD, Broker, moat_config
+
+    expiry = 4
+    workdir = tmp_path / "expiry"
+    workdir.mkdir()
+    (workdir / "data").mkdir()
+    conf = workdir / "moat.toml"
+    conf.write_text(moat_config(str(workdir / "data"), dict(DEFAULTS, log_level="info"))
+                    + "\n[store]\nsession_expiry = %d\n" % expiry)
+
+    def start():
+        b = Broker([MOATD, "-c", str(conf)], cwd=str(workdir), config_path=str(conf))
+        b.wait_listening()
+        return b
+
+    gone, online = uniq("gone-"), uniq("online-")
+    b = start()
+    try:
+        c = _persistent(b, gone, expect_sp=False)
+        assert c.subscribe([("expiry/#", 1)]) == [1]
+        c.disconnect()
+        offline_at = time.monotonic()
+        keep = _persistent(b, online, name="online", expect_sp=False)
+        assert keep.subscribe([("expiry/#", 1)]) == [1]
+        assert b.stop(signal.SIGTERM, 10) == 0
+        keep.close()
+    finally:
+        if b.alive():
+            b.stop(signal.SIGKILL, 10)
+    # Offline for longer than the expiry in all, most of it before the restart.
+    time.sleep(max(0.0, offline_at + expiry - 1.0 - time.monotonic()))
+    b = start()
+    try:
+        # The connected one has been offline only since the restart: still there.
+        c = _persistent(b, online, name="online-again", expect_sp=True)
+        c.disconnect()
+        # Expired about `expiry` s after it went offline, not `expiry` s after the
+        # restart (which would be 3 s later still).
+        b.wait_for_log(r"session of client %s expired after %d s offline" % (gone, expiry),
+                       timeout=max(0.1, offline_at + expiry + 2.5 - time.monotonic()), scale=False)
+        c = _persistent(b, gone, name="gone-again", expect_sp=False)
+        c.disconnect()
+    finally:
+        assert b.stop(signal.SIGTERM, 10) == 0

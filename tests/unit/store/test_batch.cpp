@@ -185,5 +185,22 @@ TEST(Records, BanRecordRoundTripsAndRefusesDamage) {
   EXPECT_THROW(decode_ban(encode(RetainedRecord{"t", "p", 0})), StoreError);
 }
 
+TEST(Records, SessionRecordKeepsItsOfflineTimeAndReadsOlderRecords) {
+  SessionRecord s = session(7);
+  s.offline_since_unix_ms = 1'767'225'600'123;
+  const std::string bytes = encode(s);
+  const SessionRecord d = decode_session(bytes);
+  EXPECT_EQ(d.client_id, s.client_id);
+  EXPECT_EQ(d.session_id, 7u);
+  EXPECT_EQ(d.subscriptions, s.subscriptions);
+  EXPECT_EQ(d.offline_since_unix_ms, s.offline_since_unix_ms);
+  // Records written before the offline time was kept end after the subscriptions.
+  const SessionRecord old = decode_session(bytes.substr(0, bytes.size() - 8));
+  EXPECT_EQ(old.subscriptions, s.subscriptions);
+  EXPECT_EQ(old.offline_since_unix_ms, 0u);
+  EXPECT_THROW(decode_session(bytes.substr(0, bytes.size() - 1)), StoreError);
+  EXPECT_THROW(decode_session(bytes + "x"), StoreError);
+}
+
 }  // namespace
 }  // namespace moat::store
