@@ -11,10 +11,10 @@
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
-#include <map>
-#include <optional>
 #include <functional>
+#include <map>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include "broker/payload_policy.hpp"
@@ -23,10 +23,10 @@
 #include "security/acl.hpp"
 #include "security/audit.hpp"
 #include "security/defence.hpp"
+#include "security/file_watcher.hpp"
 #include "security/http_client.hpp"
 #include "security/iam.hpp"
 #include "security/jwt.hpp"
-#include "security/file_watcher.hpp"
 #include "security/password_file.hpp"
 #include "security/tls.hpp"
 #include "store/memory_store.hpp"
@@ -448,16 +448,25 @@ int main(int argc, char** argv) {
     spdlog::critical("{}", e.what());
     return 1;
   }
-  if (material.defence && !snapshot.bans.empty()) {
-    // Stored with their end in wall-clock time; the defence counts on the steady clock.
-    const auto steady = std::chrono::steady_clock::now();
+  // Stored bans, with their end in wall-clock time; the defences count on the
+  // steady clock. Addresses go to the brute-force defence, client identifiers
+  // to flapping detection (restored once it exists, below).
+  const auto steady = std::chrono::steady_clock::now();
+  std::vector<security::Ban> address_bans, client_id_bans;
+  {
     const std::int64_t wall = moat::store::unix_ms_now();
-    std::vector<security::Ban> bans;
-    for (auto& b : snapshot.bans)
-      bans.push_back({std::move(b.address), steady + std::chrono::milliseconds(b.until_unix_ms - wall),
-                      std::move(b.reason)});
-    spdlog::info("store: restored {} ban(s) of the brute-force defence", bans.size());
-    material.defence->restore(std::move(bans), steady);
+    for (auto& b : snapshot.bans) {
+      const auto until = steady + std::chrono::milliseconds(b.until_unix_ms - wall);
+      if (b.address.starts_with(moat::store::kClientIdBan))
+        client_id_bans.push_back(
+            {b.address.substr(moat::store::kClientIdBan.size()), until, std::move(b.reason)});
+      else
+        address_bans.push_back({std::move(b.address), until, std::move(b.reason)});
+    }
+  }
+  if (material.defence && !address_bans.empty()) {
+    spdlog::info("store: restored {} ban(s) of the brute-force defence", address_bans.size());
+    material.defence->restore(std::move(address_bans), steady);
   }
   shared.acl = material.acl;
   shared.defence = material.defence;
@@ -478,6 +487,10 @@ int main(int argc, char** argv) {
     fc.ban_time = cfg.limits.flapping_ban_time;
     fc.exempt = cfg.defence.allow;
     shared.flapping = std::make_shared<moat::security::FlapDetector>(fc);
+    if (!client_id_bans.empty()) {
+      spdlog::info("store: restored {} client id ban(s) of flapping detection", client_id_bans.size());
+      shared.flapping->restore(std::move(client_id_bans), steady);
+    }
   }
 
   moat::net::ServerOptions opts;

@@ -129,6 +129,7 @@ void Client::close(CloseKind kind, const char* reason) {
         limit_hit(shard_, Limit::FlappingBanned, transport_.peer(), client_id_, [&] {
           return fmt::format("client id banned for {} s: {}", flap->config().ban_time.count(), ban->reason);
         });
+        shard_.persist_ban({std::string(store::kClientIdBan) + client_id_, ban->until, ban->reason});
       }
     }
   }

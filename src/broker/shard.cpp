@@ -514,7 +514,10 @@ void Shard::tick(TimePoint now) {
     next_ban_check_ = now + kExpiryCheckInterval;
   }
   if (index_ == 0 && shared_.flapping && now >= next_flap_check_) {
-    for (const auto& b : shared_.flapping->expire(now)) spdlog::info("ban of client id {} lifted", b.address);
+    for (const auto& b : shared_.flapping->expire(now)) {
+      spdlog::info("ban of client id {} lifted", b.address);
+      if (shared_.store) writes().erase_ban(std::string(store::kClientIdBan) + b.address);
+    }
     next_flap_check_ = now + kExpiryCheckInterval;
   }
   if (shared_.limits.session_expiry.count() > 0 && now >= next_expiry_check_) {

@@ -79,4 +79,10 @@ std::vector<Ban> FlapDetector::expire(DefenceTime now) {
   return bans_->take_ended(now);
 }
 
+void FlapDetector::restore(std::vector<Ban> bans, DefenceTime now) {
+  std::lock_guard lock(mu_);
+  for (auto& b : bans)
+    if (b.until > now) bans_->put(std::move(b));
+}
+
 }  // namespace moat::security

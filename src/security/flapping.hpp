@@ -50,6 +50,9 @@ class FlapDetector {
   std::optional<Ban> on_disconnect(std::string_view client_id, std::string_view address, DefenceTime now);
   // Lifts the bans that ended; returns them (to log them).
   std::vector<Ban> expire(DefenceTime now);
+  // Bans kept across a restart (Ban::address holds the client identifier);
+  // ended ones are skipped.
+  void restore(std::vector<Ban> bans, DefenceTime now);
 
   bool enabled() const { return config_.max > 0; }
   bool exempt(std::string_view address) const;

@@ -49,9 +49,11 @@ struct RetainedRecord {
   std::uint8_t qos = 0;
 };
 
-// An address banned by the brute-force defence, until a wall-clock time (a
+// An address banned by the brute-force defence, or (with kClientIdBan before
+// it) a client identifier banned for flapping, until a wall-clock time (a
 // restart must not lift a ban, and a ban that ended while moatd was stopped is
 // not restored).
+inline constexpr std::string_view kClientIdBan = "id:";  // never the start of an address
 struct BanRecord {
   std::string address;
   std::int64_t until_unix_ms = 0;  // milliseconds since 1970-01-01 UTC

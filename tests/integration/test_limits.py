@@ -195,3 +195,31 @@ def test_flapping_client_delayed_then_banned(limited_broker):
     assert wait_sys(b, "flapping_banned", 1) == 1
     assert wait_sys(b, "flapping_refused", 1) >= 1
     assert wait_sys(b, "flapping_delayed", 2) == 2
+
+
+def test_flapping_ban_survives_a_restart(limited_broker):
+    """A client identifier banned for flapping is written to the store and
+    restored at start: a restart does not lift the ban (docs/limits.md)."""
+    import signal
+
+    b = limited_broker({"flapping_max": 2, "flapping_window": 60, "flapping_delay": 0.05,
+                        "flapping_ban_time": 600})
+    cid = uniq("flap-restart")
+    for _ in range(2):
+        c = raw(b, name="flap")
+        c.connect(cid)
+        mark = b.log_mark()
+        c.abort()  # no DISCONNECT: a drop
+        b.wait_for_log(r"client %s from .* disconnected: connection lost" % cid, since=mark)
+    b.wait_for_log(r"limit flapping_max hit by 127\.0\.0\.1:\d+ \(%s\): client id banned for 600 s" % cid)
+    assert b.stop(signal.SIGTERM, 10) == 0
+    again = Broker([__import__("conftest").MOATD, "-c", b.config_path], cwd=str(b.workdir),
+                   config_path=b.config_path)
+    try:
+        again.wait_for_log(r"store: restored 1 client id ban\(s\) of flapping detection")
+        again.wait_listening()
+        with raw(again) as c:
+            c.connect(cid, expect_rc=NOT_AUTHORIZED)
+        roundtrip(again)  # another identifier is unaffected
+    finally:
+        assert again.stop(signal.SIGTERM, 10) == 0
