@@ -504,6 +504,16 @@ int main(int argc, char** argv) {
     if (l.host != "127.0.0.1" && l.host != "::1" &&
         std::find(l.auth.begin(), l.auth.end(), "anonymous") != l.auth.end())
       spdlog::warn("listener {} admits anonymous clients on {}, which is not loopback-only", l.name, l.host);
+    // Authentication without authorization: say so, since an operator who set
+    // up passwords or certificates may well expect some access control. (A JWT
+    // may carry its own ACL claim.)
+    const auto method = std::find_if(l.auth.begin(), l.auth.end(),
+                                     [](const auto& a) { return a != "anonymous" && a != "jwt"; });
+    if (method != l.auth.end() && !cfg.has_acl && !shared.authorizer)
+      spdlog::warn(
+          "listener {} authenticates clients ({}) but there is no [acl] and no IAM authorization: every "
+          "client it admits may publish and subscribe to every topic, $SYS included (docs/security.md)",
+          l.name, *method);
   }
   moat::net::Server server(std::move(opts), shared);
   // Retained messages and sessions come back before the first connection.

@@ -439,7 +439,10 @@ def test_moat_passwd_refuses_unparseable_file(tmp_path):
 # ================================================================ ACLs
 
 def test_no_acl_allows_everything(secure_broker, passwd_text):
-    ep = ep_of(password_broker(secure_broker, passwd_text))
+    b = password_broker(secure_broker, passwd_text)
+    # ... and moatd says so at start.
+    b.wait_for_log(r"listener \S+ authenticates clients \(password\) but there is no \[acl\]")
+    ep = ep_of(b)
     with login(ep, "dev1") as s, login(ep, "dev2") as p:
         assert s.subscribe([("#", 1), ("private/#", 1)]) == [1, 1]
         p.publish("private/x", b"1", qos=1)
