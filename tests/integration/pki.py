@@ -138,7 +138,8 @@ authorityKeyIdentifier = keyid:always
 class CA:
     """A certificate authority in its own folder (EC P-256 keys, SHA-256)."""
 
-    def __init__(self, folder, cn):
+    def __init__(self, folder, cn, parent=None):
+        """A root CA, or with `parent` an intermediate CA that `parent` signs."""
         self.dir = str(folder)
         os.makedirs(os.path.join(self.dir, "issued"), exist_ok=True)
         self.cnf = os.path.join(self.dir, "openssl.cnf")
@@ -152,8 +153,15 @@ class CA:
             f.write("01\n")
         self.key = self._genkey("ca.key")
         self.cert = os.path.join(self.dir, "ca.crt")
-        openssl("req", "-x509", "-new", "-config", self.cnf, "-extensions", "v3_ca",
-                "-key", self.key, "-subj", "/CN=%s" % cn, "-days", "365", "-out", self.cert)
+        if parent is None:
+            openssl("req", "-x509", "-new", "-config", self.cnf, "-extensions", "v3_ca",
+                    "-key", self.key, "-subj", "/CN=%s" % cn, "-days", "365", "-out", self.cert)
+        else:
+            csr = os.path.join(self.dir, "ca.csr")
+            openssl("req", "-new", "-config", self.cnf, "-key", self.key, "-subj", "/CN=%s" % cn,
+                    "-out", csr)
+            openssl("ca", "-batch", "-notext", "-config", parent.cnf, "-extensions", "v3_ca",
+                    "-in", csr, "-out", self.cert)
         self.crl = None
 
     def _genkey(self, name):
