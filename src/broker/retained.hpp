@@ -5,9 +5,11 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 
 #include "broker/message.hpp"
 
@@ -38,12 +40,24 @@ class RetainedStore {
   Update update(const MessagePtr& m, const Limits& limits);
   std::uint64_t bytes() const;
   // Calls f for every retained message whose topic matches the (valid) filter.
+  // Walks a trie of topic levels: a filter visits only the branches it can
+  // match (a literal level is one lookup), not every retained topic.
   void for_each_match(std::string_view filter, const std::function<void(const MessagePtr&)>& f) const;
   std::size_t size() const;
 
  private:
+  // One topic level; `message` is set when a retained message has exactly
+  // this topic. Nodes without message and children are removed.
+  struct Node {
+    std::unordered_map<std::string, std::unique_ptr<Node>> children;
+    MessagePtr message;
+  };
+  void trie_put(std::string_view topic, const MessagePtr& m);
+  void trie_erase(std::string_view topic);
+
   mutable std::mutex mu_;
   std::map<std::string, MessagePtr, std::less<>> by_topic_;
+  Node root_;
   std::uint64_t bytes_ = 0;    // topic + payload of the counted ('$'-less) retained messages
   std::uint64_t counted_ = 0;  // retained messages whose topic does not start with '$'
 };
