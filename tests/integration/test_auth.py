@@ -328,6 +328,60 @@ def test_moat_passwd_stdin_update_and_delete(secure_broker, tmp_path):
     assert list(_entries(str(path))) == ["erin"], path.read_text()
 
 
+def test_moat_passwd_argon2_cost_flags(secure_broker, tmp_path):
+    """--argon2-memory/-iterations/-parallelism: stored in the entry, and the
+    entry authenticates real clients against moatd."""
+    path = tmp_path / "passwd"
+    r = moat_cli("passwd", "-c", "--argon2-memory", "1024", "--argon2-iterations", "3",
+                 "--argon2-parallelism", "2", "-b", path, "costly", "costly pw")
+    assert r.returncode == 0, r.stderr.decode()
+    # Defaults for the flags not given, next to the other entry.
+    r = moat_cli("passwd", "--argon2-iterations", "1", "-b", path, "cheap", "cheap-pw")
+    assert r.returncode == 0, r.stderr.decode()
+    entries = _entries(str(path))
+    assert entries["costly"].startswith("$argon2id$v=19$m=1024,t=3,p=2$"), entries
+    assert entries["cheap"].startswith("$argon2id$v=19$m=32768,t=1,p=1$"), entries
+
+    ep = ep_of(password_broker(secure_broker, path.read_text()))
+    rc, out = run_pub(ep, "t", "x", ["-u", "costly", "-P", "costly pw"])
+    assert rc == 0 and "received CONNACK (0)" in out, out
+    rc, out = run_pub(ep, "t", "x", ["-u", "cheap", "-P", "cheap-pw"])
+    assert rc == 0 and "received CONNACK (0)" in out, out
+    assert paho_rc(ep, "costly", "cheap-pw") == BAD_CREDENTIALS
+    assert paho_rc(ep, "cheap", "costly pw") == BAD_CREDENTIALS
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--argon2-memory", "4"], "--argon2-memory must be between 8 (8 x parallelism) and 4194304 KiB, not 4"),
+    (["--argon2-memory", "4194305"], "--argon2-memory must be between 8 (8 x parallelism) and 4194304 KiB"),
+    (["--argon2-parallelism", "4", "--argon2-memory", "16"],
+     "--argon2-memory must be between 32 (8 x parallelism) and 4194304 KiB, not 16"),
+    (["--argon2-iterations", "0"], "--argon2-iterations must be between 1 and 1000, not 0"),
+    (["--argon2-iterations", "1001"], "--argon2-iterations must be between 1 and 1000, not 1001"),
+    (["--argon2-parallelism", "0"], "--argon2-parallelism must be between 1 and 64, not 0"),
+    (["--argon2-parallelism", "65"], "--argon2-parallelism must be between 1 and 64, not 65"),
+    (["--argon2-memory", "lots"], "--argon2-memory"),
+])
+def test_moat_passwd_argon2_cost_out_of_range(tmp_path, flags, message):
+    path = tmp_path / "passwd"
+    path.write_text("# kept\n")
+    r = moat_cli("passwd", *flags, "-b", path, "user", "pw")
+    err = r.stderr.decode()
+    assert r.returncode == 1, (r.returncode, err)
+    assert message in err, err
+    assert err.startswith("moat") and err.count("\n") == 1, err
+    assert path.read_text() == "# kept\n"
+
+
+def test_moat_passwd_delete_takes_no_cost_flags(tmp_path):
+    path = tmp_path / "passwd"
+    assert moat_cli("passwd", "-c", "--argon2-memory", "64", "-b", path, "u", "pw").returncode == 0
+    before = path.read_text()
+    r = moat_cli("passwd", "-D", "--argon2-memory", "64", path, "u")
+    assert r.returncode == 1 and "-D" in r.stderr.decode(), r.stderr.decode()
+    assert path.read_text() == before
+
+
 class Terminal:
     """A process whose stdin/stdout/stderr are a pseudo-terminal (its controlling
     terminal), so that `moat passwd` sees isatty(stdin)."""
