@@ -501,9 +501,30 @@ def test_no_acl_allows_everything(secure_broker, passwd_text):
         assert (got.topic, got.payload) == ("private/x", b"1")
 
 
+NOT_AUTHORIZED_DROPS = "$SYS/broker/messages/dropped/not_authorized"
+
+
+def wait_sys_value(client, topic, want, timeout=5.0):
+    """Reads `topic` (published every sys_interval) until its value is `want`;
+    a counter must never have passed it on the way."""
+    deadline = time.monotonic() + scaled(timeout)
+    seen = []
+    while True:
+        left = deadline - time.monotonic()
+        assert left > 0, "%s never became %d; seen %r" % (topic, want, seen)
+        got = client.recv_publish(timeout=left)
+        assert got.topic == topic, got
+        seen.append(int(got.payload))
+        assert seen[-1] <= want, "%s went past %d: %r" % (topic, want, seen)
+        if seen[-1] == want:
+            return
+
+
 def test_acl_denied_publish_is_acked_and_dropped(secure_broker, passwd_text):
-    ep = ep_of(acl_broker(secure_broker, passwd_text))
-    with login(ep, "watcher") as w, login(ep, "alice") as a:
+    ep = ep_of(acl_broker(secure_broker, passwd_text, sys_interval=1))
+    with login(ep, "watcher") as w, login(ep, "alice") as a, login(ep, "sysreader") as sysr:
+        assert sysr.subscribe([(NOT_AUTHORIZED_DROPS, 0)]) == [0]
+        wait_sys_value(sysr, NOT_AUTHORIZED_DROPS, 0)
         assert w.subscribe([("#", 2)]) == [2]
         a.publish("secret/q0", b"no", qos=0)
         a.publish("secret/q1", b"no", qos=1)       # asserts the PUBACK
@@ -514,9 +535,11 @@ def test_acl_denied_publish_is_acked_and_dropped(secure_broker, passwd_text):
         got = collect_until(w, "alice/out/ok")
         assert [(p.topic, p.payload) for p in got] == [("alice/in/x", b"rw")], got
         a.ping()  # the publisher was not disconnected
-    # mosquitto_pub sees a normal success on a denied QoS 1 publish.
-    rc, out = run_pub(ep, "secret/cli", "no", ["-u", "alice", "-P", USERS["alice"]])
-    assert rc == 0, out
+        # mosquitto_pub sees a normal success on a denied QoS 1 publish.
+        rc, out = run_pub(ep, "secret/cli", "no", ["-u", "alice", "-P", USERS["alice"]])
+        assert rc == 0, out
+        # Each refused PUBLISH is counted once (docs/mqtt.md, $SYS): 3 + 1 + 1.
+        wait_sys_value(sysr, NOT_AUTHORIZED_DROPS, 5)
 
 
 def test_acl_subscribe_denied_gets_0x80(secure_broker, passwd_text):
