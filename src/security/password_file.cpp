@@ -206,9 +206,8 @@ std::string compute(const Entry& e, std::string_view password) {
 }
 
 // Work model for choosing the dummy (estimated ns per verification on the
-// reference machine, measured with bench-style loops over 20 runs; see
-// docs/security.md "Verification"). Only the order matters: the holding of
-// cheaper answers uses measured durations, not these numbers.
+// reference machine; docs/security.md "Verification"). Only the order
+// matters: the holding of cheaper answers uses measured durations, not these.
 constexpr std::uint64_t kArgon2NsPerKibPass = 670;  // m=32768,t=2: ~44 ms
 constexpr std::uint64_t kPbkdf2NsPerIteration = 700;
 constexpr std::uint64_t kSha512Ns = 1'000;
