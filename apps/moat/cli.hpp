@@ -88,7 +88,8 @@ struct InitArgs {
 };
 int run_init(const InitArgs& a);
 
-// moat passwd [-c] [-b] [-D] FILE USER [PASSWORD]
+// moat passwd [-c] [-b] [-D] [--argon2-memory KIB] [--argon2-iterations N]
+//             [--argon2-parallelism N] FILE USER [PASSWORD]
 struct PasswdArgs {
   std::string file;
   std::string user;
@@ -96,6 +97,11 @@ struct PasswdArgs {
   bool create = false;                  // -c: start a new file
   bool batch = false;                   // -b: the password is on the command line
   bool remove = false;                  // -D: delete the user
+  // argon2id cost; unset = the default (security::Argon2Params). Range-checked
+  // by run_passwd, so a wrong value gets an error that names its flag.
+  std::optional<std::uint64_t> argon2_memory_kib;
+  std::optional<std::uint64_t> argon2_iterations;
+  std::optional<std::uint64_t> argon2_parallelism;
 };
 int run_passwd(const PasswdArgs& a);
 

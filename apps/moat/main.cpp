@@ -294,6 +294,14 @@ int main(int argc, char** argv) {
   passwd->add_option("FILE", passwd_args.file, "password file")->required();
   passwd->add_option("USER", passwd_args.user, "user name")->required();
   passwd->add_option("PASSWORD", passwd_password, "password (with -b)");
+  std::uint64_t passwd_memory = 0, passwd_iterations = 0, passwd_parallelism = 0;
+  CLI::Option* passwd_memory_opt =
+      passwd->add_option("--argon2-memory", passwd_memory,
+                         "argon2id memory cost in KiB (default 32768; 8 x parallelism..4194304)");
+  CLI::Option* passwd_iterations_opt =
+      passwd->add_option("--argon2-iterations", passwd_iterations, "argon2id passes (default 2; 1..1000)");
+  CLI::Option* passwd_parallelism_opt =
+      passwd->add_option("--argon2-parallelism", passwd_parallelism, "argon2id lanes (default 1; 1..64)");
 
   // ---- moat bench (bench.cpp)
   moat::cli::BenchArgs bench_args;
@@ -332,6 +340,9 @@ int main(int argc, char** argv) {
         return moat::cli::kUsage;
       }
       if (passwd_args.batch) passwd_args.password = passwd_password;
+      if (passwd_memory_opt->count()) passwd_args.argon2_memory_kib = passwd_memory;
+      if (passwd_iterations_opt->count()) passwd_args.argon2_iterations = passwd_iterations;
+      if (passwd_parallelism_opt->count()) passwd_args.argon2_parallelism = passwd_parallelism;
       return moat::cli::run_passwd(passwd_args);
     }
     if (bench->parsed()) return moat::cli::run_bench(bench_args);

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
+#include <string>
 
 #include "cli.hpp"
 #include "security/password_file.hpp"
@@ -48,12 +49,46 @@ std::optional<std::string> read_password() {
   return first;
 }
 
+// The argon2id cost from the flags, or the reason it is refused (naming the
+// flag, with the same bounds as the password file's parser).
+std::optional<std::string> argon2_params(const PasswdArgs& a, security::Argon2Params& out) {
+  out = security::Argon2Params{};
+  if (a.argon2_parallelism) {
+    if (*a.argon2_parallelism < 1 || *a.argon2_parallelism > 64)
+      return "--argon2-parallelism must be between 1 and 64, not " + std::to_string(*a.argon2_parallelism);
+    out.parallelism = static_cast<std::uint32_t>(*a.argon2_parallelism);
+  }
+  if (a.argon2_iterations) {
+    if (*a.argon2_iterations < 1 || *a.argon2_iterations > 1000)
+      return "--argon2-iterations must be between 1 and 1000, not " + std::to_string(*a.argon2_iterations);
+    out.iterations = static_cast<std::uint32_t>(*a.argon2_iterations);
+  }
+  if (a.argon2_memory_kib) {
+    const std::uint64_t least = 8u * out.parallelism;
+    if (*a.argon2_memory_kib < least || *a.argon2_memory_kib > 4194304)
+      return "--argon2-memory must be between " + std::to_string(least) +
+             " (8 x parallelism) and 4194304 KiB, not " + std::to_string(*a.argon2_memory_kib);
+    out.memory_kib = static_cast<std::uint32_t>(*a.argon2_memory_kib);
+  }
+  return std::nullopt;  // the default memory (32768 KiB) covers 8 x 64 lanes
+}
+
 }  // namespace
 
 int run_passwd(const PasswdArgs& a) {
   try {
     if (const auto why = security::check_user_name(a.user); !why.empty()) {
       std::fprintf(stderr, "moat passwd: invalid user name: %s\n", why.c_str());
+      return kUsage;
+    }
+    const bool cost_given = a.argon2_memory_kib || a.argon2_iterations || a.argon2_parallelism;
+    if (a.remove && cost_given) {
+      std::fprintf(stderr, "moat passwd: -D deletes a user; the --argon2-* flags need a password to hash\n");
+      return kUsage;
+    }
+    security::Argon2Params params;
+    if (const auto why = argon2_params(a, params)) {
+      std::fprintf(stderr, "moat passwd: %s\n", why->c_str());
       return kUsage;
     }
     if (a.remove) {
@@ -72,11 +107,11 @@ int run_passwd(const PasswdArgs& a) {
       // A new file replaces the old one only once it is complete.
       const std::filesystem::path fresh = a.file + ".new";
       std::filesystem::remove(fresh);
-      security::set_password(fresh, a.user, *password);
+      security::set_password(fresh, a.user, *password, params);
       std::filesystem::rename(fresh, a.file);
       return 0;
     }
-    security::set_password(a.file, a.user, *password);
+    security::set_password(a.file, a.user, *password, params);
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "moat passwd: %s\n", e.what());

@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <charconv>
 #include <cstring>
@@ -16,6 +17,7 @@
 #include <optional>
 #include <sstream>
 #include <stdexcept>
+#include <thread>
 #include <tuple>
 
 #include "codec/topic.hpp"
@@ -203,6 +205,31 @@ std::string compute(const Entry& e, std::string_view password) {
   return out;
 }
 
+// Work model for choosing the dummy (estimated ns per verification on the
+// reference machine; docs/security.md "Verification"). Only the order
+// matters: the holding of cheaper answers uses measured durations, not these.
+constexpr std::uint64_t kArgon2NsPerKibPass = 670;  // m=32768,t=2: ~44 ms
+constexpr std::uint64_t kPbkdf2NsPerIteration = 700;
+constexpr std::uint64_t kSha512Ns = 1'000;
+
+std::uint64_t work_of(Scheme scheme, std::uint64_t m, std::uint64_t t) {
+  switch (scheme) {
+    case Scheme::Argon2id:
+      return m * t * kArgon2NsPerKibPass;
+    case Scheme::Pbkdf2Sha512:
+      return t * kPbkdf2NsPerIteration;
+    case Scheme::Sha512:
+      return kSha512Ns;
+  }
+  return 0;
+}
+
+// Same scheme, parameters and sizes as the dummy: the same work.
+bool same_cost(const Entry& a, const Entry& b) {
+  return a.scheme == b.scheme && a.memory_kib == b.memory_kib && a.iterations == b.iterations &&
+         a.parallelism == b.parallelism && a.salt.size() == b.salt.size() && a.hash.size() == b.hash.size();
+}
+
 std::string random_bytes(std::size_t n) {
   std::string s(n, '\0');
   if (RAND_bytes(reinterpret_cast<unsigned char*>(s.data()), static_cast<int>(n)) != 1)
@@ -372,11 +399,11 @@ std::shared_ptr<const PasswordFile> PasswordFile::parse(std::string_view text, s
   Parsed p = parse_text(text, source);
   std::shared_ptr<PasswordFile> f(new PasswordFile());
   f->entries_.reserve(p.entries.size());
-  // The dummy takes the most common scheme and cost (ties: the costlier one in
-  // key order), so an unknown user costs what most known users cost.
-  std::map<std::tuple<int, std::uint32_t, std::uint32_t, std::uint32_t, std::size_t, std::size_t>,
-           std::size_t>
-      census;
+  // The dummy takes the costliest scheme and cost present (ties: the more
+  // common, then the later in key order): an unknown user then costs at least
+  // what any known user costs, and cheaper entries are held up to it in verify().
+  using Profile = std::tuple<int, std::uint32_t, std::uint32_t, std::uint32_t, std::size_t, std::size_t>;
+  std::map<Profile, std::size_t> census;
   for (auto& [user, entry_line] : p.entries) {
     const Entry& e = entry_line.first;
     ++census[{static_cast<int>(e.scheme), e.memory_kib, e.iterations, e.parallelism, e.salt.size(),
@@ -393,9 +420,14 @@ std::shared_ptr<const PasswordFile> PasswordFile::parse(std::string_view text, s
     d.salt = random_bytes(kArgonSaltBytes);
     d.hash = random_bytes(kArgonHashBytes);
   } else {
+    auto rank = [](const std::pair<const Profile, std::size_t>& c) {
+      const Profile& k = c.first;
+      return std::pair(work_of(static_cast<Scheme>(std::get<0>(k)), std::get<1>(k), std::get<2>(k)),
+                       c.second);
+    };
     auto best = census.begin();
     for (auto it = census.begin(); it != census.end(); ++it)
-      if (it->second >= best->second) best = it;
+      if (rank(*it) >= rank(*best)) best = it;
     const auto& [scheme, m, t, par, salt_len, hash_len] = best->first;
     d.scheme = static_cast<Scheme>(scheme);
     d.memory_kib = m;
@@ -420,7 +452,48 @@ std::string PasswordFile::dummy_params() const {
   return entries_.empty() ? std::string() : scheme_params(dummy_);
 }
 
+std::uint64_t PasswordFile::work(const Entry& e) {
+  return work_of(e.scheme, e.memory_kib, e.iterations);
+}
+
+std::vector<std::chrono::nanoseconds> PasswordFile::dummy_durations() const {
+  std::vector<std::chrono::nanoseconds> out;
+  for (const auto& d : durations_)
+    if (const auto ns = d.load(std::memory_order_relaxed); ns > 0) out.emplace_back(ns);
+  return out;
+}
+
+void PasswordFile::record_dummy_duration(std::chrono::nanoseconds d) const {
+  const auto slot = recorded_.fetch_add(1, std::memory_order_relaxed) % kDurations;
+  durations_[slot].store(std::max<std::int64_t>(1, d.count()), std::memory_order_relaxed);
+}
+
+void PasswordFile::hold_like_dummy(std::chrono::steady_clock::time_point start,
+                                   std::string_view password) const {
+  padded_.fetch_add(1, std::memory_order_relaxed);
+  // A duration drawn at random from the recent ones, so that held answers
+  // spread like the dummy's own (load included), not around a fixed mean.
+  const auto n = std::min<std::uint64_t>(recorded_.load(std::memory_order_relaxed), kDurations);
+  std::int64_t target = 0;
+  if (n > 0) {
+    std::uint32_t r = 0;
+    const std::string bytes = random_bytes(sizeof r);
+    std::memcpy(&r, bytes.data(), sizeof r);
+    target = durations_[r % n].load(std::memory_order_relaxed);
+  }
+  if (target <= 0) {
+    // Nothing measured yet in this table: pay a real dummy hash, and measure it.
+    const auto t0 = std::chrono::steady_clock::now();
+    (void)compute(dummy_, password);
+    hashes_.fetch_add(1, std::memory_order_relaxed);
+    record_dummy_duration(std::chrono::steady_clock::now() - t0);
+    return;
+  }
+  std::this_thread::sleep_until(start + std::chrono::nanoseconds(target));
+}
+
 bool PasswordFile::verify(std::string_view user, std::string_view password) const {
+  const auto start = std::chrono::steady_clock::now();
   const auto it = entries_.find(user);
   const bool known = it != entries_.end();
   const Entry& e = known ? it->second : dummy_;
@@ -428,6 +501,10 @@ bool PasswordFile::verify(std::string_view user, std::string_view password) cons
   hashes_.fetch_add(1, std::memory_order_relaxed);
   const bool same =
       digest.size() == e.hash.size() && CRYPTO_memcmp(digest.data(), e.hash.data(), e.hash.size()) == 0;
+  if (!known || same_cost(e, dummy_))
+    record_dummy_duration(std::chrono::steady_clock::now() - start);
+  else if (!same)
+    hold_like_dummy(start, password);
   return known & same;
 }
 

@@ -3,7 +3,9 @@
 // a Mosquitto user keeps their file). See docs/security.md for the formats.
 #pragma once
 
+#include <array>
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <memory>
@@ -60,9 +62,12 @@ class PasswordFile {
   // Same, from text; `source` names it in errors.
   static std::shared_ptr<const PasswordFile> parse(std::string_view text, std::string_view source);
 
-  // Constant time in the stored hash; an unknown user costs one hash of the
-  // kind and cost most common in the file (the "dummy"), so the answer's timing
-  // does not tell whether the user exists.
+  // Constant time in the stored hash, and the time to answer does not tell
+  // whether the user exists (docs/security.md, "Verification"): an unknown user
+  // costs one hash against the "dummy", an entry of the costliest scheme and
+  // cost in the file; a wrong password for a user whose entry is cheaper than
+  // the dummy is held as long as a dummy hash takes (a duration drawn from the
+  // recent ones). A right password is answered at once.
   bool verify(std::string_view user, std::string_view password) const;
 
   std::size_t size() const { return entries_.size(); }
@@ -72,6 +77,14 @@ class PasswordFile {
   // The scheme and cost of the dummy entry, e.g. "$argon2id$v=19$m=32768,t=2,p=1",
   // "$7$101" or "$6$"; empty for an empty file (which then uses a default argon2id dummy).
   std::string dummy_params() const;
+  // Wrong-password answers held to a dummy hash's duration so far.
+  std::uint64_t padded_answers() const { return padded_.load(std::memory_order_relaxed); }
+  // The recent durations of hashes with the dummy's cost (unknown users, and
+  // users whose entry has the dummy's cost) that the holding draws from.
+  std::vector<std::chrono::nanoseconds> dummy_durations() const;
+  // Estimated work of one verification of `e`, in nanoseconds on the reference
+  // machine: the dummy is the entry with the most work (docs/security.md).
+  static std::uint64_t work(const Entry& e);
 
   PasswordFile(const PasswordFile&) = delete;
   PasswordFile& operator=(const PasswordFile&) = delete;
@@ -82,9 +95,19 @@ class PasswordFile {
     std::size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
     using is_transparent = void;
   };
+  void record_dummy_duration(std::chrono::nanoseconds d) const;
+  // Holds a wrong-password answer that began at `start` until a dummy hash's duration.
+  void hold_like_dummy(std::chrono::steady_clock::time_point start, std::string_view password) const;
+
   std::unordered_map<std::string, Entry, Hash, std::equal_to<>> entries_;
   Entry dummy_;
   mutable std::atomic<std::uint64_t> hashes_{0};
+  mutable std::atomic<std::uint64_t> padded_{0};
+  // A ring of the last kDurations dummy-cost hash durations (ns; 0 = not yet
+  // written) and how many were recorded in all.
+  static constexpr std::size_t kDurations = 16;
+  mutable std::array<std::atomic<std::int64_t>, kDurations> durations_{};
+  mutable std::atomic<std::uint64_t> recorded_{0};
 };
 
 // Creates or replaces USER's entry (argon2id with `params`), keeping every other

@@ -328,6 +328,60 @@ def test_moat_passwd_stdin_update_and_delete(secure_broker, tmp_path):
     assert list(_entries(str(path))) == ["erin"], path.read_text()
 
 
+def test_moat_passwd_argon2_cost_flags(secure_broker, tmp_path):
+    """--argon2-memory/-iterations/-parallelism: stored in the entry, and the
+    entry authenticates real clients against moatd."""
+    path = tmp_path / "passwd"
+    r = moat_cli("passwd", "-c", "--argon2-memory", "1024", "--argon2-iterations", "3",
+                 "--argon2-parallelism", "2", "-b", path, "costly", "costly pw")
+    assert r.returncode == 0, r.stderr.decode()
+    # Defaults for the flags not given, next to the other entry.
+    r = moat_cli("passwd", "--argon2-iterations", "1", "-b", path, "cheap", "cheap-pw")
+    assert r.returncode == 0, r.stderr.decode()
+    entries = _entries(str(path))
+    assert entries["costly"].startswith("$argon2id$v=19$m=1024,t=3,p=2$"), entries
+    assert entries["cheap"].startswith("$argon2id$v=19$m=32768,t=1,p=1$"), entries
+
+    ep = ep_of(password_broker(secure_broker, path.read_text()))
+    rc, out = run_pub(ep, "t", "x", ["-u", "costly", "-P", "costly pw"])
+    assert rc == 0 and "received CONNACK (0)" in out, out
+    rc, out = run_pub(ep, "t", "x", ["-u", "cheap", "-P", "cheap-pw"])
+    assert rc == 0 and "received CONNACK (0)" in out, out
+    assert paho_rc(ep, "costly", "cheap-pw") == BAD_CREDENTIALS
+    assert paho_rc(ep, "cheap", "costly pw") == BAD_CREDENTIALS
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--argon2-memory", "4"], "--argon2-memory must be between 8 (8 x parallelism) and 4194304 KiB, not 4"),
+    (["--argon2-memory", "4194305"], "--argon2-memory must be between 8 (8 x parallelism) and 4194304 KiB"),
+    (["--argon2-parallelism", "4", "--argon2-memory", "16"],
+     "--argon2-memory must be between 32 (8 x parallelism) and 4194304 KiB, not 16"),
+    (["--argon2-iterations", "0"], "--argon2-iterations must be between 1 and 1000, not 0"),
+    (["--argon2-iterations", "1001"], "--argon2-iterations must be between 1 and 1000, not 1001"),
+    (["--argon2-parallelism", "0"], "--argon2-parallelism must be between 1 and 64, not 0"),
+    (["--argon2-parallelism", "65"], "--argon2-parallelism must be between 1 and 64, not 65"),
+    (["--argon2-memory", "lots"], "--argon2-memory"),
+])
+def test_moat_passwd_argon2_cost_out_of_range(tmp_path, flags, message):
+    path = tmp_path / "passwd"
+    path.write_text("# kept\n")
+    r = moat_cli("passwd", *flags, "-b", path, "user", "pw")
+    err = r.stderr.decode()
+    assert r.returncode == 1, (r.returncode, err)
+    assert message in err, err
+    assert err.startswith("moat") and err.count("\n") == 1, err
+    assert path.read_text() == "# kept\n"
+
+
+def test_moat_passwd_delete_takes_no_cost_flags(tmp_path):
+    path = tmp_path / "passwd"
+    assert moat_cli("passwd", "-c", "--argon2-memory", "64", "-b", path, "u", "pw").returncode == 0
+    before = path.read_text()
+    r = moat_cli("passwd", "-D", "--argon2-memory", "64", path, "u")
+    assert r.returncode == 1 and "-D" in r.stderr.decode(), r.stderr.decode()
+    assert path.read_text() == before
+
+
 class Terminal:
     """A process whose stdin/stdout/stderr are a pseudo-terminal (its controlling
     terminal), so that `moat passwd` sees isatty(stdin)."""
@@ -450,9 +504,30 @@ def test_no_acl_allows_everything(secure_broker, passwd_text):
         assert (got.topic, got.payload) == ("private/x", b"1")
 
 
+NOT_AUTHORIZED_DROPS = "$SYS/broker/messages/dropped/not_authorized"
+
+
+def wait_sys_value(client, topic, want, timeout=5.0):
+    """Reads `topic` (published every sys_interval) until its value is `want`;
+    a counter must never have passed it on the way."""
+    deadline = time.monotonic() + scaled(timeout)
+    seen = []
+    while True:
+        left = deadline - time.monotonic()
+        assert left > 0, "%s never became %d; seen %r" % (topic, want, seen)
+        got = client.recv_publish(timeout=left)
+        assert got.topic == topic, got
+        seen.append(int(got.payload))
+        assert seen[-1] <= want, "%s went past %d: %r" % (topic, want, seen)
+        if seen[-1] == want:
+            return
+
+
 def test_acl_denied_publish_is_acked_and_dropped(secure_broker, passwd_text):
-    ep = ep_of(acl_broker(secure_broker, passwd_text))
-    with login(ep, "watcher") as w, login(ep, "alice") as a:
+    ep = ep_of(acl_broker(secure_broker, passwd_text, sys_interval=1))
+    with login(ep, "watcher") as w, login(ep, "alice") as a, login(ep, "sysreader") as sysr:
+        assert sysr.subscribe([(NOT_AUTHORIZED_DROPS, 0)]) == [0]
+        wait_sys_value(sysr, NOT_AUTHORIZED_DROPS, 0)
         assert w.subscribe([("#", 2)]) == [2]
         a.publish("secret/q0", b"no", qos=0)
         a.publish("secret/q1", b"no", qos=1)       # asserts the PUBACK
@@ -463,9 +538,11 @@ def test_acl_denied_publish_is_acked_and_dropped(secure_broker, passwd_text):
         got = collect_until(w, "alice/out/ok")
         assert [(p.topic, p.payload) for p in got] == [("alice/in/x", b"rw")], got
         a.ping()  # the publisher was not disconnected
-    # mosquitto_pub sees a normal success on a denied QoS 1 publish.
-    rc, out = run_pub(ep, "secret/cli", "no", ["-u", "alice", "-P", USERS["alice"]])
-    assert rc == 0, out
+        # mosquitto_pub sees a normal success on a denied QoS 1 publish.
+        rc, out = run_pub(ep, "secret/cli", "no", ["-u", "alice", "-P", USERS["alice"]])
+        assert rc == 0, out
+        # Each refused PUBLISH is counted once (docs/mqtt.md, $SYS): 3 + 1 + 1.
+        wait_sys_value(sysr, NOT_AUTHORIZED_DROPS, 5)
 
 
 def test_acl_subscribe_denied_gets_0x80(secure_broker, passwd_text):

@@ -6,6 +6,7 @@ generates), a real moatd, raw MQTT clients.
 The server counts the requests it gets per (kind, user name, action, topic),
 so the tests assert what reached it, not only what the broker answered."""
 
+import hashlib
 import json
 import socket
 import ssl
@@ -16,8 +17,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 import mqttraw
-from pki import make_pki, secure_broker  # noqa: F401 (fixture)
-from util import scaled, uniq
+from pki import make_pki, run_pub, secure_broker  # noqa: F401 (fixture)
+from util import audit_lines, scaled, uniq, wait_audit
 
 pytestmark = [pytest.mark.moat_only, pytest.mark.threaded]
 
@@ -90,6 +91,10 @@ class Iam:
                 return 200, {"result": "allow", "superuser": True}
             if user == "eve":
                 return 200, {"result": "bad_credentials", "reason": "wrong password"}
+            if user == "flaky":  # busy once, then an answer
+                return (503, {}) if self.count("authenticate", "flaky") == 1 else (200, {"result": "allow"})
+            if user == "busy":
+                return 503, {}
             return 200, {"result": "deny", "reason": "unknown user"}
         assert req["request"] == "authorize", req
         if req["topic"].startswith("slow/"):
@@ -400,3 +405,95 @@ def test_dead_iam_with_on_error_next_falls_through(secure_broker, iam):
         assert connack(b, "alice")[0] == 0
     finally:
         s.close()
+
+
+def test_audit_lines_of_the_iam(secure_broker, iam):
+    """docs/audit.md: method "http", its reasons and codes 3, 4 and 5."""
+    s = iam()
+    b = secure_broker(listeners=LISTENERS, audit="audit.jsonl",
+                      extra=http_table("http://127.0.0.1:%d/auth" % s.port))
+    assert connack(b, "acl-user", client_id="audit-ok")[0] == 0
+    assert connack(b, "mallory", client_id="audit-deny")[0] == NOT_AUTHORIZED
+    assert connack(b, "eve", client_id="audit-bad")[0] == BAD_CREDENTIALS
+    path = str(b.workdir / "audit.jsonl")
+    wait_audit(path, lambda e: e.get("client_id") == "audit-bad", what="eve's auth.failure")
+    by_id = {e["client_id"]: e for e in audit_lines(path) if e["event"].startswith("auth.")}
+    ok = by_id["audit-ok"]
+    assert ok["event"] == "auth.success" and ok["method"] == "http", ok
+    assert ok["username"] == "acl-user" and ok["identity"] == "acl-user", ok
+    assert ok["listener"] == "plain" and ok["peer"].startswith("127.0.0.1:"), ok
+    assert "code" not in ok and "reason" not in ok, ok
+    deny = by_id["audit-deny"]
+    assert (deny["event"], deny["method"], deny["code"]) == ("auth.failure", "http", NOT_AUTHORIZED), deny
+    assert deny["reason"] == "IAM: not authorized: unknown user", deny
+    assert deny["username"] == "mallory" and "identity" not in deny, deny
+    # A refusal goes through the (default) defence, which exempts loopback: held 0 ms.
+    assert deny["delay_ms"] == 0 and "failures" in deny, deny
+    bad = by_id["audit-bad"]
+    assert (bad["event"], bad["method"], bad["code"]) == ("auth.failure", "http", BAD_CREDENTIALS), bad
+    assert bad["reason"] == "IAM: bad credentials: wrong password", bad
+    assert "pw" not in open(path).read()
+
+    # The IAM server unavailable: fail closed with code 3, not counted as a guess.
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    port = dead.getsockname()[1]  # bound, never listening
+    try:
+        d = secure_broker(listeners=LISTENERS, audit="audit.jsonl",
+                          extra=http_table("http://127.0.0.1:%d/auth" % port, retries=0))
+        assert connack(d, "alice", client_id="audit-down")[0] == SERVER_UNAVAILABLE
+        path = str(d.workdir / "audit.jsonl")
+        down = wait_audit(path, lambda e: e.get("client_id") == "audit-down", what="auth.failure")[0]
+    finally:
+        dead.close()
+    assert (down["event"], down["method"], down["code"]) == ("auth.failure", "http", SERVER_UNAVAILABLE), down
+    assert down["reason"].startswith(
+        "IAM server unavailable: connect to http://127.0.0.1:%d failed: " % port), down
+    assert down["username"] == "alice", down
+    assert "delay_ms" not in down and "failures" not in down, down
+
+
+def test_503_is_retried_then_admitted(secure_broker, iam):
+    """HTTP 503 (busy) is retried; the next answer decides. A server that stays
+    busy past the retries fails closed with code 3."""
+    s = iam()
+    b = secure_broker(listeners=LISTENERS, audit="audit.jsonl",
+                      extra=http_table("http://127.0.0.1:%d/auth" % s.port, retries=1,
+                                       retry_backoff=0.05))
+    assert connack(b, "flaky", client_id="flaky-1")[0] == 0
+    assert s.count("authenticate", "flaky") == 2
+    assert connack(b, "busy", client_id="busy-1")[0] == SERVER_UNAVAILABLE
+    assert s.count("authenticate", "busy") == 2  # the first attempt and one retry
+    path = str(b.workdir / "audit.jsonl")
+    busy = wait_audit(path, lambda e: e.get("client_id") == "busy-1", what="busy's auth.failure")[0]
+    assert (busy["code"], busy["reason"]) == (SERVER_UNAVAILABLE, "IAM server unavailable: HTTP status 503"), busy
+    flaky = [e for e in audit_lines(path) if e.get("client_id") == "flaky-1"]
+    assert [(e["event"], e["method"]) for e in flaky] == [("auth.success", "http")], flaky
+
+
+def test_certificate_subject_and_fingerprint_over_mtls(secure_broker, iam, tmp_path):
+    """On a mutual-TLS listener the IAM request carries the client certificate's
+    subject, SHA-256 fingerprint and identity; a real client (mosquitto_pub)."""
+    pki = make_pki(tmp_path / "pki")
+    s = iam()
+    mtls = {"name": "mtls", "bind": "127.0.0.1:0", "transport": "tls", "auth": ["http"],
+            "tls": {"cert": pki.server_cert, "key": pki.server_key, "ca": pki.ca_cert,
+                    "client_cert": "required", "identity_from": "cn"}}
+    b = secure_broker(listeners=[mtls], extra=http_table("http://127.0.0.1:%d/auth" % s.port))
+    ep = b.endpoints["mtls"]
+    rc, out = run_pub(ep, "t", "x", ["--cafile", pki.ca_cert, "--cert", pki.client_cert,
+                                     "--key", pki.client_key, "-u", "alice", "-P", "pw",
+                                     "-i", "mtls-alice"])
+    assert rc == 0 and "received CONNACK (0)" in out, out
+    req = [r for r in s.of("authenticate") if r.get("client_id") == "mtls-alice"][0]
+    with open(pki.client_cert) as f:
+        der = ssl.PEM_cert_to_DER_cert(f.read())
+    assert req["certificate"] == {"subject": "CN=device-1",
+                                  "fingerprint_sha256": hashlib.sha256(der).hexdigest(),
+                                  "identity": "device-1"}, req
+    assert req["listener"] == "mtls" and req["username"] == "alice", req
+    # A client without a certificate never gets as far as the IAM.
+    n = s.count("authenticate")
+    rc, out = run_pub(ep, "t", "x", ["--cafile", pki.ca_cert, "-u", "alice", "-P", "pw"])
+    assert rc != 0 and "received CONNACK" not in out, out
+    assert s.count("authenticate") == n

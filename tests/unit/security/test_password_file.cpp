@@ -5,6 +5,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -211,21 +213,110 @@ TEST(PasswordFile, UnknownUserComputesDummyHash) {
   EXPECT_EQ(f->hashes_computed(), before + 3);
 }
 
-TEST(PasswordFile, DummyFollowsTheMostCommonScheme) {
-  const std::string six =
-      "$6$gzwPXi08UsB5T3mP$sUzeznYEFKqd3dvyM1NS5IOaWe4yzALdUnlMiVHLMOOHHBENBJwzqr7o33XpQzWO/"
-      "WCRQJfE+dnXrc3FswQ+gA==";
-  const auto f = PasswordFile::parse("a:" + six + "\nb:" + hash_argon2id("x", Argon2Params{512, 2, 1}) +
-                                         "\nc:" + hash_argon2id("y", Argon2Params{512, 2, 1}) + "\n",
+// Fixed Mosquitto entries (passwords "hunter2" and "secret"); the $7$ one with
+// another iteration count is well-formed, which is all the dummy's choice reads.
+const std::string kSix =
+    "$6$gzwPXi08UsB5T3mP$sUzeznYEFKqd3dvyM1NS5IOaWe4yzALdUnlMiVHLMOOHHBENBJwzqr7o33XpQzWO/"
+    "WCRQJfE+dnXrc3FswQ+gA==";
+std::string seven(std::string_view iterations) {
+  return "$7$" + std::string(iterations) +
+         "$ewo7A0yz/58Z9QOT$x1mNX2ysGRti4cJB7HCAa/FqzjqXBCV/oiFNQeT12MOaThhUhmRWzole+OK2VAajWyjuE/"
+         "erhBoTjac5RJpT2A==";
+}
+
+// The dummy is the costliest entry, not the most common one: an unknown user
+// must cost at least what any known user costs.
+TEST(PasswordFile, DummyTakesTheCostliestScheme) {
+  const auto f = PasswordFile::parse("a:" + kSix + "\nb:" + kSix + "\nc:" + kSix +
+                                         "\nd:" + hash_argon2id("x", Argon2Params{512, 2, 1}) + "\n",
                                      "mem");
   EXPECT_EQ(f->dummy_params(), "$argon2id$v=19$m=512,t=2,p=1");
-  const auto g = PasswordFile::parse("a:" + six + "\n", "mem");
-  EXPECT_EQ(g->dummy_params(), "$6$");
-  EXPECT_FALSE(g->verify("zed", "hunter2"));
+  const auto g = PasswordFile::parse("a:" + hash_argon2id("x", kFast) + "\nb:" + hash_argon2id("y", kFast) +
+                                         "\nc:" + hash_argon2id("z", Argon2Params{1024, 2, 1}) + "\n",
+                                     "mem");
+  EXPECT_EQ(g->dummy_params(), "$argon2id$v=19$m=1024,t=2,p=1");
+  // Passes count as much as memory: m=256,t=8 is more work than m=1024,t=1.
+  const auto passes = PasswordFile::parse("a:" + hash_argon2id("x", Argon2Params{1024, 1, 1}) +
+                                              "\nb:" + hash_argon2id("y", Argon2Params{256, 8, 1}) + "\n",
+                                          "mem");
+  EXPECT_EQ(passes->dummy_params(), "$argon2id$v=19$m=256,t=8,p=1");
+  // A Mosquitto file ($7$101, ~0.1 ms) with one argon2id user: argon2id. A
+  // PBKDF2 entry with a million rounds outweighs a cheap argon2id one.
+  const auto migrated = PasswordFile::parse(
+      "a:" + seven("101") + "\nb:" + seven("101") + "\nc:" + hash_argon2id("x", kFast), "mem");
+  EXPECT_EQ(migrated->dummy_params(), "$argon2id$v=19$m=256,t=1,p=1");
+  const auto rounds =
+      PasswordFile::parse("a:" + seven("1000000") + "\nc:" + hash_argon2id("x", kFast), "mem");
+  EXPECT_EQ(rounds->dummy_params(), "$7$1000000");
+  PasswordFile::Entry pbkdf2;
+  pbkdf2.scheme = PasswordFile::Scheme::Pbkdf2Sha512;
+  pbkdf2.iterations = 101;
+  PasswordFile::Entry argon2;
+  argon2.memory_kib = 32768;
+  argon2.iterations = 2;
+  argon2.parallelism = 1;
+  PasswordFile::Entry sha512;
+  sha512.scheme = PasswordFile::Scheme::Sha512;
+  EXPECT_LT(PasswordFile::work(sha512), PasswordFile::work(pbkdf2));
+  EXPECT_LT(PasswordFile::work(pbkdf2), PasswordFile::work(argon2));
+  const auto six = PasswordFile::parse("a:" + kSix + "\n", "mem");
+  EXPECT_EQ(six->dummy_params(), "$6$");
+  EXPECT_FALSE(six->verify("zed", "hunter2"));
   const auto empty = PasswordFile::parse("# nobody\n", "mem");
   EXPECT_EQ(empty->size(), 0u);
   EXPECT_FALSE(empty->verify("alice", "pw"));
   EXPECT_EQ(empty->hashes_computed(), 1u);
+}
+
+// A mixed file (argon2id users and one $6$ user): a wrong password for the $6$
+// user, whose own hash takes microseconds, is held as long as a dummy hash, so
+// it cannot be told from an unknown user. Unknown users and users of the
+// dummy's cost are measured, never held; a right password is not held.
+TEST(PasswordFile, CheaperEntriesAreHeldAsLongAsTheDummy) {
+  const Argon2Params cost{4096, 2, 1};  // a few milliseconds
+  const auto f =
+      PasswordFile::parse("a:" + hash_argon2id("a-pw", cost) + "\nb:" + hash_argon2id("b-pw", cost) +
+                              "\nc:" + hash_argon2id("c-pw", cost) + "\nold:" + kSix + "\n",
+                          "mem");
+  EXPECT_EQ(f->dummy_params(), "$argon2id$v=19$m=4096,t=2,p=1");
+  EXPECT_TRUE(f->dummy_durations().empty());
+  // Nothing measured yet: the first held answer pays a real dummy hash.
+  auto hashes = f->hashes_computed();
+  EXPECT_FALSE(f->verify("old", "wrong"));
+  EXPECT_EQ(f->hashes_computed(), hashes + 2);
+  EXPECT_EQ(f->padded_answers(), 1u);
+  EXPECT_EQ(f->dummy_durations().size(), 1u);
+  // The right password is answered at once.
+  EXPECT_TRUE(f->verify("old", "hunter2"));
+  EXPECT_EQ(f->padded_answers(), 1u);
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_FALSE(f->verify("ghost-" + std::to_string(i), "x"));
+    EXPECT_FALSE(f->verify("a", "wrong"));
+  }
+  EXPECT_TRUE(f->verify("b", "b-pw"));
+  EXPECT_EQ(f->padded_answers(), 1u);
+  const auto measured = f->dummy_durations();
+  ASSERT_EQ(measured.size(), 10u);
+  // Now a held answer sleeps to a measured duration (no second hash), so it
+  // lasts at least as long as the shortest dummy hash seen.
+  const auto shortest = *std::min_element(measured.begin(), measured.end());
+  for (int i = 0; i < 3; ++i) {
+    hashes = f->hashes_computed();
+    const auto t0 = std::chrono::steady_clock::now();
+    EXPECT_FALSE(f->verify("old", "wrong " + std::to_string(i)));
+    const auto took = std::chrono::steady_clock::now() - t0;
+    EXPECT_EQ(f->hashes_computed(), hashes + 1);
+    EXPECT_GE(took, shortest);
+  }
+  EXPECT_EQ(f->padded_answers(), 4u);
+  EXPECT_EQ(f->dummy_durations(), measured);  // held answers are not measured
+
+  // A file whose entries all have the dummy's cost holds nothing.
+  const auto same = PasswordFile::parse("a:" + kSix + "\nb:" + kSix + "\n", "mem");
+  EXPECT_FALSE(same->verify("a", "wrong"));
+  EXPECT_FALSE(same->verify("nobody", "wrong"));
+  EXPECT_EQ(same->padded_answers(), 0u);
+  EXPECT_EQ(same->dummy_durations().size(), 2u);
 }
 
 TEST(PasswordFile, SetPasswordAndDeleteUserRoundTrip) {
