@@ -551,7 +551,15 @@ struct Client::Impl : std::enable_shared_from_this<Impl> {
     }
     state = State::Connected;
     failed_attempts = 0;
+    // A new session (session present 0: a clean session, or a broker that lost
+    // ours) has no QoS 2 message in flight toward us: its packet ids start
+    // afresh, and a PUBLISH that reuses one of ours is a new message (the
+    // de-duplication of [MQTT-4.3.3-2] holds within one session).
+    if (!ack.session_present) awaiting_pubrel.clear();
     // [MQTT-4.4.0-1] unacknowledged PUBLISH (DUP=1) and PUBREL first, in order.
+    // Also to a new session, which takes them as new messages (and answers a
+    // PUBREL it does not know with PUBCOMP, as moatd does): nothing the
+    // application published is dropped because the broker lost its state.
     for (const auto& o : inflight) {
       if (o.state == OutState::AwaitPubcomp)
         append(codec::Ack{codec::PacketType::Pubrel, o.packet_id});

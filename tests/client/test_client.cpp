@@ -1,6 +1,7 @@
 // moat::client against a real broker (moatd's own net::Server, in process, on a
 // loopback port), through a TCP proxy that the tests use to cut connections.
 #include <gtest/gtest.h>
+#include <poll.h>
 
 #include <boost/asio.hpp>
 #include <condition_variable>
@@ -13,6 +14,8 @@
 #include <thread>
 
 #include "client/client.hpp"
+#include "codec/decoder.hpp"
+#include "codec/encoder.hpp"
 #include "harness.hpp"
 #include "net/server.hpp"
 #include "security/pki.hpp"
@@ -242,6 +245,192 @@ TEST(Client, KeepAliveSendsPingsWhileIdle) {
     return 0;
   });
 }
+
+// ---------------------------------------------------------------- session state
+
+// A stand-in broker that the test drives packet by packet: it cuts a connection
+// at an exact point of an exchange (between PUBREC and PUBREL), and answers
+// CONNECT with the session-present flag the test chooses. Every wait is bounded.
+class ScriptedBroker {
+ public:
+  // A received packet, copied out of the read buffer.
+  struct Seen {
+    codec::PacketType type{};
+    bool clean_session = false;  // CONNECT
+    bool dup = false;            // PUBLISH
+    QoS qos = QoS::AtMostOnce;   // PUBLISH
+    std::uint16_t packet_id = 0;
+    std::string topic, payload;
+  };
+
+  ScriptedBroker() : acceptor_(io_, {asio::ip::make_address("127.0.0.1"), 0}) {}
+  std::uint16_t port() const { return acceptor_.local_endpoint().port(); }
+
+  void accept() {
+    wait_readable(acceptor_.native_handle(), "no connection from the client");
+    socket_ = tcp::socket(io_);
+    acceptor_.accept(socket_);
+    in_.clear();
+  }
+  Seen next() {
+    codec::DecoderOptions dec;
+    for (;;) {
+      auto r = codec::decode(in_, dec);
+      if (r.status == codec::DecodeStatus::Error) throw std::runtime_error("bad packet from the client");
+      if (r.status == codec::DecodeStatus::Ok) {
+        Seen s;
+        s.type = codec::type_of(r.packet);
+        if (const auto* c = std::get_if<codec::Connect>(&r.packet)) s.clean_session = c->clean_session;
+        if (const auto* p = std::get_if<codec::Publish>(&r.packet)) {
+          s.dup = p->dup;
+          s.qos = p->qos;
+          s.packet_id = p->packet_id;
+          s.topic = p->topic;
+          s.payload = p->payload;
+        }
+        if (const auto* a = std::get_if<codec::Ack>(&r.packet)) s.packet_id = a->packet_id;
+        in_.erase(in_.begin(), in_.begin() + static_cast<std::ptrdiff_t>(r.consumed));
+        return s;
+      }
+      wait_readable(socket_.native_handle(), "no packet from the client");
+      std::array<std::uint8_t, 4096> chunk{};
+      const std::size_t n = socket_.read_some(asio::buffer(chunk));
+      in_.insert(in_.end(), chunk.begin(), chunk.begin() + static_cast<std::ptrdiff_t>(n));
+    }
+  }
+  void send(const codec::Packet& p) {
+    codec::Bytes out;
+    codec::encode(p, out);
+    asio::write(socket_, asio::buffer(out.data(), out.size()));
+  }
+  void close() { socket_.close(); }
+
+ private:
+  static void wait_readable(int fd, const char* what) {
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, 10'000) != 1) throw std::runtime_error(std::string(what) + " within 10 s");
+  }
+  asio::io_context io_;
+  tcp::acceptor acceptor_;
+  tcp::socket socket_{io_};
+  std::vector<std::uint8_t> in_;
+};
+
+codec::Publish publish_packet(QoS qos, std::uint16_t id, std::string_view topic, std::string_view payload,
+                              bool dup = false) {
+  codec::Publish p;
+  p.qos = qos;
+  p.packet_id = id;
+  p.topic = topic;
+  p.payload = payload;
+  p.dup = dup;
+  return p;
+}
+
+struct SessionCase {
+  const char* name;
+  bool clean_session;
+  bool session_present;  // in the CONNACK of the reconnect
+};
+
+class ClientSessionState : public ::testing::TestWithParam<SessionCase> {};
+
+// The connection is cut after the client's PUBREC of an inbound QoS 2 message.
+// When the reconnect finds the session, the broker's resend (DUP=1, same id) is
+// the same message: acknowledged, not delivered again [MQTT-4.3.3-2]. When it
+// finds a new session (a clean session, or a broker that lost ours), the id
+// means nothing any more: a new message with it is delivered. Either way the
+// client's own unacknowledged QoS 1 message is sent again [MQTT-4.4.0-1].
+TEST_P(ClientSessionState, InboundQos2IdsLastAsLongAsTheSession) {
+  const SessionCase k = GetParam();
+  ScriptedBroker broker;
+  ClientLoop loop;
+  Signal sig;
+  std::vector<std::string> got;
+  std::optional<client::Error> published;
+  auto o = options(broker.port(), std::string("qos2-state-") + k.name);
+  o.clean_session = k.clean_session;
+  o.reconnect.enabled = true;
+  o.reconnect.initial_delay = 20ms;
+  o.reconnect.max_delay = 200ms;
+  std::unique_ptr<client::Client> c;
+  loop.run([&] {
+    c = std::make_unique<client::Client>(loop.io(), o);
+    c->on_message([&](const client::Message& m) {
+      std::lock_guard l(sig.mu);
+      got.push_back(m.payload);
+      sig.notify();
+    });
+    c->connect();
+    c->publish("out/1", "held", QoS::AtLeastOnce, false, [&](client::Error e) {
+      std::lock_guard l(sig.mu);
+      published = e;
+      sig.notify();
+    });
+    return 0;
+  });
+  using codec::PacketType;
+
+  broker.accept();
+  auto p = broker.next();
+  ASSERT_EQ(p.type, PacketType::Connect);
+  EXPECT_EQ(p.clean_session, k.clean_session);
+  broker.send(codec::Connack{false, codec::ConnectReturnCode::Accepted});
+  const auto held = broker.next();  // left unacknowledged
+  ASSERT_EQ(held.type, PacketType::Publish);
+  EXPECT_FALSE(held.dup);
+  EXPECT_EQ(held.payload, "held");
+  broker.send(publish_packet(QoS::ExactlyOnce, 7, "in/1", "first"));
+  p = broker.next();
+  ASSERT_EQ(p.type, PacketType::Pubrec);
+  EXPECT_EQ(p.packet_id, 7);
+  broker.close();  // before PUBREL
+
+  broker.accept();
+  p = broker.next();
+  ASSERT_EQ(p.type, PacketType::Connect);
+  broker.send(codec::Connack{k.session_present, codec::ConnectReturnCode::Accepted});
+  p = broker.next();
+  ASSERT_EQ(p.type, PacketType::Publish) << "the unacknowledged QoS 1 message is resent";
+  EXPECT_TRUE(p.dup);
+  EXPECT_EQ(p.packet_id, held.packet_id);
+  EXPECT_EQ(p.payload, "held");
+  broker.send(codec::Ack{PacketType::Puback, held.packet_id});
+  if (k.session_present)
+    broker.send(publish_packet(QoS::ExactlyOnce, 7, "in/1", "first", true));  // the resend
+  else
+    broker.send(publish_packet(QoS::ExactlyOnce, 7, "in/1", "second"));  // a new message, same id
+  p = broker.next();
+  ASSERT_EQ(p.type, PacketType::Pubrec);
+  EXPECT_EQ(p.packet_id, 7);
+  broker.send(codec::Ack{PacketType::Pubrel, 7});
+  p = broker.next();
+  ASSERT_EQ(p.type, PacketType::Pubcomp);
+  EXPECT_EQ(p.packet_id, 7);
+  broker.send(publish_packet(QoS::AtMostOnce, 0, "in/1", "end"));
+
+  ASSERT_TRUE(sig.wait([&] { return !got.empty() && got.back() == "end" && published; }));
+  {
+    std::lock_guard l(sig.mu);
+    const std::vector<std::string> want = k.session_present
+                                              ? std::vector<std::string>{"first", "end"}
+                                              : std::vector<std::string>{"first", "second", "end"};
+    EXPECT_EQ(got, want);
+    EXPECT_EQ(published.value_or(client::Error::Cancelled), client::Error::None);
+  }
+  loop.run([&] {
+    c.reset();
+    return 0;
+  });
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, ClientSessionState,
+                         ::testing::Values(SessionCase{"CleanSession", true, false},
+                                           SessionCase{"SessionLost", false, false},
+                                           SessionCase{"SessionResumed", false, true}),
+                         [](const ::testing::TestParamInfo<SessionCase>& p) {
+                           return std::string(p.param.name);
+                         });
 
 // ---------------------------------------------------------------- TLS
 

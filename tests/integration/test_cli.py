@@ -23,7 +23,7 @@ import pytest
 
 import mqttraw
 from conftest import MOATD, MOSQUITTO, REPO, Broker, free_port
-from util import mosquitto_pub, mosquitto_sub, scaled, uniq
+from util import LineProc, mosquitto_pub, mosquitto_sub, scaled, uniq
 
 
 def _resolve_moat():
@@ -329,6 +329,81 @@ def test_persistent_session(any_broker):
     assert r.returncode == 0, r.stderr
     p = MoatProc(["sub", "-d"] + target(any_broker) + ["-c", "-i", cid, "-q", 1, "-t", topic,
                                                        "-C", 1, "-W", 10])
+    assert p.wait_exit() == 0, p.stderr()
+    assert p.lines() == ["while away"]
+    assert "session present 1" in p.stderr()
+
+
+def test_mosquitto_pub_retained_to_sub(any_broker):
+    topic = uniq("cli/mretained/")
+    mosquitto_pub(any_broker, topic, "stale", qos=1, retain=True)
+    # Subscribed after the publish: only the retained copy can arrive, flagged.
+    p = MoatProc(["sub"] + target(any_broker) + ["-t", topic, "-C", 1, "--format", "json",
+                                                 "-W", int(scaled(10))])
+    assert p.wait_exit() == 0, p.stderr()
+    [m] = p.json_lines()
+    assert (m["topic"], m["payload"], m["retain"]) == (topic, "stale", True)
+    # -R: the stale retained message arrives but is neither printed nor counted.
+    p = moat_sub(any_broker, "-t", topic, "-q", 1, "-R", "-C", 1, "--format", "json")
+    mosquitto_pub(any_broker, topic, "fresh", qos=1)
+    assert p.wait_exit() == 0, p.stderr()
+    [m] = p.json_lines()
+    assert (m["payload"], m["retain"]) == ("fresh", False)
+    assert re.search(r"received PUBLISH \(q\d, r1", p.stderr()), p.stderr()  # arrived, not printed
+
+
+def test_pub_retained_to_mosquitto_sub(any_broker):
+    topic = uniq("cli/rpub/")
+    r = moat("pub", *target(any_broker), "-t", topic, "-m", "kept", "-r", "-q", 1)
+    assert r.returncode == 0, r.stderr
+    # Subscribed after the publish: only the retained copy can arrive.
+    sub = mosquitto_sub(any_broker, topic, qos=1)
+    sub.wait_line("%s kept" % topic)
+    assert sub.wait_exit() == 0
+    assert re.search(r"received PUBLISH \(d0, q1, r1", sub.output()), sub.output()
+
+
+def test_will_of_mosquitto_sub_on_sigkill(any_broker):
+    will = uniq("cli/mwill/")
+    watcher = moat_sub(any_broker, "-t", will, "-q", 1, "-C", 1, "-v")
+    victim = mosquitto_sub(any_broker, uniq("cli/idle/"), qos=1, wait=60,
+                           extra=["--will-topic", will, "--will-payload", "mosquitto_sub died",
+                                  "--will-qos", "1"])
+    os.kill(victim.proc.pid, signal.SIGKILL)  # stdbuf execs mosquitto_sub: the same PID
+    victim.wait_exit()
+    assert watcher.wait_exit() == 0, watcher.stderr()
+    assert watcher.lines() == ["%s mosquitto_sub died" % will]
+
+
+def test_persistent_session_mosquitto_sub(any_broker):
+    """mosquitto_sub's persistent session collects what moat pub sends while it is away."""
+    topic = uniq("cli/msession/")
+    cid = uniq("mosq-cli-")
+    # -E: subscribe, then disconnect cleanly, leaving the session on the broker.
+    first = mosquitto_sub(any_broker, topic, qos=1, extra=["-c", "-i", cid, "-E"])
+    assert first.wait_exit() == 0, first.output()
+    r = moat("pub", *target(any_broker), "-t", topic, "-m", "while away", "-q", 1)
+    assert r.returncode == 0, r.stderr
+    # Not the mosquitto_sub helper, which waits for a SUBACK: the queued message
+    # may arrive, and -C 1 end the client, before it.
+    again = LineProc(["stdbuf", "-oL", "mosquitto_sub", "-d", "-v", *target(any_broker),
+                      "-c", "-i", cid, "-q", "1", "-t", topic, "-C", "1",
+                      "-W", str(int(scaled(10)))])
+    again.wait_line("%s while away" % topic)
+    assert again.wait_exit() == 0, again.output()
+
+
+def test_persistent_session_mosquitto_pub(any_broker):
+    """moat sub's persistent session collects what mosquitto_pub sends while it is away."""
+    topic = uniq("cli/msession/")
+    cid = uniq("moat-cli-")
+    p = moat_sub(any_broker, "-c", "-i", cid, "-q", 1, "-t", topic)
+    p.signal(signal.SIGTERM)
+    assert p.wait_exit() == 0, p.stderr()
+    assert "sending DISCONNECT" in p.stderr()
+    mosquitto_pub(any_broker, topic, "while away", qos=1)
+    p = MoatProc(["sub", "-d"] + target(any_broker) + ["-c", "-i", cid, "-q", 1, "-t", topic,
+                                                       "-C", 1, "-W", int(scaled(10))])
     assert p.wait_exit() == 0, p.stderr()
     assert p.lines() == ["while away"]
     assert "session present 1" in p.stderr()
