@@ -169,10 +169,13 @@ security::TlsSniCert read_tls_sni(const Reporter& r, const toml::table& t, const
 
 security::TlsServerConfig read_tls(const Reporter& r, const toml::table& t, const std::string& sec,
                                    const std::filesystem::path& dir) {
+  // More than 20 keys: clang-format would put one per line.
+  // clang-format off
   only_keys(r, t, sec,
             {"cert", "key", "key_password", "ca", "ca_dir", "client_cert", "verify_depth", "crl", "crl_check",
-             "min_version", "ciphers", "ciphersuites", "psk_file", "identity_from", "alpn",
-             "psk_plain_suites", "ocsp_response", "reload_on_change", "sni"});
+             "min_version", "ciphers", "ciphersuites", "psk_file", "identity_from", "alpn", "psk_plain_suites",
+             "ocsp_response", "reload_on_change", "sni", "session_tickets", "ticket_key_rotation"});
+  // clang-format on
   security::TlsServerConfig c;
   c.cert = get_path(r, t, sec, "cert", dir);
   c.key = get_path(r, t, sec, "key", dir);
@@ -225,6 +228,12 @@ security::TlsServerConfig read_tls(const Reporter& r, const toml::table& t, cons
       c.alpn.emplace_back(*e.value<std::string_view>());
     }
   }
+  c.session_tickets = get_bool(r, t, sec, "session_tickets", true);
+  c.ticket_key_rotation = std::chrono::seconds(
+      get_int(r, t, sec, "ticket_key_rotation", c.ticket_key_rotation.count(), 60, 7 * 86400));
+  if (!c.session_tickets && t.get("ticket_key_rotation"))
+    r.fail_at(*t.get("ticket_key_rotation"), qualified(sec, "ticket_key_rotation"),
+              "needs session_tickets = true");
   if (const toml::node* n = t.get("sni")) {
     const toml::array* arr = n->as_array();
     if (!arr || !arr->is_array_of_tables())

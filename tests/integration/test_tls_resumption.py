@@ -156,3 +156,33 @@ def test_resumption_survives_a_reload_of_the_same_trust(secure_broker, pki, empt
     packets, err = s_client_mqtt(ep, empty_openssl_conf, *client, "-sess_in", sess)
     assert accepted(packets, err), (packets, err)
     assert ", resumed" in handshake_line(b, "1.2", mark)
+
+
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+def test_session_tickets_false_means_no_resumption(secure_broker, pki, empty_openssl_conf,
+                                                   tmp_path, version):
+    """session_tickets = false: no ticket is issued, and with no server-side
+    session cache nothing resumes; the listener beside it with tickets on
+    (and a short ticket_key_rotation) is the control."""
+    def listener(name, **tls):
+        t = {"cert": pki.server_cert, "key": pki.server_key, "ca": pki.ca_cert,
+             "client_cert": "required"}
+        t.update(tls)
+        return {"name": name, "bind": "127.0.0.1:0", "transport": "tls", "auth": ["certificate"],
+                "tls": t}
+    b = secure_broker(listeners=[listener("off", session_tickets=False),
+                                 listener("on", session_tickets=True, ticket_key_rotation=600)])
+    client = [FORCE[version], "-CAfile", pki.ca_cert, "-cert", pki.client_cert,
+              "-key", pki.client_key]
+    for name in ("on", "off"):
+        ep = b.endpoints[name]
+        sess = str(tmp_path / ("session-%s.pem" % name))
+        packets, err = s_client_mqtt(ep, empty_openssl_conf, *client, "-sess_out", sess)
+        assert accepted(packets, err), (packets, err)
+        if name == "off" and (not os.path.exists(sess) or os.path.getsize(sess) == 0):
+            continue  # no session to offer at all (TLS 1.3 without a ticket)
+        mark = b.log_mark()
+        packets, err = s_client_mqtt(ep, empty_openssl_conf, *client, "-sess_in", sess)
+        assert accepted(packets, err), (packets, err)
+        line = handshake_line(b, version, mark)
+        assert (", resumed" in line) == (name == "on"), (name, line)

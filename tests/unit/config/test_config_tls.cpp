@@ -2,6 +2,8 @@
 // ticket_key_rotation.
 #include <gtest/gtest.h>
 
+#include <chrono>
+
 #include "config/config.hpp"
 #include "config_test_util.hpp"
 
@@ -65,6 +67,27 @@ TEST(ConfigTls, SniErrorsNamePositionKeyAndReason) {
       "[listener.tls]\npsk_file = \"p\"\n";
   EXPECT_NE(error_of(psk_only + entry + "hostname = \"a.example\"\ncert = \"a.crt\"\nkey = \"a.key\"\n")
                 .find("sni: needs cert (the default certificate)"),
+            std::string::npos);
+}
+
+TEST(ConfigTls, SessionTicketKeys) {
+  const auto d = parse(kTlsHead, "/etc/moat/moat.toml");
+  EXPECT_TRUE(d.listeners.at(0).tls->session_tickets);
+  EXPECT_EQ(d.listeners.at(0).tls->ticket_key_rotation, std::chrono::hours(12));
+  const auto c = parse(kTlsHead + "ticket_key_rotation = 3600\n", "/etc/moat/moat.toml");
+  EXPECT_TRUE(c.listeners.at(0).tls->session_tickets);
+  EXPECT_EQ(c.listeners.at(0).tls->ticket_key_rotation, std::chrono::seconds(3600));
+  const auto off = parse(kTlsHead + "session_tickets = false\n", "/etc/moat/moat.toml");
+  EXPECT_FALSE(off.listeners.at(0).tls->session_tickets);
+
+  EXPECT_EQ(error_of(kTlsHead + "ticket_key_rotation = 59\n"),
+            "/etc/moat/moat.toml:9:23: listener[0].tls.ticket_key_rotation: must be between 60 and 604800");
+  EXPECT_NE(error_of(kTlsHead + "ticket_key_rotation = \"12h\"\n").find("must be an integer"),
+            std::string::npos);
+  EXPECT_NE(error_of(kTlsHead + "session_tickets = 1\n").find("session_tickets: must be true or false"),
+            std::string::npos);
+  EXPECT_NE(error_of(kTlsHead + "session_tickets = false\nticket_key_rotation = 600\n")
+                .find(":10:23: listener[0].tls.ticket_key_rotation: needs session_tickets = true"),
             std::string::npos);
 }
 
