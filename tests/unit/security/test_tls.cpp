@@ -914,6 +914,7 @@ TEST(TlsEngine, ChainCrlChangeEndsSessions) {
   cfg.crl = {pki().p("empty.crl")};
   auto leaf_before = load(cfg);
   SSL_SESSION_free(o.session);
+  o.session = nullptr;
   o.session = first_session(leaf_before, o);
   cfg.crl = {pki().p("ca.crl")};
   auto leaf_after = TlsServerContext::load(cfg, std::chrono::system_clock::now(), leaf_before.get());
