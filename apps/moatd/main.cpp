@@ -117,6 +117,11 @@ struct SecurityMaterial {
       if (!l.tls) continue;
       auto ctx = security::TlsServerContext::load(*l.tls);
       for (const auto& w : ctx->warnings()) spdlog::warn("listener {}: {}", l.name, w);
+      if (!l.tls->sni.empty()) {
+        std::string names;
+        for (const auto& s : l.tls->sni) names += (names.empty() ? "" : ", ") + s.hostname;
+        spdlog::info("listener {}: certificates chosen by SNI for {}", l.name, names);
+      }
       tls.push_back(
           {l.name, *l.tls, std::make_shared<security::Reloadable<security::TlsServerContext>>(ctx)});
     }

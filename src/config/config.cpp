@@ -4,6 +4,7 @@
 
 #include <toml++/toml.h>
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <fstream>
 #include <set>
@@ -114,12 +115,67 @@ std::filesystem::path get_path(const Reporter& r, const toml::table& t, std::str
   return p.is_relative() ? dir / p : p;
 }
 
+// A server name as the SNI match takes it: an exact DNS name ("broker.example")
+// or a wildcard for one leftmost label ("*.example.com"). Why it is not one, or "".
+std::string sni_hostname_problem(std::string_view h) {
+  if (h.empty()) return "must not be empty";
+  if (h.size() > 253) return "longer than 253 characters";
+  std::string_view rest = h;
+  if (h.substr(0, 2) == "*.") rest = h.substr(2);
+  if (rest.find('.') == std::string_view::npos && h.substr(0, 2) == "*.")
+    return "a wildcard needs at least two labels after \"*.\" (\"*.example.com\")";
+  std::size_t label = 0;
+  for (std::size_t i = 0; i < rest.size(); ++i) {
+    const char ch = rest[i];
+    if (ch == '.') {
+      if (label == 0) return "empty label";
+      label = 0;
+      continue;
+    }
+    if (ch == '*') return "'*' only as the whole leftmost label (\"*.example.com\")";
+    const bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+                    ch == '-' || ch == '_';
+    if (!ok) return fmt::format("'{}' is not allowed in a host name", ch);
+    if (++label > 63) return "a label is longer than 63 characters";
+  }
+  if (label == 0) return "empty label";
+  return {};
+}
+
+// One [[listener.tls.sni]] table: a certificate chosen by the client's SNI.
+security::TlsSniCert read_tls_sni(const Reporter& r, const toml::table& t, const std::string& sec,
+                                  const std::filesystem::path& dir,
+                                  const std::vector<security::TlsSniCert>& earlier) {
+  only_keys(r, t, sec, {"hostname", "cert", "key", "key_password"});
+  security::TlsSniCert s;
+  if (!t.get("hostname")) r.fail(t.source(), sec, "needs hostname");
+  s.hostname = get_string(r, t, sec, "hostname", "");
+  if (const std::string why = sni_hostname_problem(s.hostname); !why.empty())
+    r.fail_at(*t.get("hostname"), qualified(sec, "hostname"), fmt::format("'{}': {}", s.hostname, why));
+  auto lower = [](std::string v) {
+    for (char& ch : v) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    return v;
+  };
+  for (const auto& e : earlier)
+    if (lower(e.hostname) == lower(s.hostname))
+      r.fail_at(*t.get("hostname"), qualified(sec, "hostname"),
+                fmt::format("'{}' is already the hostname of an earlier sni entry", s.hostname));
+  s.cert = get_path(r, t, sec, "cert", dir);
+  s.key = get_path(r, t, sec, "key", dir);
+  if (s.cert.empty() || s.key.empty()) r.fail(t.source(), sec, "needs cert and key");
+  s.key_password = get_string(r, t, sec, "key_password", "");
+  return s;
+}
+
 security::TlsServerConfig read_tls(const Reporter& r, const toml::table& t, const std::string& sec,
                                    const std::filesystem::path& dir) {
+  // More than 20 keys: clang-format would put one per line.
+  // clang-format off
   only_keys(r, t, sec,
             {"cert", "key", "key_password", "ca", "ca_dir", "client_cert", "verify_depth", "crl", "crl_check",
-             "min_version", "ciphers", "ciphersuites", "psk_file", "identity_from", "alpn",
-             "psk_plain_suites", "ocsp_response", "reload_on_change"});
+             "min_version", "ciphers", "ciphersuites", "psk_file", "identity_from", "alpn", "psk_plain_suites",
+             "ocsp_response", "reload_on_change", "sni", "session_tickets", "ticket_key_rotation"});
+  // clang-format on
   security::TlsServerConfig c;
   c.cert = get_path(r, t, sec, "cert", dir);
   c.key = get_path(r, t, sec, "key", dir);
@@ -171,6 +227,21 @@ security::TlsServerConfig read_tls(const Reporter& r, const toml::table& t, cons
       if (!e.is_string()) r.fail_at(e, qualified(sec, "alpn"), "protocol names are strings");
       c.alpn.emplace_back(*e.value<std::string_view>());
     }
+  }
+  c.session_tickets = get_bool(r, t, sec, "session_tickets", true);
+  c.ticket_key_rotation = std::chrono::seconds(
+      get_int(r, t, sec, "ticket_key_rotation", c.ticket_key_rotation.count(), 60, 7 * 86400));
+  if (!c.session_tickets && t.get("ticket_key_rotation"))
+    r.fail_at(*t.get("ticket_key_rotation"), qualified(sec, "ticket_key_rotation"),
+              "needs session_tickets = true");
+  if (const toml::node* n = t.get("sni")) {
+    const toml::array* arr = n->as_array();
+    if (!arr || !arr->is_array_of_tables())
+      r.fail_at(*n, qualified(sec, "sni"), "must be [[listener.tls.sni]] tables");
+    if (c.cert.empty()) r.fail_at(*n, qualified(sec, "sni"), "needs cert (the default certificate)");
+    for (std::size_t i = 0; i < arr->size(); ++i)
+      c.sni.push_back(
+          read_tls_sni(r, *arr->get(i)->as_table(), fmt::format("{}.sni[{}]", sec, i), dir, c.sni));
   }
   return c;
 }

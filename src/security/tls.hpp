@@ -116,8 +116,11 @@ class TlsServerContext {
  public:
   // Builds the SSL_CTX from the files named in `config`. `now` is the wall-clock
   // time used to judge certificate and CRL validity. `previous` (the context
-  // being replaced on reload) passes on its session-ticket keys, so a reload does
-  // not invalidate the tickets clients hold. Throws TlsError.
+  // being replaced on reload) passes on its session-ticket keys, so a reload of
+  // the server certificate does not invalidate the tickets clients hold; a
+  // reload that changes the client-authentication settings or the trust (CA
+  // content, PSKs, with crl_check = "chain" the CRLs) starts new keys, and its
+  // session id context no longer matches older sessions. Throws TlsError.
   static std::shared_ptr<const TlsServerContext> load(
       const TlsServerConfig& config,
       std::chrono::system_clock::time_point now = std::chrono::system_clock::now(),

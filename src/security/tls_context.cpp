@@ -924,37 +924,6 @@ std::shared_ptr<const TlsServerContext> TlsServerContext::load(const TlsServerCo
     config_fail("ciphersuites", "invalid TLS 1.3 ciphersuites '" + suites + "'");
   if (SSL_CTX_set1_groups_list(ctx, std::string(kGroups).c_str()) != 1)
     config_fail("tls", "cannot set key-exchange groups: " + openssl_reason());
-  // Sessions resume only under the same client-authentication settings: the
-  // session id context is a digest of them (a reload that makes client
-  // certificates required does not let certificate-less sessions resume).
-  {
-    const std::string sid = "moat\n" + std::string(to_string(config.client_cert)) + "\n" +
-                            config.ca.string() + "\n" + config.ca_dir.string() + "\n" +
-                            std::string(to_string(config.identity_from)) + "\n" + config.psk_file.string() +
-                            "\n" + std::to_string(config.verify_depth);
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int md_len = 0;
-    if (EVP_Digest(sid.data(), sid.size(), md, &md_len, EVP_sha256(), nullptr) != 1)
-      config_fail("tls", "SHA-256 unavailable: " + openssl_reason());
-    SSL_CTX_set_session_id_context(ctx, md, std::min<unsigned int>(md_len, SSL_MAX_SID_CTX_LENGTH));
-  }
-
-  // Session tickets (TLS 1.2 and 1.3), stateless, keys in a rotating ring.
-  SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
-  if (config.session_tickets) {
-    if (previous && previous->impl_->tickets)
-      impl.tickets = previous->impl_->tickets;
-    else
-      impl.tickets = std::make_shared<TicketKeyRing>(config.ticket_key_rotation);
-    SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, ticket_key_cb);
-    SSL_CTX_set_session_ticket_cb(ctx, ticket_gen_cb, ticket_dec_cb, nullptr);
-    SSL_CTX_set_num_tickets(ctx, 1);
-    SSL_CTX_set_timeout(ctx, static_cast<long>(config.ticket_key_rotation.count()));
-  } else {
-    SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
-    SSL_CTX_set_num_tickets(ctx, 0);
-  }
-
   // The server certificate, and the extra ones chosen by SNI.
   CertAndKey server;  // kept for the OCSP response, checked once the CAs are loaded
   if (!config.cert.empty()) {
@@ -1023,8 +992,15 @@ std::shared_ptr<const TlsServerContext> TlsServerContext::load(const TlsServerCo
   SSL_CTX_set_verify(ctx, mode, verify_cb);
 
   // Pre-shared keys.
+  std::string psk_digest;
   if (!config.psk_file.empty()) {
     read_psk_file(config.psk_file, impl);
+    Digest d;
+    for (const auto& [id, key] : impl.psk) {
+      d.add(id);
+      d.add(std::string_view(reinterpret_cast<const char*>(key.data()), key.size()));
+    }
+    psk_digest = d.finish();
     check_key_file_mode(config.psk_file, impl.warnings);
     SSL_CTX_set_psk_server_callback(ctx, psk_server_cb);
     SSL_CTX_set_psk_find_session_callback(ctx, psk_find_session_cb);
@@ -1035,6 +1011,54 @@ std::shared_ptr<const TlsServerContext> TlsServerContext::load(const TlsServerCo
     SSL_CTX_callback_ctrl(ctx, SSL_CTRL_SET_TLSEXT_STATUS_REQ_CB,
                           reinterpret_cast<void (*)()>(ocsp_status_cb));
     SSL_CTX_set_tlsext_status_arg(ctx, &impl);
+  }
+
+  // Sessions resume only under the same client-authentication settings and
+  // the same trust: the session id context is a digest of the settings and of
+  // the content of the CAs (and, with crl_check = "chain", of the CRLs) and of
+  // the PSKs. OpenSSL resumes a TLS 1.2 ticket or a TLS 1.3 ticket PSK only
+  // when the session's context equals the server's, so after a reload that
+  // drops a CA (even one rewritten at the same path) every session
+  // established under the old trust falls back to a full handshake, which
+  // verifies the certificate against the new CAs. Leaf CRLs are not part of
+  // it (a routinely refreshed CRL would end every session): a resumed session
+  // is checked against the current CRLs when it is established.
+  {
+    Digest sid;
+    sid.add("moat session context 2");
+    sid.add(to_string(config.client_cert));
+    sid.add(config.ca.string());
+    sid.add(config.ca_dir.string());
+    sid.add(impl.ca_digest);
+    sid.add(to_string(config.crl_check));
+    sid.add(config.crl_check == CrlCheck::Chain ? impl.crl_digest : std::string());
+    sid.add(to_string(config.identity_from));
+    sid.add(config.psk_file.string());
+    sid.add(psk_digest);
+    sid.add(std::to_string(config.verify_depth));
+    impl.session_context = sid.finish();
+    SSL_CTX_set_session_id_context(ctx, reinterpret_cast<const unsigned char*>(impl.session_context.data()),
+                                   static_cast<unsigned int>(std::min<std::size_t>(
+                                       impl.session_context.size(), SSL_MAX_SID_CTX_LENGTH)));
+  }
+
+  // Session tickets (TLS 1.2 and 1.3), stateless, keys in a rotating ring.
+  // There is no server-side session cache, so TLS 1.2 session ids never
+  // resume. The ring of the context being replaced carries over only when the
+  // session context is the same: a change of trust also retires the keys.
+  SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+  if (config.session_tickets) {
+    if (previous && previous->impl_->tickets && previous->impl_->session_context == impl.session_context)
+      impl.tickets = previous->impl_->tickets;
+    else
+      impl.tickets = std::make_shared<TicketKeyRing>(config.ticket_key_rotation);
+    SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, ticket_key_cb);
+    SSL_CTX_set_session_ticket_cb(ctx, ticket_gen_cb, ticket_dec_cb, nullptr);
+    SSL_CTX_set_num_tickets(ctx, 1);
+    SSL_CTX_set_timeout(ctx, static_cast<long>(config.ticket_key_rotation.count()));
+  } else {
+    SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+    SSL_CTX_set_num_tickets(ctx, 0);
   }
 
   SSL_CTX_set_alpn_select_cb(ctx, alpn_cb, &impl);

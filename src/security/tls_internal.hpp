@@ -83,6 +83,9 @@ struct TlsServerContext::Impl {
   // reload re-verifies live chains only when these change.
   std::string ca_digest;
   std::string crl_digest;
+  // The session id context (SHA-256 of the client-authentication settings and
+  // of the trust material): sessions and tickets resume only under an equal one.
+  std::string session_context;
   // The stapled OCSP response (DER) for `ocsp_leaf`; not stapled after
   // `ocsp_next_update` (0: the response names no next update).
   std::vector<unsigned char> ocsp_der;

@@ -861,6 +861,69 @@ TEST(TlsEngine, SessionsDoNotResumeIntoStricterClientAuth) {
   SSL_SESSION_free(o.session);
 }
 
+// A reload that rewrites the CA file at the same path without the device's CA:
+// a session from before must not resume (its certificate was verified against
+// the old CAs); the full handshake that follows refuses the certificate.
+TEST(TlsEngine, SessionsDoNotResumeAfterTheCaContentChanges) {
+  const fs::path trust = pki().p("trust-resume.crt");
+  for (int max : {TLS1_2_VERSION, TLS1_3_VERSION}) {
+    write_certs(trust, {pki().ca.get(), pki().other_ca.get()});
+    TlsServerConfig cfg = base_config();
+    cfg.ca = trust;
+    cfg.client_cert = ClientCertMode::Required;
+    auto before = load(cfg);
+    ClientOptions o = with_client_cert("intruder.crt");  // issued by "Other CA"
+    o.max_version = max;
+    o.session = first_session(before, o);
+    ASSERT_NE(o.session, nullptr);
+
+    // Same content reloaded: the ticket keys carry over and the session resumes.
+    auto same = TlsServerContext::load(cfg, std::chrono::system_clock::now(), before.get());
+    auto again = connect(same, o);
+    ASSERT_EQ(again.server->state(), TlsState::Established) << again.server->error();
+    EXPECT_TRUE(again.server->resumed()) << max;
+
+    write_certs(trust, {pki().ca.get()});
+    auto after = TlsServerContext::load(cfg, std::chrono::system_clock::now(), same.get());
+    auto c = connect(after, o);
+    EXPECT_FALSE(c.server->resumed()) << max;
+    EXPECT_EQ(c.server->state(), TlsState::Failed) << max;
+    EXPECT_EQ(c.server->failure(), TlsFailure::UnknownCa) << c.server->error();
+    SSL_SESSION_free(o.session);
+  }
+  fs::remove(trust);
+}
+
+// With crl_check = "chain" a new CRL changes the session context too; with
+// "leaf" sessions resume and the leaf is checked against the current CRLs.
+TEST(TlsEngine, ChainCrlChangeEndsSessions) {
+  TlsServerConfig cfg = mtls_config();
+  cfg.crl = {pki().p("empty.crl")};
+  cfg.crl_check = CrlCheck::Chain;
+  auto before = load(cfg);
+  ClientOptions o = with_client_cert("device-1.crt");
+  o.max_version = TLS1_2_VERSION;
+  o.session = first_session(before, o);
+  ASSERT_NE(o.session, nullptr);
+  cfg.crl = {pki().p("ca.crl")};
+  auto after = TlsServerContext::load(cfg, std::chrono::system_clock::now(), before.get());
+  auto c = connect(after, o);
+  ASSERT_EQ(c.server->state(), TlsState::Established) << c.server->error();
+  EXPECT_FALSE(c.server->resumed());
+  cfg.crl_check = CrlCheck::Leaf;
+  cfg.crl = {pki().p("empty.crl")};
+  auto leaf_before = load(cfg);
+  SSL_SESSION_free(o.session);
+  o.session = nullptr;
+  o.session = first_session(leaf_before, o);
+  cfg.crl = {pki().p("ca.crl")};
+  auto leaf_after = TlsServerContext::load(cfg, std::chrono::system_clock::now(), leaf_before.get());
+  auto d = connect(leaf_after, o);
+  ASSERT_EQ(d.server->state(), TlsState::Established) << d.server->error();
+  EXPECT_TRUE(d.server->resumed());
+  SSL_SESSION_free(o.session);
+}
+
 TEST(TlsEngine, AlpnMqttIsNegotiated) {
   auto ctx = load(base_config());
   ClientOptions o;
