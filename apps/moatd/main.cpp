@@ -340,6 +340,63 @@ void reload(const std::filesystem::path& file, moat::config::Config& current, Se
   spdlog::info("configuration reloaded from {}", file.string());
 }
 
+// A running moatd holds the LOCK of its data directory (changes nothing).
+bool data_dir_in_use(const std::filesystem::path& dir) {
+  const int fd = ::open((dir / "LOCK").c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  const bool busy = ::flock(fd, LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK;
+  ::close(fd);
+  return busy;
+}
+
+// moatd --check-store: reports what the store holds and verifies it, writing
+// nothing to the data directory. Exit 0: intact; 3: damaged; 1: cannot check.
+int check_store_main(const moat::config::Config& cfg) {
+  namespace store = moat::store;
+  if (cfg.store_engine != "rocksdb") {
+    fmt::print("store engine is memory: nothing is kept between runs\n");
+    return 0;
+  }
+  const auto dir = cfg.data_dir / "store";
+  try {
+    if (!std::filesystem::exists(cfg.data_dir)) {
+      fmt::print(stderr, "moatd: data_dir {} does not exist\n", cfg.data_dir.string());
+      return 1;
+    }
+    if (data_dir_in_use(cfg.data_dir)) {
+      fmt::print(stderr, "moatd: data_dir {} is in use by a running moatd; stop it to check the store\n",
+                 cfg.data_dir.string());
+      return 1;
+    }
+    if (!std::filesystem::exists(dir / "CURRENT")) {
+      fmt::print("{}: no store yet (nothing stored)\n", dir.string());
+      return 0;
+    }
+    store::RocksDbOptions so;
+    so.dir = dir;
+    so.read_only = true;
+    store::RocksDbStore rocks(so);
+    const auto r = rocks.check();
+    fmt::print(
+        "rocksdb in {} (checked read-only)\n  sessions {}\n  queued messages {} ({} in flight)\n"
+        "  QoS 2 ids awaiting PUBREL {}\n  retained messages {}\n  bans {}\n  bytes {}\n"
+        "  entries of ended sessions {}\n  damaged entries {}\n",
+        dir.string(), r.sessions, r.queued, r.inflight, r.pubrel, r.retained, r.bans, r.bytes, r.orphans,
+        r.damaged);
+    if (r.damaged) {
+      fmt::print("damaged: {}\n", r.damage);
+      return 3;
+    }
+    return 0;
+  } catch (const store::StoreDamaged& e) {
+    fmt::print("rocksdb in {}\ndamaged: {}\n", dir.string(), e.what());
+    return 3;
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "moatd: cannot check the store in {}: {}\n", cfg.data_dir.string(), e.what());
+    return 1;
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -374,6 +431,7 @@ int main(int argc, char** argv) {
     fmt::print("{}: configuration is valid\n", config_file.empty() ? "built-in default" : config_file);
     return 0;
   }
+  if (check_store) return check_store_main(cfg);
   spdlog::set_level(spdlog::level::from_str(cfg.log_level));
   if (cfg.threads == 0) cfg.threads = std::max(1u, std::thread::hardware_concurrency());
 
@@ -404,26 +462,17 @@ int main(int argc, char** argv) {
                       : cfg.durability == "interval" ? moat::store::Durability::Interval
                                                      : moat::store::Durability::None;
       so.sync_interval = cfg.sync_interval;
-      auto rocks = std::make_unique<moat::store::RocksDbStore>(so);
-      if (check_store) {
-        const auto r = rocks->check();
-        fmt::print(
-            "{}\n  sessions {}\n  queued messages {} ({} in flight)\n  QoS 2 ids awaiting PUBREL {}\n"
-            "  retained messages {}\n  bans {}\n  bytes {}\n  entries of ended sessions {}\n"
-            "  damaged entries {}\n",
-            rocks->describe(), r.sessions, r.queued, r.inflight, r.pubrel, r.retained, r.bans, r.bytes,
-            r.orphans, r.damaged);
-        return r.damaged ? 3 : 0;
-      }
-      store = std::move(rocks);
+      store = std::make_unique<moat::store::RocksDbStore>(so);
     } else {
-      if (check_store) {
-        fmt::print("store engine is memory: nothing is kept between runs\n");
-        return 0;
-      }
       store = std::make_unique<moat::store::MemoryStore>();
     }
     snapshot = store->load();
+  } catch (const moat::store::StoreDamaged& e) {
+    spdlog::critical(
+        "data_dir {}: the store is damaged, refusing to start rather than go on without what the damaged "
+        "part holds ({}); see \"A damaged store\" in docs/durability.md",
+        cfg.data_dir.string(), e.what());
+    return 1;
   } catch (const std::exception& e) {
     spdlog::critical("cannot use the store in {}: {}", cfg.data_dir.string(), e.what());
     return 1;
