@@ -29,26 +29,11 @@
 #include "security/file_watcher.hpp"
 #include "security/password_file.hpp"
 #include "security/tls.hpp"
+#include "store/data_dir.hpp"
 #include "store/memory_store.hpp"
 #include "store/rocksdb_store.hpp"
 
 namespace {
-
-// One moatd per data directory: a second one would corrupt durable state.
-int lock_data_dir(const std::filesystem::path& dir) {
-  std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
-  if (ec) throw std::runtime_error(fmt::format("data_dir {}: {}", dir.string(), ec.message()));
-  const auto lock = dir / "LOCK";
-  const int fd = ::open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-  if (fd < 0)
-    throw std::runtime_error(
-        fmt::format("{}: {}", lock.string(), std::error_code(errno, std::system_category()).message()));
-  if (::flock(fd, LOCK_EX | LOCK_NB) != 0)
-    throw std::runtime_error(
-        fmt::format("{} is in use by another moatd (lock {})", dir.string(), lock.string()));
-  return fd;
-}
 
 namespace security = moat::security;
 
@@ -340,15 +325,6 @@ void reload(const std::filesystem::path& file, moat::config::Config& current, Se
   spdlog::info("configuration reloaded from {}", file.string());
 }
 
-// A running moatd holds the LOCK of its data directory (changes nothing).
-bool data_dir_in_use(const std::filesystem::path& dir) {
-  const int fd = ::open((dir / "LOCK").c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return false;
-  const bool busy = ::flock(fd, LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK;
-  ::close(fd);
-  return busy;
-}
-
 // moatd --check-store: reports what the store holds and verifies it, writing
 // nothing to the data directory. Exit 0: intact; 3: damaged; 1: cannot check.
 int check_store_main(const moat::config::Config& cfg) {
@@ -359,11 +335,11 @@ int check_store_main(const moat::config::Config& cfg) {
   }
   const auto dir = cfg.data_dir / "store";
   try {
-    if (!std::filesystem::exists(cfg.data_dir)) {
+    if (store::DataDir::inspect(cfg.data_dir) == store::DataDir::State::Missing) {
       fmt::print(stderr, "moatd: data_dir {} does not exist\n", cfg.data_dir.string());
       return 1;
     }
-    if (data_dir_in_use(cfg.data_dir)) {
+    if (store::DataDir::in_use(cfg.data_dir)) {
       fmt::print(stderr, "moatd: data_dir {} is in use by a running moatd; stop it to check the store\n",
                  cfg.data_dir.string());
       return 1;
@@ -444,17 +420,28 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   ::signal(SIGPIPE, SIG_IGN);
 
-  int lock_fd = -1;
+  // One moatd per data directory (a second one would corrupt durable state),
+  // and only a directory that is Moat's.
+  std::optional<moat::store::DataDir> data_dir;
   try {
-    lock_fd = lock_data_dir(cfg.data_dir);
+    data_dir.emplace(cfg.data_dir);
   } catch (const std::exception& e) {
     spdlog::critical("{}", e.what());
     return 1;
   }
+  const bool unmarked = data_dir->state() == moat::store::DataDir::State::Unmarked;
 
   std::unique_ptr<moat::store::Store> store;
   moat::store::Snapshot snapshot;
   try {
+    if (unmarked) {
+      // A data directory from before the marker: its store must be Moat's
+      // before anything is written to it (a read-only open writes nothing).
+      moat::store::RocksDbOptions probe;
+      probe.dir = data_dir->store_path();
+      probe.read_only = true;
+      const moat::store::RocksDbStore moats_or_throws(probe);
+    }
     if (cfg.store_engine == "rocksdb") {
       moat::store::RocksDbOptions so;
       so.dir = cfg.data_dir / "store";
@@ -467,6 +454,11 @@ int main(int argc, char** argv) {
       store = std::make_unique<moat::store::MemoryStore>();
     }
     snapshot = store->load();
+    if (unmarked) {
+      data_dir->mark();
+      spdlog::info("data_dir {}: marked as a Moat data directory ({})", cfg.data_dir.string(),
+                   moat::store::DataDir::kMarker);
+    }
   } catch (const moat::store::StoreDamaged& e) {
     spdlog::critical(
         "data_dir {}: the store is damaged, refusing to start rather than go on without what the damaged "
@@ -582,6 +574,5 @@ int main(int argc, char** argv) {
   const auto t = server.totals();
   spdlog::info("stopped: {} messages received, {} sent, {} dropped (queue full), {} protocol errors",
                t.messages_received, t.messages_sent, t.dropped_queue_full, t.protocol_errors);
-  ::close(lock_fd);
   return 0;
 }

@@ -257,3 +257,130 @@ def test_check_store_missing_data_dir_exit_1(node):
     assert rc == 1, out + err
     assert "data_dir %s does not exist" % n.data in err, err
     assert not n.data.exists(), "--check-store created the data directory"
+
+
+# ---------------------------------------------------------------- the data directory
+
+
+MARKER = "moat-data-dir"
+
+
+def make_foreign_rocksdb(path):
+    """A RocksDB database that is not Moat's, made through RocksDB's C API."""
+    import ctypes
+    import ctypes.util
+    name = ctypes.util.find_library("rocksdb")
+    if not name:
+        pytest.skip("librocksdb not found")
+    lib = ctypes.CDLL(name)
+    vp, cp = ctypes.c_void_p, ctypes.c_char_p
+    lib.rocksdb_options_create.restype = vp
+    lib.rocksdb_options_set_create_if_missing.argtypes = [vp, ctypes.c_ubyte]
+    lib.rocksdb_open.restype = vp
+    lib.rocksdb_open.argtypes = [vp, cp, ctypes.POINTER(cp)]
+    lib.rocksdb_writeoptions_create.restype = vp
+    lib.rocksdb_put.argtypes = [vp, vp, cp, ctypes.c_size_t, cp, ctypes.c_size_t, ctypes.POINTER(cp)]
+    lib.rocksdb_close.argtypes = [vp]
+    lib.rocksdb_writeoptions_destroy.argtypes = [vp]
+    lib.rocksdb_options_destroy.argtypes = [vp]
+    opts = lib.rocksdb_options_create()
+    lib.rocksdb_options_set_create_if_missing(opts, 1)
+    err = cp()
+    db = lib.rocksdb_open(opts, str(path).encode(), ctypes.byref(err))
+    assert db and not err.value, err.value
+    wo = lib.rocksdb_writeoptions_create()
+    lib.rocksdb_put(db, wo, b"user:1", 6, b"someone else's data", 19, ctypes.byref(err))
+    assert not err.value, err.value
+    lib.rocksdb_writeoptions_destroy(wo)
+    lib.rocksdb_close(db)
+    lib.rocksdb_options_destroy(opts)
+
+
+def test_foreign_data_dir_refused_and_left_alone(node):
+    """A data_dir holding someone else's files: moatd refuses it, names it and
+    what it holds, and adds nothing to it (no LOCK, no store/, no marker)."""
+    n = node()
+    n.data.mkdir()
+    (n.data / "mosquitto.db").write_bytes(b"\x00\xb5\x00mosquitto db")
+    (n.data / "notes.txt").write_text("keep me\n")
+    before = tree_state(n.data)
+    rc, out, err = n.run()
+    assert rc == 1, out + err
+    line = [x for x in err.splitlines() if "not a Moat data directory" in x]
+    assert len(line) == 1, err
+    assert "data_dir %s" % n.data in line[0] and "mosquitto.db" in line[0] and "notes.txt" in line[0], line[0]
+    assert tree_state(n.data) == before
+    rc, out, err = n.check_store()
+    assert rc == 1 and "not a Moat data directory" in err, out + err
+    assert tree_state(n.data) == before
+
+
+def test_fresh_data_dir_gets_marker(node):
+    """A data_dir that does not exist, or is empty, is Moat's from then on."""
+    for name, make in (("new", False), ("empty", True)):
+        n = node(name)
+        if make:
+            n.data.mkdir()
+        n.start()
+        marker = n.data / MARKER
+        assert marker.read_text().startswith("Moat data directory"), marker.read_text()
+        n.stop()
+        assert sorted(os.listdir(n.data)) == ["LOCK", MARKER, "store"]
+        n.start()  # and accepted again
+        n.stop()
+        rc, out, err = n.check_store()
+        assert rc == 0, out + err
+
+
+def test_data_dir_from_before_the_marker_accepted_and_marked(node):
+    """A data directory made by a moatd without the marker (store/ and LOCK
+    only) keeps its state and gets the marker."""
+    n = node()
+    b = n.start()
+    cid, topic = uniq("durable"), uniq("store/old/")
+    queue_for_offline(b, cid, topic, 3)
+    n.stop()
+    (n.data / MARKER).unlink()
+    b = n.start()
+    assert restored_queued(b) == (1, 3)
+    assert (n.data / MARKER).exists()
+    sp, got = receive_all(b, cid, 3)
+    assert sp and [p.payload[:6] for p in got] == [b"%06d" % i for i in range(3)]
+    n.stop()
+
+
+def test_rocksdb_database_not_moats_refused_unchanged(node):
+    """data_dir/store holding a RocksDB database of something else: it is
+    checked read-only and refused before moatd writes anything to it."""
+    n = node()
+    n.data.mkdir()
+    make_foreign_rocksdb(n.data / "store")
+    before = tree_state(n.data / "store")
+    rc, out, err = n.run()
+    assert rc == 1, out + err
+    assert "is a RocksDB database but not a Moat store" in err, err
+    assert str(n.data) in err, err
+    # (The folder looks like a data directory from before the marker: moatd
+    # takes its LOCK to check the store, and leaves the store as it was.)
+    assert tree_state(n.data / "store") == before, "moatd changed a database that is not its own"
+    assert not (n.data / MARKER).exists()
+    rc, out, err = n.check_store()
+    assert rc == 1 and "not a Moat store" in err, out + err
+
+
+def test_damaged_marker_refused(node):
+    n = node()
+    n.data.mkdir()
+    (n.data / MARKER).write_text("something else\n")
+    rc, out, err = n.run()
+    assert rc == 1, out + err
+    assert "marker file %s is damaged" % MARKER in err and str(n.data) in err, err
+
+
+def test_memory_engine_refuses_foreign_data_dir_too(node):
+    n = node(engine="memory")
+    n.data.mkdir()
+    (n.data / "notes.txt").write_text("keep me\n")
+    rc, out, err = n.run()
+    assert rc == 1 and "not a Moat data directory" in err, out + err
+    assert sorted(os.listdir(n.data)) == ["notes.txt"]
