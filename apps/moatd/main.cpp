@@ -29,26 +29,11 @@
 #include "security/jwt.hpp"
 #include "security/password_file.hpp"
 #include "security/tls.hpp"
+#include "store/data_dir.hpp"
 #include "store/memory_store.hpp"
 #include "store/rocksdb_store.hpp"
 
 namespace {
-
-// One moatd per data directory: a second one would corrupt durable state.
-int lock_data_dir(const std::filesystem::path& dir) {
-  std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
-  if (ec) throw std::runtime_error(fmt::format("data_dir {}: {}", dir.string(), ec.message()));
-  const auto lock = dir / "LOCK";
-  const int fd = ::open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-  if (fd < 0)
-    throw std::runtime_error(
-        fmt::format("{}: {}", lock.string(), std::error_code(errno, std::system_category()).message()));
-  if (::flock(fd, LOCK_EX | LOCK_NB) != 0)
-    throw std::runtime_error(
-        fmt::format("{} is in use by another moatd (lock {})", dir.string(), lock.string()));
-  return fd;
-}
 
 namespace security = moat::security;
 
@@ -345,6 +330,54 @@ void reload(const std::filesystem::path& file, moat::config::Config& current, Se
   spdlog::info("configuration reloaded from {}", file.string());
 }
 
+// moatd --check-store: reports what the store holds and verifies it, writing
+// nothing to the data directory. Exit 0: intact; 3: damaged; 1: cannot check.
+int check_store_main(const moat::config::Config& cfg) {
+  namespace store = moat::store;
+  if (cfg.store_engine != "rocksdb") {
+    fmt::print("store engine is memory: nothing is kept between runs\n");
+    return 0;
+  }
+  const auto dir = cfg.data_dir / "store";
+  try {
+    if (store::DataDir::inspect(cfg.data_dir) == store::DataDir::State::Missing) {
+      fmt::print(stderr, "moatd: data_dir {} does not exist\n", cfg.data_dir.string());
+      return 1;
+    }
+    if (store::DataDir::in_use(cfg.data_dir)) {
+      fmt::print(stderr, "moatd: data_dir {} is in use by a running moatd; stop it to check the store\n",
+                 cfg.data_dir.string());
+      return 1;
+    }
+    if (!std::filesystem::exists(dir / "CURRENT")) {
+      fmt::print("{}: no store yet (nothing stored)\n", dir.string());
+      return 0;
+    }
+    store::RocksDbOptions so;
+    so.dir = dir;
+    so.read_only = true;
+    store::RocksDbStore rocks(so);
+    const auto r = rocks.check();
+    fmt::print(
+        "rocksdb in {} (checked read-only)\n  sessions {}\n  queued messages {} ({} in flight)\n"
+        "  QoS 2 ids awaiting PUBREL {}\n  retained messages {}\n  bans {}\n  bytes {}\n"
+        "  entries of ended sessions {}\n  damaged entries {}\n",
+        dir.string(), r.sessions, r.queued, r.inflight, r.pubrel, r.retained, r.bans, r.bytes, r.orphans,
+        r.damaged);
+    if (r.damaged) {
+      fmt::print("damaged: {}\n", r.damage);
+      return 3;
+    }
+    return 0;
+  } catch (const store::StoreDamaged& e) {
+    fmt::print("rocksdb in {}\ndamaged: {}\n", dir.string(), e.what());
+    return 3;
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "moatd: cannot check the store in {}: {}\n", cfg.data_dir.string(), e.what());
+    return 1;
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -379,6 +412,7 @@ int main(int argc, char** argv) {
     fmt::print("{}: configuration is valid\n", config_file.empty() ? "built-in default" : config_file);
     return 0;
   }
+  if (check_store) return check_store_main(cfg);
   spdlog::set_level(spdlog::level::from_str(cfg.log_level));
   if (cfg.threads == 0) cfg.threads = std::max(1u, std::thread::hardware_concurrency());
 
@@ -391,17 +425,28 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   ::signal(SIGPIPE, SIG_IGN);
 
-  int lock_fd = -1;
+  // One moatd per data directory (a second one would corrupt durable state),
+  // and only a directory that is Moat's.
+  std::optional<moat::store::DataDir> data_dir;
   try {
-    lock_fd = lock_data_dir(cfg.data_dir);
+    data_dir.emplace(cfg.data_dir);
   } catch (const std::exception& e) {
     spdlog::critical("{}", e.what());
     return 1;
   }
+  const bool unmarked = data_dir->state() == moat::store::DataDir::State::Unmarked;
 
   std::unique_ptr<moat::store::Store> store;
   moat::store::Snapshot snapshot;
   try {
+    if (unmarked) {
+      // A data directory from before the marker: its store must be Moat's
+      // before anything is written to it (a read-only open writes nothing).
+      moat::store::RocksDbOptions probe;
+      probe.dir = data_dir->store_path();
+      probe.read_only = true;
+      const moat::store::RocksDbStore moats_or_throws(probe);
+    }
     if (cfg.store_engine == "rocksdb") {
       moat::store::RocksDbOptions so;
       so.dir = cfg.data_dir / "store";
@@ -409,26 +454,22 @@ int main(int argc, char** argv) {
                       : cfg.durability == "interval" ? moat::store::Durability::Interval
                                                      : moat::store::Durability::None;
       so.sync_interval = cfg.sync_interval;
-      auto rocks = std::make_unique<moat::store::RocksDbStore>(so);
-      if (check_store) {
-        const auto r = rocks->check();
-        fmt::print(
-            "{}\n  sessions {}\n  queued messages {} ({} in flight)\n  QoS 2 ids awaiting PUBREL {}\n"
-            "  retained messages {}\n  bans {}\n  bytes {}\n  entries of ended sessions {}\n"
-            "  damaged entries {}\n",
-            rocks->describe(), r.sessions, r.queued, r.inflight, r.pubrel, r.retained, r.bans, r.bytes,
-            r.orphans, r.damaged);
-        return r.damaged ? 3 : 0;
-      }
-      store = std::move(rocks);
+      store = std::make_unique<moat::store::RocksDbStore>(so);
     } else {
-      if (check_store) {
-        fmt::print("store engine is memory: nothing is kept between runs\n");
-        return 0;
-      }
       store = std::make_unique<moat::store::MemoryStore>();
     }
     snapshot = store->load();
+    if (unmarked) {
+      data_dir->mark();
+      spdlog::info("data_dir {}: marked as a Moat data directory ({})", cfg.data_dir.string(),
+                   moat::store::DataDir::kMarker);
+    }
+  } catch (const moat::store::StoreDamaged& e) {
+    spdlog::critical(
+        "data_dir {}: the store is damaged, refusing to start rather than go on without what the damaged "
+        "part holds ({}); see \"A damaged store\" in docs/durability.md",
+        cfg.data_dir.string(), e.what());
+    return 1;
   } catch (const std::exception& e) {
     spdlog::critical("cannot use the store in {}: {}", cfg.data_dir.string(), e.what());
     return 1;
@@ -561,6 +602,5 @@ int main(int argc, char** argv) {
   const auto t = server.totals();
   spdlog::info("stopped: {} messages received, {} sent, {} dropped (queue full), {} protocol errors",
                t.messages_received, t.messages_sent, t.dropped_queue_full, t.protocol_errors);
-  ::close(lock_fd);
   return 0;
 }

@@ -74,7 +74,7 @@ class Reader {
     pos_ += n;
   }
   [[noreturn]] void fail(const char* why) {
-    throw StoreError(std::string("damaged ") + what_ + " record: " + why);
+    throw StoreDamaged(std::string("damaged ") + what_ + " record: " + why);
   }
   std::string_view in_;
   std::size_t pos_ = 0;

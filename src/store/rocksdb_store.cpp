@@ -5,6 +5,7 @@
 #include <rocksdb/utilities/table_properties_collectors.h>
 #include <rocksdb/write_batch.h>
 
+#include <cstdarg>
 #include <map>
 #include <set>
 
@@ -36,21 +37,41 @@ std::string session_prefix(char kind, std::uint64_t session) {
   return k;
 }
 
-void ok_or_throw(const rocksdb::Status& s, const char* what) {
-  if (!s.ok()) throw StoreError(std::string(what) + ": " + s.ToString());
+// Corruption (a checksum that does not match) is damage: what the damaged part
+// held is lost to a reader, so the caller must not go on as if it were not.
+void ok_or_throw(const rocksdb::Status& s, const std::string& what) {
+  if (s.ok()) return;
+  if (s.IsCorruption()) throw StoreDamaged(what + ": " + s.ToString());
+  throw StoreError(what + ": " + s.ToString());
 }
+
+// RocksDB's info log for a read-only open: nothing is written to the folder.
+class SilentLogger final : public rocksdb::Logger {
+ public:
+  using rocksdb::Logger::Logv;
+  void Logv(const char*, va_list) override {}
+  void Logv(const rocksdb::InfoLogLevel, const char*, va_list) override {}
+};
 
 }  // namespace
 
 RocksDbStore::RocksDbStore(RocksDbOptions options) : options_(std::move(options)) {
   namespace fs = std::filesystem;
+  const std::string dir = options_.dir.string();
   std::error_code ec;
   const bool exists = fs::exists(options_.dir, ec);
   if (exists && !fs::is_empty(options_.dir, ec) && !fs::exists(options_.dir / "CURRENT", ec))
-    throw StoreError(options_.dir.string() + " holds files but is not a RocksDB store; refusing to use it");
+    throw StoreError(dir + " holds files but is not a RocksDB store; refusing to use it");
+  if (options_.read_only && !fs::exists(options_.dir / "CURRENT", ec)) throw StoreError("no store in " + dir);
   rocksdb::Options o;
-  o.create_if_missing = true;
+  o.create_if_missing = !options_.read_only;
   o.paranoid_checks = true;
+  // After a crash the last WAL record may be torn (written in part): RocksDB
+  // drops it, which loses nothing acknowledged (its write had not returned).
+  // Damage anywhere else in the WAL makes the open fail. RocksDB's default,
+  // kPointInTimeRecovery, would instead stop replaying at the damage and open
+  // the store without every later write: acknowledged messages gone silently.
+  o.wal_recovery_mode = rocksdb::WALRecoveryMode::kTolerateCorruptedTailRecords;
   o.max_background_jobs = 2;  // flushes and background compaction
   o.keep_log_file_num = 4;
   // A queue is written once and deleted soon after: files end up mostly
@@ -60,25 +81,33 @@ RocksDbStore::RocksDbStore(RocksDbOptions options) : options_(std::move(options)
   o.table_properties_collector_factories.emplace_back(
       rocksdb::NewCompactOnDeletionCollectorFactory(10000, 5000, 0.5));
   rocksdb::DB* raw = nullptr;
-  ok_or_throw(rocksdb::DB::Open(o, options_.dir.string(), &raw),
-              ("cannot open store " + options_.dir.string()).c_str());
+  if (options_.read_only) o.info_log = std::make_shared<SilentLogger>();
+  const auto opened =
+      options_.read_only ? rocksdb::DB::OpenForReadOnly(o, dir, &raw) : rocksdb::DB::Open(o, dir, &raw);
+  if (opened.IsCorruption()) throw StoreDamaged("store " + dir + " is damaged: " + opened.ToString());
+  ok_or_throw(opened, "cannot open store " + dir);
   db_.reset(raw);
   std::string format;
   const auto st = db_->Get(rocksdb::ReadOptions(), std::string(kFormatKey), &format);
   if (st.IsNotFound()) {
     std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
     it->SeekToFirst();
-    if (it->Valid()) throw StoreError(options_.dir.string() + " is a RocksDB database but not a Moat store");
-    rocksdb::WriteOptions wo;
-    wo.sync = true;
-    ok_or_throw(db_->Put(wo, std::string(kFormatKey), std::string(kFormat)), "cannot initialise the store");
+    if (it->Valid()) throw StoreError(dir + " is a RocksDB database but not a Moat store");
+    ok_or_throw(it->status(), "cannot read the store " + dir);
+    // An empty database: one moatd created and stopped before writing the
+    // marker, or a new one.
+    if (!options_.read_only) {
+      rocksdb::WriteOptions wo;
+      wo.sync = true;
+      ok_or_throw(db_->Put(wo, std::string(kFormatKey), std::string(kFormat)), "cannot initialise the store");
+    }
   } else {
-    ok_or_throw(st, "cannot read the store format");
+    ok_or_throw(st, "cannot read the store format of " + dir);
     if (format != kFormat)
-      throw StoreError(options_.dir.string() + ": store format '" + format + "' is not " +
-                       std::string(kFormat));
+      throw StoreError(dir + ": store format '" + format + "' is not " + std::string(kFormat));
   }
-  if (options_.durability == Durability::Interval) syncer_ = std::thread([this] { sync_loop(); });
+  if (options_.durability == Durability::Interval && !options_.read_only)
+    syncer_ = std::thread([this] { sync_loop(); });
 }
 
 RocksDbStore::~RocksDbStore() {
@@ -90,7 +119,7 @@ RocksDbStore::~RocksDbStore() {
     sync_cv_.notify_all();
     syncer_.join();
   }
-  if (db_) (void)db_->SyncWAL();
+  if (db_ && !options_.read_only) (void)db_->SyncWAL();
 }
 
 void RocksDbStore::sync_loop() {
@@ -173,14 +202,14 @@ Snapshot RocksDbStore::load() {
   for (it->Seek("i"); it->Valid() && it->key().starts_with("i"); it->Next()) {
     const auto k = it->key().ToStringView();
     const auto v = it->value().ToStringView();
-    if (k.size() != 17 || v.size() != 3) throw StoreError("damaged in-flight entry");
+    if (k.size() != 17 || v.size() != 3) throw StoreDamaged("damaged in-flight entry");
     inflight[{get_be(k, 1, 8), get_be(k, 9, 8)}] = {static_cast<std::uint16_t>(get_be(v, 0, 2)),
                                                     static_cast<std::uint8_t>(v[2])};
   }
   rocksdb::WriteBatch cleanup;  // entries of sessions that had ended (see Snapshot)
   for (it->Seek("p"); it->Valid() && it->key().starts_with("p"); it->Next()) {
     const auto k = it->key().ToStringView();
-    if (k.size() != 11) throw StoreError("damaged PUBREL entry");
+    if (k.size() != 11) throw StoreDamaged("damaged PUBREL entry");
     if (auto s = by_id.find(get_be(k, 1, 8)); s != by_id.end())
       snap.sessions[s->second].awaiting_pubrel.push_back(static_cast<std::uint16_t>(get_be(k, 9, 2)));
     else
@@ -188,7 +217,7 @@ Snapshot RocksDbStore::load() {
   }
   for (it->Seek("q"); it->Valid() && it->key().starts_with("q"); it->Next()) {
     const auto k = it->key().ToStringView();
-    if (k.size() != 17) throw StoreError("damaged queue key");
+    if (k.size() != 17) throw StoreDamaged("damaged queue key");
     auto q = decode_queued(it->value().ToStringView());
     const std::pair<std::uint64_t, std::uint64_t> id{get_be(k, 1, 8), get_be(k, 9, 8)};
     if (auto f = inflight.find(id); f != inflight.end()) {
@@ -225,6 +254,10 @@ Snapshot RocksDbStore::load() {
 
 RocksDbStore::Report RocksDbStore::check() {
   Report r;
+  auto damaged = [&r](std::string what) {
+    ++r.damaged;
+    if (r.damage.empty()) r.damage = std::move(what);
+  };
   std::set<std::uint64_t> sessions;
   std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
   for (it->SeekToFirst(); it->Valid(); it->Next()) {
@@ -254,15 +287,17 @@ RocksDbStore::Report RocksDbStore::check() {
           decode_ban(v), ++r.bans;
           break;
         default:
-          ++r.damaged;
+          damaged("entry of unknown kind");
       }
-    } catch (const StoreError&) {
-      ++r.damaged;
+    } catch (const StoreError& e) {
+      damaged(e.what());
     }
   }
+  if (!it->status().ok()) damaged("reading the store: " + it->status().ToString());
   for (it->Seek("q"); it->Valid() && it->key().starts_with("q"); it->Next())
     if (!sessions.count(get_be(it->key().ToStringView(), 1, 8))) ++r.orphans;
-  ok_or_throw(it->status(), "store read failed");
+  // Table files whose blocks were not all read above (filters, index) too.
+  if (const auto v = db_->VerifyChecksum(); !v.ok()) damaged("verifying table files: " + v.ToString());
   return r;
 }
 

@@ -36,12 +36,19 @@ struct RocksDbOptions {
   std::filesystem::path dir;
   Durability durability = Durability::Sync;
   std::chrono::milliseconds sync_interval{100};
+  // Opens an existing store without writing anything to its folder (no WAL
+  // replay flushed to disk, no info log, no format marker): --check-store, and
+  // the check that a folder holds a Moat store before moatd writes to it.
+  // commit() and load() must not be called on such a store.
+  bool read_only = false;
 };
 
 class RocksDbStore final : public Store {
  public:
-  // Opens or creates the store. Throws StoreError for a damaged store, a folder
-  // that is not a Moat store, or one that cannot be opened (with the reason).
+  // Opens or creates the store. Throws StoreDamaged for a damaged store (the
+  // write-ahead log or a table file fails its checksum: RocksDB recovers only
+  // a torn last record, the normal trace of a crash), StoreError for a folder
+  // that is not a Moat store or one that cannot be opened (with the reason).
   explicit RocksDbStore(RocksDbOptions options);
   ~RocksDbStore() override;
 
@@ -50,11 +57,13 @@ class RocksDbStore final : public Store {
   bool commit_waits_for_disk() const override { return options_.durability == Durability::Sync; }
   std::string describe() const override;
 
-  // Counts per key kind and checks that every record decodes (--check-store).
+  // Counts per key kind, checks that every record decodes and verifies the
+  // checksums of every table file (--check-store).
   struct Report {
     std::uint64_t sessions = 0, queued = 0, inflight = 0, pubrel = 0, retained = 0, bans = 0, orphans = 0,
                   damaged = 0;
     std::uint64_t bytes = 0;
+    std::string damage;  // the first damage found, empty if none
   };
   Report check();
   std::uint64_t syncs() const { return syncs_.load(std::memory_order_relaxed); }

@@ -164,12 +164,20 @@ class StoreError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// The store's files are damaged (a checksum that does not match, a record that
+// does not decode): what they held cannot all be read back. Start-up refuses
+// such a store rather than go on with part of it; --check-store exits 3.
+class StoreDamaged : public StoreError {
+ public:
+  using StoreError::StoreError;
+};
+
 // Record encodings shared by the stores (little-endian, versioned).
 std::string encode(const SessionRecord& s);
 std::string encode(const QueuedRecord& q);
 std::string encode(const RetainedRecord& r);
 std::string encode(const BanRecord& b);
-// Throw StoreError("damaged record ...") on malformed input.
+// Throw StoreDamaged("damaged ... record: ...") on malformed input.
 SessionRecord decode_session(std::string_view bytes);
 QueuedRecord decode_queued(std::string_view bytes);
 RetainedRecord decode_retained(std::string_view bytes);
