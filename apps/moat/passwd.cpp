@@ -64,7 +64,7 @@ std::optional<std::string> argon2_params(const PasswdArgs& a, security::Argon2Pa
     out.iterations = static_cast<std::uint32_t>(*a.argon2_iterations);
   }
   if (a.argon2_memory_kib) {
-    const std::uint64_t least = 8u * out.parallelism;
+    const std::uint64_t least = std::uint64_t{8} * out.parallelism;
     if (*a.argon2_memory_kib < least || *a.argon2_memory_kib > 4194304)
       return "--argon2-memory must be between " + std::to_string(least) +
              " (8 x parallelism) and 4194304 KiB, not " + std::to_string(*a.argon2_memory_kib);

@@ -230,7 +230,7 @@ security::TlsServerConfig read_tls(const Reporter& r, const toml::table& t, cons
   }
   c.session_tickets = get_bool(r, t, sec, "session_tickets", true);
   c.ticket_key_rotation = std::chrono::seconds(
-      get_int(r, t, sec, "ticket_key_rotation", c.ticket_key_rotation.count(), 60, 7 * 86400));
+      get_int(r, t, sec, "ticket_key_rotation", c.ticket_key_rotation.count(), 60, std::int64_t{7} * 86400));
   if (!c.session_tickets && t.get("ticket_key_rotation"))
     r.fail_at(*t.get("ticket_key_rotation"), qualified(sec, "ticket_key_rotation"),
               "needs session_tickets = true");

@@ -383,6 +383,12 @@ void TlsEngine::Impl::on_established() {
     verify_subject = name_rfc2253(X509_get_subject_name(peer));
     return fail(TlsFailure::CertRevoked, "certificate revoked: " + verify_subject);
   }
+  // ... and the certificate's validity now: a session lives as long as its
+  // ticket key (up to ticket_key_rotation), the certificate perhaps not.
+  if (peer && resumed && X509_cmp_current_time(X509_get0_notAfter(peer)) < 0) {
+    verify_subject = name_rfc2253(X509_get_subject_name(peer));
+    return fail(TlsFailure::CertExpired, "certificate expired: " + verify_subject);
+  }
   if (!peer && !psk_used && cfg.client_cert == ClientCertMode::Required)
     return fail(TlsFailure::NoClientCert, "no client certificate");
 

@@ -186,3 +186,38 @@ def test_session_tickets_false_means_no_resumption(secure_broker, pki, empty_ope
         assert accepted(packets, err), (packets, err)
         line = handshake_line(b, version, mark)
         assert (", resumed" in line) == (name == "on"), (name, line)
+
+
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+def test_an_expired_certificate_does_not_resume(secure_broker, pki, empty_openssl_conf, tmp_path,
+                                                version):
+    """A session outlives its ticket key only, but a certificate may expire
+    sooner: resuming with a certificate that has expired since is refused as a
+    full handshake would be."""
+    import datetime
+    import time
+
+    ends = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0) + datetime.timedelta(
+        seconds=scaled(6))
+    cert, key = pki.ca.issue("short-lived-" + version, "/CN=device-short",
+                             enddate=ends.strftime("%Y%m%d%H%M%SZ"))
+    b = secure_broker(
+        listeners=[{"name": "mtls", "bind": "127.0.0.1:0", "transport": "tls", "auth": ["certificate"],
+                    "tls": {"cert": pki.server_cert, "key": pki.server_key, "ca": pki.ca_cert,
+                            "client_cert": "required", "identity_from": "cn"}}])
+    ep = b.endpoints["mtls"]
+    sess = str(tmp_path / "session.pem")
+    client = [FORCE[version], "-CAfile", pki.ca_cert, "-cert", cert, "-key", key]
+    packets, err = s_client_mqtt(ep, empty_openssl_conf, *client, "-sess_out", sess)
+    assert accepted(packets, err), (packets, err)
+    mark = b.log_mark()
+    packets, err = s_client_mqtt(ep, empty_openssl_conf, *client, "-sess_in", sess)
+    assert accepted(packets, err), (packets, err)
+    assert ", resumed" in handshake_line(b, version, mark)
+    # Past the certificate's notAfter (a deadline, not an event to wait for).
+    time.sleep(max(0.0, (ends - datetime.datetime.now(datetime.timezone.utc)).total_seconds()) + 1.5)
+    mark = b.log_mark()
+    packets, err = s_client_mqtt(ep, empty_openssl_conf, *client, "-sess_in", sess)
+    assert packets == [], (packets, err)
+    b.wait_for_log(r"on mtls failed: certificate expired: CN=device-short", since=mark)
+    assert b.alive()

@@ -12,7 +12,8 @@ namespace {
 
 using test_util::error_of;
 
-const std::string kTlsHead =
+const std::string
+    kTlsHead =  // NOLINT(cert-err58-cpp): a test constant; allocation failure ends the run anyway
     "[[listener]]\nname = \"s\"\nbind = \"127.0.0.1:8883\"\ntransport = \"tls\"\nauth = [\"anonymous\"]\n"
     "[listener.tls]\ncert = \"s.crt\"\nkey = \"s.key\"\n";
 

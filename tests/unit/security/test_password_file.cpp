@@ -215,7 +215,7 @@ TEST(PasswordFile, UnknownUserComputesDummyHash) {
 
 // Fixed Mosquitto entries (passwords "hunter2" and "secret"); the $7$ one with
 // another iteration count is well-formed, which is all the dummy's choice reads.
-const std::string kSix =
+const std::string kSix =  // NOLINT(cert-err58-cpp): a test constant; allocation failure ends the run anyway
     "$6$gzwPXi08UsB5T3mP$sUzeznYEFKqd3dvyM1NS5IOaWe4yzALdUnlMiVHLMOOHHBENBJwzqr7o33XpQzWO/"
     "WCRQJfE+dnXrc3FswQ+gA==";
 std::string seven(std::string_view iterations) {
