@@ -12,43 +12,45 @@ std::uint64_t size_of(const Message& m) {
   return m.topic.size() + m.payload.size();
 }
 
-// The level of `s` up to the next '/' (all of it if none); advances `s` past
-// it and its separator. `more` says whether a separator followed.
-std::string_view next_level(std::string_view& s, bool& more) {
-  const auto slash = s.find('/');
-  const std::string_view level = s.substr(0, slash);
-  more = slash != std::string_view::npos;
-  s = more ? s.substr(slash + 1) : std::string_view{};
-  return level;
-}
 }  // namespace
 
-void RetainedStore::trie_put(std::string_view topic, const MessagePtr& m) {
-  Node* n = &root_;
+template <typename N>
+N* RetainedStore::find(N& root, std::string_view topic) {
+  N* n = &root;
   bool more = true;
   while (more) {
-    auto& child = n->children[std::string(next_level(topic, more))];
-    if (!child) child = std::make_unique<Node>();
-    n = child.get();
+    const auto it = n->children.find(codec::next_level(topic, more));
+    if (it == n->children.end()) return nullptr;
+    n = it->second.get();
   }
-  n->message = m;
+  return n;
 }
 
-void RetainedStore::trie_erase(std::string_view topic) {
+RetainedStore::Node& RetainedStore::make(std::string_view topic) {
+  Node* n = &root_;
+  codec::for_each_level(topic, [&n](std::string_view level) {
+    auto it = n->children.find(level);
+    if (it == n->children.end()) it = n->children.emplace(std::string(level), std::make_unique<Node>()).first;
+    n = it->second.get();
+  });
+  return *n;
+}
+
+void RetainedStore::erase(std::string_view topic) {
   // The path from the root, to prune nodes left empty.
   std::vector<std::pair<Node*, std::string_view>> path;
   Node* n = &root_;
   bool more = true;
   while (more) {
-    const std::string_view level = next_level(topic, more);
-    auto it = n->children.find(std::string(level));
+    const std::string_view level = codec::next_level(topic, more);
+    auto it = n->children.find(level);
     if (it == n->children.end()) return;
     path.emplace_back(n, level);
     n = it->second.get();
   }
   n->message.reset();
   for (auto p = path.rbegin(); p != path.rend(); ++p) {
-    auto it = p->first->children.find(std::string(p->second));
+    auto it = p->first->children.find(p->second);
     if (it->second->message || !it->second->children.empty()) break;
     p->first->children.erase(it);
   }
@@ -60,33 +62,30 @@ bool RetainedStore::update(const MessagePtr& m) {
 
 RetainedStore::Update RetainedStore::update(const MessagePtr& m, const Limits& limits) {
   std::lock_guard lock(mu_);
-  auto it = by_topic_.find(m->topic);
+  Node* node = find(root_, m->topic);
+  const MessagePtr* old = node && node->message ? &node->message : nullptr;
   // $SYS and other '$' topics are the broker's own: kept, never counted.
   const bool counted = m->topic.empty() || m->topic[0] != '$';
   if (m->payload.empty()) {
-    if (it == by_topic_.end()) return Update::Unchanged;
+    if (!old) return Update::Unchanged;
     if (counted) {
-      bytes_ -= size_of(*it->second);
+      bytes_ -= size_of(**old);
       --counted_;
     }
-    by_topic_.erase(it);
-    trie_erase(m->topic);
+    --size_;
+    erase(m->topic);
     return Update::Changed;
   }
   if (counted) {
-    const std::uint64_t old = it == by_topic_.end() ? 0 : size_of(*it->second);
-    const std::uint64_t after = bytes_ - old + size_of(*m);
-    if (it == by_topic_.end() && limits.max_messages > 0 && counted_ >= limits.max_messages)
-      return Update::OverMessages;
+    const std::uint64_t before = old ? size_of(**old) : 0;
+    const std::uint64_t after = bytes_ - before + size_of(*m);
+    if (!old && limits.max_messages > 0 && counted_ >= limits.max_messages) return Update::OverMessages;
     if (limits.max_bytes > 0 && after > limits.max_bytes && after > bytes_) return Update::OverBytes;
     bytes_ = after;
-    if (it == by_topic_.end()) ++counted_;
+    if (!old) ++counted_;
   }
-  if (it == by_topic_.end())
-    by_topic_.emplace(m->topic, m);
-  else
-    it->second = m;
-  trie_put(m->topic, m);
+  if (!old) ++size_;
+  (node ? *node : make(m->topic)).message = m;
   return Update::Changed;
 }
 
@@ -101,7 +100,7 @@ void RetainedStore::for_each_match(std::string_view filter,
   {
     std::lock_guard lock(mu_);
     if (filter.find_first_of("+#") == std::string_view::npos) {
-      if (auto it = by_topic_.find(filter); it != by_topic_.end()) hits.push_back(it->second);
+      if (const Node* n = find(root_, filter); n && n->message) hits.push_back(n->message);
     } else {
       // Every message at or below a node ('#').
       const auto subtree = [&hits](const Node& start) {
@@ -126,7 +125,7 @@ void RetainedStore::for_each_match(std::string_view filter,
         todo.pop_back();
         std::string_view rest = step.rest;
         bool more = false;
-        const std::string_view level = next_level(rest, more);
+        const std::string_view level = codec::next_level(rest, more);
         const auto visible = [&step](const std::string& name) {
           return !step.first || name.empty() || name[0] != '$';
         };
@@ -146,7 +145,7 @@ void RetainedStore::for_each_match(std::string_view filter,
         if (level == "+") {
           for (const auto& [name, child] : step.node->children)
             if (visible(name)) visit(*child);
-        } else if (auto it = step.node->children.find(std::string(level)); it != step.node->children.end()) {
+        } else if (auto it = step.node->children.find(level); it != step.node->children.end()) {
           visit(*it->second);
         }
       }
@@ -162,7 +161,7 @@ void RetainedStore::for_each_match(std::string_view filter,
 
 std::size_t RetainedStore::size() const {
   std::lock_guard lock(mu_);
-  return by_topic_.size();
+  return size_;
 }
 
 }  // namespace moat::broker

@@ -4,7 +4,6 @@
 
 #include <cstdint>
 #include <functional>
-#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -12,6 +11,7 @@
 #include <unordered_map>
 
 #include "broker/message.hpp"
+#include "codec/topic.hpp"
 
 namespace moat::broker {
 
@@ -47,17 +47,23 @@ class RetainedStore {
 
  private:
   // One topic level; `message` is set when a retained message has exactly
-  // this topic. Nodes without message and children are removed.
+  // this topic. Nodes without message and children are removed, so the trie
+  // holds what is retained and nothing else: it is the only index (a filter
+  // without wildcards is one lookup per level).
   struct Node {
-    std::unordered_map<std::string, std::unique_ptr<Node>> children;
+    std::unordered_map<std::string, std::unique_ptr<Node>, codec::StringHash, std::equal_to<>> children;
     MessagePtr message;
   };
-  void trie_put(std::string_view topic, const MessagePtr& m);
-  void trie_erase(std::string_view topic);
+  // The topic's node, or null; N is Node or const Node.
+  template <typename N>
+  static N* find(N& root, std::string_view topic);
+  // The topic's node, made with its path if missing.
+  Node& make(std::string_view topic);
+  void erase(std::string_view topic);
 
   mutable std::mutex mu_;
-  std::map<std::string, MessagePtr, std::less<>> by_topic_;
   Node root_;
+  std::size_t size_ = 0;       // retained messages, '$' topics included
   std::uint64_t bytes_ = 0;    // topic + payload of the counted ('$'-less) retained messages
   std::uint64_t counted_ = 0;  // retained messages whose topic does not start with '$'
 };

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "codec/packet.hpp"
+#include "codec/topic.hpp"
 
 namespace moat::broker {
 
@@ -45,11 +46,7 @@ class SubscriptionIndex {
 
  private:
   struct Node;
-  struct StringHash {
-    using is_transparent = void;
-    std::size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
-  };
-  using Children = std::unordered_map<std::string, std::unique_ptr<Node>, StringHash, std::equal_to<>>;
+  using Children = std::unordered_map<std::string, std::unique_ptr<Node>, codec::StringHash, std::equal_to<>>;
   struct Node {
     Children children;
     std::unique_ptr<Node> plus;    // the '+' edge
