@@ -48,6 +48,7 @@ Shard::Shard(std::uint32_t index, BrokerShared& shared, ShardBus& bus)
       bus_(bus),
       now_(Clock::now()),
       outboxes_(shared.shard_count),
+      index_outboxes_(shared.shard_count),
       acl_(shared.acl ? shared.acl->load() : nullptr),
       payload_(shared.payload ? shared.payload->load() : nullptr) {}
 
@@ -254,12 +255,14 @@ void Shard::broadcast(const ShardEvent& e) {
 }
 
 void Shard::queue_event(std::uint32_t to, ShardEvent&& e) {
-  outboxes_[to].push_back(std::move(e));
+  auto& box = std::holds_alternative<DeliverEvent>(e) ? outboxes_ : index_outboxes_;
+  box[to].push_back(std::move(e));
   request_end_turn();
 }
 
 void Shard::end_turn() {
   Turn t = take_turn();
+  send_events(t.index_events);
   if (!t.writes.empty() && shared_.store) {
     try {
       shared_.store->commit(t.writes);
@@ -279,6 +282,8 @@ Shard::Turn Shard::take_turn() {
   Turn t;
   if (shared_.store) t.writes = std::move(batch_);
   batch_.clear();
+  t.index_events.resize(index_outboxes_.size());
+  for (std::uint32_t i = 0; i < index_outboxes_.size(); ++i) t.index_events[i].swap(index_outboxes_[i]);
   t.events.resize(outboxes_.size());
   for (std::uint32_t i = 0; i < outboxes_.size(); ++i) t.events[i].swap(outboxes_[i]);
   return t;

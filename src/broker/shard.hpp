@@ -361,11 +361,22 @@ class Shard {
   // deliveries) must be written to sockets only after this returns.
   void end_turn();
   // The same in two steps, for a loop that commits on another thread: take this
-  // turn's writes and events, commit the writes, and only once they are stored
-  // send the events (send_events) and write the output of the turn.
+  // turn's writes and events, send the index events at once, commit the
+  // writes, and only once they are stored send the deliveries (send_events)
+  // and write the output of the turn.
+  //
+  // Index events (subscribe, unsubscribe, session gone) change the other
+  // loops' replicas of the subscription index and carry nothing stored, so
+  // they never wait for a commit: a SUBACK must not reach its client before
+  // every loop routes to the new subscription, or a message published on
+  // another loop right after the SUBACK would miss it. They are independent
+  // of deliveries (a delivery names a session of its destination loop, an
+  // index event one of its source loop), so overtaking held deliveries
+  // reorders nothing a client can see.
   struct Turn {
     store::Batch writes;
-    std::vector<std::vector<ShardEvent>> events;  // per destination shard
+    std::vector<std::vector<ShardEvent>> index_events;  // per destination shard
+    std::vector<std::vector<ShardEvent>> events;        // deliveries, per destination shard
   };
   Turn take_turn();
   void send_events(std::vector<std::vector<ShardEvent>>& events);
@@ -455,7 +466,8 @@ class Shard {
   std::unordered_map<std::string, std::unique_ptr<Session>> sessions_;
   std::unordered_map<std::uint64_t, Session*> sessions_by_id_;
   std::unordered_set<Client*> clients_;
-  std::vector<std::vector<ShardEvent>> outboxes_;
+  std::vector<std::vector<ShardEvent>> outboxes_;        // deliveries
+  std::vector<std::vector<ShardEvent>> index_outboxes_;  // subscription index changes
   bool flush_requested_ = false;
   store::Batch batch_;
   std::uint64_t writes_made_ = 0;

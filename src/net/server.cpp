@@ -402,6 +402,7 @@ void Loop::end_turn() {
     return;
   }
   broker::Shard::Turn turn = shard_.take_turn();
+  shard_.send_events(turn.index_events);  // before any output of this turn (Shard::Turn)
   if (!turn.writes.empty()) submitted_ = committer_->submit(std::move(turn.writes));
   writing_.swap(dirty_);
   if (submitted_ == durable_) {

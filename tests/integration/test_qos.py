@@ -243,3 +243,56 @@ def test_stalled_reader_gets_every_byte(start_broker):
                 q, k, len(a), a[:12], len(b), b[:12])
     sub.disconnect()
     assert broker.alive()
+
+
+def test_subscription_reaches_every_loop_before_its_suback(broker):
+    """Once a client has its SUBACK, a message published by another client on
+    any event loop reaches it, even while the store has commits in flight: the
+    subscription is in every loop's index before the SUBACK leaves. A durable
+    subscriber fed a QoS 1 stream keeps both loops committing meanwhile."""
+    import threading
+
+    load_topic = uniq("qos/load/")
+    durable = raw_connected(broker, uniq("load-sub"), name="load-sub", clean_session=False)
+    durable.subscribe([(load_topic, 1)])
+    stop = threading.Event()
+    errors = []
+
+    def load():
+        try:
+            with raw_connected(broker, name="load-pub") as pub:
+                deadline = time.monotonic() + scaled(60)
+                while not stop.is_set() and time.monotonic() < deadline:
+                    pub.publish(load_topic, b"x" * 100, qos=1)
+        except Exception as e:  # reported below
+            errors.append(e)
+
+    def drain():
+        try:
+            while not stop.is_set():
+                try:
+                    durable.recv_publish(timeout=0.5)
+                except TimeoutError:
+                    pass
+        except Exception as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=load), threading.Thread(target=drain)]
+    for t in threads:
+        t.start()
+    try:
+        for i in range(40):  # client ids hash to either loop: both pairings occur
+            topic = uniq("qos/fresh/")
+            with raw_connected(broker, name="fresh-sub") as sub, raw_connected(broker, name="fresh-pub") as pub:
+                assert sub.subscribe([(topic, 0)]) == [0]
+                pub.publish(topic, b"%d" % i, qos=0)
+                got = sub.recv_publish(timeout=scaled(5))
+                assert (got.topic, got.payload) == (topic, b"%d" % i)
+                sub.disconnect()
+                pub.disconnect()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(scaled(15))
+        durable.close()
+    assert not errors, errors
