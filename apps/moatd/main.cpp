@@ -500,9 +500,8 @@ int main(int argc, char** argv) {
   const auto steady = std::chrono::steady_clock::now();
   std::vector<security::Ban> address_bans, client_id_bans;
   {
-    const std::int64_t wall = moat::store::unix_ms_now();
     for (auto& b : snapshot.bans) {
-      const auto until = steady + std::chrono::milliseconds(b.until_unix_ms - wall);
+      const auto until = moat::store::from_unix_ms(b.until_unix_ms, steady);
       if (b.address.starts_with(moat::store::kClientIdBan))
         client_id_bans.push_back(
             {b.address.substr(moat::store::kClientIdBan.size()), until, std::move(b.reason)});

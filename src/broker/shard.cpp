@@ -23,11 +23,8 @@ constexpr auto kExpiryCheckInterval = std::chrono::seconds(1);
 // versions, or a session connected when moatd stopped).
 TimePoint offline_since(const store::SessionRecord& r, TimePoint now) {
   if (r.offline_since_unix_ms == 0) return now;
-  const auto wall_now = std::chrono::duration_cast<std::chrono::milliseconds>(
-      std::chrono::system_clock::now().time_since_epoch());
-  const auto stored = std::chrono::milliseconds(r.offline_since_unix_ms);
   // A wall clock set back since then counts as no time offline.
-  return wall_now > stored ? now - (wall_now - stored) : now;
+  return std::min(now, store::from_unix_ms(static_cast<std::int64_t>(r.offline_since_unix_ms), now));
 }
 }  // namespace
 
@@ -108,11 +105,8 @@ void Shard::persist(const Session& s) {
   for (const auto& [filter, qos] : s.subscriptions)
     r.subscriptions.emplace_back(filter, static_cast<std::uint8_t>(qos));
   if (!s.client && s.offline_since != TimePoint{}) {
-    // The wall clock survives a restart; the steady clock of offline_since does not.
-    const auto offline_for = std::max(now_ - s.offline_since, Clock::duration::zero());
-    const auto since = std::chrono::system_clock::now() - offline_for;
-    r.offline_since_unix_ms = static_cast<std::uint64_t>(
-        std::chrono::duration_cast<std::chrono::milliseconds>(since.time_since_epoch()).count());
+    r.offline_since_unix_ms =
+        static_cast<std::uint64_t>(store::to_unix_ms(std::min(s.offline_since, now_), now_));
   }
   writes().put_session(r);
 }
@@ -156,8 +150,7 @@ std::optional<security::Decision> Shard::access(const security::Identity& who, s
 
 void Shard::persist_ban(const security::Ban& b) {
   if (!shared_.store) return;
-  const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(b.until - now_);
-  writes().put_ban({b.address, store::unix_ms_now() + left.count(), b.reason});
+  writes().put_ban({b.address, store::to_unix_ms(b.until, now_), b.reason});
 }
 
 void Shard::retain(const MessagePtr& m, std::string_view peer, std::string_view client_id) {

@@ -181,6 +181,15 @@ std::int64_t unix_ms_now() {
       .count();
 }
 
+std::int64_t to_unix_ms(std::chrono::steady_clock::time_point t, std::chrono::steady_clock::time_point now) {
+  return unix_ms_now() + std::chrono::duration_cast<std::chrono::milliseconds>(t - now).count();
+}
+
+std::chrono::steady_clock::time_point from_unix_ms(std::int64_t unix_ms,
+                                                   std::chrono::steady_clock::time_point now) {
+  return now + std::chrono::milliseconds(unix_ms - unix_ms_now());
+}
+
 Batch::Entry& Batch::add(Op op, std::uint64_t session_id, std::uint64_t seq) {
   Entry& e = entries_.emplace_back();
   e.op = op;

@@ -11,6 +11,7 @@
 // brute-force defence banned.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <stdexcept>
@@ -184,5 +185,11 @@ RetainedRecord decode_retained(std::string_view bytes);
 BanRecord decode_ban(std::string_view bytes);
 // The time load() compares ban ends with (wall clock, Unix milliseconds).
 std::int64_t unix_ms_now();
+// Records keep times on the wall clock, which survives a restart; the broker
+// and the defences count on the steady clock, which does not. `now` is the
+// caller's steady "now": t's distance from it is kept.
+std::int64_t to_unix_ms(std::chrono::steady_clock::time_point t, std::chrono::steady_clock::time_point now);
+std::chrono::steady_clock::time_point from_unix_ms(std::int64_t unix_ms,
+                                                   std::chrono::steady_clock::time_point now);
 
 }  // namespace moat::store
