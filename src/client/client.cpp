@@ -607,7 +607,7 @@ struct Client::Impl : std::enable_shared_from_this<Impl> {
   void deliver(const codec::Publish& p) {
     Message m{std::string(p.topic), {}, p.qos, p.retain, p.dup, std::nullopt};
     const PayloadSecurity& ps = opt.payload;
-    if (!ps.keyring || !ps.open || (!ps.reject_unkeyed && ps.keyring->keys_for(p.topic).empty())) {
+    if (!ps.keyring || !ps.open || (!ps.reject_unkeyed && !ps.keyring->has_keys_for(p.topic))) {
       m.payload = std::string(p.payload);
       if (message_handler) message_handler(m);
       return;

@@ -212,6 +212,12 @@ std::vector<std::shared_ptr<const Key>> Keyring::keys_for(std::string_view topic
   return out;
 }
 
+bool Keyring::has_keys_for(std::string_view topic) const {
+  return std::any_of(entries_.begin(), entries_.end(), [topic](const Entry& e) {
+    return !e.keys.empty() && (e.filter.empty() || codec::topic_matches(e.filter, topic));
+  });
+}
+
 std::optional<Mode> Keyring::seal_mode_for(std::string_view topic) const {
   for (const Entry& e : entries_)
     if (e.seal && (e.filter.empty() || codec::topic_matches(e.filter, topic))) return e.seal;

@@ -69,6 +69,8 @@ class Keyring {
 
   // The keys of every entry whose filter matches `topic`, in file order.
   std::vector<std::shared_ptr<const Key>> keys_for(std::string_view topic) const;
+  // Does any entry with a key match `topic`? keys_for() without building the list.
+  bool has_keys_for(std::string_view topic) const;
   // The `seal` mode of the first matching entry that has one.
   std::optional<Mode> seal_mode_for(std::string_view topic) const;
   // Is there a key for `topic` that seals in `mode`? (digest: always)

@@ -69,6 +69,9 @@ window = 16
   EXPECT_EQ(ring->keys_for("plant/7/cmd").size(), 3u);
   EXPECT_EQ(ring->keys_for("plant/7/temp").size(), 1u);
   EXPECT_TRUE(ring->keys_for("office/7/cmd").empty());
+  EXPECT_TRUE(ring->has_keys_for("plant/7/cmd"));
+  EXPECT_TRUE(ring->has_keys_for("plant/7/temp"));
+  EXPECT_FALSE(ring->has_keys_for("office/7/cmd"));
   EXPECT_EQ(ring->replay_guard().config().max_age_s, 60);
 
   auto env = ring->seal("plant/7/cmd", "open", Mode::Sign);
@@ -156,6 +159,8 @@ TEST_F(KeyringFiles, HashFilterDoesNotMatchDollarTopics) {
   auto ring = Keyring::load(write("keys.toml", "[[topic]]\nfilter = \"#\"\nkeys = [\"k.jwk\"]\n"));
   EXPECT_EQ(ring->keys_for("a/b").size(), 1u);
   EXPECT_TRUE(ring->keys_for("$SYS/broker").empty());  // [MQTT-4.7.2-1]
+  EXPECT_TRUE(ring->has_keys_for("a/b"));
+  EXPECT_FALSE(ring->has_keys_for("$SYS/broker"));
 }
 
 }  // namespace
