@@ -177,6 +177,29 @@ def test_tls_version_is_what_was_asked(secure_broker, pki, version):
                     needle="TLS versions")
 
 
+def test_ciphers_and_ciphersuites_are_what_was_asked(secure_broker, pki):
+    """--ciphers picks the TLS 1.2 cipher and --tls-ciphersuites the TLS 1.3
+    suite; a list the server shares nothing with fails the handshake (exit 8),
+    one the client's OpenSSL does not know is a usage error (exit 1)."""
+    p, _, _ = pki
+    b = secure_broker(listeners=[tls_listener(p.server_cert, p.server_key),
+                                 tls_listener(p.server_cert, p.server_key, name="aes256",
+                                              ciphers="ECDHE-ECDSA-AES256-GCM-SHA384")])
+    ep, aes256 = b.endpoints["tls"], b.endpoints["aes256"]
+    ca = ["--cafile", p.ca_cert]
+    for cipher in ("ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-ECDSA-AES256-GCM-SHA384"):
+        r = pub_ok(ep, uniq("c/"), "x", "-d", *ca, "--tls-max-version", "tlsv1.2", "--ciphers", cipher)
+        assert "moat: TLS: TLSv1.2, %s," % cipher in r.stderr.decode(), r.stderr
+    for suite in ("TLS_CHACHA20_POLY1305_SHA256", "TLS_AES_256_GCM_SHA384"):
+        r = pub_ok(ep, uniq("c/"), "x", "-d", *ca, "--tls-ciphersuites", suite)
+        assert "moat: TLS: TLSv1.3, %s," % suite in r.stderr.decode(), r.stderr
+    tls_refused(aes256, *ca, "--tls-max-version", "tlsv1.2", "--ciphers", "ECDHE-ECDSA-CHACHA20-POLY1305",
+                needle="handshake failure")
+    r = moat("pub", "-t", "never/arrives", "-m", "x", *(at(ep) + ca), "--ciphers", "NO-SUCH-CIPHER")
+    line = assert_one_error_line(r.stderr, "pub")
+    assert r.returncode == 1 and "no cipher of the list is known or allowed" in line, (r.returncode, line)
+
+
 def test_wrong_host_name_is_refused_and_insecure_warns(secure_broker, pki):
     p, (other_cert, other_key), _ = pki
     b = secure_broker(listeners=[tls_listener(other_cert, other_key)])
