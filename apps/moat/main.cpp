@@ -191,12 +191,20 @@ bool read_fd_all(int fd, std::string& out) {
 }
 
 // Which subcommand argv names, to prefix a parse error ("moat pub: ...").
-std::string subcommand_in(int argc, char** argv) {
-  for (int i = 1; i < argc; ++i) {
-    const std::string_view a(argv[i]);
-    if (a == "pub" || a == "sub" || a == "init" || a == "bench" || a == "probe") return std::string(a);
-    if (a == "keygen" || a == "seal" || a == "open") return std::string(a);
-  }
+// "pub, sub, ..." in the order the commands were added.
+std::string command_names(const CLI::App& app) {
+  std::string names;
+  for (const CLI::App* c : app.get_subcommands([](const CLI::App*) { return true; }))
+    names += (names.empty() ? "" : ", ") + c->get_name();
+  return names;
+}
+
+// The first argument that names one of the app's commands, or "".
+std::string subcommand_in(const CLI::App& app, int argc, char** argv) {
+  const auto commands = app.get_subcommands([](const CLI::App*) { return true; });
+  for (int i = 1; i < argc; ++i)
+    for (const CLI::App* c : commands)
+      if (c->get_name() == argv[i]) return c->get_name();
   return {};
 }
 
@@ -323,10 +331,10 @@ int main(int argc, char** argv) {
   } catch (const CLI::CallForVersion& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    const std::string which = subcommand_in(argc, argv);
+    const std::string which = subcommand_in(app, argc, argv);
     std::string what = e.what();
     if (dynamic_cast<const CLI::RequiredError*>(&e) && which.empty())
-      what = "a command is required: pub, sub or init";
+      what = "a command is required: " + command_names(app);
     error_line(which, what + " (see moat " + (which.empty() ? "" : which + " ") + "--help)");
     return moat::cli::kUsage;
   }
@@ -484,7 +492,7 @@ int main(int argc, char** argv) {
       return moat::cli::run_sub(sa);
     }
   } catch (const std::exception& e) {
-    error_line(subcommand_in(argc, argv), std::string("unexpected error: ") + e.what());
+    error_line(subcommand_in(app, argc, argv), std::string("unexpected error: ") + e.what());
     return moat::cli::kLost;
   }
   error_line("", "a command is required: pub, sub or init (see moat --help)");

@@ -597,6 +597,23 @@ def test_usage_errors_exit_1(args, needle):
     assert needle in assert_one_error_line(r.stderr, args[0])
 
 
+def test_usage_errors_name_their_command(tmp_path):
+    """A flag error of any command names that command, and no command at all
+    lists every command."""
+    path = str(tmp_path / "pw")
+    r = moat("passwd", "-b", path, "alice", "pw", "--argon2-memory", "lots")
+    assert r.returncode == 1, r.stderr
+    assert "--argon2-memory" in assert_one_error_line(r.stderr, "passwd")
+    assert not os.path.exists(path)
+    r = moat("keygen")
+    assert r.returncode == 1 and "--kind is required" in assert_one_error_line(r.stderr, "keygen")
+    r = moat()
+    lines = r.stderr.decode().splitlines()
+    assert r.returncode == 1 and len(lines) == 1, lines
+    assert lines[0].startswith("moat: a command is required: pub, sub, init, passwd, bench, probe, "
+                               "keygen, seal, open"), lines
+
+
 @pytest.mark.moat_only  # mosquitto 2.0 admits MQTT 3.1 identifiers longer than 23 characters
 def test_identifier_rejected_exit_3(broker):
     r = moat("pub", *target(broker), "-V", "mqttv31", "-i", "x" * 30, "-t", "a", "-m", "x")
