@@ -21,8 +21,9 @@ from collections import namedtuple
 
 import pytest
 
+import mqttraw
 from conftest import MOATD, REPO, Broker, toml_value
-from util import scaled
+from util import scaled, uniq
 
 
 def _resolve_moat():
@@ -396,3 +397,33 @@ def pub_refused_in_handshake(ep, topic, extra=()):
     assert "received CONNACK" not in out, (
         "the client got a CONNACK: the TLS handshake must have failed before MQTT:\n" + out)
     return out
+
+
+# ---------------------------------------------------------------- openssl s_client
+
+@pytest.fixture(scope="module")
+def empty_openssl_conf(tmp_path_factory):
+    """An empty OPENSSL_CONF for `openssl s_client`: the system one may forbid
+    old protocol versions on the client side, which would let a refusal pass
+    without the broker."""
+    path = tmp_path_factory.mktemp("osslconf") / "empty.cnf"
+    path.write_text("")
+    return str(path)
+
+
+def s_client_mqtt(ep, conf, *args, topic="tls/t", payload=b"x", timeout=15):
+    """`openssl s_client` (ARGS added) as an MQTT client: sends CONNECT, a QoS 1
+    PUBLISH (packet id 7) and DISCONNECT through the TLS connection and returns
+    (packets received, the client's stderr with its -brief summary)."""
+    env = dict(os.environ, OPENSSL_CONF=conf)
+    data = (mqttraw.connect(uniq("sclient")) + mqttraw.publish(topic, payload, qos=1, pid=7)
+            + mqttraw.disconnect())
+    argv = ["openssl", "s_client", "-connect", "%s:%d" % (ep.host, ep.port), "-brief",
+            "-ign_eof", "-nocommands"] + [str(a) for a in args]
+    try:
+        r = subprocess.run(argv, env=env, input=data, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, timeout=scaled(timeout))
+    except subprocess.TimeoutExpired as e:
+        raise AssertionError("s_client did not exit: %s\n%s" % (
+            argv, (e.stderr or b"").decode("utf-8", "replace")))
+    return mqttraw.parse_all(r.stdout), r.stderr.decode("utf-8", "replace")

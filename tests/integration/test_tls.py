@@ -21,8 +21,8 @@ import subprocess
 import pytest
 
 import mqttraw
-from pki import (make_pki, pub_ok, pub_refused_in_handshake, run_pub,  # noqa: F401
-                 secure_broker)
+from pki import (empty_openssl_conf, make_pki, pub_ok, pub_refused_in_handshake,  # noqa: F401
+                 run_pub, s_client_mqtt, secure_broker)
 from util import mosquitto_sub, scaled, uniq
 
 # threaded: the worker pool for password hashes and TLS sessions moving between
@@ -52,15 +52,6 @@ PLAIN = {"name": "plain", "bind": "127.0.0.1:0", "transport": "tcp", "auth": ["a
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
     return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(scope="module")
-def empty_openssl_conf(tmp_path_factory):
-    """An empty OPENSSL_CONF: the system one may forbid old protocol versions on
-    the client side, which would let a TLS 1.1 test pass without the broker."""
-    path = tmp_path_factory.mktemp("osslconf") / "empty.cnf"
-    path.write_text("")
-    return str(path)
 
 
 def server_tls(pki, **kw):
@@ -113,24 +104,6 @@ def s_client(ep, conf, *args, timeout=15):
         raise AssertionError("s_client did not exit: %s\n%s" % (
             argv, (e.stdout or b"").decode("utf-8", "replace")))
     return r.returncode, r.stdout.decode("utf-8", "replace")
-
-
-def s_client_mqtt(ep, conf, topic, payload, *args, timeout=15):
-    """`openssl s_client` as an MQTT client: sends CONNECT, a QoS 1 PUBLISH and
-    DISCONNECT through the TLS connection and returns (packets received, the
-    client's stderr with its -brief summary)."""
-    env = dict(os.environ, OPENSSL_CONF=conf)
-    data = (mqttraw.connect(uniq("sclient")) + mqttraw.publish(topic, payload, qos=1, pid=7)
-            + mqttraw.disconnect())
-    argv = ["openssl", "s_client", "-connect", "%s:%d" % (ep.host, ep.port), "-brief",
-            "-ign_eof", "-nocommands"] + list(args)
-    try:
-        r = subprocess.run(argv, env=env, input=data, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, timeout=scaled(timeout))
-    except subprocess.TimeoutExpired as e:
-        raise AssertionError("s_client did not exit: %s\n%s" % (
-            argv, (e.stderr or b"").decode("utf-8", "replace")))
-    return mqttraw.parse_all(r.stdout), r.stderr.decode("utf-8", "replace")
 
 
 def assert_connack_puback(packets, err):
@@ -196,16 +169,16 @@ def test_tls_versions(secure_broker, pki, empty_openssl_conf, version):
         sub.kill()
 
     with observer(b) as obs:
-        packets, err = s_client_mqtt(ep, empty_openssl_conf, topic, b"forced",
-                                     FORCE[version], "-CAfile", pki.ca_cert,
-                                     "-verify_return_error")
+        packets, err = s_client_mqtt(ep, empty_openssl_conf, FORCE[version], "-CAfile", pki.ca_cert,
+                                     "-verify_return_error",
+                                     topic=topic, payload=b"forced")
         assert "Protocol version: TLSv%s" % version in err, err
         assert_connack_puback(packets, err)
         assert next_message(obs) == (topic, b"forced")
 
         # min_version = "1.3" refuses TLS 1.2 and accepts TLS 1.3.
-        packets, err = s_client_mqtt(ep13, empty_openssl_conf, topic, b"on-13",
-                                     FORCE[version], "-CAfile", pki.ca_cert)
+        packets, err = s_client_mqtt(ep13, empty_openssl_conf, FORCE[version], "-CAfile", pki.ca_cert,
+                                     topic=topic, payload=b"on-13")
         if version == "1.2":
             assert packets == [] and "Protocol version: TLSv1.2" not in err, (packets, err)
         else:
@@ -323,9 +296,10 @@ def test_mtls_forced_tls12(secure_broker, pki, empty_openssl_conf):
     b = full_broker(secure_broker, pki)
     ep = b.endpoints["mtls"]
     with observer(b) as obs:
-        packets, err = s_client_mqtt(ep, empty_openssl_conf, "dev/1", b"tls12-cert", "-tls1_2",
+        packets, err = s_client_mqtt(ep, empty_openssl_conf, "-tls1_2",
                                      "-CAfile", pki.ca_cert, "-cert", pki.client_cert,
-                                     "-key", pki.client_key)
+                                     "-key", pki.client_key,
+                                     topic="dev/1", payload=b"tls12-cert")
         assert "Protocol version: TLSv1.2" in err, err
         assert_connack_puback(packets, err)
         assert next_message(obs) == ("dev/1", b"tls12-cert")
@@ -333,8 +307,9 @@ def test_mtls_forced_tls12(secure_broker, pki, empty_openssl_conf):
                         ("revoked", ["-cert", pki.revoked_cert, "-key", pki.revoked_key]),
                         ("expired", ["-cert", pki.expired_cert, "-key", pki.expired_key]),
                         ("unknown CA", ["-cert", pki.intruder_cert, "-key", pki.intruder_key])]:
-        packets, err = s_client_mqtt(ep, empty_openssl_conf, "dev/1", b"x", "-tls1_2",
-                                     "-CAfile", pki.ca_cert, *extra)
+        packets, err = s_client_mqtt(ep, empty_openssl_conf, "-tls1_2",
+                                     "-CAfile", pki.ca_cert, *extra,
+                                     topic="dev/1", payload=b"x")
         assert packets == [], "%s: got MQTT packets %r\n%s" % (name, packets, err)
     assert b.alive()
 
@@ -375,16 +350,16 @@ def test_psk(secure_broker, pki, empty_openssl_conf, version):
         pub_ok(ep, "psk/sensor-7", "reading", psk)
         assert next_message(obs) == ("psk/sensor-7", b"reading")
         # The exact version, forced with s_client.
-        packets, err = s_client_mqtt(ep, empty_openssl_conf, "psk/sensor-7", b"forced",
-                                     FORCE[version], "-psk", PSK_KEY,
-                                     "-psk_identity", PSK_IDENTITY)
+        packets, err = s_client_mqtt(ep, empty_openssl_conf, FORCE[version], "-psk", PSK_KEY,
+                                     "-psk_identity", PSK_IDENTITY,
+                                     topic="psk/sensor-7", payload=b"forced")
         assert "Protocol version: TLSv%s" % version in err, err
         assert_connack_puback(packets, err)
         assert next_message(obs) == ("psk/sensor-7", b"forced")
         # The other identity of the file has no ACL grant.
-        packets, err = s_client_mqtt(ep, empty_openssl_conf, "psk/sensor-7", b"other-identity",
-                                     FORCE[version], "-psk", "ab" * 32,
-                                     "-psk_identity", "other-sensor")
+        packets, err = s_client_mqtt(ep, empty_openssl_conf, FORCE[version], "-psk", "ab" * 32,
+                                     "-psk_identity", "other-sensor",
+                                     topic="psk/sensor-7", payload=b"other-identity")
         assert_connack_puback(packets, err)
         pub_ok(ep, "psk/sensor-7", "sentinel", psk)
         assert next_message(obs) == ("psk/sensor-7", b"sentinel")
@@ -393,8 +368,9 @@ def test_psk(secure_broker, pki, empty_openssl_conf, version):
     unknown_id = ["--psk", PSK_KEY, "--psk-identity", "nobody", "--tls-version", "tlsv" + version]
     pub_refused_in_handshake(ep, "psk/sensor-7", wrong_key)
     pub_refused_in_handshake(ep, "psk/sensor-7", unknown_id)
-    packets, err = s_client_mqtt(ep, empty_openssl_conf, "psk/sensor-7", b"x", FORCE[version],
-                                 "-psk", "ff" + PSK_KEY[2:], "-psk_identity", PSK_IDENTITY)
+    packets, err = s_client_mqtt(ep, empty_openssl_conf, FORCE[version],
+                                 "-psk", "ff" + PSK_KEY[2:], "-psk_identity", PSK_IDENTITY,
+                                 topic="psk/sensor-7", payload=b"x")
     assert packets == [], (packets, err)
     assert b.alive()
 

@@ -30,6 +30,7 @@ import mqttraw
 from conftest import MOATD, Broker
 from pki import (CA, make_pki, openssl, pub_ok, pub_refused_in_handshake,  # noqa: F401
                  secure_broker, secure_config)
+from pki import empty_openssl_conf  # noqa: F401
 from util import collect_until, scaled, uniq, wait_audit
 
 pytestmark = [pytest.mark.moat_only]
@@ -43,15 +44,6 @@ PLAIN = {"name": "plain", "bind": "127.0.0.1:0", "transport": "tcp", "auth": ["a
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
     return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(scope="module")
-def empty_openssl_conf(tmp_path_factory):
-    """An empty OPENSSL_CONF: the system one may forbid old protocol versions
-    on the client side, which would let a refusal pass without the broker."""
-    path = tmp_path_factory.mktemp("osslconf") / "empty.cnf"
-    path.write_text("")
-    return str(path)
 
 
 def read(path):

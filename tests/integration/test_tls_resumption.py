@@ -11,13 +11,12 @@ VERSION CIPHER, resumed"), the MQTT result from the bytes s_client prints."""
 
 import os
 import signal
-import subprocess
 
 import pytest
 
 import mqttraw
-from pki import CA, make_pki, secure_broker  # noqa: F401
-from util import scaled, uniq
+from pki import CA, empty_openssl_conf, make_pki, s_client_mqtt, secure_broker  # noqa: F401
+from util import scaled
 
 pytestmark = [pytest.mark.moat_only]
 
@@ -38,33 +37,9 @@ def device_ca(tmp_path_factory):
     return ca, cert, key
 
 
-@pytest.fixture(scope="module")
-def empty_openssl_conf(tmp_path_factory):
-    path = tmp_path_factory.mktemp("osslconf") / "empty.cnf"
-    path.write_text("")
-    return str(path)
-
-
 def read(path):
     with open(path) as f:
         return f.read()
-
-
-def s_client_mqtt(ep, conf, *args, timeout=15):
-    """`openssl s_client` carrying CONNECT, a QoS 1 PUBLISH and DISCONNECT;
-    returns (packets received, stderr)."""
-    env = dict(os.environ, OPENSSL_CONF=conf)
-    data = (mqttraw.connect(uniq("resume")) + mqttraw.publish("resume/t", b"x", qos=1, pid=7)
-            + mqttraw.disconnect())
-    argv = ["openssl", "s_client", "-connect", "%s:%d" % (ep.host, ep.port), "-brief",
-            "-ign_eof", "-nocommands"] + [str(a) for a in args]
-    try:
-        r = subprocess.run(argv, env=env, input=data, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, timeout=scaled(timeout))
-    except subprocess.TimeoutExpired as e:
-        raise AssertionError("s_client did not exit: %s\n%s" % (
-            argv, (e.stderr or b"").decode("utf-8", "replace")))
-    return mqttraw.parse_all(r.stdout), r.stderr.decode("utf-8", "replace")
 
 
 def accepted(packets, err):

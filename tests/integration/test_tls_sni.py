@@ -13,8 +13,8 @@ import pytest
 
 import mqttraw
 from conftest import MOATD
-from pki import make_pki, openssl, secure_broker  # noqa: F401
-from util import scaled, uniq
+from pki import empty_openssl_conf, make_pki, openssl, s_client_mqtt, secure_broker  # noqa: F401
+from util import scaled
 
 pytestmark = [pytest.mark.moat_only]
 
@@ -24,13 +24,6 @@ RELOADED = r"reload: TLS certificates, keys and CRLs of listener %s"
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
     return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(scope="module")
-def empty_openssl_conf(tmp_path_factory):
-    path = tmp_path_factory.mktemp("osslconf") / "empty.cnf"
-    path.write_text("")
-    return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -48,23 +41,6 @@ def sni_certs(pki):
 def read(path, mode="r"):
     with open(path, mode) as f:
         return f.read()
-
-
-def s_client_mqtt(ep, conf, *args, timeout=15):
-    """`openssl s_client` carrying CONNECT, a QoS 1 PUBLISH and DISCONNECT;
-    returns (packets received, stderr with the -brief summary)."""
-    env = dict(os.environ, OPENSSL_CONF=conf)
-    data = (mqttraw.connect(uniq("sni")) + mqttraw.publish("sni/t", b"x", qos=1, pid=7)
-            + mqttraw.disconnect())
-    argv = ["openssl", "s_client", "-connect", "%s:%d" % (ep.host, ep.port), "-brief",
-            "-ign_eof", "-nocommands"] + [str(a) for a in args]
-    try:
-        r = subprocess.run(argv, env=env, input=data, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, timeout=scaled(timeout))
-    except subprocess.TimeoutExpired as e:
-        raise AssertionError("s_client did not exit: %s\n%s" % (
-            argv, (e.stderr or b"").decode("utf-8", "replace")))
-    return mqttraw.parse_all(r.stdout), r.stderr.decode("utf-8", "replace")
 
 
 def served_cn(ep, conf, ca, *args):
