@@ -241,6 +241,17 @@ def make_pki(folder):
 
 # ---------------------------------------------------------------- broker
 
+# Once a listener authenticates clients (any method but "anonymous"), moatd
+# denies every topic that no rule grants, broker-wide. A test whose broker
+# authenticates but is not about authorization appends this rule (`extra`):
+# every client may publish, subscribe and receive everything but $SYS.
+ALLOW_ALL = """
+[[acl.rule]]
+permission = "allow"
+action = "all"
+topic = "#"
+"""
+
 def _toml_table(lines, header, table):
     lines.append(header)
     for k, v in table.items():
