@@ -251,6 +251,13 @@ permission = "allow"
 action = "all"
 topic = "#"
 """
+# ... and reading $SYS, which '#' does not reach.
+SYS_READ = """
+[[acl.rule]]
+permission = "allow"
+action = ["subscribe", "receive"]
+topic = "$SYS/#"
+"""
 
 def _toml_table(lines, header, table):
     lines.append(header)

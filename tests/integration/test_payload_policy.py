@@ -19,7 +19,7 @@ import subprocess
 import time
 
 import mqttraw
-from pki import ALLOW_ALL, secure_broker  # noqa: F401 (fixture)
+from pki import ALLOW_ALL, SYS_READ, secure_broker  # noqa: F401 (fixture)
 from test_payload import moat
 from util import collect_until, scaled, uniq
 
@@ -40,13 +40,6 @@ topic = "zone/#"
 require = "encrypted"
 keyring = "zone.toml"
 decrypt = true
-"""
-
-SYS_READ = """
-[[acl.rule]]
-permission = "allow"
-action = ["subscribe", "receive"]
-topic = "$SYS/#"
 """
 
 
