@@ -561,10 +561,9 @@ int main(int argc, char** argv) {
         std::find_if(l.auth.begin(), l.auth.end(), [](const auto& a) { return a != "anonymous"; });
     if (method != l.auth.end() && !cfg.has_acl && !shared.authorizer)
       spdlog::warn(
-          "listener {} authenticates clients ({}) and there is no [acl] and no IAM authorization: every "
-          "client, "
-          "on every listener, is denied every topic{}; to allow, write an ACL, e.g. [[acl.rule]] "
-          "permission = \"allow\", action = \"all\", topic = \"#\" (docs/security.md)",
+          "listener {} authenticates clients ({}) and there is no [acl] and no IAM authorization: "
+          "every client, on every listener, is denied every topic{}; to allow, write an ACL, e.g. "
+          "[[acl.rule]] permission = \"allow\", action = \"all\", topic = \"#\" (docs/security.md)",
           l.name, *method, *method == "jwt" ? " its token's ACL claim does not grant" : "");
   }
   moat::net::Server server(std::move(opts), shared);

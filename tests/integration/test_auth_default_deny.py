@@ -9,6 +9,8 @@ A refusal is proven by what the client sees (SUBACK 0x80, CONNACK 5 for a
 will) and by the broker's audit stream, which records each refused request
 (`acl.deny`) as it decides it: no test waits for an absence by sleeping."""
 
+import os
+import signal
 import subprocess
 import time
 
@@ -194,3 +196,24 @@ def test_certificate_listener_without_acl_denies(secure_broker, pki):
     assert rc == 0 and "received CONNACK (0)" in out, out
     assert denials(b, 2) == [("mtls", "device-1", "publish", "dev/1"),
                              ("mtls", "device-1", "subscribe", "dev/1")]
+
+
+def test_allow_rule_added_by_reload(secure_broker, passwd_text):
+    """The empty policy is a policy like any other: [[acl.rule]] entries added
+    to moat.toml take effect on SIGHUP, without a restart."""
+    b = start(secure_broker, passwd_text, [PASSWORD])
+    ep = b.endpoints["plain"]
+    with login(ep, "dev1") as s:
+        assert s.subscribe([("a/#", 1)]) == [0x80]
+        with open(b.config_path, "a") as f:
+            f.write(ALLOW_ALL)
+        mark = b.log_mark()
+        os.kill(b.pid, signal.SIGHUP)
+        b.wait_for_log(r"reload: ACL \(1 ordered rule\(s\), 0 file rule\(s\)\)", since=mark)
+        # The event loops take the new policy at their next tick: poll, bounded.
+        deadline = time.monotonic() + scaled(5)
+        while s.subscribe([("a/#", 1)]) != [1]:
+            assert time.monotonic() < deadline, "a/# still refused after the reload"
+        s.publish("a/b", b"granted", qos=1)
+        got = s.recv_publish()
+        assert (got.topic, got.payload) == ("a/b", b"granted"), got
