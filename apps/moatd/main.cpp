@@ -88,7 +88,10 @@ struct SecurityMaterial {
       for (const auto& w : keys->warnings()) spdlog::warn("{}", w);
       jwt = std::make_shared<security::JwtAuthenticator>(*cfg.jwt, std::move(keys));
     }
-    if (cfg.has_acl) acl = std::make_shared<security::Reloadable<security::AccessPolicy>>(load_policy(cfg));
+    // With authentication but no [acl] the policy is empty: it denies what
+    // nothing else (a JWT's ACL claim, the IAM server) allows.
+    if (moat::config::has_access_policy(cfg))
+      acl = std::make_shared<security::Reloadable<security::AccessPolicy>>(load_policy(cfg));
     payload = std::make_shared<security::Reloadable<moat::broker::PayloadPolicies>>(
         moat::broker::PayloadPolicies::load(cfg.payload_policies));
     if (cfg.iam) load_iam(*cfg.iam);
@@ -198,6 +201,8 @@ struct SecurityMaterial {
     } else if (next && next->has_acl) {
       spdlog::warn("reload: an [acl] added to the configuration takes effect after a restart");
     }
+    if (acl && next && next->acl_file != cfg.acl_file)
+      spdlog::warn("reload: a changed [acl] file path takes effect after a restart");
     if (next) {
       // Keyrings read again from the same files keep their replay windows.
       try {
@@ -549,16 +554,16 @@ int main(int argc, char** argv) {
     if (l.host != "127.0.0.1" && l.host != "::1" &&
         std::find(l.auth.begin(), l.auth.end(), "anonymous") != l.auth.end())
       spdlog::warn("listener {} admits anonymous clients on {}, which is not loopback-only", l.name, l.host);
-    // Authentication without authorization: say so, since an operator who set
-    // up passwords or certificates may well expect some access control. (A JWT
-    // may carry its own ACL claim.)
-    const auto method = std::find_if(l.auth.begin(), l.auth.end(),
-                                     [](const auto& a) { return a != "anonymous" && a != "jwt"; });
+    // Authentication without authorization: the empty policy denies every
+    // client every topic (on every listener); say so, and how to allow.
+    const auto method =
+        std::find_if(l.auth.begin(), l.auth.end(), [](const auto& a) { return a != "anonymous"; });
     if (method != l.auth.end() && !cfg.has_acl && !shared.authorizer)
       spdlog::warn(
-          "listener {} authenticates clients ({}) but there is no [acl] and no IAM authorization: every "
-          "client it admits may publish and subscribe to every topic, $SYS included (docs/security.md)",
-          l.name, *method);
+          "listener {} authenticates clients ({}) and there is no [acl] and no IAM authorization: "
+          "every client, on every listener, is denied every topic{}; to allow, write an ACL, e.g. "
+          "[[acl.rule]] permission = \"allow\", action = \"all\", topic = \"#\" (docs/security.md)",
+          l.name, *method, *method == "jwt" ? " its token's ACL claim does not grant" : "");
   }
   moat::net::Server server(std::move(opts), shared);
   // Retained messages and sessions come back before the first connection.

@@ -715,6 +715,17 @@ static void read_abuse_limits(const Reporter& r, const toml::table& t, broker::L
   }
 }
 
+bool authenticates(const Config& c) {
+  for (const auto& l : c.listeners)
+    for (const auto& m : l.auth)
+      if (m != "anonymous") return true;
+  return false;
+}
+
+bool has_access_policy(const Config& c) {
+  return c.has_acl || authenticates(c);
+}
+
 Config default_config() {
   Config c;
   c.listeners.push_back(

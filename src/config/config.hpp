@@ -51,7 +51,7 @@ struct Config {
   std::filesystem::path password_file;                    // [auth.password] file
   std::filesystem::path acl_file;                         // [acl] file
   std::vector<security::OrderedRule> acl_rules;           // [[acl.rule]], in order
-  bool has_acl = false;                                   // [acl] has a file or rules: deny by default
+  bool has_acl = false;                                   // [acl] has a file or rules (has_access_policy)
   std::optional<security::ClientIdRules::Spec> clientid;  // [auth.clientid]
   std::optional<security::JwtConfig> jwt;                 // [auth.jwt]
   std::optional<security::IamConfig> iam;                 // [auth.http]
@@ -60,6 +60,16 @@ struct Config {
   // [[payload_policy]], in order; keyrings are read by broker::PayloadPolicies::load.
   std::vector<broker::PayloadPolicySpec> payload_policies;
 };
+
+// Does some listener authenticate clients (an auth method other than
+// "anonymous")? Then authorization denies by default, broker-wide.
+bool authenticates(const Config& c);
+// Is there an access policy, which denies what no rule grants: [acl] is
+// configured, or some listener authenticates clients (then, without [acl],
+// the policy is empty and only a JWT's ACL claim, the IAM server's
+// authorization or an IAM superuser can allow anything). Otherwise (every
+// listener anonymous-only, no [acl]) every client may do everything.
+bool has_access_policy(const Config& c);
 
 // The safe default: plain MQTT on 127.0.0.1:1883, anonymous clients, data in
 // ./moat-data.

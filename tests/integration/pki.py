@@ -242,6 +242,24 @@ def make_pki(folder):
 
 # ---------------------------------------------------------------- broker
 
+# Once a listener authenticates clients (any method but "anonymous"), moatd
+# denies every topic that no rule grants, broker-wide. A test whose broker
+# authenticates but is not about authorization appends this rule (`extra`):
+# every client may publish, subscribe and receive everything but $SYS.
+ALLOW_ALL = """
+[[acl.rule]]
+permission = "allow"
+action = "all"
+topic = "#"
+"""
+# ... and reading $SYS, which '#' does not reach.
+SYS_READ = """
+[[acl.rule]]
+permission = "allow"
+action = ["subscribe", "receive"]
+topic = "$SYS/#"
+"""
+
 def _toml_table(lines, header, table):
     lines.append(header)
     for k, v in table.items():

@@ -23,7 +23,7 @@ import time
 import pytest
 
 import mqttraw
-from pki import MOAT, run_pub, secure_broker  # noqa: F401 (fixture)
+from pki import ALLOW_ALL, MOAT, run_pub, secure_broker  # noqa: F401 (fixture)
 from util import LineProc, collect_until, scaled, uniq
 
 # threaded: the worker pool for password hashes and TLS sessions moving between
@@ -160,7 +160,7 @@ def ep_of(b):
 # ================================================================ passwords
 
 def test_mosquitto_clients_right_and_wrong_password(secure_broker, passwd_text):
-    b = password_broker(secure_broker, passwd_text)
+    b = password_broker(secure_broker, passwd_text, extra=ALLOW_ALL)
     ep = ep_of(b)
     topic = uniq("pw/")
     sub = mosquitto_sub_auth(ep, topic, "alice", USERS["alice"])
@@ -492,13 +492,24 @@ def test_moat_passwd_refuses_unparseable_file(tmp_path):
 
 # ================================================================ ACLs
 
-def test_no_acl_allows_everything(secure_broker, passwd_text):
+def test_no_acl_denies_everything(secure_broker, passwd_text):
+    """Passwords without an [acl]: deny by default, and moatd says so at start
+    (test_auth_default_deny.py has the audit, the will and other listeners)."""
     b = password_broker(secure_broker, passwd_text)
-    # ... and moatd says so at start.
-    b.wait_for_log(r"listener \S+ authenticates clients \(password\) but there is no \[acl\]")
+    b.wait_for_log(r"listener plain authenticates clients \(password\) and there is no \[acl\] "
+                   r"and no IAM authorization: every client, on every listener, is denied every topic")
     ep = ep_of(b)
     with login(ep, "dev1") as s, login(ep, "dev2") as p:
-        assert s.subscribe([("#", 1), ("private/#", 1)]) == [1, 1]
+        assert s.subscribe([("#", 1), ("private/#", 1), ("devices/dev1/x", 0)]) == [0x80] * 3
+        p.publish("private/x", b"1", qos=1)  # acknowledged (asserted) and dropped
+        p.publish("private/x", b"2", qos=2)
+        p.ping()  # not disconnected
+    # The explicit allow-all rule is the opt-out: then the same works.
+    b = password_broker(secure_broker, passwd_text, extra=ALLOW_ALL)
+    assert b.find_log("is denied every topic") is None, b.log_text()
+    ep = ep_of(b)
+    with login(ep, "dev1") as s, login(ep, "dev2") as p:
+        assert s.subscribe([("#", 1), ("private/#", 1), ("$SYS/#", 0)]) == [1, 1, 0x80]
         p.publish("private/x", b"1", qos=1)
         got = s.recv_publish()
         assert (got.topic, got.payload) == ("private/x", b"1")

@@ -146,8 +146,9 @@ def test_backoff_is_per_user_and_a_success_resets_it(secure_broker, passwd_text)
 
 def test_held_refusal_does_not_block_the_loop(secure_broker, passwd_text):
     """While refusals are held, other clients on the same event loop are served."""
+    bob_t = '[[acl.rule]]\npermission = "allow"\naction = "all"\ntopic = "t"\nuser = "bob"\n'
     b = secure_broker(listeners=PASSWORD, password_file="passwd", files={"passwd": passwd_text},
-                      extra=defence(ban_after=0, backoff_initial=3, backoff_max=3), threads=1)
+                      extra=defence(ban_after=0, backoff_initial=3, backoff_max=3) + bob_t, threads=1)
     ep = b.endpoints["plain"]
     held = []
     for i in range(5):

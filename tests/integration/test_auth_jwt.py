@@ -252,6 +252,32 @@ def test_acl_mode_prepend_falls_back_to_the_file(secure_broker):
         assert [(p.topic, p.payload) for p in got] == [("shared/x", b"yes")], got
 
 
+def test_without_acl_only_the_claim_grants(secure_broker):
+    """jwt authenticates: without an [acl] the broker's policy denies every
+    topic, so a token's ACL claim (even with acl_mode = "prepend") is all a
+    client may do, and a token without the claim may do nothing."""
+    b = jwt_broker(secure_broker, extra_jwt='acl_mode = "prepend"')
+    b.wait_for_log(r"listener plain authenticates clients \(jwt\) and there is no \[acl\].* is "
+                   r"denied every topic its token's ACL claim does not grant")
+    ep = b.endpoints["plain"]
+    t = token(claims(acl=[{"permission": "allow", "action": "all", "topic": "own/%u"}]))
+    with mqttraw.Client(ep.host, ep.port, timeout=scaled(10), name="alice") as a:
+        a.connect(uniq("car"), username="alice", password=t)
+        assert a.subscribe([("own/alice", 1), ("shared/#", 1), ("#", 1)]) == [1, 0x80, 0x80]
+        a.publish("shared/x", b"no", qos=1)   # the claim is silent: denied, acknowledged
+        a.publish("own/alice", b"yes", qos=1)
+        p = a.recv_publish()
+        assert (p.topic, p.payload) == ("own/alice", b"yes"), p
+    with mqttraw.Client(ep.host, ep.port, timeout=scaled(10), name="noclaim") as c:
+        c.connect(uniq("car"), username="alice", password=token(claims()))
+        assert c.subscribe([("own/alice", 1), ("#", 1)]) == [0x80, 0x80]
+    # The anonymous listener next to it is denied too.
+    anon = b.endpoints["anon"]
+    with mqttraw.Client(anon.host, anon.port, timeout=scaled(10), name="anon") as c:
+        c.connect(uniq("anon"))
+        assert c.subscribe([("#", 1)]) == [0x80]
+
+
 def test_jwt_then_password_chain(secure_broker, tmp_path):
     pw = tmp_path / "pw"
     r = subprocess.run(["mosquitto_passwd", "-c", "-b", str(pw), "legacy", "legacy-pw"],

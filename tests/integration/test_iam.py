@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 import mqttraw
-from pki import make_pki, run_pub, secure_broker  # noqa: F401 (fixture)
+from pki import ALLOW_ALL, make_pki, run_pub, secure_broker  # noqa: F401 (fixture)
 from util import audit_lines, scaled, uniq, wait_audit
 
 pytestmark = [pytest.mark.moat_only, pytest.mark.threaded]
@@ -214,7 +214,10 @@ def test_tls_to_the_iam_verifies_its_certificate(secure_broker, iam, tmp_path):
 
 def test_acl_from_the_iam_answer(secure_broker, iam):
     s = iam()
-    b = secure_broker(listeners=LISTENERS, extra=http_table("http://127.0.0.1:%d/auth" % s.port))
+    # The broker-wide allow-all rule is for the watcher: acl-user's own rules
+    # (acl_mode "replace") are its whole ACL.
+    b = secure_broker(listeners=LISTENERS,
+                      extra=http_table("http://127.0.0.1:%d/auth" % s.port) + ALLOW_ALL)
     c = connected(b, "acl-user")
     assert c.subscribe([("acl-user/#", 1), ("other/#", 1)]) == [1, SUBACK_FAILURE]
     c.publish("acl-user/x", b"mine", qos=1)
@@ -227,6 +230,29 @@ def test_acl_from_the_iam_answer(secure_broker, iam):
     assert watcher.recv_publish(scaled(5)).topic == "other/sentinel"
     c.close()
     watcher.close()
+
+
+def test_authentication_only_denies_but_the_superuser(secure_broker, iam):
+    """The IAM server authenticates (no authorize) and there is no [acl]:
+    authorization denies by default; a superuser answer still allows all."""
+    s = iam()
+    # One event loop: alice's message, were it routed, would reach root before
+    # alice's PUBACK, hence before root's own message.
+    b = secure_broker(listeners=LISTENERS, threads=1,
+                      extra=http_table("http://127.0.0.1:%d/auth" % s.port))
+    b.wait_for_log(r"listener plain authenticates clients \(http\) and there is no \[acl\] and no IAM "
+                   r"authorization: every client, on every listener, is denied every topic")
+    root = connected(b, "root")
+    alice = connected(b, "alice")
+    assert root.subscribe([("#", 1)]) == [1]
+    assert alice.subscribe([("#", 1), ("ok/#", 1)]) == [SUBACK_FAILURE, SUBACK_FAILURE]
+    alice.publish("ok/x", b"denied", qos=1)   # acknowledged, dropped
+    root.publish("root/x", b"allowed", qos=1)
+    got = root.recv_publish(scaled(5))
+    assert (got.topic, got.payload) == ("root/x", b"allowed"), got  # alice's did not arrive first
+    assert s.count("authorize") == 0
+    root.close()
+    alice.close()
 
 
 def test_authorization_by_the_iam_and_its_cache(secure_broker, iam):

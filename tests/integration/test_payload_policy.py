@@ -19,7 +19,7 @@ import subprocess
 import time
 
 import mqttraw
-from pki import secure_broker  # noqa: F401 (fixture)
+from pki import ALLOW_ALL, SYS_READ, secure_broker  # noqa: F401 (fixture)
 from test_payload import moat
 from util import collect_until, scaled, uniq
 
@@ -125,8 +125,10 @@ def make_broker(secure_broker, tmp_path):  # noqa: F811
         "sig.toml": '[[topic]]\nfilter = "#"\nkeys = ["%s.pub", "%s.pub"]\n' % (k["alice-sig"], k["bob-sig"]),
         "zone.toml": '[[topic]]\nfilter = "zone/#"\nkeys = ["%s"]\n' % k["zone-enc"],
     }
+    # Passwords make authorization deny by default: allow everything, and
+    # $SYS (which '#' does not reach) for the counters the tests read.
     b = secure_broker(listeners=LISTENERS, password_file="passwd", files=files,
-                      sys_interval=1, audit="audit.jsonl", extra=POLICIES)
+                      sys_interval=1, audit="audit.jsonl", extra=POLICIES + ALLOW_ALL + SYS_READ)
     return b, k
 
 

@@ -28,9 +28,8 @@ import pytest
 
 import mqttraw
 from conftest import MOATD, Broker
-from pki import (CA, make_pki, openssl, pub_ok, pub_refused_in_handshake,  # noqa: F401
-                 secure_broker, secure_config)
-from pki import empty_openssl_conf  # noqa: F401
+from pki import (ALLOW_ALL, CA, SYS_READ, empty_openssl_conf, make_pki, openssl,  # noqa: F401
+                 pub_ok, pub_refused_in_handshake, secure_broker, secure_config)
 from util import collect_until, scaled, uniq, wait_audit
 
 pytestmark = [pytest.mark.moat_only]
@@ -224,7 +223,7 @@ def test_psk_matrix(secure_broker, empty_openssl_conf):
                    {"name": "plainpsk", "bind": "127.0.0.1:0", "transport": "tls", "auth": ["psk"],
                     "tls": {"psk_file": "psk.txt", "identity_from": "psk",
                             "psk_plain_suites": True}}],
-        files={"psk.txt": PSK_FILE})
+        files={"psk.txt": PSK_FILE}, extra=ALLOW_ALL)
     ep, ep_plain = b.endpoints["psk"], b.endpoints["plainpsk"]
     psk = ["-psk", PSK_KEY, "-psk_identity", PSK_IDENTITY]
     topic = uniq("psk/")
@@ -371,7 +370,7 @@ def test_revoked_certificate_closes_its_live_connection(secure_broker, tmp_path,
                     "reload_on_change": how == "file change"}}
     b = secure_broker(listeners=[PLAIN, mtls], sys_interval=1, threads=2, audit="audit.jsonl",
                       files={"server.crt": read(server_cert), "server.key": read(server_key),
-                             "ca.crt": read(ca.cert), "ca.crl": read(crl)})
+                             "ca.crt": read(ca.cert), "ca.crl": read(crl)}, extra=ALLOW_ALL + SYS_READ)
     ep = b.endpoints["mtls"]
     stolen_id, kept_id = uniq("stolen"), uniq("kept")
     with observer(b, "wills/#") as obs, \

@@ -130,6 +130,46 @@ TEST(ConfigAuth, DefaultsAreSafe) {
   EXPECT_TRUE(rules_only.acl_file.empty());
 }
 
+// Authorization denies by default once some listener authenticates, with or
+// without [acl]; anonymous-only listeners without [acl] (the built-in default
+// included) have no access policy.
+TEST(ConfigAuth, AccessPolicyOnceAnyListenerAuthenticates) {
+  const auto anonymous = parse(std::string(kListener), "/etc/moat/moat.toml");
+  EXPECT_FALSE(authenticates(anonymous));
+  EXPECT_FALSE(has_access_policy(anonymous));
+  EXPECT_FALSE(has_access_policy(default_config()));
+  const std::string password = R"(
+[auth.password]
+file = "passwd"
+
+[[listener]]
+name = "plain"
+bind = "127.0.0.1:1884"
+auth = ["password"]
+)";
+  // Another listener's method counts: the policy is broker-wide.
+  const auto mixed = parse(std::string(kListener) + password, "/etc/moat/moat.toml");
+  EXPECT_TRUE(authenticates(mixed));
+  EXPECT_FALSE(mixed.has_acl);
+  EXPECT_TRUE(has_access_policy(mixed));
+  // "anonymous" after another method still authenticates.
+  const auto chain = parse(R"(
+[auth.password]
+file = "passwd"
+
+[[listener]]
+name = "plain"
+bind = "127.0.0.1:1884"
+auth = ["password", "anonymous"]
+)",
+                           "/etc/moat/moat.toml");
+  EXPECT_TRUE(has_access_policy(chain));
+  // [acl] alone makes a policy too.
+  const auto acl_only = parse(std::string(kListener) + "[acl]\nfile = \"acl\"\n", "/etc/moat/moat.toml");
+  EXPECT_FALSE(authenticates(acl_only));
+  EXPECT_TRUE(has_access_policy(acl_only));
+}
+
 TEST(ConfigAuth, Mistakes) {
   const std::string l(kListener);
   auto has = [](const std::string& e, std::string_view what) { return e.find(what) != std::string::npos; };
