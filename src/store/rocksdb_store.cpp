@@ -16,6 +16,7 @@ namespace {
 
 constexpr std::string_view kFormatKey = "F";
 constexpr std::string_view kFormat = "moat-store-1";
+constexpr std::string_view kKinds = "bipqrs";  // first byte of every other key
 
 void put_be(std::string& out, std::uint64_t v, int bytes) {
   for (int i = bytes - 1; i >= 0; --i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xFF));
@@ -182,6 +183,9 @@ void check_delivery(std::uint64_t session, const QueuedRecord& q) {
 // `cleanup`, which only load() writes.
 struct Scan {
   std::function<void(std::string)> damaged;
+  // Reports an entry of a kind load() does not read (the first after each
+  // kind's range: a few seeks, no second pass). check() reads every key itself.
+  bool find_unknown = true;
   Snapshot snap;
   rocksdb::WriteBatch cleanup;
   rocksdb::Status status;  // of the iterator; not ok: the scan stopped there
@@ -196,6 +200,12 @@ void scan(rocksdb::DB& db, Scan& sc) {
   Snapshot& snap = sc.snap;
   std::map<std::uint64_t, std::size_t> by_id;
   std::unique_ptr<rocksdb::Iterator> it(db.NewIterator(rocksdb::ReadOptions()));
+  auto unknown_next = [&] {
+    if (!sc.find_unknown || !it->Valid()) return;
+    const auto k = it->key().ToStringView();
+    if (k.empty() || kKinds.find(k[0]) == std::string_view::npos)
+      sc.damaged("entry of unknown kind (key " + printable(k) + ")");
+  };
   auto each = [&](char kind, auto&& body) {
     const std::string prefix(1, kind);
     for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
@@ -206,8 +216,13 @@ void scan(rocksdb::DB& db, Scan& sc) {
       }
     }
     if (!it->status().ok() && sc.status.ok()) sc.status = it->status();
+    unknown_next();  // between this kind and the next
     return sc.status.ok();
   };
+  // Before the first kind ("F" sorts before every kind).
+  it->SeekToFirst();
+  if (it->Valid() && it->key().ToStringView() == kFormatKey) it->Next();
+  unknown_next();
   // Sessions first ("s" keys), so the entries of each can be attached to it.
   if (!each('s', [&](std::string_view k, std::string_view v) {
         Snapshot::Session s;
@@ -469,7 +484,7 @@ RocksDbStore::Report RocksDbStore::check() {
     const auto v = it->value().ToStringView();
     r.bytes += k.size() + v.size();
     if (k == kFormatKey) continue;
-    if (k.empty() || std::string_view("siqprb").find(k[0]) == std::string_view::npos)
+    if (k.empty() || kKinds.find(k[0]) == std::string_view::npos)
       damaged("entry of unknown kind (key " + printable(k) + ")");
   }
   if (!it->status().ok()) damaged("reading the store: " + it->status().ToString());
@@ -477,6 +492,7 @@ RocksDbStore::Report RocksDbStore::check() {
   // Then every record as load() reads it, with the same decoders and checks.
   Scan sc;
   sc.damaged = damaged;
+  sc.find_unknown = false;  // every key was looked at above
   scan(*db_, sc);
   if (!sc.status.ok()) damaged("reading the store: " + sc.status.ToString());
   r.sessions = sc.snap.sessions.size();

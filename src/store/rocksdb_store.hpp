@@ -12,7 +12,8 @@
 //   "b" address                   ban of the brute-force defence
 // Entries of a session whose "s" record is gone are removed by load(); an entry
 // that does not decode, an "i" entry without its queued message, two messages of
-// one session in flight with the same packet id are damage (StoreDamaged).
+// one session in flight with the same packet id, a key of another kind are
+// damage (StoreDamaged).
 #pragma once
 
 #include <atomic>

@@ -323,5 +323,20 @@ TEST(StoreCheck, QueuedRecordDamageNamesItsSessionAndSeq) {
   expect_load_refuses(dir, r.damage[0]);
 }
 
+TEST(StoreCheck, EntriesOfUnknownKindAreDamageToLoadToo) {
+  // Before the first kind, between two, after the last.
+  for (const std::string key : {"Fx", "a", "c1", "j", "zz"}) {
+    SCOPED_TRACE(key);
+    StoreDir dir;
+    write_good_session(dir);
+    put_raw(dir, {{key, "v"}});
+    const auto r = check(dir);
+    const std::string what = "entry of unknown kind (key \"" + key + "\")";
+    ASSERT_EQ(r.damage.size(), 1u);
+    EXPECT_EQ(r.damage[0], what);
+    expect_load_refuses(dir, what);
+  }
+}
+
 }  // namespace
 }  // namespace moat::store
