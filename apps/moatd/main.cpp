@@ -363,14 +363,19 @@ int check_store_main(const moat::config::Config& cfg) {
     so.read_only = true;
     store::RocksDbStore rocks(so);
     const auto r = rocks.check();
+    // The wording and order of these lines are documented (docs/durability.md)
+    // and scripts read them: add lines, do not change these.
     fmt::print(
         "rocksdb in {} (checked read-only)\n  sessions {}\n  queued messages {} ({} in flight)\n"
         "  QoS 2 ids awaiting PUBREL {}\n  retained messages {}\n  bans {}\n  bytes {}\n"
-        "  entries of ended sessions {}\n  damaged entries {}\n",
-        dir.string(), r.sessions, r.queued, r.inflight, r.pubrel, r.retained, r.bans, r.bytes, r.orphans,
-        r.damaged);
+        "  entries of ended sessions {} (queued {}, in flight {}, awaiting PUBREL {})\n"
+        "  damaged entries {}\n",
+        dir.string(), r.sessions, r.queued, r.inflight, r.pubrel, r.retained, r.bans, r.bytes, r.orphans(),
+        r.orphan_queued, r.orphan_inflight, r.orphan_pubrel, r.damaged);
     if (r.damaged) {
-      fmt::print("damaged: {}\n", r.damage);
+      for (const auto& d : r.damage) fmt::print("damaged: {}\n", d);
+      if (r.damaged > r.damage.size())
+        fmt::print("damaged: {} more not shown\n", r.damaged - r.damage.size());
       return 3;
     }
     return 0;

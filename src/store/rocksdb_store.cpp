@@ -6,7 +6,9 @@
 #include <rocksdb/write_batch.h>
 
 #include <cstdarg>
+#include <functional>
 #include <map>
+#include <optional>
 #include <set>
 
 namespace moat::store {
@@ -14,6 +16,7 @@ namespace {
 
 constexpr std::string_view kFormatKey = "F";
 constexpr std::string_view kFormat = "moat-store-1";
+constexpr std::string_view kKinds = "bipqrs";  // first byte of every other key
 
 void put_be(std::string& out, std::uint64_t v, int bytes) {
   for (int i = bytes - 1; i >= 0; --i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xFF));
@@ -52,6 +55,274 @@ class SilentLogger final : public rocksdb::Logger {
   void Logv(const char*, va_list) override {}
   void Logv(const rocksdb::InfoLogLevel, const char*, va_list) override {}
 };
+
+// A key or client id in a message: printable ASCII as is, other bytes as \xNN.
+std::string printable(std::string_view bytes) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out = "\"";
+  for (const char c : bytes) {
+    const auto u = static_cast<unsigned char>(c);
+    if (u >= 0x20 && u < 0x7F && c != '"' && c != '\\') {
+      out.push_back(c);
+    } else {
+      out += "\\x";
+      out.push_back(kHex[u >> 4]);
+      out.push_back(kHex[u & 0xF]);
+    }
+  }
+  return out + "\"";
+}
+
+// "damaged X record: why" -> "damaged X record (where): why".
+std::string with_place(const StoreDamaged& e, const std::string& where) {
+  std::string what = e.what();
+  const auto colon = what.find(": ");
+  return colon == std::string::npos ? what + " (" + where + ")"
+                                    : what.substr(0, colon) + " (" + where + ")" + what.substr(colon);
+}
+
+std::string n_bytes(std::size_t n) {
+  return std::to_string(n) + (n == 1 ? " byte" : " bytes");
+}
+
+std::string session_seq(std::uint64_t session, std::uint64_t seq) {
+  return "session " + std::to_string(session) + ", seq " + std::to_string(seq);
+}
+
+// The entries whose key carries the ids (big-endian, see rocksdb_store.hpp).
+// One parser per kind, used by load() and check() alike; each throws
+// StoreDamaged naming the kind and the ids it could read.
+
+// "q" be64(session) be64(seq) -> an encoded QueuedRecord whose seq is the key's.
+struct QueueEntry {
+  std::uint64_t session = 0, seq = 0;
+  QueuedRecord record;
+};
+QueueEntry decode_queue_entry(std::string_view k, std::string_view v) {
+  if (k.size() != 17)
+    throw StoreDamaged("damaged queued message entry: key " + printable(k) + " of " + n_bytes(k.size()) +
+                       ", not 17");
+  QueueEntry e;
+  e.session = get_be(k, 1, 8);
+  e.seq = get_be(k, 9, 8);
+  try {
+    e.record = decode_queued(v);
+  } catch (const StoreDamaged& d) {
+    throw StoreDamaged(with_place(d, session_seq(e.session, e.seq)));
+  }
+  if (e.record.seq != e.seq)
+    throw StoreDamaged("damaged queued message record (" + session_seq(e.session, e.seq) +
+                       "): it holds seq " + std::to_string(e.record.seq));
+  return e;
+}
+
+// "i" be64(session) be64(seq) -> be16(packet id) u8(state): the in-flight state
+// of the queued message with the same session and seq, written apart from it
+// (Batch::put_inflight). State 1: awaiting PUBACK (QoS 1) or PUBREC (QoS 2);
+// 2: awaiting PUBCOMP.
+struct InflightEntry {
+  std::uint64_t session = 0, seq = 0;
+  std::uint16_t packet_id = 0;
+  std::uint8_t state = 0;
+};
+InflightEntry decode_inflight(std::string_view k, std::string_view v) {
+  if (k.size() != 17)
+    throw StoreDamaged("damaged in-flight entry: key " + printable(k) + " of " + n_bytes(k.size()) +
+                       ", not 17");
+  InflightEntry e;
+  e.session = get_be(k, 1, 8);
+  e.seq = get_be(k, 9, 8);
+  const std::string where = "damaged in-flight entry (" + session_seq(e.session, e.seq) + "): ";
+  if (v.size() != 3) throw StoreDamaged(where + "value of " + n_bytes(v.size()) + ", not 3");
+  e.packet_id = static_cast<std::uint16_t>(get_be(v, 0, 2));
+  e.state = static_cast<std::uint8_t>(v[2]);
+  if (e.packet_id == 0) throw StoreDamaged(where + "packet id 0");
+  if (e.state != 1 && e.state != 2)
+    throw StoreDamaged(where + "packet id " + std::to_string(e.packet_id) + " in state " +
+                       std::to_string(e.state) + ", not 1 (awaiting PUBACK/PUBREC) or 2 (awaiting PUBCOMP)");
+  return e;
+}
+
+// "p" be64(session) be16(packet id) -> empty: an inbound QoS 2 packet id
+// awaiting PUBREL.
+struct PubrelEntry {
+  std::uint64_t session = 0;
+  std::uint16_t packet_id = 0;
+};
+PubrelEntry decode_pubrel(std::string_view k, std::string_view v) {
+  if (k.size() != 11)
+    throw StoreDamaged("damaged awaiting-PUBREL entry: key " + printable(k) + " of " + n_bytes(k.size()) +
+                       ", not 11");
+  PubrelEntry e;
+  e.session = get_be(k, 1, 8);
+  e.packet_id = static_cast<std::uint16_t>(get_be(k, 9, 2));
+  const std::string where = "damaged awaiting-PUBREL entry (session " + std::to_string(e.session) +
+                            ", packet id " + std::to_string(e.packet_id) + "): ";
+  if (e.packet_id == 0) throw StoreDamaged(where + "packet id 0");
+  if (!v.empty()) throw StoreDamaged(where + "value of " + n_bytes(v.size()) + ", not empty");
+  return e;
+}
+
+// A queued message with its in-flight state applied, as the broker restores it
+// (Shard::restore): anything else would be resent wrongly, or not at all.
+void check_delivery(std::uint64_t session, const QueuedRecord& q) {
+  const std::string where = "damaged queued message record (" + session_seq(session, q.seq) + "): ";
+  if (q.qos > 2) throw StoreDamaged(where + "QoS " + std::to_string(q.qos));
+  if (q.state > 2)
+    throw StoreDamaged(where + "state " + std::to_string(q.state) + ", not 0 (queued), 1 or 2 (in flight)");
+  if (q.state == 0) return;
+  if (q.packet_id == 0) throw StoreDamaged(where + "in flight with packet id 0");
+  if (q.qos == 0) throw StoreDamaged(where + "a QoS 0 message in flight");
+  if (q.state == 2 && q.qos != 2) throw StoreDamaged(where + "a QoS 1 message awaiting PUBCOMP");
+}
+
+// One reading of the whole store as load() interprets it, shared by load()
+// and check() so that both reach the same verdict: what load() refuses
+// (`damaged`: load() throws, check() counts and goes on), and what load()
+// removes (entries of sessions that have ended, bans that have ended) into
+// `cleanup`, which only load() writes.
+struct Scan {
+  std::function<void(std::string)> damaged;
+  // Reports an entry of a kind load() does not read (the first after each
+  // kind's range: a few seeks, no second pass). check() reads every key itself.
+  bool find_unknown = true;
+  Snapshot snap;
+  rocksdb::WriteBatch cleanup;
+  rocksdb::Status status;  // of the iterator; not ok: the scan stopped there
+  // Of the sessions restored: queued messages, of which in flight; packet ids
+  // awaiting PUBREL. Bans: every ban record, ended or not.
+  std::uint64_t queued = 0, inflight = 0, pubrel = 0, bans = 0;
+  // Entries of sessions that have no session record.
+  std::uint64_t orphan_queued = 0, orphan_inflight = 0, orphan_pubrel = 0;
+};
+
+void scan(rocksdb::DB& db, Scan& sc) {
+  Snapshot& snap = sc.snap;
+  std::map<std::uint64_t, std::size_t> by_id;
+  std::unique_ptr<rocksdb::Iterator> it(db.NewIterator(rocksdb::ReadOptions()));
+  auto unknown_next = [&] {
+    if (!sc.find_unknown || !it->Valid()) return;
+    const auto k = it->key().ToStringView();
+    if (k.empty() || kKinds.find(k[0]) == std::string_view::npos)
+      sc.damaged("entry of unknown kind (key " + printable(k) + ")");
+  };
+  auto each = [&](char kind, auto&& body) {
+    const std::string prefix(1, kind);
+    for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+      try {
+        body(it->key().ToStringView(), it->value().ToStringView());
+      } catch (const StoreDamaged& e) {
+        sc.damaged(e.what());
+      }
+    }
+    if (!it->status().ok() && sc.status.ok()) sc.status = it->status();
+    unknown_next();  // between this kind and the next
+    return sc.status.ok();
+  };
+  // Before the first kind ("F" sorts before every kind).
+  it->SeekToFirst();
+  if (it->Valid() && it->key().ToStringView() == kFormatKey) it->Next();
+  unknown_next();
+  // Sessions first ("s" keys), so the entries of each can be attached to it.
+  if (!each('s', [&](std::string_view k, std::string_view v) {
+        Snapshot::Session s;
+        try {
+          s.record = decode_session(v);
+        } catch (const StoreDamaged& e) {
+          throw StoreDamaged(with_place(e, "client id " + printable(k.substr(1))));
+        }
+        snap.next_session_id = std::max(snap.next_session_id, s.record.session_id + 1);
+        by_id[s.record.session_id] = snap.sessions.size();
+        snap.sessions.push_back(std::move(s));
+      }))
+    return;
+  // In-flight states of live sessions, until their queued messages take them.
+  std::map<std::pair<std::uint64_t, std::uint64_t>, InflightEntry> inflight;
+  if (!each('i', [&](std::string_view k, std::string_view v) {
+        const auto e = decode_inflight(k, v);
+        if (by_id.count(e.session)) {
+          inflight[{e.session, e.seq}] = e;
+        } else {
+          sc.cleanup.Delete(it->key());
+          ++sc.orphan_inflight;
+        }
+      }))
+    return;
+  if (!each('p', [&](std::string_view k, std::string_view v) {
+        const auto e = decode_pubrel(k, v);
+        if (auto s = by_id.find(e.session); s != by_id.end()) {
+          snap.sessions[s->second].awaiting_pubrel.push_back(e.packet_id);
+          ++sc.pubrel;
+        } else {
+          sc.cleanup.Delete(it->key());
+          ++sc.orphan_pubrel;
+        }
+      }))
+    return;
+  std::set<std::pair<std::uint64_t, std::uint16_t>> ids_in_flight;  // session, packet id
+  if (!each('q', [&](std::string_view k, std::string_view v) {
+        // Taken first: a damaged record is one finding, not two.
+        std::optional<InflightEntry> state;
+        if (k.size() == 17) {
+          if (auto f = inflight.find({get_be(k, 1, 8), get_be(k, 9, 8)}); f != inflight.end()) {
+            state = f->second;
+            inflight.erase(f);
+          }
+        }
+        auto e = decode_queue_entry(k, v);
+        QueuedRecord& q = e.record;
+        snap.next_seq = std::max(snap.next_seq, q.seq + 1);
+        const auto s = by_id.find(e.session);
+        if (s == by_id.end()) {
+          sc.cleanup.Delete(it->key());  // (its in-flight entry went above)
+          ++sc.orphan_queued;
+          return;
+        }
+        if (state) {
+          q.packet_id = state->packet_id;
+          q.state = state->state;
+        }
+        check_delivery(e.session, q);
+        if (q.state != 0) {
+          // The acknowledgement of one would be taken for the other's.
+          if (!ids_in_flight.insert({e.session, q.packet_id}).second)
+            throw StoreDamaged("damaged queued message record (" + session_seq(e.session, e.seq) +
+                               "): packet id " + std::to_string(q.packet_id) +
+                               " is in flight for an earlier message of the session");
+          ++sc.inflight;
+        }
+        ++sc.queued;
+        snap.sessions[s->second].queued.push_back(std::move(q));
+      }))
+    return;
+  // Written and removed with their message (Batch::erase_queued): an in-flight
+  // state without it is what is left of a message that is lost.
+  for (const auto& [id, e] : inflight)
+    sc.damaged("damaged in-flight entry (" + session_seq(e.session, e.seq) + "): packet id " +
+               std::to_string(e.packet_id) + " in flight for a queued message that is missing");
+  if (!each('r', [&](std::string_view k, std::string_view v) {
+        try {
+          snap.retained.push_back(decode_retained(v));
+        } catch (const StoreDamaged& e) {
+          throw StoreDamaged(with_place(e, "topic " + printable(k.substr(1))));
+        }
+      }))
+    return;
+  const std::int64_t now = unix_ms_now();
+  each('b', [&](std::string_view k, std::string_view v) {
+    BanRecord b;
+    try {
+      b = decode_ban(v);
+    } catch (const StoreDamaged& e) {
+      throw StoreDamaged(with_place(e, "address " + printable(k.substr(1))));
+    }
+    ++sc.bans;
+    if (b.until_unix_ms <= now)
+      sc.cleanup.Delete(it->key());  // ended while the broker was stopped
+    else
+      snap.bans.push_back(std::move(b));
+  });
+}
 
 }  // namespace
 
@@ -187,115 +458,52 @@ void RocksDbStore::commit(const Batch& b) {
 }
 
 Snapshot RocksDbStore::load() {
-  Snapshot snap;
-  std::map<std::uint64_t, std::size_t> by_id;
-  std::map<std::pair<std::uint64_t, std::uint64_t>, std::pair<std::uint16_t, std::uint8_t>> inflight;
-  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
-  // Sessions first ("s" keys), so queued entries can be attached to them.
-  for (it->Seek("s"); it->Valid() && it->key().starts_with("s"); it->Next()) {
-    Snapshot::Session s;
-    s.record = decode_session(it->value().ToStringView());
-    snap.next_session_id = std::max(snap.next_session_id, s.record.session_id + 1);
-    by_id[s.record.session_id] = snap.sessions.size();
-    snap.sessions.push_back(std::move(s));
-  }
-  for (it->Seek("i"); it->Valid() && it->key().starts_with("i"); it->Next()) {
-    const auto k = it->key().ToStringView();
-    const auto v = it->value().ToStringView();
-    if (k.size() != 17 || v.size() != 3) throw StoreDamaged("damaged in-flight entry");
-    inflight[{get_be(k, 1, 8), get_be(k, 9, 8)}] = {static_cast<std::uint16_t>(get_be(v, 0, 2)),
-                                                    static_cast<std::uint8_t>(v[2])};
-  }
-  rocksdb::WriteBatch cleanup;  // entries of sessions that had ended (see Snapshot)
-  for (it->Seek("p"); it->Valid() && it->key().starts_with("p"); it->Next()) {
-    const auto k = it->key().ToStringView();
-    if (k.size() != 11) throw StoreDamaged("damaged PUBREL entry");
-    if (auto s = by_id.find(get_be(k, 1, 8)); s != by_id.end())
-      snap.sessions[s->second].awaiting_pubrel.push_back(static_cast<std::uint16_t>(get_be(k, 9, 2)));
-    else
-      cleanup.Delete(it->key());
-  }
-  for (it->Seek("q"); it->Valid() && it->key().starts_with("q"); it->Next()) {
-    const auto k = it->key().ToStringView();
-    if (k.size() != 17) throw StoreDamaged("damaged queue key");
-    auto q = decode_queued(it->value().ToStringView());
-    const std::pair<std::uint64_t, std::uint64_t> id{get_be(k, 1, 8), get_be(k, 9, 8)};
-    if (auto f = inflight.find(id); f != inflight.end()) {
-      q.packet_id = f->second.first;
-      q.state = f->second.second;
-    }
-    snap.next_seq = std::max(snap.next_seq, q.seq + 1);
-    if (auto s = by_id.find(id.first); s != by_id.end()) {
-      snap.sessions[s->second].queued.push_back(std::move(q));
-    } else {
-      cleanup.Delete(it->key());
-      cleanup.Delete(key('i', id.first, id.second, 8));
-      ++snap.orphans_removed;
-    }
-  }
-  for (it->Seek("r"); it->Valid() && it->key().starts_with("r"); it->Next())
-    snap.retained.push_back(decode_retained(it->value().ToStringView()));
-  const std::int64_t now = unix_ms_now();
-  for (it->Seek("b"); it->Valid() && it->key().starts_with("b"); it->Next()) {
-    auto b = decode_ban(it->value().ToStringView());
-    if (b.until_unix_ms <= now)
-      cleanup.Delete(it->key());  // ended while the broker was stopped
-    else
-      snap.bans.push_back(std::move(b));
-  }
-  ok_or_throw(it->status(), "store read failed");
-  if (cleanup.Count() > 0) {
+  Scan sc;
+  sc.damaged = [](std::string what) { throw StoreDamaged(std::move(what)); };
+  scan(*db_, sc);
+  ok_or_throw(sc.status, "store read failed");
+  if (sc.cleanup.Count() > 0) {
     rocksdb::WriteOptions wo;
     wo.sync = true;
-    ok_or_throw(db_->Write(wo, &cleanup), "store cleanup failed");
+    ok_or_throw(db_->Write(wo, &sc.cleanup), "store cleanup failed");
   }
-  return snap;
+  sc.snap.orphans_removed = sc.orphan_queued;
+  return std::move(sc.snap);
 }
 
 RocksDbStore::Report RocksDbStore::check() {
   Report r;
   auto damaged = [&r](std::string what) {
     ++r.damaged;
-    if (r.damage.empty()) r.damage = std::move(what);
+    if (r.damage.size() < Report::kMaxDamage) r.damage.push_back(std::move(what));
   };
-  std::set<std::uint64_t> sessions;
+  // Every entry: its size, and a kind that load() reads (any other is damage).
   std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
   for (it->SeekToFirst(); it->Valid(); it->Next()) {
     const auto k = it->key().ToStringView();
     const auto v = it->value().ToStringView();
     r.bytes += k.size() + v.size();
-    try {
-      switch (k.empty() ? '\0' : k[0]) {
-        case 'F':
-          break;
-        case 's':
-          sessions.insert(decode_session(v).session_id), ++r.sessions;
-          break;
-        case 'q':
-          decode_queued(v), ++r.queued;
-          break;
-        case 'i':
-          ++r.inflight;
-          break;
-        case 'p':
-          ++r.pubrel;
-          break;
-        case 'r':
-          decode_retained(v), ++r.retained;
-          break;
-        case 'b':
-          decode_ban(v), ++r.bans;
-          break;
-        default:
-          damaged("entry of unknown kind");
-      }
-    } catch (const StoreError& e) {
-      damaged(e.what());
-    }
+    if (k == kFormatKey) continue;
+    if (k.empty() || kKinds.find(k[0]) == std::string_view::npos)
+      damaged("entry of unknown kind (key " + printable(k) + ")");
   }
   if (!it->status().ok()) damaged("reading the store: " + it->status().ToString());
-  for (it->Seek("q"); it->Valid() && it->key().starts_with("q"); it->Next())
-    if (!sessions.count(get_be(it->key().ToStringView(), 1, 8))) ++r.orphans;
+  it.reset();
+  // Then every record as load() reads it, with the same decoders and checks.
+  Scan sc;
+  sc.damaged = damaged;
+  sc.find_unknown = false;  // every key was looked at above
+  scan(*db_, sc);
+  if (!sc.status.ok()) damaged("reading the store: " + sc.status.ToString());
+  r.sessions = sc.snap.sessions.size();
+  r.queued = sc.queued;
+  r.inflight = sc.inflight;
+  r.pubrel = sc.pubrel;
+  r.retained = sc.snap.retained.size();
+  r.bans = sc.bans;
+  r.orphan_queued = sc.orphan_queued;
+  r.orphan_inflight = sc.orphan_inflight;
+  r.orphan_pubrel = sc.orphan_pubrel;
   // Table files whose blocks were not all read above (filters, index) too.
   if (const auto v = db_->VerifyChecksum(); !v.ok()) damaged("verifying table files: " + v.ToString());
   return r;

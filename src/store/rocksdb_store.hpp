@@ -4,10 +4,16 @@
 //   "F"                           format marker "moat-store-1"
 //   "s" client-id                 session record
 //   "q" be64(session) be64(seq)   queued message
-//   "i" be64(session) be64(seq)   in-flight state of a queued message (packet id, state)
-//   "p" be64(session) be16(id)    inbound QoS 2 packet id awaiting PUBREL
+//   "i" be64(session) be64(seq)   in-flight state of the queued message with that key:
+//                                 be16(packet id, not 0) u8(state: 1 awaiting PUBACK or
+//                                 PUBREC, 2 awaiting PUBCOMP); written and removed with it
+//   "p" be64(session) be16(id)    inbound QoS 2 packet id (not 0) awaiting PUBREL; empty value
 //   "r" topic                     retained message
 //   "b" address                   ban of the brute-force defence
+// Entries of a session whose "s" record is gone are removed by load(); an entry
+// that does not decode, an "i" entry without its queued message, two messages of
+// one session in flight with the same packet id, a key of another kind are
+// damage (StoreDamaged).
 #pragma once
 
 #include <atomic>
@@ -16,7 +22,9 @@
 #include <filesystem>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "store/store.hpp"
 
@@ -57,13 +65,24 @@ class RocksDbStore final : public Store {
   bool commit_waits_for_disk() const override { return options_.durability == Durability::Sync; }
   std::string describe() const override;
 
-  // Counts per key kind, checks that every record decodes and verifies the
-  // checksums of every table file (--check-store).
+  // Reads every record as load() does, with the same decoders and checks,
+  // counts what load() would restore and what it would remove, and verifies
+  // the checksums of every table file (--check-store). A finding in `damage`
+  // is one load() refuses the store for (StoreDamaged); the entries of ended
+  // sessions are not damage: load() removes them.
   struct Report {
-    std::uint64_t sessions = 0, queued = 0, inflight = 0, pubrel = 0, retained = 0, bans = 0, orphans = 0,
-                  damaged = 0;
-    std::uint64_t bytes = 0;
-    std::string damage;  // the first damage found, empty if none
+    static constexpr std::size_t kMaxDamage = 20;  // findings kept in `damage`
+    // Of the sessions restored: their queued messages, of which in flight
+    // (sent, awaiting PUBACK, PUBREC or PUBCOMP), and the inbound QoS 2 packet
+    // ids awaiting PUBREL. Bans: every ban record, ended or not.
+    std::uint64_t sessions = 0, queued = 0, inflight = 0, pubrel = 0, retained = 0, bans = 0;
+    // Entries of sessions that have no session record, by kind: queued
+    // messages, in-flight states, packet ids awaiting PUBREL.
+    std::uint64_t orphan_queued = 0, orphan_inflight = 0, orphan_pubrel = 0;
+    std::uint64_t damaged = 0;        // findings
+    std::uint64_t bytes = 0;          // keys and values
+    std::vector<std::string> damage;  // the first kMaxDamage findings, in the order found
+    std::uint64_t orphans() const { return orphan_queued + orphan_inflight + orphan_pubrel; }
   };
   Report check();
   std::uint64_t syncs() const { return syncs_.load(std::memory_order_relaxed); }

@@ -7,6 +7,7 @@ whole and in order. (docs/durability.md)
 """
 
 import os
+import re
 import signal
 import subprocess
 
@@ -259,6 +260,179 @@ def test_check_store_missing_data_dir_exit_1(node):
     assert rc == 1, out + err
     assert "data_dir %s does not exist" % n.data in err, err
     assert not n.data.exists(), "--check-store created the data directory"
+
+
+def check_store_lines(out):
+    """The indented lines of --check-store's report ("  NAME COUNT" or
+    "  NAME COUNT (DETAIL)") as {NAME: COUNT, NAME + " detail": DETAIL}."""
+    got = {}
+    for line in out.splitlines():
+        m = re.match(r"  (.+?) (\d+)(?: \((.*)\))?$", line)
+        if m:
+            got[m.group(1)] = int(m.group(2))
+            if m.group(3) is not None:
+                got[m.group(1) + " detail"] = m.group(3)
+    return got
+
+
+def test_check_store_counts_messages_in_flight_and_ids_awaiting_pubrel(node):
+    """A durable session stopped with a QoS 1 message unacknowledged, a QoS 2
+    message awaiting PUBCOMP and an inbound QoS 2 packet id awaiting PUBREL:
+    --check-store counts them (exit 0), and they come back after the restart
+    as it counted them."""
+    n = node()
+    b = n.start()
+    cid, topic, other = uniq("durable"), uniq("store/inflight/"), uniq("store/inbound/")
+    sub = raw(b, name="durable")
+    try:
+        assert not sub.connect(cid, clean_session=False)
+        assert sub.subscribe([(topic + "/#", 2)]) == [2]
+        with raw_connected(b, name="pub") as pub:
+            pub.publish(topic + "/one", b"qos1", qos=1)
+            pub.publish(topic + "/two", b"qos2", qos=2)
+            pub.disconnect()
+        one = sub.recv_publish(ack=False)
+        two = sub.recv_publish(ack=False)
+        assert (one.topic, one.qos, two.topic, two.qos) == (topic + "/one", 1, topic + "/two", 2), (one, two)
+        # QoS 2 outbound: PUBREC; the broker stores "awaiting PUBCOMP" before its PUBREL leaves.
+        sub.send(mqttraw.pubrec(two.pid))
+        pkt = sub.expect(mqttraw.PUBREL, flags=0x02)
+        assert mqttraw.packet_id(pkt) == two.pid
+        # QoS 2 inbound: the broker stores the id before its PUBREC leaves; no PUBREL follows.
+        sub.send(mqttraw.publish(other, b"in", qos=2, pid=77))
+        pkt = sub.expect(mqttraw.PUBREC, flags=0)
+        assert mqttraw.packet_id(pkt) == 77
+        n.stop()  # SIGTERM by PID, the subscriber still connected
+    finally:
+        sub.close()
+
+    before = tree_state(n.data)
+    rc, out, err = n.check_store()
+    assert rc == 0, "--check-store exit %d:\n%s%s" % (rc, out, err)
+    got = check_store_lines(out)
+    assert got["sessions"] == 1, out
+    assert got["queued messages"] == 2 and got["queued messages detail"] == "2 in flight", out
+    assert got["QoS 2 ids awaiting PUBREL"] == 1, out
+    assert got["entries of ended sessions"] == 0, out
+    assert got["entries of ended sessions detail"] == "queued 0, in flight 0, awaiting PUBREL 0", out
+    assert got["damaged entries"] == 0, out
+    assert "damaged:" not in out, out
+    assert tree_state(n.data) == before, "--check-store changed the data directory"
+
+    # What was counted is what comes back: the QoS 1 message resent with DUP=1
+    # and its packet id, PUBREL for the QoS 2 one, id 77 still awaiting PUBREL.
+    b = n.start()
+    assert restored_queued(b) == (1, 2)
+    sub = raw(b, name="durable")
+    try:
+        assert sub.connect(cid, clean_session=False), "[MQTT-3.2.2-2] session-present 0 after the restart"
+        resent = {}
+        for _ in range(2):
+            pkt = sub.recv_packet()
+            resent[pkt.type] = pkt
+        assert sorted(resent) == [mqttraw.PUBLISH, mqttraw.PUBREL], resent
+        again = mqttraw.decode_publish(resent[mqttraw.PUBLISH])
+        assert (again.topic, again.pid, again.qos, again.dup) == (one.topic, one.pid, 1, True), again
+        assert mqttraw.packet_id(resent[mqttraw.PUBREL]) == two.pid
+        sub.send(mqttraw.puback(one.pid) + mqttraw.pubcomp(two.pid) + mqttraw.pubrel(77))
+        pkt = sub.expect(mqttraw.PUBCOMP, flags=0)
+        assert mqttraw.packet_id(pkt) == 77
+        sub.ping()  # the PUBACK and PUBCOMP before it were handled
+        sub.disconnect()
+    finally:
+        sub.close()
+    n.stop()
+    rc, out, err = n.check_store()
+    assert rc == 0, out + err
+    got = check_store_lines(out)
+    assert got["queued messages"] == 0 and got["queued messages detail"] == "0 in flight", out
+    assert got["QoS 2 ids awaiting PUBREL"] == 0, out
+
+
+def rocksdb_put(path, entries):
+    """Writes (key, value) entries into the RocksDB database at `path` past
+    moatd (through RocksDB's C API): what damage, or another program, leaves."""
+    import ctypes
+    import ctypes.util
+    name = ctypes.util.find_library("rocksdb")
+    if not name:
+        pytest.skip("librocksdb not found")
+    lib = ctypes.CDLL(name)
+    vp, cp = ctypes.c_void_p, ctypes.c_char_p
+    lib.rocksdb_options_create.restype = vp
+    lib.rocksdb_open.restype = vp
+    lib.rocksdb_open.argtypes = [vp, cp, ctypes.POINTER(cp)]
+    lib.rocksdb_writeoptions_create.restype = vp
+    lib.rocksdb_writeoptions_set_sync.argtypes = [vp, ctypes.c_ubyte]
+    lib.rocksdb_put.argtypes = [vp, vp, cp, ctypes.c_size_t, cp, ctypes.c_size_t, ctypes.POINTER(cp)]
+    lib.rocksdb_close.argtypes = [vp]
+    lib.rocksdb_writeoptions_destroy.argtypes = [vp]
+    lib.rocksdb_options_destroy.argtypes = [vp]
+    opts = lib.rocksdb_options_create()
+    err = cp()
+    db = lib.rocksdb_open(opts, str(path).encode(), ctypes.byref(err))
+    assert db and not err.value, err.value
+    wo = lib.rocksdb_writeoptions_create()
+    lib.rocksdb_writeoptions_set_sync(wo, 1)
+    for k, v in entries:
+        lib.rocksdb_put(db, wo, k, len(k), v, len(v), ctypes.byref(err))
+        assert not err.value, err.value
+    lib.rocksdb_writeoptions_destroy(wo)
+    lib.rocksdb_close(db)
+    lib.rocksdb_options_destroy(opts)
+
+
+def be(n, size):
+    return n.to_bytes(size, "big")
+
+
+def test_damaged_inflight_entry_refused_at_start_and_by_check_store(node):
+    """An in-flight entry whose state is not one moatd writes: --check-store
+    exits 3 naming the entry, and moatd refuses to start rather than resend
+    the message wrongly (or not at all)."""
+    n = node()
+    b = n.start()
+    queue_for_offline(b, uniq("durable"), uniq("store/bad-inflight/"), 1)
+    n.stop()
+    # Session 1 (the first), seq 1: packet id 5 in state 7 (only 1 and 2 exist).
+    rocksdb_put(n.data / "store", [(b"i" + be(1, 8) + be(1, 8), be(5, 2) + b"\x07")])
+    damage = ("damaged in-flight entry (session 1, seq 1): packet id 5 in state 7, "
+              "not 1 (awaiting PUBACK/PUBREC) or 2 (awaiting PUBCOMP)")
+    rc, out, err = n.check_store()
+    assert rc == 3, "--check-store exit %d:\n%s%s" % (rc, out, err)
+    assert check_store_lines(out)["damaged entries"] == 1, out
+    assert "\ndamaged: %s\n" % damage in out, out
+    rc, out, err = n.run()
+    assert rc == 1, "moatd started on a damaged store:\n%s%s" % (out, err)
+    lines = [line for line in (out + err).splitlines() if "refusing to start" in line]
+    assert len(lines) == 1 and damage in lines[0], out + err
+
+
+def test_entries_of_ended_sessions_reported_then_removed_at_start(node):
+    """In-flight and awaiting-PUBREL entries of a session that has no session
+    record: --check-store counts them per kind and exits 0 (start-up removes
+    them, which it does)."""
+    n = node()
+    b = n.start()
+    queue_for_offline(b, uniq("durable"), uniq("store/ended/"), 2)
+    n.stop()
+    rocksdb_put(n.data / "store", [(b"i" + be(999, 8) + be(1, 8), be(5, 2) + b"\x01"),
+                                   (b"p" + be(999, 8) + be(6, 2), b""),
+                                   (b"p" + be(999, 8) + be(7, 2), b"")])
+    rc, out, err = n.check_store()
+    assert rc == 0, "--check-store exit %d:\n%s%s" % (rc, out, err)
+    got = check_store_lines(out)
+    assert got["entries of ended sessions"] == 3, out
+    assert got["entries of ended sessions detail"] == "queued 0, in flight 1, awaiting PUBREL 2", out
+    assert got["queued messages"] == 2 and got["QoS 2 ids awaiting PUBREL"] == 0, out
+    assert got["damaged entries"] == 0, out
+    b = n.start()
+    assert restored_queued(b) == (1, 2)
+    n.stop()
+    rc, out, err = n.check_store()
+    assert rc == 0, out + err
+    got = check_store_lines(out)
+    assert got["entries of ended sessions"] == 0 and got["queued messages"] == 2, out
 
 
 # ---------------------------------------------------------------- the data directory

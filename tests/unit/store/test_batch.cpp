@@ -83,7 +83,9 @@ TEST(Stores, CoalescedAndSeparateInflightStateBothRestore) {
     b.put_session(session(7));
     b.put_queued(7, queued(1, "sent in the same turn"));
     b.put_inflight(7, 1, 11, 1);
-    b.put_queued(7, queued(2, "sent later"));
+    QueuedRecord qos2 = queued(2, "sent later");
+    qos2.qos = 2;  // (only a QoS 2 message awaits PUBCOMP: state 2)
+    b.put_queued(7, qos2);
     b.put_queued(7, queued(3, "still queued"));
     s.commit(b);
     Batch later;
