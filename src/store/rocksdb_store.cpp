@@ -459,7 +459,7 @@ void RocksDbStore::commit(const Batch& b) {
 
 Snapshot RocksDbStore::load() {
   Scan sc;
-  sc.damaged = [](std::string what) { throw StoreDamaged(std::move(what)); };
+  sc.damaged = [](const std::string& what) { throw StoreDamaged(what); };
   scan(*db_, sc);
   ok_or_throw(sc.status, "store read failed");
   if (sc.cleanup.Count() > 0) {
