@@ -768,15 +768,24 @@ def run_crash(broker, messages, kills, seed, seconds=RUN_SECONDS, log=print, dra
             run.kill_exact = exact
             run.kill_point = point
             deadline = time.monotonic() + scaled(60)
+            late = False
             while not run.kill_due.wait(0.05):
-                if pub.done.is_set():
+                with run.lock:
+                    all_sent = run.sent_upto >= total
+                if all_sent:
+                    # A late kill (the last one not exact, or a slow restart)
+                    # let the publisher pass this point and send everything:
+                    # no new PUBLISH will signal it, so kill now, while the
+                    # last acknowledgements and deliveries are under way.
+                    run.kill_point = None
+                    late = not run.kill_due.is_set()
                     break
                 if time.monotonic() > deadline:
                     raise AssertionError("publisher stuck at %d/%d before kill %d"
                                          % (run.sent_upto, total, i))
-            if not run.kill_due.is_set():
-                break
-            if exact:
+            if late:
+                at = run.sent_upto
+            elif exact:
                 at = run.kill_at
             else:
                 time.sleep(rng.uniform(0, 0.3))
