@@ -256,18 +256,21 @@ void Shard::queue_event(std::uint32_t to, ShardEvent&& e) {
 void Shard::end_turn() {
   Turn t = take_turn();
   send_events(t.index_events);
-  if (!t.writes.empty() && shared_.store) {
-    try {
-      shared_.store->commit(t.writes);
-    } catch (const std::exception& e) {
-      // Acknowledging what could not be stored would break the promise of QoS 1/2.
-      spdlog::critical("cannot write the store, stopping: {}", e.what());
-      std::abort();
-    }
-  }
+  commit(t.writes);
   // Deliveries leave for other shards only once stored here: a shard never sends
   // a message whose storage could still be lost.
   send_events(t.events);
+}
+
+void Shard::commit(const store::Batch& writes) {
+  if (writes.empty() || !shared_.store) return;
+  try {
+    shared_.store->commit(writes);
+  } catch (const std::exception& e) {
+    // Acknowledging what could not be stored would break the promise of QoS 1/2.
+    spdlog::critical("cannot write the store, stopping: {}", e.what());
+    std::abort();
+  }
 }
 
 Shard::Turn Shard::take_turn() {

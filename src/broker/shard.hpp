@@ -380,6 +380,9 @@ class Shard {
   };
   Turn take_turn();
   void send_events(std::vector<std::vector<ShardEvent>>& events);
+  // Commits `writes` now, on the calling thread; a store that cannot be written
+  // stops the broker (acknowledging what is not stored would break QoS 1/2).
+  void commit(const store::Batch& writes);
   // Deadlines of every client; call a few times per second.
   void tick(TimePoint now);
 

@@ -218,8 +218,8 @@ class Connection final : public broker::Transport, public std::enable_shared_fro
 // submitted; `on_durable(epoch)` reports the last one stored.
 class Committer {
  public:
-  Committer(store::Store& store, std::function<void(std::uint64_t)> on_durable)
-      : store_(store), on_durable_(std::move(on_durable)), thread_([this] { run(); }) {}
+  Committer(broker::Shard& shard, std::function<void(std::uint64_t)> on_durable)
+      : shard_(shard), on_durable_(std::move(on_durable)), thread_([this] { run(); }) {}
   ~Committer() {
     {
       std::lock_guard l(mu_);
@@ -253,19 +253,13 @@ class Committer {
       queued_.clear();
       const std::uint64_t epoch = submitted_;
       l.unlock();
-      try {
-        store_.commit(writes);
-      } catch (const std::exception& e) {
-        // Acknowledging what could not be stored would break the promise of QoS 1/2.
-        spdlog::critical("cannot write the store, stopping: {}", e.what());
-        std::abort();
-      }
+      shard_.commit(writes);  // thread-safe: it only writes the store
       on_durable_(epoch);
       l.lock();
     }
   }
 
-  store::Store& store_;
+  broker::Shard& shard_;
   std::function<void(std::uint64_t)> on_durable_;
   std::mutex mu_;
   std::condition_variable cv_;
@@ -292,6 +286,10 @@ class Loop {
   // store writes, send its cross-shard events, then write every connection that
   // has output. Nothing reaches a socket before the writes it depends on are stored.
   void schedule_end_turn();
+  // After the loop's thread has stopped: stores the writes of a turn that did
+  // not end (a ban, a session change made just before the stop), behind any
+  // commit still running. Its output is not sent: the connections are closing.
+  void store_unfinished_turn();
   void mark_dirty(std::shared_ptr<Connection> c);
   // The last store commit of this loop that is durable: output held for it or an
   // earlier one may be written.
@@ -353,7 +351,7 @@ struct Bus final : broker::ShardBus {
 Loop::Loop(std::uint32_t index, broker::BrokerShared& shared, Bus& bus)
     : index_(index), bus_(bus), shard_(index, shared, bus) {
   if (shared.store && shared.store->commit_waits_for_disk())
-    committer_ = std::make_unique<Committer>(*shared.store, [this](std::uint64_t epoch) {
+    committer_ = std::make_unique<Committer>(shard_, [this](std::uint64_t epoch) {
       asio::post(io_, [this, epoch] { on_durable(epoch); });
     });
 }
@@ -382,6 +380,15 @@ void Loop::schedule_end_turn() {
   if (end_turn_posted_) return;
   end_turn_posted_ = true;
   asio::post(io_, [this] { end_turn(); });
+}
+
+void Loop::store_unfinished_turn() {
+  broker::Shard::Turn turn = shard_.take_turn();
+  if (turn.writes.empty()) return;
+  if (committer_)
+    committer_->submit(std::move(turn.writes));  // stored before the committer's thread ends
+  else
+    shard_.commit(turn.writes);
 }
 
 void Loop::mark_dirty(std::shared_ptr<Connection> c) {
@@ -1130,6 +1137,7 @@ void Server::stop() {
     for (auto& l : m.loops) l->io().stop();
     for (auto& t : m.threads)
       if (t.joinable()) t.join();
+    for (auto& l : m.loops) l->store_unfinished_turn();
     m.workers.stop();
     m.workers.join();
   });
