@@ -417,6 +417,25 @@ def pub_refused_in_handshake(ep, topic, extra=()):
     return out
 
 
+# ---------------------------------------------------------------- password files
+
+def mosquitto_passwd(*args):
+    """Runs Debian's mosquitto_passwd with `args`; asserts it succeeded."""
+    r = subprocess.run(["mosquitto_passwd"] + [str(a) for a in args], stdin=subprocess.DEVNULL,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=scaled(30))
+    assert r.returncode == 0, "mosquitto_passwd %s: %s" % (args, r.stdout)
+
+
+def password_file_text(folder, users):
+    """The text of the password file mosquitto_passwd (-c) -b writes in `folder`
+    for `users` (user name -> password)."""
+    path = os.path.join(str(folder), "passwd")
+    for i, (user, pw) in enumerate(users.items()):
+        mosquitto_passwd(*(["-c"] if i == 0 else []), "-b", path, user, pw)
+    with open(path) as f:
+        return f.read()
+
+
 # ---------------------------------------------------------------- openssl s_client
 
 @pytest.fixture(scope="module")

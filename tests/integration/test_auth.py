@@ -23,7 +23,7 @@ import time
 import pytest
 
 import mqttraw
-from pki import ALLOW_ALL, MOAT, run_pub, secure_broker  # noqa: F401 (fixture)
+from pki import ALLOW_ALL, MOAT, mosquitto_passwd, password_file_text, run_pub, secure_broker  # noqa: F401 (fixture)
 from util import LineProc, collect_until, scaled, uniq
 
 # threaded: the worker pool for password hashes and TLS sessions moving between
@@ -81,22 +81,10 @@ pattern read clients/%c/inbox
 """
 
 
-def _mosquitto_passwd(*args):
-    r = subprocess.run(["mosquitto_passwd"] + list(args), stdin=subprocess.DEVNULL,
-                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30)
-    assert r.returncode == 0, "mosquitto_passwd %s: %s" % (args, r.stdout)
-
-
 @pytest.fixture(scope="module")
 def passwd_text(tmp_path_factory):
     """A password file written by Debian's mosquitto_passwd -c -b / -b."""
-    path = str(tmp_path_factory.mktemp("passwd") / "passwd")
-    first = True
-    for user, pw in USERS.items():
-        _mosquitto_passwd(*(["-c"] if first else []), "-b", path, user, pw)
-        first = False
-    with open(path) as f:
-        return f.read()
+    return password_file_text(tmp_path_factory.mktemp("passwd"), USERS)
 
 
 def moat_cli(*args, stdin=b"", timeout=30):
@@ -242,8 +230,8 @@ def test_password_then_anonymous(secure_broker, passwd_text):
 def test_mosquitto_passwd_formats(secure_broker, tmp_path):
     """Files written by Debian's mosquitto_passwd: default $7$ and -H sha512 ($6$)."""
     path = str(tmp_path / "mp")
-    _mosquitto_passwd("-c", "-b", path, "pbkdf2-user", "p1")
-    _mosquitto_passwd("-H", "sha512", "-b", path, "sha512-user", "p2")
+    mosquitto_passwd("-c", "-b", path, "pbkdf2-user", "p1")
+    mosquitto_passwd("-H", "sha512", "-b", path, "sha512-user", "p2")
     text = open(path).read()
     assert "pbkdf2-user:$7$" in text and "sha512-user:$6$" in text, text
     ep = ep_of(password_broker(secure_broker, text))
@@ -286,7 +274,7 @@ def test_moat_passwd_create_batch(secure_broker, tmp_path):
 def test_moat_passwd_stdin_update_and_delete(secure_broker, tmp_path):
     path = tmp_path / "passwd"
     # Start from a Mosquitto file: its other entries must be kept as they are.
-    _mosquitto_passwd("-c", "-b", str(path), "legacy", "legacy-pw")
+    mosquitto_passwd("-c", "-b", str(path), "legacy", "legacy-pw")
     os.chmod(str(path), 0o644)
     legacy_line = path.read_text().splitlines()[0]
 

@@ -11,13 +11,12 @@ will) and by the broker's audit stream, which records each refused request
 
 import os
 import signal
-import subprocess
 import time
 
 import pytest
 
 import mqttraw
-from pki import ALLOW_ALL, make_pki, run_pub, secure_broker  # noqa: F401 (fixture)
+from pki import ALLOW_ALL, make_pki, password_file_text, run_pub, secure_broker  # noqa: F401 (fixture)
 from util import LineProc, audit_lines, scaled, uniq
 
 pytestmark = [pytest.mark.moat_only]
@@ -34,16 +33,7 @@ WARNING = (r"listener %s authenticates clients \(%s\) and there is no \[acl\] an
 
 @pytest.fixture(scope="module")
 def passwd_text(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("passwd") / "passwd")
-    first = True
-    for user, pw in USERS.items():
-        r = subprocess.run(["mosquitto_passwd"] + (["-c"] if first else []) + ["-b", path, user, pw],
-                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, timeout=30)
-        assert r.returncode == 0, r.stdout
-        first = False
-    with open(path) as f:
-        return f.read()
+    return password_file_text(tmp_path_factory.mktemp("passwd"), USERS)
 
 
 @pytest.fixture(scope="module")

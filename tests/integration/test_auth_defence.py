@@ -12,13 +12,12 @@ import os
 import re
 import signal
 import socket
-import subprocess
 import time
 
 import pytest
 
 import mqttraw
-from pki import make_pki, run_pub, secure_broker  # noqa: F401 (fixture)
+from pki import make_pki, password_file_text, run_pub, secure_broker  # noqa: F401 (fixture)
 from util import audit_lines, scaled, uniq, wait_audit
 
 pytestmark = [pytest.mark.moat_only, pytest.mark.threaded]
@@ -42,16 +41,7 @@ TS_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 @pytest.fixture(scope="module")
 def passwd_text(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("passwd") / "passwd")
-    first = True
-    for user, pw in USERS.items():
-        r = subprocess.run(["mosquitto_passwd"] + (["-c"] if first else []) + ["-b", path, user, pw],
-                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, timeout=30)
-        assert r.returncode == 0, r.stdout
-        first = False
-    with open(path) as f:
-        return f.read()
+    return password_file_text(tmp_path_factory.mktemp("passwd"), USERS)
 
 
 def defence(**kw):

@@ -17,7 +17,7 @@ import time
 import pytest
 
 import mqttraw
-from pki import MOAT, openssl, pub_ok, run_pub, secure_broker  # noqa: F401 (fixture)
+from pki import MOAT, openssl, password_file_text, pub_ok, run_pub, secure_broker  # noqa: F401 (fixture)
 from util import collect_until, scaled, uniq
 
 pytestmark = [pytest.mark.moat_only, pytest.mark.threaded]
@@ -279,14 +279,11 @@ def test_without_acl_only_the_claim_grants(secure_broker):
 
 
 def test_jwt_then_password_chain(secure_broker, tmp_path):
-    pw = tmp_path / "pw"
-    r = subprocess.run(["mosquitto_passwd", "-c", "-b", str(pw), "legacy", "legacy-pw"],
-                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30)
-    assert r.returncode == 0, r.stdout
+    pw_text = password_file_text(tmp_path, {"legacy": "legacy-pw"})
     listeners = [{"name": "plain", "bind": "127.0.0.1:0", "transport": "tcp",
                   "auth": ["jwt", "password"]}]
     b = jwt_broker(secure_broker, listeners=listeners, password_file="passwd",
-                   files={"passwd": pw.read_text()})
+                   files={"passwd": pw_text})
     ep = b.endpoints["plain"]
     assert connack_rc(ep, uniq("c"), "legacy", "legacy-pw") == 0
     assert connack_rc(ep, uniq("c"), "legacy", "wrong") == BAD_CREDENTIALS

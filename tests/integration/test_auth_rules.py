@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 import mqttraw
-from pki import MOAT, make_pki, pub_ok, run_pub, secure_broker  # noqa: F401 (fixture)
+from pki import MOAT, make_pki, password_file_text, pub_ok, run_pub, secure_broker  # noqa: F401 (fixture)
 from util import collect_until, scaled, uniq
 
 pytestmark = [pytest.mark.moat_only, pytest.mark.threaded]
@@ -27,16 +27,7 @@ PASSWORD = [{"name": "plain", "bind": "127.0.0.1:0", "transport": "tcp", "auth":
 
 @pytest.fixture(scope="module")
 def passwd_text(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("passwd") / "passwd")
-    first = True
-    for user, pw in USERS.items():
-        r = subprocess.run(["mosquitto_passwd"] + (["-c"] if first else []) + ["-b", path, user, pw],
-                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, timeout=30)
-        assert r.returncode == 0, r.stdout
-        first = False
-    with open(path) as f:
-        return f.read()
+    return password_file_text(tmp_path_factory.mktemp("passwd"), USERS)
 
 
 @pytest.fixture(scope="module")

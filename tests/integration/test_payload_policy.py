@@ -19,7 +19,7 @@ import subprocess
 import time
 
 import mqttraw
-from pki import ALLOW_ALL, SYS_READ, secure_broker  # noqa: F401 (fixture)
+from pki import ALLOW_ALL, SYS_READ, password_file_text, secure_broker  # noqa: F401 (fixture)
 from test_payload import moat
 from util import collect_until, scaled, uniq
 
@@ -54,16 +54,6 @@ def seal(mode, key, topic, payload):
     r = moat("seal", "--mode", mode, "--key", key, "-t", topic, stdin=payload)
     assert r.returncode == 0, r.stderr
     return r.stdout
-
-
-def passwd_file(path):
-    first = True
-    for user, pw in USERS.items():
-        r = subprocess.run(["mosquitto_passwd"] + (["-c"] if first else []) + ["-b", path, user, pw],
-                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           timeout=scaled(30))
-        assert r.returncode == 0, r.stdout
-        first = False
 
 
 def login(b, user=None, name=None):
@@ -116,10 +106,7 @@ def make_broker(secure_broker, tmp_path):  # noqa: F811
     k = {kid: keygen(keys, kind, kid) for kind, kid in
          [("ed25519", "alice-sig"), ("ed25519", "bob-sig"), ("ed25519", "mallory-sig"),
           ("x25519", "zone-enc")]}
-    pw = str(tmp_path / "passwd")
-    passwd_file(pw)
-    with open(pw) as f:
-        pw_text = f.read()
+    pw_text = password_file_text(tmp_path, USERS)
     files = {
         "passwd": pw_text,
         "sig.toml": '[[topic]]\nfilter = "#"\nkeys = ["%s.pub", "%s.pub"]\n' % (k["alice-sig"], k["bob-sig"]),

@@ -349,9 +349,10 @@ def test_check_store_counts_messages_in_flight_and_ids_awaiting_pubrel(node):
     assert got["QoS 2 ids awaiting PUBREL"] == 0, out
 
 
-def rocksdb_put(path, entries):
+def rocksdb_put(path, entries, create=False):
     """Writes (key, value) entries into the RocksDB database at `path` past
-    moatd (through RocksDB's C API): what damage, or another program, leaves."""
+    moatd (through RocksDB's C API): what damage, or another program, leaves.
+    With `create`, the database is made if it does not exist."""
     import ctypes
     import ctypes.util
     name = ctypes.util.find_library("rocksdb")
@@ -360,6 +361,7 @@ def rocksdb_put(path, entries):
     lib = ctypes.CDLL(name)
     vp, cp = ctypes.c_void_p, ctypes.c_char_p
     lib.rocksdb_options_create.restype = vp
+    lib.rocksdb_options_set_create_if_missing.argtypes = [vp, ctypes.c_ubyte]
     lib.rocksdb_open.restype = vp
     lib.rocksdb_open.argtypes = [vp, cp, ctypes.POINTER(cp)]
     lib.rocksdb_writeoptions_create.restype = vp
@@ -369,6 +371,7 @@ def rocksdb_put(path, entries):
     lib.rocksdb_writeoptions_destroy.argtypes = [vp]
     lib.rocksdb_options_destroy.argtypes = [vp]
     opts = lib.rocksdb_options_create()
+    lib.rocksdb_options_set_create_if_missing(opts, 1 if create else 0)
     err = cp()
     db = lib.rocksdb_open(opts, str(path).encode(), ctypes.byref(err))
     assert db and not err.value, err.value
@@ -442,34 +445,8 @@ MARKER = "moat-data-dir"
 
 
 def make_foreign_rocksdb(path):
-    """A RocksDB database that is not Moat's, made through RocksDB's C API."""
-    import ctypes
-    import ctypes.util
-    name = ctypes.util.find_library("rocksdb")
-    if not name:
-        pytest.skip("librocksdb not found")
-    lib = ctypes.CDLL(name)
-    vp, cp = ctypes.c_void_p, ctypes.c_char_p
-    lib.rocksdb_options_create.restype = vp
-    lib.rocksdb_options_set_create_if_missing.argtypes = [vp, ctypes.c_ubyte]
-    lib.rocksdb_open.restype = vp
-    lib.rocksdb_open.argtypes = [vp, cp, ctypes.POINTER(cp)]
-    lib.rocksdb_writeoptions_create.restype = vp
-    lib.rocksdb_put.argtypes = [vp, vp, cp, ctypes.c_size_t, cp, ctypes.c_size_t, ctypes.POINTER(cp)]
-    lib.rocksdb_close.argtypes = [vp]
-    lib.rocksdb_writeoptions_destroy.argtypes = [vp]
-    lib.rocksdb_options_destroy.argtypes = [vp]
-    opts = lib.rocksdb_options_create()
-    lib.rocksdb_options_set_create_if_missing(opts, 1)
-    err = cp()
-    db = lib.rocksdb_open(opts, str(path).encode(), ctypes.byref(err))
-    assert db and not err.value, err.value
-    wo = lib.rocksdb_writeoptions_create()
-    lib.rocksdb_put(db, wo, b"user:1", 6, b"someone else's data", 19, ctypes.byref(err))
-    assert not err.value, err.value
-    lib.rocksdb_writeoptions_destroy(wo)
-    lib.rocksdb_close(db)
-    lib.rocksdb_options_destroy(opts)
+    """A RocksDB database that is not Moat's."""
+    rocksdb_put(path, [(b"user:1", b"someone else's data")], create=True)
 
 
 def test_foreign_data_dir_refused_and_left_alone(node):

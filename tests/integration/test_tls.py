@@ -21,8 +21,8 @@ import subprocess
 import pytest
 
 import mqttraw
-from pki import (empty_openssl_conf, make_pki, pub_ok, pub_refused_in_handshake,  # noqa: F401
-                 run_pub, s_client_mqtt, secure_broker)
+from pki import (empty_openssl_conf, make_pki, password_file_text, pub_ok,  # noqa: F401
+                 pub_refused_in_handshake, run_pub, s_client_mqtt, secure_broker)
 from util import mosquitto_sub, scaled, uniq
 
 # threaded: the worker pool for password hashes and TLS sessions moving between
@@ -315,13 +315,10 @@ def test_mtls_forced_tls12(secure_broker, pki, empty_openssl_conf):
 
 
 def test_optional_certificate_then_password(secure_broker, pki, tmp_path):
-    pw = tmp_path / "passwd"
-    r = subprocess.run(["mosquitto_passwd", "-c", "-b", str(pw), "device-9", "nine"],
-                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30)
-    assert r.returncode == 0, r.stdout
+    pw_text = password_file_text(tmp_path, {"device-9": "nine"})
     b = secure_broker(listeners=[PLAIN, mtls_listener(pki, name="opt", client_cert="optional",
                                                       auth=("certificate", "password"))],
-                      password_file="passwd", files={"passwd": pw.read_text()},
+                      password_file="passwd", files={"passwd": pw_text},
                       acl_text=ACL + "\nuser device-9\ntopic write dev/9\n", threads=1)
     ep = b.endpoints["opt"]
     with observer(b) as obs:
