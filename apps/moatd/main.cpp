@@ -54,7 +54,9 @@ std::string describe(const security::AccessPolicy& p) {
 // The security material that SIGHUP reloads: each part swaps whole, and a part
 // that fails to load keeps its previous version.
 struct SecurityMaterial {
-  std::shared_ptr<security::PasswordAuthenticator> password;
+  // Password files by path: [auth.password] and each [listener.password] (a
+  // file named by several is loaded once and shared).
+  std::map<std::filesystem::path, std::shared_ptr<security::PasswordAuthenticator>> passwords;
   std::shared_ptr<security::JwtAuthenticator> jwt;
   std::shared_ptr<security::Reloadable<security::AccessPolicy>> acl;
   // [auth.clientid] under "", [listener.clientid] under the listener's name.
@@ -80,9 +82,13 @@ struct SecurityMaterial {
   void load(const moat::config::Config& cfg) {
     if (!cfg.audit.empty()) audit = std::make_shared<security::AuditLog>(cfg.audit);
     if (cfg.defence.enabled) defence = std::make_shared<security::AuthThrottle>(cfg.defence);
-    if (!cfg.password_file.empty())
-      password =
-          std::make_shared<security::PasswordAuthenticator>(security::PasswordFile::load(cfg.password_file));
+    auto load_password = [&](const std::filesystem::path& file) {
+      if (!file.empty() && !passwords.contains(file))
+        passwords.emplace(
+            file, std::make_shared<security::PasswordAuthenticator>(security::PasswordFile::load(file)));
+    };
+    load_password(cfg.password_file);
+    for (const auto& l : cfg.listeners) load_password(l.password_file);
     if (cfg.jwt) {
       auto keys = security::JwtKeys::load(*cfg.jwt);
       for (const auto& w : keys->warnings()) spdlog::warn("{}", w);
@@ -166,12 +172,12 @@ struct SecurityMaterial {
         spdlog::error("reopening the audit log {} failed, writing to the previous file: {}", audit->path(),
                       why);
     }
-    if (password && !cfg.password_file.empty()) {
+    for (const auto& [file, password] : passwords) {
       try {
-        auto table = security::PasswordFile::load(cfg.password_file);
+        auto table = security::PasswordFile::load(file);
         const auto users = table->size();
         password->reload(std::move(table));
-        spdlog::info("reload: {} ({} users)", cfg.password_file.string(), users);
+        spdlog::info("reload: {} ({} users)", file.string(), users);
       } catch (const std::exception& e) {
         spdlog::error("reload of the password file failed, keeping the previous one: {}", e.what());
       }
@@ -274,8 +280,12 @@ struct SecurityMaterial {
     return out;
   }
 
-  std::shared_ptr<security::Authenticator> authenticator(std::string_view name) const {
+  // Method `name` of a listener whose password methods check `password_file`.
+  std::shared_ptr<security::Authenticator> authenticator(std::string_view name,
+                                                         const std::filesystem::path& password_file) const {
     using K = security::TlsIdentityPasswordAuthenticator::Kind;
+    std::shared_ptr<security::PasswordAuthenticator> password;
+    if (auto it = passwords.find(password_file); it != passwords.end()) password = it->second;
     if (name == "password") return password;
     if (name == "jwt") return jwt;
     if (name == "http") return std::make_shared<security::IamAuthenticator>(iam);
@@ -552,7 +562,8 @@ int main(int argc, char** argv) {
   opts.threads = cfg.threads;
   for (const auto& l : cfg.listeners) {
     moat::net::ListenerSpec spec{l.name, l.host, l.port, {}, nullptr, material.clientid_of(l.name)};
-    for (const auto& name : l.auth) spec.auth.push_back(material.authenticator(name));
+    for (const auto& name : l.auth)
+      spec.auth.push_back(material.authenticator(name, moat::config::password_file_of(cfg, l)));
     for (const auto& t : material.tls)
       if (t.listener == l.name) spec.tls = t.context;
     opts.listeners.push_back(std::move(spec));

@@ -561,10 +561,19 @@ security::IamConfig read_iam(const Reporter& r, const toml::table& t, const std:
   return c;
 }
 
+// [auth.password] and [listener.password]: the password file.
+std::filesystem::path read_password(const Reporter& r, const toml::table& t, const std::string& sec,
+                                    const std::filesystem::path& dir) {
+  only_keys(r, t, sec, {"file"});
+  auto file = get_path(r, t, sec, "file", dir);
+  if (file.empty()) r.fail(t.source(), sec, "missing key 'file'");
+  return file;
+}
+
 void read_listener(const Reporter& r, const toml::table& t, std::size_t i, Config& c,
                    std::set<std::string>& names, const std::filesystem::path& dir) {
   const std::string sec = fmt::format("listener[{}]", i);
-  only_keys(r, t, sec, {"name", "bind", "transport", "auth", "tls", "clientid"});
+  only_keys(r, t, sec, {"name", "bind", "transport", "auth", "tls", "clientid", "password"});
   Listener l;
   l.name = get_string(r, t, sec, "name", "");
   if (l.name.empty()) r.fail(t.source(), sec, "every listener needs a non-empty name");
@@ -591,6 +600,10 @@ void read_listener(const Reporter& r, const toml::table& t, std::size_t i, Confi
   } else if (l.transport == "tls") {
     r.fail(t.source(), sec, "transport \"tls\" needs a [listener.tls] table with cert and key");
   }
+  if (const toml::node* n = t.get("password")) {
+    if (!n->is_table()) r.fail_at(*n, qualified(sec, "password"), "must be a table ([listener.password])");
+    l.password_file = read_password(r, *n->as_table(), sec + ".password", dir);
+  }
   if (const toml::node* a = t.get("auth")) {
     const toml::array* arr = a->as_array();
     if (!arr || arr->empty())
@@ -610,9 +623,10 @@ void read_listener(const Reporter& r, const toml::table& t, std::size_t i, Confi
         r.fail_at(m, qualified(sec, "auth"),
                   fmt::format("method '{}' is not available in this version of moatd", name));
       if ((name == "password" || name == "certificate+password" || name == "psk+password") &&
-          c.password_file.empty())
-        r.fail_at(m, qualified(sec, "auth"),
-                  fmt::format("method '{}' needs [auth.password] file = \"...\"", name));
+          password_file_of(c, l).empty())
+        r.fail_at(
+            m, qualified(sec, "auth"),
+            fmt::format("method '{}' needs [auth.password] or [listener.password] file = \"...\"", name));
       if (name == "jwt" && !c.jwt)
         r.fail_at(m, qualified(sec, "auth"), "method 'jwt' needs an [auth.jwt] table with a key");
       if (name == "http" && !c.iam)
@@ -715,6 +729,10 @@ static void read_abuse_limits(const Reporter& r, const toml::table& t, broker::L
   }
 }
 
+const std::filesystem::path& password_file_of(const Config& c, const Listener& l) {
+  return l.password_file.empty() ? c.password_file : l.password_file;
+}
+
 bool authenticates(const Config& c) {
   for (const auto& l : c.listeners)
     for (const auto& m : l.auth)
@@ -729,7 +747,7 @@ bool has_access_policy(const Config& c) {
 Config default_config() {
   Config c;
   c.listeners.push_back(
-      Listener{"default", "127.0.0.1", 1883, "tcp", {"anonymous"}, std::nullopt, std::nullopt});
+      Listener{"default", "127.0.0.1", 1883, "tcp", {"anonymous"}, std::nullopt, std::nullopt, {}});
   return c;
 }
 
@@ -751,11 +769,8 @@ Config parse(std::string_view text, const std::filesystem::path& source) {
       if (!n->is_table()) r.fail_at(*n, "auth.http", "must be a table ([auth.http])");
       c.iam = read_iam(r, *n->as_table(), dir);
     }
-    if (const auto* p = get_table(r, *t, "password")) {
-      only_keys(r, *p, "auth.password", {"file"});
-      c.password_file = get_path(r, *p, "auth.password", "file", dir);
-      if (c.password_file.empty()) r.fail(p->source(), "auth.password", "missing key 'file'");
-    }
+    if (const auto* p = get_table(r, *t, "password"))
+      c.password_file = read_password(r, *p, "auth.password", dir);
     if (const toml::node* n = t->get("jwt")) {
       if (!n->is_table()) r.fail_at(*n, "auth.jwt", "must be a table ([auth.jwt])");
       c.jwt = read_jwt(r, *n->as_table(), dir);

@@ -35,6 +35,8 @@ struct Listener {
   std::optional<security::TlsServerConfig> tls;  // [listener.tls], for transport "tls"
   // [listener.clientid]: replaces [auth.clientid] on this listener.
   std::optional<security::ClientIdRules::Spec> clientid;
+  // [listener.password] file: replaces [auth.password] on this listener.
+  std::filesystem::path password_file;
 };
 
 struct Config {
@@ -60,6 +62,10 @@ struct Config {
   // [[payload_policy]], in order; keyrings are read by broker::PayloadPolicies::load.
   std::vector<broker::PayloadPolicySpec> payload_policies;
 };
+
+// The password file the listener's password methods check: its own
+// [listener.password], else [auth.password]; empty when there is none.
+const std::filesystem::path& password_file_of(const Config& c, const Listener& l);
 
 // Does some listener authenticate clients (an auth method other than
 // "anonymous")? Then authorization denies by default, broker-wide.

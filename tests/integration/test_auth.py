@@ -241,6 +241,35 @@ def test_mosquitto_passwd_formats(secure_broker, tmp_path):
     assert paho_rc(ep, "sha512-user", "p1") == BAD_CREDENTIALS
 
 
+def test_password_file_per_listener(secure_broker, tmp_path):
+    """[listener.password] replaces [auth.password] on its listener only; each
+    file is reloaded on SIGHUP (Mosquitto's per_listener_settings password_file)."""
+    plant = tmp_path / "plant"
+    plant.mkdir()
+    plant_text = password_file_text(plant, {"plant-user": "plant-pw"})
+    office_text = password_file_text(tmp_path, {"office-user": "office-pw"})
+    listeners = [
+        {"name": "plant", "bind": "127.0.0.1:0", "transport": "tcp", "auth": ["password"],
+         "raw": '[listener.password]\nfile = "plant.passwd"'},
+        {"name": "office", "bind": "127.0.0.1:0", "transport": "tcp", "auth": ["password"]},
+    ]
+    b = secure_broker(listeners=listeners, password_file="passwd",
+                      files={"passwd": office_text, "plant.passwd": plant_text}, extra=ALLOW_ALL)
+    on_plant, on_office = b.endpoints["plant"], b.endpoints["office"]
+    assert connack_rc(on_plant, username="plant-user", password="plant-pw") == 0
+    assert connack_rc(on_plant, username="office-user", password="office-pw") == BAD_CREDENTIALS
+    assert connack_rc(on_office, username="office-user", password="office-pw") == 0
+    assert connack_rc(on_office, username="plant-user", password="plant-pw") == BAD_CREDENTIALS
+
+    mosquitto_passwd("-b", b.workdir / "plant.passwd", "plant-2", "pw-2")
+    mark = b.log_mark()
+    os.kill(b.pid, signal.SIGHUP)
+    b.wait_for_log(r"reload: \S*plant\.passwd \(2 users\)", since=mark)
+    b.wait_for_log(r"reload: \S*/passwd \(1 users\)", since=mark)
+    assert connack_rc(on_plant, username="plant-2", password="pw-2") == 0
+    assert connack_rc(on_office, username="plant-2", password="pw-2") == BAD_CREDENTIALS
+
+
 def _mode(path):
     return stat.S_IMODE(os.stat(path).st_mode)
 

@@ -170,6 +170,56 @@ auth = ["password", "anonymous"]
   EXPECT_TRUE(has_access_policy(acl_only));
 }
 
+TEST(ConfigAuth, PasswordFilePerListener) {
+  auto has = [](const std::string& e, std::string_view what) { return e.find(what) != std::string::npos; };
+  const auto c = parse(std::string(R"(
+[auth.password]
+file = "passwd"
+
+[[listener]]
+name = "plant"
+bind = "127.0.0.1:1883"
+auth = ["password"]
+  [listener.password]
+  file = "plant/passwd"
+
+[[listener]]
+name = "office"
+bind = "127.0.0.1:1884"
+auth = ["password"]
+)"),
+                       "/etc/moat/moat.toml");
+  ASSERT_EQ(c.listeners.size(), 2u);
+  EXPECT_EQ(c.listeners[0].password_file, "/etc/moat/plant/passwd");
+  EXPECT_EQ(password_file_of(c, c.listeners[0]), "/etc/moat/plant/passwd");
+  EXPECT_TRUE(c.listeners[1].password_file.empty());
+  EXPECT_EQ(password_file_of(c, c.listeners[1]), "/etc/moat/passwd");
+
+  // A listener's own file is enough for its password methods, without [auth.password].
+  const auto own = parse(
+      "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\nauth = [\"password\"]\n"
+      "password = { file = \"/p\" }\n",
+      "/etc/moat/moat.toml");
+  EXPECT_EQ(password_file_of(own, own.listeners[0]), "/p");
+  EXPECT_TRUE(own.password_file.empty());
+
+  // ...but another listener without one still needs [auth.password].
+  auto e = error_of(
+      "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\nauth = [\"password\"]\n"
+      "password = { file = \"/p\" }\n"
+      "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:2\"\nauth = [\"password\"]\n");
+  EXPECT_TRUE(has(e, "moat.toml:9:") && has(e,
+                                            "listener[1].auth: method 'password' needs [auth.password] or "
+                                            "[listener.password] file"))
+      << e;
+  e = error_of(std::string(kListener) + "password = { path = \"/p\" }\n");
+  EXPECT_TRUE(has(e, "listener[0].password.path: unknown key")) << e;
+  e = error_of(std::string(kListener) + "password = \"/p\"\n");
+  EXPECT_TRUE(has(e, "listener[0].password: must be a table ([listener.password])")) << e;
+  e = error_of(std::string(kListener) + "password = {}\n");
+  EXPECT_TRUE(has(e, "listener[0].password: missing key 'file'")) << e;
+}
+
 TEST(ConfigAuth, Mistakes) {
   const std::string l(kListener);
   auto has = [](const std::string& e, std::string_view what) { return e.find(what) != std::string::npos; };
