@@ -70,7 +70,7 @@ void on_tls_failure(const ListenerRuntime& listener, const std::string& peer, co
   e.event = "tls.failure";
   e.listener = listener.policy.name;
   e.peer = peer;
-  e.failure = security::audit_code(tls.failure());
+  e.failure = security::to_slug(tls.failure());
   e.reason = tls.error();
   audit->emit(e);
 }
@@ -90,7 +90,7 @@ void on_tls_certificate_withdrawn(const ListenerRuntime& listener, const std::st
   e.peer = peer;
   e.client_id = client_id;
   e.identity = tls.peer_identity();
-  e.failure = security::audit_code(failure);
+  e.failure = security::to_slug(failure);
   e.reason = why;
   audit->emit(e);
 }

@@ -10,52 +10,8 @@
 #include <stdexcept>
 #include <system_error>
 
-#include "security/tls.hpp"
 
 namespace moat::security {
-
-std::string_view audit_code(TlsFailure f) {
-  switch (f) {
-    case TlsFailure::None:
-      return "none";
-    case TlsFailure::UnknownCa:
-      return "unknown_ca";
-    case TlsFailure::CertExpired:
-      return "certificate_expired";
-    case TlsFailure::CertNotYetValid:
-      return "certificate_not_yet_valid";
-    case TlsFailure::CertRevoked:
-      return "certificate_revoked";
-    case TlsFailure::CertBadPurpose:
-      return "certificate_bad_purpose";
-    case TlsFailure::CertInvalid:
-      return "certificate_invalid";
-    case TlsFailure::CrlProblem:
-      return "crl_problem";
-    case TlsFailure::NoClientCert:
-      return "no_client_certificate";
-    case TlsFailure::NoSharedCipher:
-      return "no_shared_cipher";
-    case TlsFailure::ProtocolVersion:
-      return "protocol_version";
-    case TlsFailure::NotTls:
-      return "not_tls";
-    case TlsFailure::PskUnknownIdentity:
-      return "psk_unknown_identity";
-    case TlsFailure::PskMismatch:
-      return "psk_mismatch";
-    case TlsFailure::NoApplicationProtocol:
-      return "no_application_protocol";
-    case TlsFailure::PeerAlert:
-      return "peer_alert";
-    case TlsFailure::BufferLimit:
-      return "buffer_limit";
-    case TlsFailure::Protocol:
-    case TlsFailure::Count:
-      break;
-  }
-  return "protocol";
-}
 
 std::string rfc3339_utc_ms(std::chrono::system_clock::time_point t) {
   const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();

@@ -49,10 +49,6 @@ class AuditSink {
   virtual void emit(const AuditEvent& e) = 0;
 };
 
-enum class TlsFailure : std::uint8_t;
-// The stable token of a TLS failure for the "failure" field ("unknown_ca",
-// "certificate_expired", ...; docs/audit.md lists them).
-std::string_view audit_code(TlsFailure f);
 
 // One line of JSON (with the trailing newline) for `e` at time `now`.
 std::string format_audit_line(const AuditEvent& e, std::chrono::system_clock::time_point now);

@@ -193,7 +193,9 @@ enum class TlsFailure : std::uint8_t {
 };
 inline constexpr std::size_t kTlsFailureCount = static_cast<std::size_t>(TlsFailure::Count);
 std::string_view to_string(TlsFailure f);
-// A topic- and metric-friendly name: "unknown_ca", "cert_revoked", ...
+// The stable token of a failure, one topic level: the $SYS counters
+// (failures/<token>) and the audit log's "failure" field use it
+// ("unknown_ca", "certificate_revoked", ...; docs/audit.md lists them).
 std::string_view to_slug(TlsFailure f);
 
 // Every file and folder a context is built from (cert, key, ca, ca_dir, crl,

@@ -67,19 +67,19 @@ std::string_view to_slug(TlsFailure f) {
     case TlsFailure::UnknownCa:
       return "unknown_ca";
     case TlsFailure::CertExpired:
-      return "cert_expired";
+      return "certificate_expired";
     case TlsFailure::CertNotYetValid:
-      return "cert_not_yet_valid";
+      return "certificate_not_yet_valid";
     case TlsFailure::CertRevoked:
-      return "cert_revoked";
+      return "certificate_revoked";
     case TlsFailure::CertBadPurpose:
-      return "cert_bad_purpose";
+      return "certificate_bad_purpose";
     case TlsFailure::CertInvalid:
-      return "cert_invalid";
+      return "certificate_invalid";
     case TlsFailure::CrlProblem:
       return "crl_problem";
     case TlsFailure::NoClientCert:
-      return "no_client_cert";
+      return "no_client_certificate";
     case TlsFailure::NoSharedCipher:
       return "no_shared_cipher";
     case TlsFailure::ProtocolVersion:
@@ -97,11 +97,10 @@ std::string_view to_slug(TlsFailure f) {
     case TlsFailure::BufferLimit:
       return "buffer_limit";
     case TlsFailure::Protocol:
-      return "protocol";
     case TlsFailure::Count:
       break;
   }
-  return "unknown";
+  return "protocol";
 }
 
 namespace {

@@ -81,16 +81,6 @@ TEST(Audit, HostileStringsStayOneValidLine) {
   EXPECT_EQ(j["client_id"], "a\"b\\c\nd");
 }
 
-TEST(Audit, TlsFailureCodesAreStableTokens) {
-  EXPECT_EQ(audit_code(TlsFailure::UnknownCa), "unknown_ca");
-  EXPECT_EQ(audit_code(TlsFailure::CertExpired), "certificate_expired");
-  EXPECT_EQ(audit_code(TlsFailure::NotTls), "not_tls");
-  for (int i = 0; i < static_cast<int>(TlsFailure::Count); ++i) {
-    const auto code = audit_code(static_cast<TlsFailure>(i));
-    EXPECT_EQ(code.find(' '), std::string_view::npos) << code;
-  }
-}
-
 class AuditFile : public ::testing::Test {
  protected:
   void SetUp() override {

@@ -1267,6 +1267,11 @@ TEST(TlsHandshakeMetrics, CountsCompletedFailedAndDurations) {
 }
 
 TEST(TlsHandshakeMetrics, FailureSlugsAreDistinctTopicLevels) {
+  // The same tokens in $SYS topics and the audit log (docs/audit.md, docs/mqtt.md).
+  EXPECT_EQ(to_slug(TlsFailure::UnknownCa), "unknown_ca");
+  EXPECT_EQ(to_slug(TlsFailure::CertExpired), "certificate_expired");
+  EXPECT_EQ(to_slug(TlsFailure::NoClientCert), "no_client_certificate");
+  EXPECT_EQ(to_slug(TlsFailure::NotTls), "not_tls");
   std::set<std::string> seen;
   for (std::size_t f = 0; f < kTlsFailureCount; ++f) {
     const std::string slug(to_slug(static_cast<TlsFailure>(f)));
