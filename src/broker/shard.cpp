@@ -198,6 +198,7 @@ void Shard::restore(const store::Snapshot& snapshot) {
     }
     auto owned = std::make_unique<Session>(r.client_id, r.session_id, false);
     Session& s = *owned;
+    s.identity_known = false;
     s.offline_since = offline_since(r, now_);
     sessions_by_id_[s.id] = &s;
     sessions_.emplace(r.client_id, std::move(owned));
@@ -349,9 +350,12 @@ void Shard::deliver(Session& s, const MessagePtr& m, QoS qos, bool retain, std::
     stats_.dropped_offline_qos0.add();
     return;
   }
-  // Checked at delivery: a subscriber that lost the right stops receiving.
-  if (access(s.identity(), s.client ? &s.access : nullptr, security::Action::Receive, m->topic) !=
-      security::Decision::Allow) {
+  // Checked at delivery: a subscriber that lost the right stops receiving. A
+  // session restored at start-up is checked when its client is back: until
+  // then its identity is unknown, and judging it anonymous would drop what its
+  // owner may read.
+  if (s.identity_known && access(s.identity(), s.client ? &s.access : nullptr, security::Action::Receive,
+                                 m->topic) != security::Decision::Allow) {
     if (seq) writes().erase_queued(s.id, seq);
     return;
   }
@@ -473,6 +477,7 @@ void Shard::expire_sessions() {
 void Shard::resume(Session& s) {
   // [MQTT-4.4.0-1] resend unacknowledged PUBLISH (DUP=1) and PUBREL packets, in
   // their original order, before anything new.
+  if (!s.identity_known) check_restored_queue(s);
   Transport& t = s.client->transport();
   for (const auto& f : s.inflight) {
     if (f.state == Session::OutState::AwaitPubcomp) {
@@ -484,6 +489,29 @@ void Shard::resume(Session& s) {
   }
   t.flush_soon();
   pump(s);
+}
+
+void Shard::check_restored_queue(Session& s) {
+  s.identity_known = true;
+  Fifo<Session::Queued> kept;
+  std::size_t dropped = 0;
+  while (!s.queue.empty()) {
+    Session::Queued q = dequeue(s);
+    if (access(s.identity(), &s.access, security::Action::Receive, q.message->topic) ==
+        security::Decision::Allow) {
+      kept.push_back(std::move(q));
+    } else {
+      if (q.seq) writes().erase_queued(s.id, q.seq, false);  // never sent: no in-flight entry
+      ++dropped;
+    }
+  }
+  while (!kept.empty()) {
+    enqueue(s, std::move(kept.front()));
+    kept.pop_front();
+  }
+  if (dropped)
+    spdlog::debug("client {} ({}): {} queued message(s) it may not receive dropped", s.client_id, s.username,
+                  dropped);
 }
 
 void Shard::tick(TimePoint now) {

@@ -210,6 +210,9 @@ class Session {
   std::shared_ptr<const security::OrderedRules> own_acl;
   bool own_acl_only = false;
   bool superuser = false;  // the IAM server said so for the last connection
+  // False for a session restored at start-up until its client is back: the
+  // store keeps no identity, so what it may receive is decided then (resume).
+  bool identity_known = true;
   security::Identity identity() const {
     return {username, client_id, own_acl.get(), own_acl_only, superuser};
   }
@@ -459,6 +462,9 @@ class Shard {
   void expire_sessions();
   void pump(Session& s);
   void resume(Session& s);  // after reconnect: resend in-flight, then the queue
+  // The first reconnect of a session restored at start-up: drops from its queue
+  // what the identity now known may not receive.
+  void check_restored_queue(Session& s);
 
   const std::uint32_t index_;
   BrokerShared& shared_;

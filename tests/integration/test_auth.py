@@ -755,3 +755,37 @@ def test_acl_reload_withdraws_rights_from_live_clients(secure_broker, passwd_tex
         until_refused(w, wr, "y/1")
         assert delivered(w, wr, "x/1")
     assert b.alive()
+
+
+
+@pytest.mark.parametrize("owner,delivered", [("alice", True), ("writer", False)])
+def test_restored_session_is_judged_by_who_comes_back(secure_broker, passwd_text, owner, delivered):
+    """A persistent session restored after a restart has no stored identity: a
+    message published while it is offline is queued and judged when its client
+    is back. alice may read alice/in/x and gets it (it is not refused as if
+    the session were anonymous); writer, reconnecting with the same client id,
+    may not and does not."""
+    from conftest import Broker
+    b = secure_broker(listeners=PASSWORD_ONLY, password_file="passwd", files={"passwd": passwd_text},
+                      acl_text=ACL, threads=2)
+    cid = uniq("durable")
+    with login(ep_of(b), "alice", client_id=cid, clean_session=False) as alice:
+        assert alice.subscribe([("alice/in/x", 1)]) == [1]
+        alice.disconnect()
+    assert b.stop(signal.SIGTERM, 10) == 0
+    again = Broker([b.argv[0], "-c", b.config_path], cwd=str(b.workdir), config_path=b.config_path)
+    try:
+        m = again.wait_for_log_at(r"listening on (\S+):(\d+) ", timeout=10)[0]
+        ep = ep_of(b)._replace(port=int(m.group(2)))
+        with login(ep, "writer") as w:
+            w.publish("alice/in/x", b"kept", qos=1)
+        with login(ep, owner, client_id=cid, clean_session=False) as c:
+            if delivered:
+                pub = c.recv_publish(timeout=scaled(5))
+                assert (pub.topic, pub.payload) == ("alice/in/x", b"kept")
+            else:
+                c.ping()
+                c.expect_no_packet(0.5)
+            c.disconnect()
+    finally:
+        assert again.stop(signal.SIGTERM, 10) == 0
