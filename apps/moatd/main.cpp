@@ -57,7 +57,8 @@ struct SecurityMaterial {
   // Password files by path: [auth.password] and each [listener.password] (a
   // file named by several is loaded once and shared).
   std::map<std::filesystem::path, std::shared_ptr<security::PasswordAuthenticator>> passwords;
-  std::shared_ptr<security::JwtAuthenticator> jwt;
+  // [auth.jwt] under "", [listener.jwt] under the listener's name.
+  std::map<std::string, std::shared_ptr<security::JwtAuthenticator>> jwt;
   std::shared_ptr<security::Reloadable<security::AccessPolicy>> acl;
   // [auth.clientid] under "", [listener.clientid] under the listener's name.
   std::map<std::string, std::shared_ptr<security::Reloadable<security::ClientIdRules>>> clientid;
@@ -89,11 +90,14 @@ struct SecurityMaterial {
     };
     load_password(cfg.password_file);
     for (const auto& l : cfg.listeners) load_password(l.password_file);
-    if (cfg.jwt) {
-      auto keys = security::JwtKeys::load(*cfg.jwt);
+    auto load_jwt = [&](const std::string& key, const security::JwtConfig& c) {
+      auto keys = security::JwtKeys::load(c);
       for (const auto& w : keys->warnings()) spdlog::warn("{}", w);
-      jwt = std::make_shared<security::JwtAuthenticator>(*cfg.jwt, std::move(keys));
-    }
+      jwt[key] = std::make_shared<security::JwtAuthenticator>(c, std::move(keys));
+    };
+    if (cfg.jwt) load_jwt("", *cfg.jwt);
+    for (const auto& l : cfg.listeners)
+      if (l.jwt) load_jwt(l.name, *l.jwt);
     // With authentication but no [acl] the policy is empty: it denies what
     // nothing else (a JWT's ACL claim, the IAM server) allows.
     if (moat::config::has_access_policy(cfg))
@@ -182,15 +186,16 @@ struct SecurityMaterial {
         spdlog::error("reload of the password file failed, keeping the previous one: {}", e.what());
       }
     }
-    if (jwt) {
+    for (const auto& [listener, j] : jwt) {
+      const std::string which = listener.empty() ? "[auth.jwt]" : "listener " + listener;
       try {
-        auto keys = security::JwtKeys::load(jwt->config());
+        auto keys = security::JwtKeys::load(j->config());
         for (const auto& w : keys->warnings()) spdlog::warn("{}", w);
         const auto n = keys->keys().size();
-        jwt->reload(std::move(keys));
-        spdlog::info("reload: JWT keys ({} key(s))", n);
+        j->reload(std::move(keys));
+        spdlog::info("reload: JWT keys of {} ({} key(s))", which, n);
       } catch (const std::exception& e) {
-        spdlog::error("reload of the JWT keys failed, keeping the previous ones: {}", e.what());
+        spdlog::error("reload of the JWT keys of {} failed, keeping the previous ones: {}", which, e.what());
       }
     }
     if (acl) {
@@ -280,14 +285,20 @@ struct SecurityMaterial {
     return out;
   }
 
-  // Method `name` of a listener whose password methods check `password_file`.
+  // Method `name` of listener `l` (its own password file and JWT keys, else the [auth] ones).
   std::shared_ptr<security::Authenticator> authenticator(std::string_view name,
-                                                         const std::filesystem::path& password_file) const {
+                                                         const moat::config::Config& cfg,
+                                                         const moat::config::Listener& l) const {
     using K = security::TlsIdentityPasswordAuthenticator::Kind;
     std::shared_ptr<security::PasswordAuthenticator> password;
-    if (auto it = passwords.find(password_file); it != passwords.end()) password = it->second;
+    if (auto it = passwords.find(moat::config::password_file_of(cfg, l)); it != passwords.end())
+      password = it->second;
     if (name == "password") return password;
-    if (name == "jwt") return jwt;
+    if (name == "jwt") {
+      if (auto it = jwt.find(l.name); it != jwt.end()) return it->second;
+      if (auto it = jwt.find(""); it != jwt.end()) return it->second;
+      return nullptr;
+    }
     if (name == "http") return std::make_shared<security::IamAuthenticator>(iam);
     if (name == "certificate+password")
       return std::make_shared<security::TlsIdentityPasswordAuthenticator>(K::Certificate, password);
@@ -562,8 +573,7 @@ int main(int argc, char** argv) {
   opts.threads = cfg.threads;
   for (const auto& l : cfg.listeners) {
     moat::net::ListenerSpec spec{l.name, l.host, l.port, {}, nullptr, material.clientid_of(l.name)};
-    for (const auto& name : l.auth)
-      spec.auth.push_back(material.authenticator(name, moat::config::password_file_of(cfg, l)));
+    for (const auto& name : l.auth) spec.auth.push_back(material.authenticator(name, cfg, l));
     for (const auto& t : material.tls)
       if (t.listener == l.name) spec.tls = t.context;
     opts.listeners.push_back(std::move(spec));

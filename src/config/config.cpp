@@ -304,8 +304,9 @@ security::ClientIdRules::Spec read_clientid(const Reporter& r, const toml::table
   return spec;
 }
 
-security::JwtConfig read_jwt(const Reporter& r, const toml::table& t, const std::filesystem::path& dir) {
-  const std::string sec = "auth.jwt";
+// [auth.jwt] and [listener.jwt].
+security::JwtConfig read_jwt(const Reporter& r, const toml::table& t, const std::string& sec,
+                             const std::filesystem::path& dir) {
   only_keys(r, t, sec,
             {"secret_file", "public_key", "jwks", "issuer", "audience", "leeway", "require_exp",
              "username_claim", "match_username", "acl_claim", "acl_mode"});
@@ -573,7 +574,7 @@ std::filesystem::path read_password(const Reporter& r, const toml::table& t, con
 void read_listener(const Reporter& r, const toml::table& t, std::size_t i, Config& c,
                    std::set<std::string>& names, const std::filesystem::path& dir) {
   const std::string sec = fmt::format("listener[{}]", i);
-  only_keys(r, t, sec, {"name", "bind", "transport", "auth", "tls", "clientid", "password"});
+  only_keys(r, t, sec, {"name", "bind", "transport", "auth", "tls", "clientid", "password", "jwt"});
   Listener l;
   l.name = get_string(r, t, sec, "name", "");
   if (l.name.empty()) r.fail(t.source(), sec, "every listener needs a non-empty name");
@@ -604,6 +605,10 @@ void read_listener(const Reporter& r, const toml::table& t, std::size_t i, Confi
     if (!n->is_table()) r.fail_at(*n, qualified(sec, "password"), "must be a table ([listener.password])");
     l.password_file = read_password(r, *n->as_table(), sec + ".password", dir);
   }
+  if (const toml::node* n = t.get("jwt")) {
+    if (!n->is_table()) r.fail_at(*n, qualified(sec, "jwt"), "must be a table ([listener.jwt])");
+    l.jwt = read_jwt(r, *n->as_table(), sec + ".jwt", dir);
+  }
   if (const toml::node* a = t.get("auth")) {
     const toml::array* arr = a->as_array();
     if (!arr || arr->empty())
@@ -627,8 +632,9 @@ void read_listener(const Reporter& r, const toml::table& t, std::size_t i, Confi
         r.fail_at(
             m, qualified(sec, "auth"),
             fmt::format("method '{}' needs [auth.password] or [listener.password] file = \"...\"", name));
-      if (name == "jwt" && !c.jwt)
-        r.fail_at(m, qualified(sec, "auth"), "method 'jwt' needs an [auth.jwt] table with a key");
+      if (name == "jwt" && !c.jwt && !l.jwt)
+        r.fail_at(m, qualified(sec, "auth"),
+                  "method 'jwt' needs an [auth.jwt] or [listener.jwt] table with a key");
       if (name == "http" && !c.iam)
         r.fail_at(m, qualified(sec, "auth"), "method 'http' needs an [auth.http] table with a url");
       if ((name == "certificate" || name == "psk" || name == "certificate+password" ||
@@ -746,8 +752,8 @@ bool has_access_policy(const Config& c) {
 
 Config default_config() {
   Config c;
-  c.listeners.push_back(
-      Listener{"default", "127.0.0.1", 1883, "tcp", {"anonymous"}, std::nullopt, std::nullopt, {}});
+  c.listeners.push_back(Listener{
+      "default", "127.0.0.1", 1883, "tcp", {"anonymous"}, std::nullopt, std::nullopt, {}, std::nullopt});
   return c;
 }
 
@@ -773,7 +779,7 @@ Config parse(std::string_view text, const std::filesystem::path& source) {
       c.password_file = read_password(r, *p, "auth.password", dir);
     if (const toml::node* n = t->get("jwt")) {
       if (!n->is_table()) r.fail_at(*n, "auth.jwt", "must be a table ([auth.jwt])");
-      c.jwt = read_jwt(r, *n->as_table(), dir);
+      c.jwt = read_jwt(r, *n->as_table(), "auth.jwt", dir);
     }
     if (const toml::node* n = t->get("clientid")) {
       if (!n->is_table()) r.fail_at(*n, "auth.clientid", "must be a table ([auth.clientid])");

@@ -37,6 +37,8 @@ struct Listener {
   std::optional<security::ClientIdRules::Spec> clientid;
   // [listener.password] file: replaces [auth.password] on this listener.
   std::filesystem::path password_file;
+  // [listener.jwt]: replaces [auth.jwt] on this listener.
+  std::optional<security::JwtConfig> jwt;
 };
 
 struct Config {

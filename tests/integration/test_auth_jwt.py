@@ -292,6 +292,31 @@ def test_jwt_then_password_chain(secure_broker, tmp_path):
     assert connack_rc(ep, uniq("c"), "alice", token(claims(), secret="x" * 40)) == BAD_CREDENTIALS
 
 
+def test_jwt_keys_per_listener(secure_broker):
+    """[listener.jwt] replaces [auth.jwt] on its listener: a token signed for one
+    listener is refused on the other, each listener's issuer is its own, and
+    SIGHUP reloads both key sets."""
+    plant_secret = "the-plant-listener-has-its-own-secret-0123"
+    listeners = [
+        {"name": "plain", "bind": "127.0.0.1:0", "transport": "tcp", "auth": ["jwt"]},
+        {"name": "plant", "bind": "127.0.0.1:0", "transport": "tcp", "auth": ["jwt"],
+         "raw": '[listener.jwt]\nsecret_file = "plant.secret"\nissuer = "https://plant.example"\n'},
+    ]
+    b = jwt_broker(secure_broker, listeners=listeners, files={"plant.secret": plant_secret})
+    ep, plant = b.endpoints["plain"], b.endpoints["plant"]
+    for_plant = claims(iss="https://plant.example")
+    assert connack_rc(ep, uniq("c"), "alice", token(claims())) == 0
+    assert connack_rc(plant, uniq("c"), "alice", token(claims())) == BAD_CREDENTIALS
+    assert connack_rc(plant, uniq("c"), "alice", token(for_plant, secret=plant_secret)) == 0
+    assert connack_rc(ep, uniq("c"), "alice", token(for_plant, secret=plant_secret)) == BAD_CREDENTIALS
+    # The right key but the other listener's issuer: refused.
+    assert connack_rc(plant, uniq("c"), "alice", token(claims(), secret=plant_secret)) == BAD_CREDENTIALS
+    mark = b.log_mark()
+    os.kill(b.pid, signal.SIGHUP)
+    b.wait_for_log(r"reload: JWT keys of \[auth\.jwt\] \(1 key\(s\)\)", since=mark)
+    b.wait_for_log(r"reload: JWT keys of listener plant \(1 key\(s\)\)", since=mark)
+
+
 def test_keys_reload_on_sighup(secure_broker):
     b = jwt_broker(secure_broker)
     ep = b.endpoints["plain"]
@@ -301,14 +326,14 @@ def test_keys_reload_on_sighup(secure_broker):
     (b.workdir / "jwt.secret").write_text(new_secret)
     mark = b.log_mark()
     os.kill(b.pid, signal.SIGHUP)
-    b.wait_for_log(r"reload: JWT keys \(1 key\(s\)\)", since=mark)
+    b.wait_for_log(r"reload: JWT keys of \[auth\.jwt\] \(1 key\(s\)\)", since=mark)
     assert connack_rc(ep, uniq("c"), "alice", old) == BAD_CREDENTIALS
     assert connack_rc(ep, uniq("c"), "alice", token(claims(), secret=new_secret)) == 0
     # A broken key file on reload keeps the keys in force.
     (b.workdir / "jwt.secret").write_text("short")
     mark = b.log_mark()
     os.kill(b.pid, signal.SIGHUP)
-    b.wait_for_log("reload of the JWT keys failed, keeping the previous ones", since=mark)
+    b.wait_for_log(r"reload of the JWT keys of \[auth\.jwt\] failed, keeping the previous ones", since=mark)
     assert connack_rc(ep, uniq("c"), "alice", token(claims(), secret=new_secret)) == 0
 
 

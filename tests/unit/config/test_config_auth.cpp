@@ -170,7 +170,7 @@ auth = ["password", "anonymous"]
   EXPECT_TRUE(has_access_policy(acl_only));
 }
 
-TEST(ConfigAuth, PasswordFilePerListener) {
+TEST(ConfigAuth, PasswordFileAndJwtKeysPerListener) {
   auto has = [](const std::string& e, std::string_view what) { return e.find(what) != std::string::npos; };
   const auto c = parse(std::string(R"(
 [auth.password]
@@ -203,6 +203,16 @@ auth = ["password"]
   EXPECT_EQ(password_file_of(own, own.listeners[0]), "/p");
   EXPECT_TRUE(own.password_file.empty());
 
+  // The same for JWT keys: [listener.jwt] without [auth.jwt].
+  const auto jwt = parse(
+      "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\nauth = [\"jwt\"]\n"
+      "[listener.jwt]\nsecret_file = \"a.secret\"\nissuer = \"https://a.example\"\n",
+      "/etc/moat/moat.toml");
+  ASSERT_TRUE(jwt.listeners[0].jwt);
+  EXPECT_EQ(jwt.listeners[0].jwt->secret_file, "/etc/moat/a.secret");
+  EXPECT_EQ(jwt.listeners[0].jwt->issuer, "https://a.example");
+  EXPECT_FALSE(jwt.jwt);
+
   // ...but another listener without one still needs [auth.password].
   auto e = error_of(
       "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\nauth = [\"password\"]\n"
@@ -212,6 +222,10 @@ auth = ["password"]
                                             "listener[1].auth: method 'password' needs [auth.password] or "
                                             "[listener.password] file"))
       << e;
+  e = error_of(std::string(kListener) + "jwt = { secret_file = \"s\", leeway = -1 }\n");
+  EXPECT_TRUE(has(e, "listener[0].jwt.leeway")) << e;
+  e = error_of(std::string(kListener) + "jwt = {}\n");
+  EXPECT_TRUE(has(e, "listener[0].jwt: needs a key")) << e;
   e = error_of(std::string(kListener) + "password = { path = \"/p\" }\n");
   EXPECT_TRUE(has(e, "listener[0].password.path: unknown key")) << e;
   e = error_of(std::string(kListener) + "password = \"/p\"\n");
@@ -224,7 +238,7 @@ TEST(ConfigAuth, Mistakes) {
   const std::string l(kListener);
   auto has = [](const std::string& e, std::string_view what) { return e.find(what) != std::string::npos; };
   std::string e = error_of("[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\nauth = [\"jwt\"]\n");
-  EXPECT_TRUE(has(e, "auth: method 'jwt' needs an [auth.jwt] table")) << e;
+  EXPECT_TRUE(has(e, "auth: method 'jwt' needs an [auth.jwt] or [listener.jwt] table")) << e;
   e = error_of(l + "[auth.jwt]\nissuer = \"x\"\n");
   EXPECT_TRUE(has(e, "auth.jwt: needs a key")) << e;
   e = error_of(l + "[auth.jwt]\nsecret_file = \"s\"\nacl_mode = \"merge\"\n");
