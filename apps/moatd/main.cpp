@@ -393,6 +393,7 @@ int check_store_main(const moat::config::Config& cfg) {
         "  damaged entries {}\n",
         dir.string(), r.sessions, r.queued, r.inflight, r.pubrel, r.retained, r.bans, r.bytes, r.orphans(),
         r.orphan_queued, r.orphan_inflight, r.orphan_pubrel, r.damaged);
+    fmt::print("  replay marks {}\n", r.replay_marks);
     if (r.damaged) {
       for (const auto& d : r.damage) fmt::print("damaged: {}\n", d);
       if (r.damaged > r.damage.size())
@@ -551,6 +552,23 @@ int main(int argc, char** argv) {
   shared.payload = material.payload;
   if (const auto n = cfg.payload_policies.size())
     spdlog::info("{} payload polic{} on topics", n, n == 1 ? "y" : "ies");
+  // Replay marks: an envelope accepted before the stop is refused after it.
+  if (!snapshot.replay_marks.empty()) {
+    const auto marks =
+        material.payload->load()->restore_replay_marks(snapshot.replay_marks, moat::store::unix_ms_now());
+    if (marks.restored)
+      spdlog::info("store: restored {} replay mark(s) of the payload policies", marks.restored);
+    if (!marks.useless.empty()) {
+      moat::store::Batch gone;
+      for (const auto& key : marks.useless) gone.erase_replay_mark(key);
+      try {
+        store->commit(gone);
+      } catch (const std::exception& e) {
+        spdlog::critical("cannot use the store in {}: {}", cfg.data_dir.string(), e.what());
+        return 1;
+      }
+    }
+  }
   // [limits] docs/limits.md: the [auth.defence] allow list is exempt from the
   // per-address connection limit and flapping detection.
   shared.connections = std::make_shared<moat::broker::ConnectionCounter>(

@@ -47,6 +47,12 @@ MessagePtr Client::admit_payload(std::string_view topic, std::string_view payloa
   const PayloadPolicies* policies = shard_.payload_policies();
   if (!policies || policies->empty()) return make_message(topic, payload, qos, retain);
   PayloadVerdict v = policies->check(topic, payload, identity_, client_id_);
+  // Accepted: its sequence number is stored before the PUBACK or PUBREC (or
+  // the CONNACK of a will) leaves, and before the message is delivered, so a
+  // restart does not accept the same envelope again.
+  if (v.replay_mark)
+    shard_.persist_replay_mark(v.replay_scope, v.replay_sender, *v.replay_mark,
+                               std::chrono::seconds(v.replay_keep_s));
   if (v.action == PayloadVerdict::Action::Pass) {
     if (v.policed) shard_.stats().payload_verified.add();
     return make_message(topic, payload, qos, retain);

@@ -4,6 +4,7 @@
 
 #include "codec/topic.hpp"
 #include "security/payload/keyring.hpp"
+#include "store/store.hpp"
 
 namespace moat::broker {
 
@@ -255,11 +256,38 @@ PayloadVerdict PayloadPolicies::check(std::string_view topic, std::string_view b
   auto opened = p->keyring->open(topic, *env, op);
   if (!opened) return reject(token(opened.code()), opened.error().message());
   v.kid = opened->kid;
+  if (opened->replay_mark) {
+    v.replay_scope = s.keyring.native();
+    v.replay_sender = std::move(opened->sender);
+    v.replay_mark = opened->replay_mark;
+    const payload::ReplayConfig& rc = p->keyring->replay_config();
+    v.replay_keep_s = rc.max_age_s + rc.max_future_s;
+  }
   if (s.decrypt && (mode == payload::Mode::Encrypt || mode == payload::Mode::EncryptTo)) {
     v.action = PayloadVerdict::Action::Replace;
     v.plaintext = std::move(opened->plaintext);
   }
   return v;
+}
+
+PayloadPolicies::RestoredMarks PayloadPolicies::restore_replay_marks(
+    const std::vector<store::ReplayMarkRecord>& marks, std::int64_t now_unix_ms) const {
+  RestoredMarks out;
+  for (const auto& m : marks) {
+    const auto it = keyrings_.find(std::filesystem::path(m.scope));
+    bool useful = it != keyrings_.end();
+    if (useful) {
+      const payload::ReplayConfig& rc = it->second->replay_config();
+      useful = now_unix_ms - m.written_unix_ms <= (rc.max_age_s + rc.max_future_s) * 1000;
+    }
+    if (!useful) {
+      out.useless.push_back(store::replay_mark_key(m.scope, m.loop, m.sender));
+      continue;
+    }
+    it->second->replay_guard().raise_floor(m.sender, m.seq);
+    ++out.restored;
+  }
+  return out;
 }
 
 }  // namespace moat::broker

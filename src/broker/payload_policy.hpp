@@ -26,6 +26,9 @@
 namespace moat::payload {
 class Keyring;
 }
+namespace moat::store {
+struct ReplayMarkRecord;
+}
 
 namespace moat::broker {
 
@@ -70,6 +73,14 @@ struct PayloadVerdict {
   std::string reason;
   std::string kid;        // the key id the envelope names (Reject) or that verified it
   std::string_view mode;  // "mac", "sign", "encrypt", "encrypt-to" once decoded
+  // Pass or Replace of an envelope whose sequence number the keyring's replay
+  // window accepted: the window's scope (its keyring file; valid while the
+  // policies are), the sender and the highest number its window now holds.
+  // The broker stores the mark, so that a restart does not accept it again.
+  std::string_view replay_scope;
+  std::string replay_sender;
+  std::optional<std::uint64_t> replay_mark;
+  std::int64_t replay_keep_s = 0;  // how long the mark is of use: max_age + max_future
 };
 
 class PayloadPolicies {
@@ -95,6 +106,19 @@ class PayloadPolicies {
   // none: Pass. `now_s` (seconds since 1970) replaces the system clock in tests.
   PayloadVerdict check(std::string_view topic, std::string_view payload, std::string_view identity,
                        std::string_view client_id, std::optional<std::int64_t> now_s = std::nullopt) const;
+
+  // Start-up: stored replay marks become their senders' floors in the keyrings'
+  // windows (everything <= the mark refused; of several loops' marks for one
+  // sender, the highest counts). Marks older (by the time they were written)
+  // than their keyring's max_age + max_future stop nothing a staleness check
+  // would not, and marks of keyrings no longer configured stop nothing: their
+  // keys (store::replay_mark_key) are returned in `useless`, for removal.
+  struct RestoredMarks {
+    std::size_t restored = 0;
+    std::vector<std::string> useless;
+  };
+  RestoredMarks restore_replay_marks(const std::vector<store::ReplayMarkRecord>& marks,
+                                     std::int64_t now_unix_ms) const;
 
  private:
   PayloadPolicies();

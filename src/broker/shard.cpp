@@ -17,6 +17,9 @@ using codec::QoS;
 namespace {
 constexpr auto kDropWarningInterval = std::chrono::seconds(10);
 constexpr auto kExpiryCheckInterval = std::chrono::seconds(1);
+// Replay marks a loop keeps track of to erase them once of no use (about 150
+// bytes each).
+constexpr std::size_t kMaxSweptMarks = 100000;
 
 // When a restored session went offline, on this process's steady clock: from
 // the wall-clock time its record keeps, or now for records without one (older
@@ -151,6 +154,35 @@ std::optional<security::Decision> Shard::access(const security::Identity& who, s
 void Shard::persist_ban(const security::Ban& b) {
   if (!shared_.store) return;
   writes().put_ban({b.address, store::to_unix_ms(b.until, now_), b.reason});
+}
+
+void Shard::persist_replay_mark(std::string_view scope, std::string_view sender, std::uint64_t mark,
+                                std::chrono::seconds keep) {
+  if (!shared_.store) return;
+  writes().put_replay_mark({std::string(scope), index_, std::string(sender), mark, store::unix_ms_now()});
+  const TimePoint useless_at = now_ + keep;
+  auto [it, fresh] = marks_kept_.try_emplace(store::replay_mark_key(scope, index_, sender), useless_at);
+  if (!fresh)
+    it->second = useless_at;
+  else if (marks_kept_.size() > kMaxSweptMarks)
+    marks_kept_.erase(it);  // an encrypt-to flood (a sender per envelope): left to the next start-up
+  else
+    marks_by_age_.emplace_back(useless_at, it->first);
+}
+
+void Shard::sweep_replay_marks() {
+  while (!marks_by_age_.empty() && marks_by_age_.front().first <= now_) {
+    std::string key = std::move(marks_by_age_.front().second);
+    marks_by_age_.pop_front();
+    const auto it = marks_kept_.find(key);
+    if (it == marks_kept_.end()) continue;
+    if (it->second > now_) {  // written again since: of use for longer
+      marks_by_age_.emplace_back(it->second, std::move(key));
+      continue;
+    }
+    marks_kept_.erase(it);
+    writes().erase_replay_mark(key);
+  }
 }
 
 void Shard::retain(const MessagePtr& m, std::string_view peer, std::string_view client_id) {
@@ -313,7 +345,8 @@ void Shard::apply(std::vector<ShardEvent>& batch) {
   }
 }
 
-void Shard::route(const MessagePtr& m) {
+void Shard::route(const MessagePtr& m, bool after_store) {
+  deliver_after_store_ = after_store;
   match_scratch_.clear();
   subs_.match(m->topic, match_scratch_);
   dedupe_max_qos(match_scratch_);
@@ -332,6 +365,7 @@ void Shard::route(const MessagePtr& m) {
     else
       queue_event(sub.shard, DeliverEvent{sub.session_id, m, q, seq});
   }
+  deliver_after_store_ = false;
 }
 
 void Shard::deliver_local(std::uint64_t session_id, const MessagePtr& m, QoS qos, std::uint64_t seq) {
@@ -444,7 +478,7 @@ void Shard::send_publish(Session& s, const MessagePtr& m, QoS qos, bool retain, 
   // with another id, the receiver could not tell it from a new message. A QoS 1
   // PUBLISH needs no wait: at worst it is delivered again after a crash, which
   // QoS 1 allows (its stored packet id, if not yet durable, is then a new one).
-  if (seq && qos == QoS::ExactlyOnce) t.hold_until_stored();
+  if ((seq && qos == QoS::ExactlyOnce) || deliver_after_store_) t.hold_until_stored();
   t.flush_soon();
   stats_.messages_sent.add();
 }
@@ -548,6 +582,10 @@ void Shard::tick(TimePoint now) {
       if (shared_.store) writes().erase_ban(std::string(store::kClientIdBan) + b.address);
     }
     next_flap_check_ = now + kExpiryCheckInterval;
+  }
+  if (!marks_by_age_.empty() && now >= next_mark_sweep_) {
+    sweep_replay_marks();
+    next_mark_sweep_ = now + kExpiryCheckInterval;
   }
   if (shared_.limits.session_expiry.count() > 0 && now >= next_expiry_check_) {
     expire_sessions();

@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -390,7 +391,10 @@ class Shard {
   void tick(TimePoint now);
 
   // Routes a message to every matching subscription, local or on other shards.
-  void route(const MessagePtr& m);
+  // `after_store`: this turn stored something the message depends on (a replay
+  // mark): deliveries on this loop wait for the commit too, as those to other
+  // loops always do.
+  void route(const MessagePtr& m, bool after_store = false);
 
   // The ACL's decision (the identity's own rules first); true when nothing is configured.
   bool allowed(const security::Identity& who, security::Action action, std::string_view topic) const {
@@ -437,6 +441,11 @@ class Shard {
   void persist_retained(const MessagePtr& m);
   // A ban of the brute-force defence, kept across restarts (its end in wall-clock time).
   void persist_ban(const security::Ban& b);
+  // A payload policy's replay mark for one sender (store::ReplayMarkRecord),
+  // of use for `keep` (max_age + max_future), then erased by tick().
+  void persist_replay_mark(std::string_view scope, std::string_view sender, std::uint64_t mark,
+                           std::chrono::seconds keep);
+  void sweep_replay_marks();
   // A client's retained message (PUBLISH or will) within max_retained_messages
   // and max_retained_bytes: stored and persisted, or counted and reported.
   void retain(const MessagePtr& m, std::string_view peer, std::string_view client_id);
@@ -480,6 +489,13 @@ class Shard {
   bool flush_requested_ = false;
   store::Batch batch_;
   std::uint64_t writes_made_ = 0;
+  bool deliver_after_store_ = false;  // route(m, true) is under way
+  // Replay marks this loop stored (by store::replay_mark_key) with the time
+  // each stops being of use, and the same keys oldest first. At most
+  // kMaxSweptMarks: marks beyond are removed at the next start-up instead.
+  std::unordered_map<std::string, TimePoint> marks_kept_;
+  std::deque<std::pair<TimePoint, std::string>> marks_by_age_;
+  TimePoint next_mark_sweep_{};
   std::shared_ptr<const security::AccessPolicy> acl_;  // this loop's snapshot, refreshed by tick()
   std::uint64_t acl_version_ = 1;                      // changes with acl_ (AccessCache entries)
   std::shared_ptr<const PayloadPolicies> payload_;     // likewise

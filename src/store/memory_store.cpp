@@ -47,6 +47,12 @@ void MemoryStore::commit(const Batch& b) {
       case Batch::Op::EraseBan:
         if (auto it = bans_.find(e.key); it != bans_.end()) bans_.erase(it);
         break;
+      case Batch::Op::PutReplayMark:
+        replay_marks_.insert_or_assign(e.key, e.value);
+        break;
+      case Batch::Op::EraseReplayMark:
+        if (auto it = replay_marks_.find(e.key); it != replay_marks_.end()) replay_marks_.erase(it);
+        break;
     }
   }
 }
@@ -88,6 +94,7 @@ Snapshot MemoryStore::load() {
     snap.bans.push_back(std::move(b));
     ++it;
   }
+  for (const auto& [key, bytes] : replay_marks_) snap.replay_marks.push_back(decode_replay_mark(bytes));
   for (auto it = queued_.begin(); it != queued_.end();) {
     if (!by_id.count(it->first.first)) {
       inflight_.erase(it->first);

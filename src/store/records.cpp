@@ -2,6 +2,7 @@
 #include <chrono>
 #include <cstring>
 #include <iterator>
+#include <limits>
 
 #include "store/store.hpp"
 
@@ -82,6 +83,7 @@ class Reader {
 };
 
 enum Kind : std::uint8_t { kSession = 1, kQueued = 2, kRetained = 3, kBan = 4 };
+constexpr std::uint8_t kReplayMark = 9;
 
 }  // namespace
 
@@ -175,6 +177,41 @@ BanRecord decode_ban(std::string_view bytes) {
   return b;
 }
 
+std::string encode(const ReplayMarkRecord& m) {
+  Writer w(kReplayMark);
+  w.str(m.scope);
+  w.u64(m.loop);
+  w.str(m.sender);
+  w.u64(m.seq);
+  w.u64(static_cast<std::uint64_t>(m.written_unix_ms));
+  return w.take();
+}
+
+ReplayMarkRecord decode_replay_mark(std::string_view bytes) {
+  Reader r(bytes, kReplayMark, "replay mark");
+  ReplayMarkRecord m;
+  m.scope = r.str();
+  const auto loop = r.u64();
+  m.sender = r.str();
+  m.seq = r.u64();
+  m.written_unix_ms = static_cast<std::int64_t>(r.u64());
+  r.done();
+  if (loop > std::numeric_limits<std::uint32_t>::max())
+    throw StoreDamaged("damaged replay mark record: loop " + std::to_string(loop));
+  if (m.scope.find('\0') != std::string::npos)
+    throw StoreDamaged("damaged replay mark record: a 0 byte in its scope");
+  m.loop = static_cast<std::uint32_t>(loop);
+  return m;
+}
+
+std::string replay_mark_key(std::string_view scope, std::uint32_t loop, std::string_view sender) {
+  std::string k(scope);
+  k.push_back('\0');
+  for (int i = 3; i >= 0; --i) k.push_back(static_cast<char>((loop >> (8 * i)) & 0xFF));
+  k.append(sender);
+  return k;
+}
+
 std::int64_t unix_ms_now() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
              std::chrono::system_clock::now().time_since_epoch())
@@ -260,6 +297,14 @@ void Batch::put_ban(const BanRecord& b) {
 }
 void Batch::erase_ban(std::string_view address) {
   add(Op::EraseBan, 0, 0).key = std::string(address);
+}
+void Batch::put_replay_mark(const ReplayMarkRecord& m) {
+  Entry& e = add(Op::PutReplayMark, 0, 0);
+  e.key = replay_mark_key(m.scope, m.loop, m.sender);
+  e.value = encode(m);
+}
+void Batch::erase_replay_mark(std::string_view key) {
+  add(Op::EraseReplayMark, 0, 0).key = std::string(key);
 }
 
 }  // namespace moat::store

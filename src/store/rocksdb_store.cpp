@@ -16,7 +16,7 @@ namespace {
 
 constexpr std::string_view kFormatKey = "F";
 constexpr std::string_view kFormat = "moat-store-1";
-constexpr std::string_view kKinds = "bipqrs";  // first byte of every other key
+constexpr std::string_view kKinds = "bipqrsw";  // first byte of every other key
 
 void put_be(std::string& out, std::uint64_t v, int bytes) {
   for (int i = bytes - 1; i >= 0; --i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xFF));
@@ -192,6 +192,7 @@ struct Scan {
   // Of the sessions restored: queued messages, of which in flight; packet ids
   // awaiting PUBREL. Bans: every ban record, ended or not.
   std::uint64_t queued = 0, inflight = 0, pubrel = 0, bans = 0;
+  std::uint64_t replay_marks = 0;
   // Entries of sessions that have no session record.
   std::uint64_t orphan_queued = 0, orphan_inflight = 0, orphan_pubrel = 0;
 };
@@ -322,6 +323,22 @@ void scan(rocksdb::DB& db, Scan& sc) {
     else
       snap.bans.push_back(std::move(b));
   });
+  if (!sc.status.ok()) return;
+  // Every mark: how old is too old depends on its keyring (start-up decides).
+  each('w', [&](std::string_view k, std::string_view v) {
+    ReplayMarkRecord m;
+    try {
+      m = decode_replay_mark(v);
+    } catch (const StoreDamaged& e) {
+      throw StoreDamaged(with_place(e, "key " + printable(k)));
+    }
+    if (k.substr(1) != replay_mark_key(m.scope, m.loop, m.sender))
+      throw StoreDamaged("damaged replay mark record (key " + printable(k) + "): it holds scope " +
+                         printable(m.scope) + ", loop " + std::to_string(m.loop) + ", sender " +
+                         printable(m.sender));
+    ++sc.replay_marks;
+    snap.replay_marks.push_back(std::move(m));
+  });
 }
 
 }  // namespace
@@ -447,6 +464,12 @@ void RocksDbStore::commit(const Batch& b) {
       case Batch::Op::EraseBan:
         wb.Delete("b" + e.key);
         break;
+      case Batch::Op::PutReplayMark:
+        wb.Put("w" + e.key, e.value);
+        break;
+      case Batch::Op::EraseReplayMark:
+        wb.Delete("w" + e.key);
+        break;
     }
   }
   rocksdb::WriteOptions wo;
@@ -501,6 +524,7 @@ RocksDbStore::Report RocksDbStore::check() {
   r.pubrel = sc.pubrel;
   r.retained = sc.snap.retained.size();
   r.bans = sc.bans;
+  r.replay_marks = sc.replay_marks;
   r.orphan_queued = sc.orphan_queued;
   r.orphan_inflight = sc.orphan_inflight;
   r.orphan_pubrel = sc.orphan_pubrel;

@@ -7,8 +7,8 @@
 //
 // What is durable: persistent sessions (clean session 0) with their
 // subscriptions, every message queued for or in flight to them, the inbound
-// QoS 2 packet ids awaiting PUBREL, retained messages, and the addresses the
-// brute-force defence banned.
+// QoS 2 packet ids awaiting PUBREL, retained messages, the addresses the
+// brute-force defence banned, and the replay marks of the payload policies.
 #pragma once
 
 #include <chrono>
@@ -61,6 +61,25 @@ struct BanRecord {
   std::string reason;
 };
 
+// The highest sequence number a payload policy's replay window had accepted
+// from one sender (docs/payload-security.md), so that a restart does not accept
+// an envelope a second time. `scope` names the window's keyring (its file);
+// `loop` is the event loop that wrote the mark: each loop keeps a record of its
+// own, since the commits of two loops may reach the store in either order (one
+// shared record could go back to a lower mark). Restored as the sender's floor,
+// the highest over the loops; useless (and removed) once older than the
+// keyring's max_age + max_future.
+struct ReplayMarkRecord {
+  std::string scope;
+  std::uint32_t loop = 0;
+  std::string sender;  // bytes: a key id, or an ephemeral public key
+  std::uint64_t seq = 0;
+  std::int64_t written_unix_ms = 0;  // milliseconds since 1970-01-01 UTC
+};
+// The record's key after its kind: scope, a 0 byte (never in a file name),
+// be32(loop), sender.
+std::string replay_mark_key(std::string_view scope, std::uint32_t loop, std::string_view sender);
+
 // Everything durable, as read at start-up.
 struct Snapshot {
   struct Session {
@@ -72,6 +91,8 @@ struct Snapshot {
   std::vector<RetainedRecord> retained;
   // Bans still in force at load(); those that ended are removed from the store.
   std::vector<BanRecord> bans;
+  // Every replay mark (their age is judged against the keyrings' limits).
+  std::vector<ReplayMarkRecord> replay_marks;
   std::uint64_t next_seq = 1;         // above every stored seq
   std::uint64_t next_session_id = 1;  // above every stored session id
   // Messages stored for sessions that had ended when the broker stopped (a crash
@@ -95,7 +116,9 @@ class Batch {
     PutRetained,
     EraseRetained,
     PutBan,
-    EraseBan
+    EraseBan,
+    PutReplayMark,
+    EraseReplayMark
   };
   struct Entry {
     Op op = Op::PutSession;
@@ -126,6 +149,8 @@ class Batch {
   void erase_retained(std::string_view topic);
   void put_ban(const BanRecord& b);
   void erase_ban(std::string_view address);
+  void put_replay_mark(const ReplayMarkRecord& m);
+  void erase_replay_mark(std::string_view key);  // replay_mark_key()
 
   bool empty() const { return entries_.empty(); }
   std::size_t size() const { return entries_.size(); }
@@ -178,11 +203,13 @@ std::string encode(const SessionRecord& s);
 std::string encode(const QueuedRecord& q);
 std::string encode(const RetainedRecord& r);
 std::string encode(const BanRecord& b);
+std::string encode(const ReplayMarkRecord& m);
 // Throw StoreDamaged("damaged ... record: ...") on malformed input.
 SessionRecord decode_session(std::string_view bytes);
 QueuedRecord decode_queued(std::string_view bytes);
 RetainedRecord decode_retained(std::string_view bytes);
 BanRecord decode_ban(std::string_view bytes);
+ReplayMarkRecord decode_replay_mark(std::string_view bytes);
 // The time load() compares ban ends with (wall clock, Unix milliseconds).
 std::int64_t unix_ms_now();
 // Records keep times on the wall clock, which survives a restart; the broker

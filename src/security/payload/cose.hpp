@@ -107,6 +107,9 @@ struct Opened {
   std::string sender;  // replay window id: the key id, or the ephemeral key (encrypt-to)
   std::optional<std::uint64_t> seq;
   std::optional<std::int64_t> iat;
+  // Keyring::open, once `seq` is accepted: the highest number the sender's
+  // replay window holds (the mark a broker stores to keep it across restarts).
+  std::optional<std::uint64_t> replay_mark;
 };
 
 // Verifies or decrypts with one key (null for a digest envelope). No freshness or

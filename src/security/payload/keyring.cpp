@@ -328,7 +328,9 @@ Result<Opened> Keyring::open(std::string_view topic, const Envelope& envelope, c
                                    " s");
   }
   if (o.seq) {
-    if (auto ok = guard_->accept(o.sender, *o.seq); !ok) return ok.error();
+    std::uint64_t mark = 0;
+    if (auto ok = guard_->accept(o.sender, *o.seq, &mark); !ok) return ok.error();
+    opened->replay_mark = mark;
   }
   return opened;
 }

@@ -16,7 +16,7 @@ std::uint64_t Sequencer::next(std::string_view kid, std::uint64_t now_us) {
   return seq;
 }
 
-Result<bool> ReplayGuard::accept(std::string_view sender, std::uint64_t seq) {
+Result<bool> ReplayGuard::accept(std::string_view sender, std::uint64_t seq, std::uint64_t* highest) {
   std::lock_guard lock(mu_);
   Window& w = window(sender);
   if (w.floor && seq <= *w.floor)
@@ -30,10 +30,22 @@ Result<bool> ReplayGuard::accept(std::string_view sender, std::uint64_t seq) {
     w.recent.erase(w.recent.begin());
     --entries_;
   }
+  if (highest) *highest = *w.recent.rbegin();
   // Over the memory bound: the least recently used senders lose their windows
   // (never the one just used).
   while (entries_ > config_.max_entries && windows_.size() > 1) drop_oldest();
   return true;
+}
+
+void ReplayGuard::raise_floor(std::string_view sender, std::uint64_t floor) {
+  std::lock_guard lock(mu_);
+  Window& w = window(sender);
+  if (w.floor && *w.floor >= floor) return;
+  w.floor = floor;
+  while (!w.recent.empty() && *w.recent.begin() <= floor) {
+    w.recent.erase(w.recent.begin());
+    --entries_;
+  }
 }
 
 void ReplayGuard::drop_oldest() {

@@ -66,8 +66,13 @@ class ReplayGuard {
   }
 
   // Accepts `seq` for `sender` if it is new and above the window's floor, and
-  // records it. Call only for an envelope that verified.
-  Result<bool> accept(std::string_view sender, std::uint64_t seq);
+  // records it. Call only for an envelope that verified. `highest`: set to the
+  // highest number the sender's window now holds (what a store keeps as the
+  // sender's replay mark).
+  Result<bool> accept(std::string_view sender, std::uint64_t seq, std::uint64_t* highest = nullptr);
+  // Refuses everything <= `floor` from `sender` from now on (a replay mark kept
+  // across a restart); a higher floor already in place stays.
+  void raise_floor(std::string_view sender, std::uint64_t floor);
 
   // Saved state (for a command that runs once per envelope): JSON text.
   std::string save() const;

@@ -62,6 +62,7 @@ class FakeConnection final : public broker::Transport {
   void close() override { closed = true; }
   void migrate(std::uint32_t shard) override { migrated_to = shard; }
   const std::string& peer() const override { return peer_; }
+  void hold_until_stored() override { ++holds; }
   // A refusal held back by the brute-force defence: kept until release().
   void run_after(std::chrono::milliseconds delay, std::function<void()> then) override {
     held.emplace_back(delay, std::move(then));
@@ -132,6 +133,7 @@ class FakeConnection final : public broker::Transport {
   }
 
   bool closed = false;
+  int holds = 0;  // hold_until_stored() calls: output that waits for the turn's commit
   std::optional<std::uint32_t> migrated_to;
   std::vector<std::pair<std::chrono::milliseconds, std::function<void()>>> held;
   std::vector<Received> stash;  // packets taken by connect() after the CONNACK

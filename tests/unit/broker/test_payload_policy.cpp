@@ -9,6 +9,7 @@
 
 #include "broker/payload_policy.hpp"
 #include "security/payload/keyring.hpp"
+#include "store/store.hpp"
 
 namespace moat::broker {
 namespace {
@@ -258,6 +259,38 @@ TEST_F(PayloadPolicyTest, ReloadKeepsTheReplayWindows) {
   EXPECT_EQ(first->check("t", env, "", "c").action, Action::Pass);
   auto second = PayloadPolicies::load(specs, first.get());
   EXPECT_EQ(second->check("t", env, "", "c").failure, "replayed");
+}
+
+TEST_F(PayloadPolicyTest, StoredReplayMarksRefuseWhatWasAcceptedBeforeARestart) {
+  const Key k = Key::generate(KeyKind::Hmac256, "m");
+  write("ring.toml", "[[topic]]\nfilter = \"#\"\nkeys = [\"" + write_key(k, true) + "\"]\n");
+  const auto specs = std::vector{spec({"#"}, PayloadRequirement::Mac, "ring.toml")};
+  auto before = PayloadPolicies::load(specs);
+  const std::string old1 = seal(k, "t", "1", Mode::Mac);
+  const std::string old2 = seal(k, "t", "2", Mode::Mac);
+  const auto v = before->check("t", old2, "", "c");
+  ASSERT_EQ(v.action, Action::Pass) << v.reason;
+  ASSERT_TRUE(v.replay_mark);
+  EXPECT_EQ(v.replay_scope, (dir_ / "ring.toml").native());
+  EXPECT_EQ(v.replay_sender, "m");
+  const std::int64_t now = store::unix_ms_now();
+  const std::string scope(v.replay_scope);
+  const std::vector<store::ReplayMarkRecord> marks{
+      {scope, 0, "m", *v.replay_mark, now - 1000},
+      {scope, 1, "m", *v.replay_mark - 1, now - 1000},      // a lower mark of another loop
+      {scope, 0, "gone", 99, now - (300 + 60) * 1000 - 1},  // older than max_age + max_future
+      {(dir_ / "other.toml").string(), 0, "m", 1, now},     // a keyring no longer configured
+  };
+  auto after = PayloadPolicies::load(specs);  // a restart: empty windows
+  const auto restored = after->restore_replay_marks(marks, now);
+  EXPECT_EQ(restored.restored, 2u);
+  EXPECT_EQ(restored.useless,
+            (std::vector<std::string>{store::replay_mark_key(scope, 0, "gone"),
+                                      store::replay_mark_key((dir_ / "other.toml").string(), 0, "m")}));
+  EXPECT_EQ(after->check("t", old2, "", "c").failure, "replayed");
+  // At or below the mark: refused, even one that never arrived before.
+  EXPECT_EQ(after->check("t", old1, "", "c").failure, "replayed");
+  EXPECT_EQ(after->check("t", seal(k, "t", "3", Mode::Mac), "", "c").action, Action::Pass);
 }
 
 }  // namespace

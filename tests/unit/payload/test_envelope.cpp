@@ -307,6 +307,24 @@ TEST(Envelope, ReplayMemoryIsBounded) {
   EXPECT_TRUE(h.accept("x", 1));   // forgotten
 }
 
+TEST(Envelope, ReplayFloorRaisedFromAStoredMark) {
+  ReplayGuard g;
+  std::uint64_t highest = 0;
+  ASSERT_TRUE(g.accept("a", 10, &highest));
+  EXPECT_EQ(highest, 10u);
+  ASSERT_TRUE(g.accept("a", 5, &highest));  // out of order, above the floor
+  EXPECT_EQ(highest, 10u);                  // the mark does not go back
+  g.raise_floor("a", 20);
+  EXPECT_FALSE(g.accept("a", 20));
+  EXPECT_FALSE(g.accept("a", 15));
+  g.raise_floor("a", 12);  // a lower mark (another loop's) leaves the floor
+  EXPECT_FALSE(g.accept("a", 13));
+  EXPECT_TRUE(g.accept("a", 21));
+  g.raise_floor("b", 3);  // a sender not seen yet
+  EXPECT_FALSE(g.accept("b", 3));
+  EXPECT_TRUE(g.accept("b", 4));
+}
+
 TEST(Envelope, SequenceNumbersGrowAcrossRestartsAndBursts) {
   Sequencer s;
   EXPECT_EQ(s.next("a", 1000), 1000u);

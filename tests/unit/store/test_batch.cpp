@@ -1,6 +1,7 @@
 // Store batches: the operations of one loop turn, and how the two stores apply them.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <random>
 
@@ -202,6 +203,69 @@ TEST(Records, SessionRecordKeepsItsOfflineTimeAndReadsOlderRecords) {
   EXPECT_EQ(old.offline_since_unix_ms, 0u);
   EXPECT_THROW(decode_session(bytes.substr(0, bytes.size() - 1)), StoreError);
   EXPECT_THROW(decode_session(bytes + "x"), StoreError);
+}
+
+TEST(Records, ReplayMarkRecordRoundTripsAndRefusesDamage) {
+  const ReplayMarkRecord m{"/etc/moat/keys.toml", 3, std::string("kid\0\xff", 5), 1'767'225'600'000'123,
+                           1'767'225'600'456};
+  const std::string bytes = encode(m);
+  const ReplayMarkRecord d = decode_replay_mark(bytes);
+  EXPECT_EQ(d.scope, m.scope);
+  EXPECT_EQ(d.loop, 3u);
+  EXPECT_EQ(d.sender, m.sender);
+  EXPECT_EQ(d.seq, m.seq);
+  EXPECT_EQ(d.written_unix_ms, m.written_unix_ms);
+  EXPECT_THROW(decode_replay_mark(bytes.substr(0, bytes.size() - 1)), StoreDamaged);
+  EXPECT_THROW(decode_replay_mark(bytes + "x"), StoreDamaged);
+  EXPECT_THROW(decode_replay_mark(encode(BanRecord{"192.0.2.1", 1, "r"})), StoreDamaged);
+  // The key: the scope, a 0 byte, the loop (4 bytes, big-endian), the sender.
+  EXPECT_EQ(replay_mark_key(m.scope, m.loop, m.sender),
+            "/etc/moat/keys.toml" + std::string("\0\0\0\0\x03", 5) + m.sender);
+}
+
+TEST(Stores, ReplayMarksSurviveAReopenOnePerLoopAndSender) {
+  const std::int64_t now = unix_ms_now();
+  auto mark = [&](std::uint32_t loop, std::string sender, std::uint64_t seq) {
+    return ReplayMarkRecord{"keys.toml", loop, std::move(sender), seq, now};
+  };
+  auto write = [&](Store& s) {
+    Batch b;
+    b.put_replay_mark(mark(0, "sensor-1", 100));
+    b.put_replay_mark(mark(0, "sensor-1", 200));  // the later mark of a loop replaces its earlier one
+    b.put_replay_mark(mark(1, "sensor-1", 150));  // another loop's: a record of its own
+    b.put_replay_mark(mark(0, "sensor-2", 7));
+    s.commit(b);
+    Batch gone;
+    gone.erase_replay_mark(replay_mark_key("keys.toml", 0, "sensor-2"));
+    s.commit(gone);
+  };
+  auto check = [&](Store& s) {
+    Snapshot snap = s.load();
+    ASSERT_EQ(snap.replay_marks.size(), 2u);
+    std::sort(snap.replay_marks.begin(), snap.replay_marks.end(),
+              [](const auto& a, const auto& b) { return a.loop < b.loop; });
+    EXPECT_EQ(snap.replay_marks[0].sender, "sensor-1");
+    EXPECT_EQ(snap.replay_marks[0].seq, 200u);
+    EXPECT_EQ(snap.replay_marks[0].written_unix_ms, now);
+    EXPECT_EQ(snap.replay_marks[1].loop, 1u);
+    EXPECT_EQ(snap.replay_marks[1].seq, 150u);
+  };
+  {
+    MemoryStore m;
+    write(m);
+    check(m);
+  }
+  TempDir dir;
+  const RocksDbOptions o{dir.path() / "store", Durability::Sync, std::chrono::milliseconds(100)};
+  {
+    RocksDbStore r(o);
+    write(r);
+  }
+  RocksDbStore reopened(o);
+  check(reopened);
+  const auto report = reopened.check();
+  EXPECT_EQ(report.replay_marks, 2u);
+  EXPECT_EQ(report.damaged, 0u);
 }
 
 }  // namespace

@@ -338,5 +338,42 @@ TEST(StoreCheck, EntriesOfUnknownKindAreDamageToLoadToo) {
   }
 }
 
+TEST(StoreCheck, ReplayMarksAreCountedAndOnesThatDoNotDecodeAreDamage) {
+  StoreDir dir;
+  write_good_session(dir);
+  const ReplayMarkRecord good{"keys.toml", 1, "sensor-1", 42, unix_ms_now()};
+  {
+    RocksDbStore s(dir.options());
+    Batch b;
+    b.put_replay_mark(good);
+    s.commit(b);
+  }
+  auto r = check(dir);
+  EXPECT_EQ(r.replay_marks, 1u);
+  EXPECT_EQ(r.damaged, 0u);
+  {
+    RocksDbStore s(dir.options());
+    const Snapshot snap = s.load();
+    ASSERT_EQ(snap.replay_marks.size(), 1u);
+    EXPECT_EQ(snap.replay_marks[0].seq, 42u);
+  }
+  // Truncated, and a record filed under another sender's key.
+  const std::string key = "w" + replay_mark_key("keys.toml", 1, "sensor-2");
+  const std::string record = encode(good);
+  put_raw(dir, {{key, record.substr(0, record.size() - 1)}});
+  r = check(dir);
+  ASSERT_EQ(r.damage.size(), 1u);
+  EXPECT_EQ(r.damage[0],
+            "damaged replay mark record (key \"wkeys.toml\\x00\\x00\\x00\\x00\\x01sensor-2\"): truncated");
+  expect_load_refuses(dir, r.damage[0]);
+  put_raw(dir, {{key, record}});
+  r = check(dir);
+  ASSERT_EQ(r.damage.size(), 1u);
+  EXPECT_EQ(r.damage[0],
+            "damaged replay mark record (key \"wkeys.toml\\x00\\x00\\x00\\x00\\x01sensor-2\"): it holds "
+            "scope \"keys.toml\", loop 1, sender \"sensor-1\"");
+  expect_load_refuses(dir, r.damage[0]);
+}
+
 }  // namespace
 }  // namespace moat::store
