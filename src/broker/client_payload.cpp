@@ -47,19 +47,25 @@ MessagePtr Client::admit_payload(std::string_view topic, std::string_view payloa
   const PayloadPolicies* policies = shard_.payload_policies();
   if (!policies || policies->empty()) return make_message(topic, payload, qos, retain);
   PayloadVerdict v = policies->check(topic, payload, identity_, client_id_);
-  // Accepted: its sequence number is stored before the PUBACK or PUBREC (or
-  // the CONNACK of a will) leaves, and before the message is delivered, so a
-  // restart does not accept the same envelope again.
-  if (v.replay_mark)
+  // Accepted: its sequence number is stored, so that a restart does not accept
+  // the same envelope again, and no copy of the message is delivered before
+  // that write is durable (Message::replay_marked). The acknowledgement need
+  // not wait: a crash before the commit loses the mark and the undelivered
+  // message together, as it loses any message for a clean session.
+  const bool marked = v.replay_mark.has_value();
+  if (marked) {
+    const bool unchanged = shard_.writes_made() == writes_mark_;
     shard_.persist_replay_mark(v.replay_scope, v.replay_sender, *v.replay_mark,
                                std::chrono::seconds(v.replay_keep_s));
+    if (unchanged) writes_mark_ = shard_.writes_made();
+  }
   if (v.action == PayloadVerdict::Action::Pass) {
     if (v.policed) shard_.stats().payload_verified.add();
-    return make_message(topic, payload, qos, retain);
+    return make_message(topic, payload, qos, retain, marked);
   }
   if (v.action == PayloadVerdict::Action::Replace) {
     shard_.stats().payload_verified.add();
-    return make_message(topic, v.plaintext, qos, retain);
+    return make_message(topic, v.plaintext, qos, retain, marked);
   }
 
   const std::string kid = printable(v.kid, 64);

@@ -26,8 +26,11 @@ Message::Message(std::string_view topic_name, std::string_view payload_bytes, co
   payload = {reinterpret_cast<const char*>(w + kHeaderRoom + field), payload_bytes.size()};
 }
 
-MessagePtr make_message(std::string_view topic, std::string_view payload, codec::QoS qos, bool retain) {
-  return std::make_shared<const Message>(topic, payload, qos, retain);
+MessagePtr make_message(std::string_view topic, std::string_view payload, codec::QoS qos, bool retain,
+                        bool replay_marked) {
+  auto m = std::make_shared<Message>(topic, payload, qos, retain);
+  m->replay_marked = replay_marked;
+  return m;
 }
 
 }  // namespace moat::broker

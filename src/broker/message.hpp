@@ -27,6 +27,11 @@ struct Message {
   std::string_view payload;  // into the wire bytes
   codec::QoS qos;            // the QoS it was published with
   bool retain;               // the RETAIN flag it was published with
+  // Accepting it stored a payload policy's replay mark: no copy is written to
+  // a socket before a store commit at least as recent as the mark's
+  // (Shard::send_publish), so a crash cannot lose the mark of a message
+  // already delivered.
+  bool replay_marked = false;
 
   // The whole PUBLISH at QoS 0 without DUP and RETAIN.
   std::span<const std::uint8_t> publish_qos0() const { return {wire_.get() + start_, end_ - start_}; }
@@ -47,7 +52,8 @@ struct Message {
 
 using MessagePtr = std::shared_ptr<const Message>;
 
-MessagePtr make_message(std::string_view topic, std::string_view payload, codec::QoS qos, bool retain);
+MessagePtr make_message(std::string_view topic, std::string_view payload, codec::QoS qos, bool retain,
+                        bool replay_marked = false);
 
 inline codec::QoS min_qos(codec::QoS a, codec::QoS b) {
   return a < b ? a : b;

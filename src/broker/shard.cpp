@@ -345,8 +345,7 @@ void Shard::apply(std::vector<ShardEvent>& batch) {
   }
 }
 
-void Shard::route(const MessagePtr& m, bool after_store) {
-  deliver_after_store_ = after_store;
+void Shard::route(const MessagePtr& m) {
   match_scratch_.clear();
   subs_.match(m->topic, match_scratch_);
   dedupe_max_qos(match_scratch_);
@@ -365,7 +364,6 @@ void Shard::route(const MessagePtr& m, bool after_store) {
     else
       queue_event(sub.shard, DeliverEvent{sub.session_id, m, q, seq});
   }
-  deliver_after_store_ = false;
 }
 
 void Shard::deliver_local(std::uint64_t session_id, const MessagePtr& m, QoS qos, std::uint64_t seq) {
@@ -478,7 +476,11 @@ void Shard::send_publish(Session& s, const MessagePtr& m, QoS qos, bool retain, 
   // with another id, the receiver could not tell it from a new message. A QoS 1
   // PUBLISH needs no wait: at worst it is delivered again after a crash, which
   // QoS 1 allows (its stored packet id, if not yet durable, is then a new one).
-  if ((seq && qos == QoS::ExactlyOnce) || deliver_after_store_) t.hold_until_stored();
+  // A message whose replay mark was stored waits for a commit at least as
+  // recent: the mark's own on this loop (commits complete in order), an
+  // earlier one when it came from another loop (its events leave only once
+  // stored there).
+  if ((seq && qos == QoS::ExactlyOnce) || m->replay_marked) t.hold_until_stored();
   t.flush_soon();
   stats_.messages_sent.add();
 }

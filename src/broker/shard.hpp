@@ -391,10 +391,7 @@ class Shard {
   void tick(TimePoint now);
 
   // Routes a message to every matching subscription, local or on other shards.
-  // `after_store`: this turn stored something the message depends on (a replay
-  // mark): deliveries on this loop wait for the commit too, as those to other
-  // loops always do.
-  void route(const MessagePtr& m, bool after_store = false);
+  void route(const MessagePtr& m);
 
   // The ACL's decision (the identity's own rules first); true when nothing is configured.
   bool allowed(const security::Identity& who, security::Action action, std::string_view topic) const {
@@ -489,7 +486,6 @@ class Shard {
   bool flush_requested_ = false;
   store::Batch batch_;
   std::uint64_t writes_made_ = 0;
-  bool deliver_after_store_ = false;  // route(m, true) is under way
   // Replay marks this loop stored (by store::replay_mark_key) with the time
   // each stops being of use, and the same keys oldest first. At most
   // kMaxSweptMarks: marks beyond are removed at the next start-up instead.
