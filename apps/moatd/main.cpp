@@ -372,6 +372,7 @@ int check_store_main(const moat::config::Config& cfg) {
         "  damaged entries {}\n",
         dir.string(), r.sessions, r.queued, r.inflight, r.pubrel, r.retained, r.bans, r.bytes, r.orphans(),
         r.orphan_queued, r.orphan_inflight, r.orphan_pubrel, r.damaged);
+    fmt::print("  failure counters {}\n", r.failures);
     if (r.damaged) {
       for (const auto& d : r.damage) fmt::print("damaged: {}\n", d);
       if (r.damaged > r.damage.size())
@@ -522,6 +523,33 @@ int main(int argc, char** argv) {
   if (material.defence && !address_bans.empty()) {
     spdlog::info("store: restored {} ban(s) of the brute-force defence", address_bans.size());
     material.defence->restore(std::move(address_bans), steady);
+  }
+  // Failure counters: a restart does not reset the count towards a ban. Those
+  // that ended while moatd was stopped (or without a defence, or of an address
+  // now exempt) are forgotten by the store too.
+  if (!snapshot.failures.empty()) {
+    std::vector<security::FailureCounter> counters;
+    std::vector<std::string> dropped;
+    for (auto& f : snapshot.failures) {
+      if (material.defence)
+        counters.push_back({std::move(f.key), f.failures, moat::store::from_unix_ms(f.since_unix_ms, steady)});
+      else
+        dropped.push_back(std::move(f.key));
+    }
+    const std::size_t kept = counters.size();
+    if (material.defence) dropped = material.defence->restore_failures(std::move(counters), steady);
+    if (kept > dropped.size())
+      spdlog::info("store: restored {} failure counter(s) of the brute-force defence", kept - dropped.size());
+    if (!dropped.empty()) {
+      moat::store::Batch forget;
+      for (const auto& key : dropped) forget.erase_failures(key);
+      try {
+        store->commit(forget);
+      } catch (const std::exception& e) {
+        spdlog::critical("store: {}", e.what());
+        return 1;
+      }
+    }
   }
   shared.acl = material.acl;
   shared.defence = material.defence;

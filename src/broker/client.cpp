@@ -372,7 +372,8 @@ void Client::auth_done(security::AuthResult auth) {
   const std::string_view sent_user = pc.username ? std::string_view(*pc.username) : std::string_view();
 
   if (auth.decision == security::AuthDecision::Allow) {
-    if (defence) defence->success(address, sent_user);
+    if (defence)
+      if (const auto forgotten = defence->success(address, sent_user)) shard_.forget_failures(*forgotten);
     security::AuditEvent e;
     e.event = "auth.success";
     e.client_id = pc.client_id;
@@ -400,7 +401,10 @@ void Client::auth_done(security::AuthResult auth) {
   // An unavailable authentication server is no guess at a password: it is not
   // counted, or an outage would ban every client that tried meanwhile.
   security::AuthThrottle::Failure f;
-  if (defence && !unavailable) f = defence->failure(address, sent_user, shard_.now());
+  if (defence && !unavailable) {
+    f = defence->failure(address, sent_user, shard_.now());
+    for (const auto& c : f.counters) shard_.persist_failures(c);  // a restart keeps the count
+  }
   security::AuditEvent e;
   e.event = "auth.failure";
   e.client_id = pc.client_id;

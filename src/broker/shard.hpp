@@ -434,6 +434,11 @@ class Shard {
   void persist_retained(const MessagePtr& m);
   // A ban of the brute-force defence, kept across restarts (its end in wall-clock time).
   void persist_ban(const security::Ban& b);
+  // A failure counter of the brute-force defence (its count towards a ban or
+  // its backoff), kept across restarts; failures 0 forgets it. No packet waits
+  // for these writes: they ride the turn's commit.
+  void persist_failures(const security::FailureCounter& c);
+  void forget_failures(std::string_view key);
   // A client's retained message (PUBLISH or will) within max_retained_messages
   // and max_retained_bytes: stored and persisted, or counted and reported.
   void retain(const MessagePtr& m, std::string_view peer, std::string_view client_id);

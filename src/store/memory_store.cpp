@@ -47,6 +47,12 @@ void MemoryStore::commit(const Batch& b) {
       case Batch::Op::EraseBan:
         if (auto it = bans_.find(e.key); it != bans_.end()) bans_.erase(it);
         break;
+      case Batch::Op::PutFailures:
+        failures_.insert_or_assign(e.key, e.value);
+        break;
+      case Batch::Op::EraseFailures:
+        if (auto it = failures_.find(e.key); it != failures_.end()) failures_.erase(it);
+        break;
     }
   }
 }
@@ -87,6 +93,11 @@ Snapshot MemoryStore::load() {
     }
     snap.bans.push_back(std::move(b));
     ++it;
+  }
+  for (const auto& [key, bytes] : failures_) {
+    auto f = decode_failures(bytes);
+    f.key = key;
+    snap.failures.push_back(std::move(f));
   }
   for (auto it = queued_.begin(); it != queued_.end();) {
     if (!by_id.count(it->first.first)) {

@@ -25,6 +25,8 @@ class MemoryStore final : public Store {
   std::set<std::pair<std::uint64_t, std::uint16_t>> pubrel_;
   std::map<std::string, std::string, std::less<>> retained_;
   std::map<std::string, std::string, std::less<>> bans_;  // address -> record
+  // Failure counter key -> record.
+  std::map<std::string, std::string, std::less<>> failures_;
   std::uint64_t commits_ = 0;
 };
 

@@ -16,7 +16,7 @@ namespace {
 
 constexpr std::string_view kFormatKey = "F";
 constexpr std::string_view kFormat = "moat-store-1";
-constexpr std::string_view kKinds = "bipqrs";  // first byte of every other key
+constexpr std::string_view kKinds = "bfipqrs";  // first byte of every other key
 
 void put_be(std::string& out, std::uint64_t v, int bytes) {
   for (int i = bytes - 1; i >= 0; --i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xFF));
@@ -192,6 +192,7 @@ struct Scan {
   // Of the sessions restored: queued messages, of which in flight; packet ids
   // awaiting PUBREL. Bans: every ban record, ended or not.
   std::uint64_t queued = 0, inflight = 0, pubrel = 0, bans = 0;
+  std::uint64_t failures = 0;  // failure counters of the brute-force defence
   // Entries of sessions that have no session record.
   std::uint64_t orphan_queued = 0, orphan_inflight = 0, orphan_pubrel = 0;
 };
@@ -322,6 +323,23 @@ void scan(rocksdb::DB& db, Scan& sc) {
     else
       snap.bans.push_back(std::move(b));
   });
+  // Failure counters: every one is loaded; the broker, which knows the window,
+  // drops and forgets those that ended.
+  if (!sc.status.ok()) return;
+  each('f', [&](std::string_view k, std::string_view v) {
+    const auto key = k.substr(1);
+    FailureRecord f;
+    try {
+      if (key.empty() || key.front() == '\0')
+        throw StoreDamaged("damaged failure counter record: no address");
+      f = decode_failures(v);
+    } catch (const StoreDamaged& e) {
+      throw StoreDamaged(with_place(e, "key " + printable(key)));
+    }
+    f.key = std::string(key);
+    ++sc.failures;
+    snap.failures.push_back(std::move(f));
+  });
 }
 
 }  // namespace
@@ -447,6 +465,12 @@ void RocksDbStore::commit(const Batch& b) {
       case Batch::Op::EraseBan:
         wb.Delete("b" + e.key);
         break;
+      case Batch::Op::PutFailures:
+        wb.Put("f" + e.key, e.value);
+        break;
+      case Batch::Op::EraseFailures:
+        wb.Delete("f" + e.key);
+        break;
     }
   }
   rocksdb::WriteOptions wo;
@@ -501,6 +525,7 @@ RocksDbStore::Report RocksDbStore::check() {
   r.pubrel = sc.pubrel;
   r.retained = sc.snap.retained.size();
   r.bans = sc.bans;
+  r.failures = sc.failures;
   r.orphan_queued = sc.orphan_queued;
   r.orphan_inflight = sc.orphan_inflight;
   r.orphan_pubrel = sc.orphan_pubrel;

@@ -10,6 +10,7 @@
 //   "p" be64(session) be16(id)    inbound QoS 2 packet id (not 0) awaiting PUBREL; empty value
 //   "r" topic                     retained message
 //   "b" address                   ban of the brute-force defence
+//   "f" address ['\0' user name]  failure counter of the brute-force defence
 // Entries of a session whose "s" record is gone are removed by load(); an entry
 // that does not decode, an "i" entry without its queued message, two messages of
 // one session in flight with the same packet id, a key of another kind are
@@ -76,6 +77,7 @@ class RocksDbStore final : public Store {
     // (sent, awaiting PUBACK, PUBREC or PUBCOMP), and the inbound QoS 2 packet
     // ids awaiting PUBREL. Bans: every ban record, ended or not.
     std::uint64_t sessions = 0, queued = 0, inflight = 0, pubrel = 0, retained = 0, bans = 0;
+    std::uint64_t failures = 0;  // failure counters of the brute-force defence
     // Entries of sessions that have no session record, by kind: queued
     // messages, in-flight states, packet ids awaiting PUBREL.
     std::uint64_t orphan_queued = 0, orphan_inflight = 0, orphan_pubrel = 0;
