@@ -124,8 +124,14 @@ void Client::close(CloseKind kind, const char* reason) {
     // Flapping: connections that end without DISCONNECT (dropped, taken over,
     // closed for an error) count towards a ban of the client identifier.
     if (const auto& flap = shard_.shared().flapping; flap && kind == CloseKind::Abnormal) {
-      if (auto ban =
-              flap->on_disconnect(client_id_, security::peer_address(transport_.peer()), shard_.now())) {
+      security::FailureCounter count;
+      auto ban =
+          flap->on_disconnect(client_id_, security::peer_address(transport_.peer()), shard_.now(), &count);
+      if (!count.key.empty()) {  // counted: a restart keeps the count
+        count.key.insert(0, store::kClientIdBan);
+        shard_.persist_failures(count);
+      }
+      if (ban) {
         limit_hit(shard_, Limit::FlappingBanned, transport_.peer(), client_id_, [&] {
           return fmt::format("client id banned for {} s: {}", flap->config().ban_time.count(), ban->reason);
         });

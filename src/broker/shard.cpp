@@ -526,6 +526,8 @@ void Shard::tick(TimePoint now) {
     next_ban_check_ = now + kExpiryCheckInterval;
   }
   if (index_ == 0 && shared_.flapping && now >= next_flap_check_) {
+    for (const auto& id : shared_.flapping->take_forgotten(now))
+      forget_failures(std::string(store::kClientIdBan) + id);
     for (const auto& b : shared_.flapping->expire(now)) {
       spdlog::info("ban of client id {} lifted", b.address);
       if (shared_.store) writes().erase_ban(std::string(store::kClientIdBan) + b.address);

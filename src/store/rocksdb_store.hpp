@@ -11,6 +11,7 @@
 //   "r" topic                     retained message
 //   "b" address                   ban of the brute-force defence
 //   "f" address ['\0' user name]  failure counter of the brute-force defence
+//   "f" "id:" client-id           count of flapping detection
 // Entries of a session whose "s" record is gone are removed by load(); an entry
 // that does not decode, an "i" entry without its queued message, two messages of
 // one session in flight with the same packet id, a key of another kind are

@@ -63,9 +63,10 @@ struct BanRecord {
 
 // A failure counter of the brute-force defence (security::FailureCounter): the
 // key is an address (its failures towards a ban) or address + '\0' + user name
-// (that pair's consecutive failures, its backoff). Kept so that a restart does
-// not reset the count towards a ban. The record holds the count and the time
-// (the window's start, or the last failure); the key is the store's.
+// (that pair's consecutive failures, its backoff); or, with kClientIdBan before
+// it, a client identifier's count of flapping detection. Kept so that a restart
+// does not reset the count towards a ban. The record holds the count and the
+// time (the window's start, or the last failure); the key is the store's.
 struct FailureRecord {
   std::string key;
   std::uint32_t failures = 0;      // not 0
