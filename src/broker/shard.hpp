@@ -435,8 +435,9 @@ class Shard {
   // A ban of the brute-force defence, kept across restarts (its end in wall-clock time).
   void persist_ban(const security::Ban& b);
   // A failure counter of the brute-force defence (its count towards a ban or
-  // its backoff), kept across restarts; failures 0 forgets it. No packet waits
-  // for these writes: they ride the turn's commit.
+  // its backoff) or a flapping count, kept across restarts; failures 0 forgets
+  // it. They ride the turn's commit (a refusal sent after them waits for it,
+  // as any reply sent after a store write does).
   void persist_failures(const security::FailureCounter& c);
   void forget_failures(std::string_view key);
   // A client's retained message (PUBLISH or will) within max_retained_messages

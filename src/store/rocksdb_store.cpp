@@ -192,7 +192,7 @@ struct Scan {
   // Of the sessions restored: queued messages, of which in flight; packet ids
   // awaiting PUBREL. Bans: every ban record, ended or not.
   std::uint64_t queued = 0, inflight = 0, pubrel = 0, bans = 0;
-  std::uint64_t failures = 0;  // failure counters of the brute-force defence
+  std::uint64_t failures = 0;  // failure counters (brute-force defence, flapping)
   // Entries of sessions that have no session record.
   std::uint64_t orphan_queued = 0, orphan_inflight = 0, orphan_pubrel = 0;
 };
@@ -323,7 +323,7 @@ void scan(rocksdb::DB& db, Scan& sc) {
     else
       snap.bans.push_back(std::move(b));
   });
-  // Failure counters: every one is loaded; the broker, which knows the window,
+  // Failure counters: every one is loaded; the broker, which knows the windows,
   // drops and forgets those that ended.
   if (!sc.status.ok()) return;
   each('f', [&](std::string_view k, std::string_view v) {

@@ -78,7 +78,7 @@ class RocksDbStore final : public Store {
     // (sent, awaiting PUBACK, PUBREC or PUBCOMP), and the inbound QoS 2 packet
     // ids awaiting PUBREL. Bans: every ban record, ended or not.
     std::uint64_t sessions = 0, queued = 0, inflight = 0, pubrel = 0, retained = 0, bans = 0;
-    std::uint64_t failures = 0;  // failure counters of the brute-force defence
+    std::uint64_t failures = 0;  // failure counters (brute-force defence, flapping)
     // Entries of sessions that have no session record, by kind: queued
     // messages, in-flight states, packet ids awaiting PUBREL.
     std::uint64_t orphan_queued = 0, orphan_inflight = 0, orphan_pubrel = 0;

@@ -84,8 +84,8 @@ struct Snapshot {
   std::vector<RetainedRecord> retained;
   // Bans still in force at load(); those that ended are removed from the store.
   std::vector<BanRecord> bans;
-  // Failure counters of the brute-force defence, every one stored (the broker
-  // knows the window: it drops and forgets those that have ended).
+  // Failure counters (brute-force defence, flapping), every one stored (the
+  // broker knows the windows: it drops and forgets those that have ended).
   std::vector<FailureRecord> failures;
   std::uint64_t next_seq = 1;         // above every stored seq
   std::uint64_t next_session_id = 1;  // above every stored session id
