@@ -394,6 +394,7 @@ int check_store_main(const moat::config::Config& cfg) {
         dir.string(), r.sessions, r.queued, r.inflight, r.pubrel, r.retained, r.bans, r.bytes, r.orphans(),
         r.orphan_queued, r.orphan_inflight, r.orphan_pubrel, r.damaged);
     fmt::print("  replay marks {}\n", r.replay_marks);
+    fmt::print("  failure counters {}\n", r.failures);
     if (r.damaged) {
       for (const auto& d : r.damage) fmt::print("damaged: {}\n", d);
       if (r.damaged > r.damage.size())
@@ -545,6 +546,29 @@ int main(int argc, char** argv) {
     spdlog::info("store: restored {} ban(s) of the brute-force defence", address_bans.size());
     material.defence->restore(std::move(address_bans), steady);
   }
+  // Failure counters: a restart resets neither the count towards a ban nor the
+  // backoff. Address counters go to the brute-force defence, client identifier
+  // counts (kClientIdBan before them) to flapping detection, below. Those not
+  // restored (ended while moatd was stopped, their defence off, of an address
+  // now exempt) are forgotten by the store too.
+  std::vector<security::FailureCounter> address_counters, client_id_counts;
+  std::vector<std::string> counters_dropped;
+  for (auto& f : snapshot.failures) {
+    const auto since = moat::store::from_unix_ms(f.since_unix_ms, steady);
+    if (f.key.starts_with(moat::store::kClientIdBan))
+      client_id_counts.push_back({f.key.substr(moat::store::kClientIdBan.size()), f.failures, since});
+    else if (material.defence)
+      address_counters.push_back({std::move(f.key), f.failures, since});
+    else
+      counters_dropped.push_back(std::move(f.key));
+  }
+  if (material.defence && !address_counters.empty()) {
+    const std::size_t n = address_counters.size();
+    auto dropped = material.defence->restore_failures(std::move(address_counters), steady);
+    if (n > dropped.size())
+      spdlog::info("store: restored {} failure counter(s) of the brute-force defence", n - dropped.size());
+    for (auto& key : dropped) counters_dropped.push_back(std::move(key));
+  }
   shared.acl = material.acl;
   shared.defence = material.defence;
   if (material.iam && material.iam->config().authorize) shared.authorizer = material.iam;
@@ -584,6 +608,26 @@ int main(int argc, char** argv) {
     if (!client_id_bans.empty()) {
       spdlog::info("store: restored {} client id ban(s) of flapping detection", client_id_bans.size());
       shared.flapping->restore(std::move(client_id_bans), steady);
+    }
+    if (!client_id_counts.empty()) {
+      const std::size_t n = client_id_counts.size();
+      auto dropped = shared.flapping->restore_counts(std::move(client_id_counts), steady);
+      if (n > dropped.size())
+        spdlog::info("store: restored {} client id count(s) of flapping detection", n - dropped.size());
+      for (auto& id : dropped) counters_dropped.push_back(std::string(moat::store::kClientIdBan) + id);
+      client_id_counts.clear();
+    }
+  }
+  for (auto& c : client_id_counts)  // flapping detection is off
+    counters_dropped.push_back(std::string(moat::store::kClientIdBan) + c.key);
+  if (!counters_dropped.empty()) {
+    moat::store::Batch forget;
+    for (const auto& key : counters_dropped) forget.erase_failures(key);
+    try {
+      store->commit(forget);
+    } catch (const std::exception& e) {
+      spdlog::critical("store: {}", e.what());
+      return 1;
     }
   }
 

@@ -124,8 +124,14 @@ void Client::close(CloseKind kind, const char* reason) {
     // Flapping: connections that end without DISCONNECT (dropped, taken over,
     // closed for an error) count towards a ban of the client identifier.
     if (const auto& flap = shard_.shared().flapping; flap && kind == CloseKind::Abnormal) {
-      if (auto ban =
-              flap->on_disconnect(client_id_, security::peer_address(transport_.peer()), shard_.now())) {
+      security::FailureCounter count;
+      auto ban =
+          flap->on_disconnect(client_id_, security::peer_address(transport_.peer()), shard_.now(), &count);
+      if (!count.key.empty()) {  // counted: a restart keeps the count
+        count.key.insert(0, store::kClientIdBan);
+        shard_.persist_failures(count);
+      }
+      if (ban) {
         limit_hit(shard_, Limit::FlappingBanned, transport_.peer(), client_id_, [&] {
           return fmt::format("client id banned for {} s: {}", flap->config().ban_time.count(), ban->reason);
         });
@@ -372,7 +378,8 @@ void Client::auth_done(security::AuthResult auth) {
   const std::string_view sent_user = pc.username ? std::string_view(*pc.username) : std::string_view();
 
   if (auth.decision == security::AuthDecision::Allow) {
-    if (defence) defence->success(address, sent_user);
+    if (defence)
+      if (const auto forgotten = defence->success(address, sent_user)) shard_.forget_failures(*forgotten);
     security::AuditEvent e;
     e.event = "auth.success";
     e.client_id = pc.client_id;
@@ -400,7 +407,10 @@ void Client::auth_done(security::AuthResult auth) {
   // An unavailable authentication server is no guess at a password: it is not
   // counted, or an outage would ban every client that tried meanwhile.
   security::AuthThrottle::Failure f;
-  if (defence && !unavailable) f = defence->failure(address, sent_user, shard_.now());
+  if (defence && !unavailable) {
+    f = defence->failure(address, sent_user, shard_.now());
+    for (const auto& c : f.counters) shard_.persist_failures(c);  // a restart keeps the count
+  }
   security::AuditEvent e;
   e.event = "auth.failure";
   e.client_id = pc.client_id;

@@ -185,6 +185,16 @@ void Shard::sweep_replay_marks() {
   }
 }
 
+void Shard::persist_failures(const security::FailureCounter& c) {
+  if (!shared_.store) return;
+  if (c.failures == 0) return forget_failures(c.key);
+  writes().put_failures({c.key, c.failures, store::to_unix_ms(c.since, now_)});
+}
+
+void Shard::forget_failures(std::string_view key) {
+  if (shared_.store) writes().erase_failures(key);
+}
+
 void Shard::retain(const MessagePtr& m, std::string_view peer, std::string_view client_id) {
   const Limits& l = shared_.limits;
   const auto r = shared_.retained.update(m, {l.max_retained_messages, l.max_retained_bytes});
@@ -566,6 +576,7 @@ void Shard::tick(TimePoint now) {
     next_sys_ = now + shared_.sys_interval;
   }
   if (index_ == 0 && shared_.defence && now >= next_ban_check_) {
+    for (const auto& key : shared_.defence->take_forgotten(now)) forget_failures(key);
     for (const auto& b : shared_.defence->expire(now)) {
       spdlog::info("ban of {} lifted", b.address);
       if (shared_.store) writes().erase_ban(b.address);
@@ -579,6 +590,8 @@ void Shard::tick(TimePoint now) {
     next_ban_check_ = now + kExpiryCheckInterval;
   }
   if (index_ == 0 && shared_.flapping && now >= next_flap_check_) {
+    for (const auto& id : shared_.flapping->take_forgotten(now))
+      forget_failures(std::string(store::kClientIdBan) + id);
     for (const auto& b : shared_.flapping->expire(now)) {
       spdlog::info("ban of client id {} lifted", b.address);
       if (shared_.store) writes().erase_ban(std::string(store::kClientIdBan) + b.address);

@@ -443,6 +443,12 @@ class Shard {
   void persist_replay_mark(std::string_view scope, std::string_view sender, std::uint64_t mark,
                            std::chrono::seconds keep);
   void sweep_replay_marks();
+  // A failure counter of the brute-force defence (its count towards a ban or
+  // its backoff) or a flapping count, kept across restarts; failures 0 forgets
+  // it. They ride the turn's commit (a refusal sent after them waits for it,
+  // as any reply sent after a store write does).
+  void persist_failures(const security::FailureCounter& c);
+  void forget_failures(std::string_view key);
   // A client's retained message (PUBLISH or will) within max_retained_messages
   // and max_retained_bytes: stored and persisted, or counted and reported.
   void retain(const MessagePtr& m, std::string_view peer, std::string_view client_id);

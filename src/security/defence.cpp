@@ -145,18 +145,30 @@ std::size_t AuthThrottle::tracked() const {
 void AuthThrottle::make_room(DefenceTime now) {
   if (addresses_.size() + keys_.size() < config_.max_tracked) return;
   // Forget what no longer matters: failures older than the window, full buckets.
-  std::erase_if(keys_, [&](const auto& kv) { return now - kv.second.last >= config_.window; });
+  // The failure counters forgotten are reported (take_forgotten) for the store.
+  std::erase_if(keys_, [&](const auto& kv) {
+    if (now - kv.second.last < config_.window) return false;
+    forgotten_.push_back(kv.first);
+    return true;
+  });
   std::erase_if(addresses_, [&](const auto& kv) {
     const AddressState& s = kv.second;
-    return now - s.touched >= std::max<DefenceClock::duration>(config_.window, std::chrono::seconds(1)) &&
-           (now - s.last_report >= config_.log_interval || !s.reported);
+    const bool stale =
+        now - s.touched >= std::max<DefenceClock::duration>(config_.window, std::chrono::seconds(1)) &&
+        (now - s.last_report >= config_.log_interval || !s.reported);
+    if (stale && s.failures > 0) forgotten_.push_back(kv.first);
+    return stale;
   });
   // Still full (an attack from very many addresses): drop arbitrary entries.
   // The bans themselves are kept; only counters are lost.
-  while (!keys_.empty() && addresses_.size() + keys_.size() >= config_.max_tracked)
+  while (!keys_.empty() && addresses_.size() + keys_.size() >= config_.max_tracked) {
+    forgotten_.push_back(keys_.begin()->first);
     keys_.erase(keys_.begin());
-  while (!addresses_.empty() && addresses_.size() + keys_.size() >= config_.max_tracked)
+  }
+  while (!addresses_.empty() && addresses_.size() + keys_.size() >= config_.max_tracked) {
+    if (addresses_.begin()->second.failures > 0) forgotten_.push_back(addresses_.begin()->first);
     addresses_.erase(addresses_.begin());
+  }
 }
 
 AuthThrottle::AddressState& AuthThrottle::address_state(std::string_view address, DefenceTime now) {
@@ -233,6 +245,7 @@ AuthThrottle::Failure AuthThrottle::failure(std::string_view address, std::strin
   k.failures = k.failures < 1'000'000 ? k.failures + 1 : k.failures;
   k.last = now;
   f.failures = k.failures;
+  f.counters.push_back({it->first, k.failures, k.last});
   if (config_.backoff_initial.count() > 0) {
     // initial * 2^(n-1), capped; the shift is bounded so it cannot overflow.
     const unsigned shift = std::min<std::uint32_t>(k.failures - 1, 30);
@@ -256,17 +269,19 @@ AuthThrottle::Failure AuthThrottle::failure(std::string_view address, std::strin
     st.reported = false;  // the first refusal under the new ban is reported
     st.suppressed = 0;
   }
+  f.counters.push_back({std::string(address), st.failures, st.window_start});
   return f;
 }
 
-void AuthThrottle::success(std::string_view address, std::string_view username) {
-  if (exempt(address)) return;
+std::optional<std::string> AuthThrottle::success(std::string_view address, std::string_view username) {
+  if (exempt(address)) return std::nullopt;
   std::lock_guard lock(mu_);
-  if (keys_.empty()) return;
+  if (keys_.empty()) return std::nullopt;
   std::string key;
   key.append(address).push_back('\0');
   key.append(username);
-  keys_.erase(key);
+  if (keys_.erase(key) == 0) return std::nullopt;
+  return key;
 }
 
 std::vector<Ban> AuthThrottle::expire(DefenceTime now) {
@@ -280,6 +295,49 @@ void AuthThrottle::restore(std::vector<Ban> bans, DefenceTime now) {
     if (b.until <= now || exempt(b.address)) continue;
     bans_->put(std::move(b));
   }
+}
+
+std::vector<std::string> AuthThrottle::restore_failures(std::vector<FailureCounter> counters,
+                                                        DefenceTime now) {
+  std::vector<std::string> dropped;
+  std::lock_guard lock(mu_);
+  for (auto& c : counters) {
+    const auto nul = c.key.find('\0');
+    const std::string_view address = std::string_view(c.key).substr(0, nul);
+    // A time ahead of `now` (the wall clock was set back): counted from now.
+    const DefenceTime since = std::min(c.since, now);
+    if (c.failures == 0 || address.empty() || exempt(address) || now - since >= config_.window) {
+      dropped.push_back(std::move(c.key));
+      continue;
+    }
+    const std::uint32_t failures = std::min<std::uint32_t>(c.failures, 1'000'000);
+    if (nul == std::string::npos) {
+      AddressState& st = address_state(address, now);
+      st.window_start = since;
+      st.failures = failures;
+    } else {
+      make_room(now);
+      keys_.insert_or_assign(std::move(c.key), KeyState{failures, since});
+    }
+  }
+  return dropped;
+}
+
+std::vector<std::string> AuthThrottle::take_forgotten(DefenceTime now) {
+  std::lock_guard lock(mu_);
+  std::vector<std::string> out = std::move(forgotten_);
+  forgotten_.clear();
+  std::erase_if(keys_, [&](const auto& kv) {
+    if (now - kv.second.last < config_.window) return false;
+    out.push_back(kv.first);
+    return true;
+  });
+  for (auto& [address, st] : addresses_) {
+    if (st.failures == 0 || now - st.window_start < config_.window) continue;
+    st.failures = 0;  // failure() would start a new window anyway
+    out.push_back(address);
+  }
+  return out;
 }
 
 }  // namespace moat::security

@@ -87,6 +87,17 @@ class BanList {
   std::vector<Ban> take_ended(DefenceTime now);
 };
 
+// A failure counter of the defence as the store keeps it, so that a restart
+// does not hand out a fresh allowance of guesses. `key` is either an address
+// alone (its failures towards a ban, counted since `since`, the start of its
+// window) or address + '\0' + user name (that pair's consecutive failures, the
+// backoff; `since` is the last one). Addresses never contain '\0'.
+struct FailureCounter {
+  std::string key;
+  std::uint32_t failures = 0;  // 0: the counter is gone (the store forgets it)
+  DefenceTime since{};
+};
+
 class MemoryBanList final : public BanList {
  public:
   std::optional<Ban> find(std::string_view address) const override;
@@ -121,17 +132,29 @@ class AuthThrottle {
     std::chrono::milliseconds delay{0};  // hold the refusal this long
     std::optional<Ban> banned;           // the address was banned by this failure
     std::uint32_t failures = 0;          // consecutive failures of this (address, user)
+    // The counters this failure changed (the pair's, the address's), to store;
+    // one with failures 0 was reset (by the ban) and is to be forgotten.
+    std::vector<FailureCounter> counters;
   };
   // A refused authentication of `username` ("" without one) from `address`.
   Failure failure(std::string_view address, std::string_view username, DefenceTime now);
-  // A successful one: the pair's backoff starts again.
-  void success(std::string_view address, std::string_view username);
+  // A successful one: the pair's backoff starts again. Returns the key of the
+  // pair's counter when there was one (the store forgets it too).
+  std::optional<std::string> success(std::string_view address, std::string_view username);
   // Lifts the bans that ended; returns them (to log them).
   std::vector<Ban> expire(DefenceTime now);
   // Start-up: bans kept from the previous run (the store holds them; the
   // broker writes each ban and unban there). Bans that ended are skipped;
   // exempt addresses are not restored.
   void restore(std::vector<Ban> bans, DefenceTime now);
+  // Start-up: failure counters kept from the previous run. Those whose window
+  // ended by `now`, of exempt addresses, or malformed, are not restored; their
+  // keys are returned (the store forgets them).
+  std::vector<std::string> restore_failures(std::vector<FailureCounter> counters, DefenceTime now);
+  // The keys of the counters forgotten since the last call: their window ended
+  // by `now` (forgotten here), or they made room for others. The broker calls
+  // it with expire() so that the store keeps only what memory has.
+  std::vector<std::string> take_forgotten(DefenceTime now);
 
   bool exempt(std::string_view address) const;
   bool banned(std::string_view address, DefenceTime now) const;
@@ -163,6 +186,8 @@ class AuthThrottle {
   std::unique_ptr<BanList> bans_;
   std::unordered_map<std::string, AddressState> addresses_;
   std::unordered_map<std::string, KeyState> keys_;  // address + '\0' + user name
+  // The failure counters make_room dropped, until take_forgotten.
+  std::vector<std::string> forgotten_;
 };
 
 }  // namespace moat::security

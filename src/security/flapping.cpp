@@ -44,7 +44,7 @@ FlapDetector::Verdict FlapDetector::on_connect(std::string_view client_id, std::
 }
 
 std::optional<Ban> FlapDetector::on_disconnect(std::string_view client_id, std::string_view address,
-                                               DefenceTime now) {
+                                               DefenceTime now, FailureCounter* counted) {
   if (!enabled() || exempt(address)) return std::nullopt;
   std::lock_guard lock(mu_);
   auto it = ids_.find(std::string(client_id));
@@ -58,20 +58,29 @@ std::optional<Ban> FlapDetector::on_disconnect(std::string_view client_id, std::
     st.disconnections = 0;
   }
   ++st.disconnections;
+  if (counted) *counted = {it->first, st.disconnections, st.window_start};
   if (st.disconnections < config_.max) return std::nullopt;
   Ban b{std::string(client_id), now + config_.ban_time,
         std::to_string(st.disconnections) + " disconnections within " +
             std::to_string(config_.window.count()) + " s"};
   bans_->put(b);
   ids_.erase(it);  // after the ban the count starts again
+  if (counted) counted->failures = 0;
   return b;
 }
 
 void FlapDetector::make_room(DefenceTime now) {
   if (ids_.size() < config_.max_tracked) return;
-  std::erase_if(ids_, [&](const auto& kv) { return now - kv.second.window_start >= config_.window; });
+  std::erase_if(ids_, [&](const auto& kv) {
+    if (now - kv.second.window_start < config_.window) return false;
+    forgotten_.push_back(kv.first);
+    return true;
+  });
   // Still full (very many identifiers flapping at once): forget arbitrary ones.
-  while (!ids_.empty() && ids_.size() >= config_.max_tracked) ids_.erase(ids_.begin());
+  while (!ids_.empty() && ids_.size() >= config_.max_tracked) {
+    forgotten_.push_back(ids_.begin()->first);
+    ids_.erase(ids_.begin());
+  }
 }
 
 std::vector<Ban> FlapDetector::expire(DefenceTime now) {
@@ -83,6 +92,33 @@ void FlapDetector::restore(std::vector<Ban> bans, DefenceTime now) {
   std::lock_guard lock(mu_);
   for (auto& b : bans)
     if (b.until > now) bans_->put(std::move(b));
+}
+
+std::vector<std::string> FlapDetector::restore_counts(std::vector<FailureCounter> counts, DefenceTime now) {
+  std::vector<std::string> dropped;
+  std::lock_guard lock(mu_);
+  for (auto& c : counts) {
+    const DefenceTime since = std::min(c.since, now);  // ahead of now: the wall clock went back
+    if (!enabled() || c.failures == 0 || c.key.empty() || now - since >= config_.window) {
+      dropped.push_back(std::move(c.key));
+      continue;
+    }
+    make_room(now);
+    ids_.insert_or_assign(std::move(c.key), State{since, std::min(c.failures, config_.max)});
+  }
+  return dropped;
+}
+
+std::vector<std::string> FlapDetector::take_forgotten(DefenceTime now) {
+  std::lock_guard lock(mu_);
+  std::vector<std::string> out = std::move(forgotten_);
+  forgotten_.clear();
+  std::erase_if(ids_, [&](const auto& kv) {
+    if (now - kv.second.window_start < config_.window) return false;
+    out.push_back(kv.first);
+    return true;
+  });
+  return out;
 }
 
 }  // namespace moat::security

@@ -46,13 +46,23 @@ class FlapDetector {
   // A CONNECT of `client_id` from `address`.
   Verdict on_connect(std::string_view client_id, std::string_view address, DefenceTime now);
   // A connection of `client_id` that had been accepted has ended; returns the
-  // ban this caused, if any.
-  std::optional<Ban> on_disconnect(std::string_view client_id, std::string_view address, DefenceTime now);
+  // ban this caused, if any. A counted end sets `counted` (when given) to the
+  // identifier's count for the store (key: the client identifier; failures:
+  // the ends in the window, 0 once the ban reset it; since: the window's start).
+  std::optional<Ban> on_disconnect(std::string_view client_id, std::string_view address, DefenceTime now,
+                                   FailureCounter* counted = nullptr);
   // Lifts the bans that ended; returns them (to log them).
   std::vector<Ban> expire(DefenceTime now);
   // Bans kept across a restart (Ban::address holds the client identifier);
   // ended ones are skipped.
   void restore(std::vector<Ban> bans, DefenceTime now);
+  // Counts kept from the previous run (FailureCounter::key: the client
+  // identifier); those whose window ended by `now` are not restored, their
+  // keys returned (the store forgets them).
+  std::vector<std::string> restore_counts(std::vector<FailureCounter> counts, DefenceTime now);
+  // The identifiers whose count was forgotten since the last call (window
+  // ended by `now`, or room made for others), for the store.
+  std::vector<std::string> take_forgotten(DefenceTime now);
 
   bool enabled() const { return config_.max > 0; }
   bool exempt(std::string_view address) const;
@@ -70,6 +80,7 @@ class FlapDetector {
   mutable std::mutex mu_;
   std::unique_ptr<BanList> bans_;
   std::unordered_map<std::string, State> ids_;
+  std::vector<std::string> forgotten_;  // counts make_room dropped
 };
 
 }  // namespace moat::security

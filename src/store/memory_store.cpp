@@ -53,6 +53,12 @@ void MemoryStore::commit(const Batch& b) {
       case Batch::Op::EraseReplayMark:
         if (auto it = replay_marks_.find(e.key); it != replay_marks_.end()) replay_marks_.erase(it);
         break;
+      case Batch::Op::PutFailures:
+        failures_.insert_or_assign(e.key, e.value);
+        break;
+      case Batch::Op::EraseFailures:
+        if (auto it = failures_.find(e.key); it != failures_.end()) failures_.erase(it);
+        break;
     }
   }
 }
@@ -95,6 +101,11 @@ Snapshot MemoryStore::load() {
     ++it;
   }
   for (const auto& [key, bytes] : replay_marks_) snap.replay_marks.push_back(decode_replay_mark(bytes));
+  for (const auto& [key, bytes] : failures_) {
+    auto f = decode_failures(bytes);
+    f.key = key;
+    snap.failures.push_back(std::move(f));
+  }
   for (auto it = queued_.begin(); it != queued_.end();) {
     if (!by_id.count(it->first.first)) {
       inflight_.erase(it->first);

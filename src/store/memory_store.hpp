@@ -27,6 +27,8 @@ class MemoryStore final : public Store {
   std::map<std::string, std::string, std::less<>> bans_;  // address -> record
   // replay_mark_key() -> record
   std::map<std::string, std::string, std::less<>> replay_marks_;
+  // Failure counter key -> record.
+  std::map<std::string, std::string, std::less<>> failures_;
   std::uint64_t commits_ = 0;
 };
 

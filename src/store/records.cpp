@@ -82,7 +82,7 @@ class Reader {
   const char* what_;
 };
 
-enum Kind : std::uint8_t { kSession = 1, kQueued = 2, kRetained = 3, kBan = 4 };
+enum Kind : std::uint8_t { kSession = 1, kQueued = 2, kRetained = 3, kBan = 4, kFailures = 5 };
 constexpr std::uint8_t kReplayMark = 9;
 
 }  // namespace
@@ -212,6 +212,25 @@ std::string replay_mark_key(std::string_view scope, std::uint32_t loop, std::str
   return k;
 }
 
+std::string encode(const FailureRecord& f) {
+  Writer w(kFailures);
+  w.u64(f.failures);
+  w.u64(static_cast<std::uint64_t>(f.since_unix_ms));
+  return w.take();
+}
+
+FailureRecord decode_failures(std::string_view bytes) {
+  Reader r(bytes, kFailures, "failure counter");
+  FailureRecord f;
+  const auto n = r.u64();
+  f.since_unix_ms = static_cast<std::int64_t>(r.u64());
+  r.done();
+  if (n == 0 || n > 0xFFFFFFFFu)
+    throw StoreDamaged("damaged failure counter record: count " + std::to_string(n));
+  f.failures = static_cast<std::uint32_t>(n);
+  return f;
+}
+
 std::int64_t unix_ms_now() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
              std::chrono::system_clock::now().time_since_epoch())
@@ -305,6 +324,15 @@ void Batch::put_replay_mark(const ReplayMarkRecord& m) {
 }
 void Batch::erase_replay_mark(std::string_view key) {
   add(Op::EraseReplayMark, 0, 0).key = std::string(key);
+}
+
+void Batch::put_failures(const FailureRecord& f) {
+  Entry& e = add(Op::PutFailures, 0, 0);
+  e.key = f.key;
+  e.value = encode(f);
+}
+void Batch::erase_failures(std::string_view key) {
+  add(Op::EraseFailures, 0, 0).key = std::string(key);
 }
 
 }  // namespace moat::store

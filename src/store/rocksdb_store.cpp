@@ -16,7 +16,7 @@ namespace {
 
 constexpr std::string_view kFormatKey = "F";
 constexpr std::string_view kFormat = "moat-store-1";
-constexpr std::string_view kKinds = "bipqrsw";  // first byte of every other key
+constexpr std::string_view kKinds = "bfipqrsw";  // first byte of every other key
 
 void put_be(std::string& out, std::uint64_t v, int bytes) {
   for (int i = bytes - 1; i >= 0; --i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xFF));
@@ -193,6 +193,7 @@ struct Scan {
   // awaiting PUBREL. Bans: every ban record, ended or not.
   std::uint64_t queued = 0, inflight = 0, pubrel = 0, bans = 0;
   std::uint64_t replay_marks = 0;
+  std::uint64_t failures = 0;  // failure counters (brute-force defence, flapping)
   // Entries of sessions that have no session record.
   std::uint64_t orphan_queued = 0, orphan_inflight = 0, orphan_pubrel = 0;
 };
@@ -339,6 +340,23 @@ void scan(rocksdb::DB& db, Scan& sc) {
     ++sc.replay_marks;
     snap.replay_marks.push_back(std::move(m));
   });
+  // Failure counters: every one is loaded; the broker, which knows the windows,
+  // drops and forgets those that ended.
+  if (!sc.status.ok()) return;
+  each('f', [&](std::string_view k, std::string_view v) {
+    const auto key = k.substr(1);
+    FailureRecord f;
+    try {
+      if (key.empty() || key.front() == '\0')
+        throw StoreDamaged("damaged failure counter record: no address");
+      f = decode_failures(v);
+    } catch (const StoreDamaged& e) {
+      throw StoreDamaged(with_place(e, "key " + printable(key)));
+    }
+    f.key = std::string(key);
+    ++sc.failures;
+    snap.failures.push_back(std::move(f));
+  });
 }
 
 }  // namespace
@@ -470,6 +488,12 @@ void RocksDbStore::commit(const Batch& b) {
       case Batch::Op::EraseReplayMark:
         wb.Delete("w" + e.key);
         break;
+      case Batch::Op::PutFailures:
+        wb.Put("f" + e.key, e.value);
+        break;
+      case Batch::Op::EraseFailures:
+        wb.Delete("f" + e.key);
+        break;
     }
   }
   rocksdb::WriteOptions wo;
@@ -525,6 +549,7 @@ RocksDbStore::Report RocksDbStore::check() {
   r.retained = sc.snap.retained.size();
   r.bans = sc.bans;
   r.replay_marks = sc.replay_marks;
+  r.failures = sc.failures;
   r.orphan_queued = sc.orphan_queued;
   r.orphan_inflight = sc.orphan_inflight;
   r.orphan_pubrel = sc.orphan_pubrel;

@@ -11,6 +11,8 @@
 //   "r" topic                     retained message
 //   "b" address                   ban of the brute-force defence
 //   "w" scope 0 be32(loop) sender replay mark of a payload policy's keyring (ReplayMarkRecord)
+//   "f" address ['\0' user name]  failure counter of the brute-force defence
+//   "f" "id:" client-id           count of flapping detection
 // Entries of a session whose "s" record is gone are removed by load(); an entry
 // that does not decode, an "i" entry without its queued message, two messages of
 // one session in flight with the same packet id, a key of another kind are
@@ -78,6 +80,7 @@ class RocksDbStore final : public Store {
     // ids awaiting PUBREL. Bans: every ban record, ended or not.
     std::uint64_t sessions = 0, queued = 0, inflight = 0, pubrel = 0, retained = 0, bans = 0;
     std::uint64_t replay_marks = 0;  // every mark, stale ones included (start-up removes those)
+    std::uint64_t failures = 0;      // failure counters (brute-force defence, flapping)
     // Entries of sessions that have no session record, by kind: queued
     // messages, in-flight states, packet ids awaiting PUBREL.
     std::uint64_t orphan_queued = 0, orphan_inflight = 0, orphan_pubrel = 0;

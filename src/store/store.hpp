@@ -8,7 +8,8 @@
 // What is durable: persistent sessions (clean session 0) with their
 // subscriptions, every message queued for or in flight to them, the inbound
 // QoS 2 packet ids awaiting PUBREL, retained messages, the addresses the
-// brute-force defence banned, and the replay marks of the payload policies.
+// brute-force defence banned with its failure counters, and the replay marks
+// of the payload policies.
 #pragma once
 
 #include <chrono>
@@ -79,6 +80,17 @@ struct ReplayMarkRecord {
 // The record's key after its kind: scope, a 0 byte (never in a file name),
 // be32(loop), sender.
 std::string replay_mark_key(std::string_view scope, std::uint32_t loop, std::string_view sender);
+// A failure counter of the brute-force defence (security::FailureCounter): the
+// key is an address (its failures towards a ban) or address + '\0' + user name
+// (that pair's consecutive failures, its backoff); or, with kClientIdBan before
+// it, a client identifier's count of flapping detection. Kept so that a restart
+// does not reset the count towards a ban. The record holds the count and the
+// time (the window's start, or the last failure); the key is the store's.
+struct FailureRecord {
+  std::string key;
+  std::uint32_t failures = 0;      // not 0
+  std::int64_t since_unix_ms = 0;  // milliseconds since 1970-01-01 UTC
+};
 
 // Everything durable, as read at start-up.
 struct Snapshot {
@@ -93,6 +105,9 @@ struct Snapshot {
   std::vector<BanRecord> bans;
   // Every replay mark (their age is judged against the keyrings' limits).
   std::vector<ReplayMarkRecord> replay_marks;
+  // Failure counters (brute-force defence, flapping), every one stored (the
+  // broker knows the windows: it drops and forgets those that have ended).
+  std::vector<FailureRecord> failures;
   std::uint64_t next_seq = 1;         // above every stored seq
   std::uint64_t next_session_id = 1;  // above every stored session id
   // Messages stored for sessions that had ended when the broker stopped (a crash
@@ -118,7 +133,9 @@ class Batch {
     PutBan,
     EraseBan,
     PutReplayMark,
-    EraseReplayMark
+    EraseReplayMark,
+    PutFailures,
+    EraseFailures
   };
   struct Entry {
     Op op = Op::PutSession;
@@ -126,7 +143,7 @@ class Batch {
     std::uint64_t seq = 0;        // queued seq, or the packet id for Pubrel ops
     std::uint16_t packet_id = 0;  // PutInflight
     std::uint8_t state = 0;       // PutInflight; EraseQueued: 1 = its in-flight entry too
-    std::string key;              // client id, topic or banned address
+    std::string key;              // client id, topic, banned address or failure counter key
     std::string value;            // encoded record (see codec functions below)
   };
 
@@ -151,6 +168,8 @@ class Batch {
   void erase_ban(std::string_view address);
   void put_replay_mark(const ReplayMarkRecord& m);
   void erase_replay_mark(std::string_view key);  // replay_mark_key()
+  void put_failures(const FailureRecord& f);
+  void erase_failures(std::string_view key);
 
   bool empty() const { return entries_.empty(); }
   std::size_t size() const { return entries_.size(); }
@@ -210,6 +229,9 @@ QueuedRecord decode_queued(std::string_view bytes);
 RetainedRecord decode_retained(std::string_view bytes);
 BanRecord decode_ban(std::string_view bytes);
 ReplayMarkRecord decode_replay_mark(std::string_view bytes);
+// The count and time only (the key is the store's): `key` is left empty.
+std::string encode(const FailureRecord& f);
+FailureRecord decode_failures(std::string_view bytes);
 // The time load() compares ban ends with (wall clock, Unix milliseconds).
 std::int64_t unix_ms_now();
 // Records keep times on the wall clock, which survives a restart; the broker

@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import time
 
 import pytest
@@ -306,5 +307,48 @@ def test_bans_survive_a_restart(secure_broker, passwd_text):
         finally:
             c.close()
         again.wait_for_log(r"refusing connections from 127\.0\.0\.1: address banned")
+    finally:
+        assert again.stop(signal.SIGTERM, 10) == 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_failure_counts_survive_a_restart(secure_broker, passwd_text, sig):
+    """The failure counters are written to the store with each failure and
+    restored at start: a restart, even a crash right after the last refusal,
+    hands out no fresh allowance of guesses below the ban threshold, and the
+    backoff of the (address, user name) goes on where it was
+    (docs/durability.md)."""
+    from conftest import MOATD, Broker
+    from pki import LISTENER_RE, Endpoint
+
+    ban_after = 4
+    b = secure_broker(listeners=PASSWORD, password_file="passwd", files={"passwd": passwd_text},
+                      extra=defence(ban_after=ban_after, backoff_initial=0.05, backoff_max=0.4,
+                                    window=600, ban_time=600))
+    ep = b.endpoints["plain"]
+    for i in range(ban_after - 1):
+        rc, _ = timed_connack(ep, "alice", "guess-%d" % i)
+        assert rc == BAD_CREDENTIALS, (i, rc)
+    assert "banned 127.0.0.1" not in b.log_text()  # one failure short of the ban
+    code = b.stop(sig, 10)
+    assert code == (0 if sig == signal.SIGTERM else -signal.SIGKILL), code
+    # The address's count and alice's, as --check-store reports them.
+    r = subprocess.run([MOATD, "-c", b.config_path, "--check-store"], cwd=str(b.workdir),
+                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       timeout=scaled(30))
+    out = r.stdout.decode()
+    assert r.returncode == 0 and "\n  failure counters 2\n" in out, (r.returncode, out, r.stderr)
+    again = Broker([MOATD, "-c", b.config_path], cwd=str(b.workdir), config_path=b.config_path)
+    try:
+        again.wait_for_log(r"store: restored 2 failure counter\(s\) of the brute-force defence")
+        m = again.wait_for_log(LISTENER_RE.pattern)
+        ep2 = Endpoint(m.group(1), int(m.group(2)))
+        # alice's fourth failure is held 0.05 * 2^3 s, as without the restart,
+        # and as the address's fourth within the window it bans 127.0.0.1.
+        rc, took = timed_connack(ep2, "alice", "guess-last")
+        assert rc == BAD_CREDENTIALS, rc
+        assert took >= 0.4 - 0.02, "the backoff started again after the restart: %.3fs" % took
+        again.wait_for_log(r"banned 127\.0\.0\.1 for 600 s: %d failed authentications within 600 s" % ban_after)
+        assert timed_connack(ep2, "alice", USERS["alice"])[0] is None, "no ban after the restart"
     finally:
         assert again.stop(signal.SIGTERM, 10) == 0

@@ -223,3 +223,38 @@ def test_flapping_ban_survives_a_restart(limited_broker):
         roundtrip(again)  # another identifier is unaffected
     finally:
         assert again.stop(signal.SIGTERM, 10) == 0
+
+
+def test_flapping_count_survives_a_restart(limited_broker):
+    """The drops of a client identifier within the window are written to the
+    store and restored at start: a restart does not reset the count towards
+    its ban (docs/limits.md)."""
+    import signal
+
+    b = limited_broker({"flapping_max": 3, "flapping_window": 600, "flapping_delay": 0.05,
+                        "flapping_ban_time": 600})
+    cid = uniq("flap-count")
+
+    def drop(broker):
+        c = raw(broker, name="flap")
+        c.connect(cid)
+        mark = broker.log_mark()
+        c.abort()  # no DISCONNECT: a drop
+        broker.wait_for_log(r"client %s from .* disconnected: connection lost" % cid, since=mark)
+
+    for _ in range(2):
+        drop(b)
+    assert "client id banned" not in b.log_text()  # one drop short of the ban
+    assert b.stop(signal.SIGTERM, 10) == 0
+    again = Broker([__import__("conftest").MOATD, "-c", b.config_path], cwd=str(b.workdir),
+                   config_path=b.config_path)
+    try:
+        again.wait_for_log(r"store: restored 1 client id count\(s\) of flapping detection")
+        again.wait_listening()
+        drop(again)  # the third within the window
+        again.wait_for_log(r"limit flapping_max hit by 127\.0\.0\.1:\d+ \(%s\): client id banned for 600 s"
+                           % cid)
+        with raw(again) as c:
+            c.connect(cid, expect_rc=NOT_AUTHORIZED)
+    finally:
+        assert again.stop(signal.SIGTERM, 10) == 0

@@ -3,6 +3,8 @@
 // connection rates, reporting once per interval, bounded memory, addresses.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <map>
 #include <thread>
 
 #include "security/defence.hpp"
@@ -274,6 +276,139 @@ TEST(AuthThrottle, ConcurrentUse) {
     });
   for (auto& th : threads) th.join();
   SUCCEED();
+}
+
+// What the store would hold: each failure's counters written, those at 0 and
+// those forgotten erased (as the broker does, Shard::persist_failures).
+using Stored = std::map<std::string, FailureCounter>;
+void keep(Stored& stored, const AuthThrottle::Failure& f) {
+  for (const auto& c : f.counters) {
+    if (c.failures == 0)
+      stored.erase(c.key);
+    else
+      stored[c.key] = c;
+  }
+}
+std::vector<FailureCounter> all(const Stored& stored) {
+  std::vector<FailureCounter> out;
+  for (const auto& [k, c] : stored) out.push_back(c);
+  return out;
+}
+const std::string kPairA = std::string("192.0.2.1") + '\0' + "alice";
+
+TEST(AuthThrottle, FailuresReportTheCountersToStore) {
+  AuthThrottle t(test_config());  // ban_after 5, window 60 s
+  auto f = t.failure("192.0.2.1", "alice", kT0);
+  ASSERT_EQ(f.counters.size(), 2u);
+  EXPECT_EQ(f.counters[0].key, kPairA);
+  EXPECT_EQ(f.counters[0].failures, 1u);
+  EXPECT_EQ(f.counters[0].since, kT0);  // the pair's last failure
+  EXPECT_EQ(f.counters[1].key, "192.0.2.1");
+  EXPECT_EQ(f.counters[1].failures, 1u);
+  EXPECT_EQ(f.counters[1].since, kT0);  // the address's window start
+  f = t.failure("192.0.2.1", "alice", kT0 + seconds(2));
+  EXPECT_EQ(f.counters[0].failures, 2u);
+  EXPECT_EQ(f.counters[0].since, kT0 + seconds(2));
+  EXPECT_EQ(f.counters[1].failures, 2u);
+  EXPECT_EQ(f.counters[1].since, kT0);
+  // A success forgets the pair's counter (not the address's).
+  EXPECT_EQ(t.success("192.0.2.1", "alice"), kPairA);
+  EXPECT_EQ(t.success("192.0.2.1", "alice"), std::nullopt);
+  EXPECT_EQ(t.success("192.0.2.1", "bob"), std::nullopt);
+  // The ban resets the address's count: its counter goes.
+  for (int i = 0; i < 2; ++i) t.failure("192.0.2.1", "bob", kT0 + seconds(3));
+  f = t.failure("192.0.2.1", "bob", kT0 + seconds(3));
+  ASSERT_TRUE(f.banned);
+  EXPECT_EQ(f.counters[1].key, "192.0.2.1");
+  EXPECT_EQ(f.counters[1].failures, 0u);
+  // Exempt addresses have none.
+  DefenceConfig cfg = test_config();
+  cfg.allow = {*Cidr::parse("198.51.100.0/24")};
+  AuthThrottle exempt(cfg);
+  EXPECT_TRUE(exempt.failure("198.51.100.1", "alice", kT0).counters.empty());
+}
+
+TEST(AuthThrottle, CountersWhoseWindowEndedAreForgottenAndReported) {
+  AuthThrottle t(test_config());
+  t.failure("192.0.2.1", "alice", kT0);
+  t.failure("192.0.2.2", "bob", kT0 + seconds(30));
+  EXPECT_TRUE(t.take_forgotten(kT0 + seconds(59)).empty());
+  auto gone = t.take_forgotten(kT0 + seconds(60));
+  std::sort(gone.begin(), gone.end());
+  EXPECT_EQ(gone, (std::vector<std::string>{"192.0.2.1", kPairA}));
+  EXPECT_TRUE(t.take_forgotten(kT0 + seconds(61)).empty());  // once
+  // The address's next failure starts a new window.
+  const auto f = t.failure("192.0.2.1", "alice", kT0 + seconds(70));
+  EXPECT_EQ(f.counters[0].failures, 1u);
+  EXPECT_EQ(f.counters[1].failures, 1u);
+  EXPECT_EQ(f.delay, milliseconds(100));
+}
+
+TEST(AuthThrottle, CountersDroppedToBoundMemoryAreReported) {
+  auto cfg = test_config();
+  cfg.max_tracked = 10;
+  cfg.ban_after = 0;
+  AuthThrottle t(cfg);
+  Stored stored;
+  for (int i = 0; i < 100; ++i) keep(stored, t.failure("192.0.2." + std::to_string(i), "u", kT0));
+  for (const auto& key : t.take_forgotten(kT0)) stored.erase(key);
+  // The store keeps no more than memory does.
+  EXPECT_LE(stored.size(), t.tracked());
+  EXPECT_LE(t.tracked(), 10u);
+}
+
+TEST(AuthThrottle, RestoredFailuresCountTowardsTheBanAndTheBackoff) {
+  DefenceConfig cfg = test_config();  // ban_after 5, window 60 s, backoff 100 ms doubling
+  cfg.allow = {*Cidr::parse("198.51.100.0/24")};
+  Stored stored;
+  {
+    AuthThrottle before(cfg);
+    for (int i = 0; i < 3; ++i) keep(stored, before.failure("192.0.2.1", "alice", kT0 + seconds(i)));
+    keep(stored, before.failure("192.0.2.1", "bob", kT0 + seconds(3)));
+    keep(stored, before.failure("192.0.2.9", "carol", kT0));
+  }
+  ASSERT_EQ(stored.size(), 5u);
+  auto counters = all(stored);
+  counters.push_back({std::string("198.51.100.7") + '\0' + "dave", 3, kT0});  // now exempt
+  counters.push_back({"198.51.100.7", 3, kT0});
+  counters.push_back({"192.0.2.50", 0, kT0});                  // no count
+  counters.push_back({std::string(1, '\0') + "eve", 2, kT0});  // no address
+  // The broker restarts 50 s later: the window of 192.0.2.1 (from kT0) has 10 s left.
+  AuthThrottle after(cfg);
+  const DefenceTime now = kT0 + seconds(50);
+  auto dropped = after.restore_failures(counters, now);
+  std::sort(dropped.begin(), dropped.end());
+  EXPECT_EQ(dropped, (std::vector<std::string>{std::string(1, '\0') + "eve", "192.0.2.50", "198.51.100.7",
+                                               std::string("198.51.100.7") + '\0' + "dave"}));
+  // alice's fourth failure is held as long as it would have been without the
+  // restart, and as the fifth of its address within the window it bans it.
+  auto f = after.failure("192.0.2.1", "alice", now);
+  EXPECT_EQ(f.failures, 4u);
+  EXPECT_EQ(f.delay, milliseconds(800));
+  ASSERT_TRUE(f.banned);
+  EXPECT_TRUE(after.banned("192.0.2.1", now));
+  f = after.failure("192.0.2.9", "carol", now);
+  EXPECT_EQ(f.failures, 2u);
+  EXPECT_EQ(f.delay, milliseconds(200));
+  EXPECT_FALSE(f.banned);
+}
+
+TEST(AuthThrottle, RestoredFailuresWhoseWindowEndedAreDropped) {
+  AuthThrottle t(test_config());
+  const std::vector<FailureCounter> counters{
+      {"192.0.2.1", 4, kT0}, {kPairA, 4, kT0}, {"192.0.2.2", 4, kT0 + seconds(30)}};
+  auto dropped = t.restore_failures(counters, kT0 + seconds(60));
+  std::sort(dropped.begin(), dropped.end());
+  EXPECT_EQ(dropped, (std::vector<std::string>{"192.0.2.1", kPairA}));
+  // The one restored: one more failure bans 192.0.2.2; 192.0.2.1 starts afresh.
+  EXPECT_TRUE(t.failure("192.0.2.2", "x", kT0 + seconds(61)).banned);
+  const auto f = t.failure("192.0.2.1", "alice", kT0 + seconds(61));
+  EXPECT_FALSE(f.banned);
+  EXPECT_EQ(f.failures, 1u);
+  // A time ahead of now (the wall clock went back) counts from now.
+  AuthThrottle later(test_config());
+  EXPECT_TRUE(later.restore_failures({{"192.0.2.3", 4, kT0 + seconds(3600)}}, kT0).empty());
+  EXPECT_TRUE(later.failure("192.0.2.3", "x", kT0 + seconds(59)).banned);
 }
 
 }  // namespace

@@ -268,5 +268,60 @@ TEST(Stores, ReplayMarksSurviveAReopenOnePerLoopAndSender) {
   EXPECT_EQ(report.damaged, 0u);
 }
 
+TEST(Stores, FailureCountersSurviveAReopenAndErasedOnesGo) {
+  const std::string pair = std::string("192.0.2.1") + '\0' + "alice";
+  auto write = [&](Store& s) {
+    Batch b;
+    b.put_failures({"192.0.2.1", 3, 1'767'225'600'000});
+    b.put_failures({pair, 2, 1'767'225'601'000});
+    b.put_failures({"192.0.2.2", 1, 1'767'225'602'000});
+    b.put_failures({"192.0.2.1", 4, 1'767'225'600'000});  // a later count replaces the first
+    s.commit(b);
+    Batch forgotten;
+    forgotten.erase_failures("192.0.2.2");
+    s.commit(forgotten);
+  };
+  auto check = [&](Store& s) {
+    const Snapshot snap = s.load();
+    ASSERT_EQ(snap.failures.size(), 2u);  // in key order
+    EXPECT_EQ(snap.failures[0].key, "192.0.2.1");
+    EXPECT_EQ(snap.failures[0].failures, 4u);
+    EXPECT_EQ(snap.failures[0].since_unix_ms, 1'767'225'600'000);
+    EXPECT_EQ(snap.failures[1].key, pair);
+    EXPECT_EQ(snap.failures[1].failures, 2u);
+    EXPECT_EQ(snap.failures[1].since_unix_ms, 1'767'225'601'000);
+  };
+  {
+    MemoryStore m;
+    write(m);
+    check(m);
+  }
+  TempDir dir;
+  const RocksDbOptions o{dir.path() / "store", Durability::Sync, std::chrono::milliseconds(100)};
+  {
+    RocksDbStore r(o);
+    write(r);
+  }
+  RocksDbStore reopened(o);
+  check(reopened);
+  const auto report = reopened.check();
+  EXPECT_EQ(report.failures, 2u);
+  EXPECT_EQ(report.damaged, 0u);
+}
+
+TEST(Records, FailureRecordRoundTripsAndRefusesDamage) {
+  const FailureRecord f{"ignored", 7, 1'767'225'600'123};
+  const std::string bytes = encode(f);
+  const FailureRecord d = decode_failures(bytes);
+  EXPECT_EQ(d.key, "");  // the key is the store's
+  EXPECT_EQ(d.failures, 7u);
+  EXPECT_EQ(d.since_unix_ms, f.since_unix_ms);
+  EXPECT_THROW(decode_failures(bytes.substr(0, bytes.size() - 1)), StoreError);
+  EXPECT_THROW(decode_failures(bytes + "x"), StoreError);
+  EXPECT_THROW(decode_failures(encode(BanRecord{"192.0.2.1", 1, "r"})), StoreError);
+  EXPECT_THROW(decode_failures(encode(FailureRecord{"", 0, 1})),
+               StoreDamaged);  // a count of 0 is never stored
+}
+
 }  // namespace
 }  // namespace moat::store

@@ -375,5 +375,40 @@ TEST(StoreCheck, ReplayMarksAreCountedAndOnesThatDoNotDecodeAreDamage) {
   expect_load_refuses(dir, r.damage[0]);
 }
 
+TEST(StoreCheck, FailureCountersAreCountedAndMalformedOnesAreDamage) {
+  StoreDir dir;
+  write_good_session(dir);
+  {
+    RocksDbStore s(dir.options());
+    Batch b;
+    b.put_failures({"192.0.2.1", 3, 1'767'225'600'000});
+    b.put_failures({std::string("192.0.2.1") + '\0' + "alice", 3, 1'767'225'600'000});
+    s.commit(b);
+  }
+  auto r = check(dir);
+  EXPECT_EQ(r.failures, 2u);
+  EXPECT_EQ(r.damaged, 0u);
+  const std::string good = encode(FailureRecord{"", 1, 1'767'225'600'000});
+  const std::vector<std::pair<std::pair<std::string, std::string>, std::string>> cases{
+      {{"f192.0.2.2", good.substr(0, good.size() - 1)},
+       "damaged failure counter record (key \"192.0.2.2\"): truncated"},
+      {{"f192.0.2.3", encode(FailureRecord{"", 0, 1})},
+       "damaged failure counter record (key \"192.0.2.3\"): count 0"},
+      {{"f", good}, "damaged failure counter record (key \"\"): no address"},
+      {{std::string("f") + '\0' + "bob", good},
+       "damaged failure counter record (key \"\\x00bob\"): no address"},
+  };
+  for (const auto& [entry, what] : cases) {
+    SCOPED_TRACE(what);
+    StoreDir bad;
+    write_good_session(bad);
+    put_raw(bad, {entry});
+    r = check(bad);
+    ASSERT_EQ(r.damage.size(), 1u);
+    EXPECT_EQ(r.damage[0], what);
+    expect_load_refuses(bad, what);
+  }
+}
+
 }  // namespace
 }  // namespace moat::store
