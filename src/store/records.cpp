@@ -301,38 +301,34 @@ void Batch::put_pubrel(std::uint64_t session_id, std::uint16_t packet_id) {
 void Batch::erase_pubrel(std::uint64_t session_id, std::uint16_t packet_id) {
   add(Op::ErasePubrel, session_id, packet_id);
 }
+void Batch::add_keyed(Op op, std::string_view key, std::string value) {
+  Entry& e = add(op, 0, 0);
+  e.key = std::string(key);
+  e.value = std::move(value);
+}
 void Batch::put_retained(const RetainedRecord& r) {
-  Entry& e = add(Op::PutRetained, 0, 0);
-  e.key = r.topic;
-  e.value = encode(r);
+  add_keyed(Op::PutRetained, r.topic, encode(r));
 }
 void Batch::erase_retained(std::string_view topic) {
-  add(Op::EraseRetained, 0, 0).key = std::string(topic);
+  add_keyed(Op::EraseRetained, topic);
 }
 void Batch::put_ban(const BanRecord& b) {
-  Entry& e = add(Op::PutBan, 0, 0);
-  e.key = b.address;
-  e.value = encode(b);
+  add_keyed(Op::PutBan, b.address, encode(b));
 }
 void Batch::erase_ban(std::string_view address) {
-  add(Op::EraseBan, 0, 0).key = std::string(address);
+  add_keyed(Op::EraseBan, address);
 }
 void Batch::put_replay_mark(const ReplayMarkRecord& m) {
-  Entry& e = add(Op::PutReplayMark, 0, 0);
-  e.key = replay_mark_key(m.scope, m.loop, m.sender);
-  e.value = encode(m);
+  add_keyed(Op::PutReplayMark, replay_mark_key(m.scope, m.loop, m.sender), encode(m));
 }
 void Batch::erase_replay_mark(std::string_view key) {
-  add(Op::EraseReplayMark, 0, 0).key = std::string(key);
+  add_keyed(Op::EraseReplayMark, key);
 }
-
 void Batch::put_failures(const FailureRecord& f) {
-  Entry& e = add(Op::PutFailures, 0, 0);
-  e.key = f.key;
-  e.value = encode(f);
+  add_keyed(Op::PutFailures, f.key, encode(f));
 }
 void Batch::erase_failures(std::string_view key) {
-  add(Op::EraseFailures, 0, 0).key = std::string(key);
+  add_keyed(Op::EraseFailures, key);
 }
 
 }  // namespace moat::store

@@ -184,6 +184,9 @@ class Batch {
 
  private:
   Entry& add(Op op, std::uint64_t session_id, std::uint64_t seq);
+  // An operation on a record named by a key of its kind (retained, ban, replay
+  // mark, failure counter): the value is empty for an erase.
+  void add_keyed(Op op, std::string_view key, std::string value = {});
   std::vector<Entry> entries_;
   std::unordered_map<std::uint64_t, std::size_t> queued_at_;  // seq -> its PutQueued entry
 };
