@@ -277,9 +277,9 @@ TEST_F(PayloadPolicyTest, StoredReplayMarksRefuseWhatWasAcceptedBeforeARestart) 
   const std::string scope(v.replay_scope);
   const std::vector<store::ReplayMarkRecord> marks{
       {scope, 0, "m", *v.replay_mark, now - 1000},
-      {scope, 1, "m", *v.replay_mark - 1, now - 1000},      // a lower mark of another loop
-      {scope, 0, "gone", 99, now - (300 + 60) * 1000 - 1},  // older than max_age + max_future
-      {(dir_ / "other.toml").string(), 0, "m", 1, now},     // a keyring no longer configured
+      {scope, 1, "m", *v.replay_mark - 1, now - 1000},                  // a lower mark of another loop
+      {scope, 0, "gone", 99, now - std::int64_t{300 + 60} * 1000 - 1},  // older than max_age + max_future
+      {(dir_ / "other.toml").string(), 0, "m", 1, now},                 // a keyring no longer configured
   };
   auto after = PayloadPolicies::load(specs);  // a restart: empty windows
   const auto restored = after->restore_replay_marks(marks, now);

@@ -294,7 +294,7 @@ std::vector<FailureCounter> all(const Stored& stored) {
   for (const auto& [k, c] : stored) out.push_back(c);
   return out;
 }
-const std::string kPairA = std::string("192.0.2.1") + '\0' + "alice";
+constexpr std::string_view kPairA{"192.0.2.1\0alice", 15};  // address, 0 byte, user name
 
 TEST(AuthThrottle, FailuresReportTheCountersToStore) {
   AuthThrottle t(test_config());  // ban_after 5, window 60 s
@@ -335,7 +335,7 @@ TEST(AuthThrottle, CountersWhoseWindowEndedAreForgottenAndReported) {
   EXPECT_TRUE(t.take_forgotten(kT0 + seconds(59)).empty());
   auto gone = t.take_forgotten(kT0 + seconds(60));
   std::sort(gone.begin(), gone.end());
-  EXPECT_EQ(gone, (std::vector<std::string>{"192.0.2.1", kPairA}));
+  EXPECT_EQ(gone, (std::vector<std::string>{"192.0.2.1", std::string(kPairA)}));
   EXPECT_TRUE(t.take_forgotten(kT0 + seconds(61)).empty());  // once
   // The address's next failure starts a new window.
   const auto f = t.failure("192.0.2.1", "alice", kT0 + seconds(70));
@@ -396,10 +396,10 @@ TEST(AuthThrottle, RestoredFailuresCountTowardsTheBanAndTheBackoff) {
 TEST(AuthThrottle, RestoredFailuresWhoseWindowEndedAreDropped) {
   AuthThrottle t(test_config());
   const std::vector<FailureCounter> counters{
-      {"192.0.2.1", 4, kT0}, {kPairA, 4, kT0}, {"192.0.2.2", 4, kT0 + seconds(30)}};
+      {"192.0.2.1", 4, kT0}, {std::string(kPairA), 4, kT0}, {"192.0.2.2", 4, kT0 + seconds(30)}};
   auto dropped = t.restore_failures(counters, kT0 + seconds(60));
   std::sort(dropped.begin(), dropped.end());
-  EXPECT_EQ(dropped, (std::vector<std::string>{"192.0.2.1", kPairA}));
+  EXPECT_EQ(dropped, (std::vector<std::string>{"192.0.2.1", std::string(kPairA)}));
   // The one restored: one more failure bans 192.0.2.2; 192.0.2.1 starts afresh.
   EXPECT_TRUE(t.failure("192.0.2.2", "x", kT0 + seconds(61)).banned);
   const auto f = t.failure("192.0.2.1", "alice", kT0 + seconds(61));

@@ -11,7 +11,7 @@ namespace {
 
 using std::chrono::seconds;
 
-const DefenceTime kT0{seconds(5000)};
+constexpr DefenceTime kT0{seconds(5000)};
 
 FlappingConfig config() {
   FlappingConfig c;
