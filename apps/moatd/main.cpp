@@ -576,22 +576,14 @@ int main(int argc, char** argv) {
   shared.payload = material.payload;
   if (const auto n = cfg.payload_policies.size())
     spdlog::info("{} payload polic{} on topics", n, n == 1 ? "y" : "ies");
+  moat::store::Batch forget;  // stored records that are no longer of use
   // Replay marks: an envelope accepted before the stop is refused after it.
   if (!snapshot.replay_marks.empty()) {
     const auto marks =
         material.payload->load()->restore_replay_marks(snapshot.replay_marks, moat::store::unix_ms_now());
     if (marks.restored)
       spdlog::info("store: restored {} replay mark(s) of the payload policies", marks.restored);
-    if (!marks.useless.empty()) {
-      moat::store::Batch gone;
-      for (const auto& key : marks.useless) gone.erase_replay_mark(key);
-      try {
-        store->commit(gone);
-      } catch (const std::exception& e) {
-        spdlog::critical("cannot use the store in {}: {}", cfg.data_dir.string(), e.what());
-        return 1;
-      }
-    }
+    for (const auto& key : marks.useless) forget.erase_replay_mark(key);
   }
   // [limits] docs/limits.md: the [auth.defence] allow list is exempt from the
   // per-address connection limit and flapping detection.
@@ -620,13 +612,13 @@ int main(int argc, char** argv) {
   }
   for (auto& c : client_id_counts)  // flapping detection is off
     counters_dropped.push_back(std::string(moat::store::kClientIdBan) + c.key);
-  if (!counters_dropped.empty()) {
-    moat::store::Batch forget;
-    for (const auto& key : counters_dropped) forget.erase_failures(key);
+  // What the store kept and memory did not take: one commit before serving.
+  for (const auto& key : counters_dropped) forget.erase_failures(key);
+  if (!forget.empty()) {
     try {
       store->commit(forget);
     } catch (const std::exception& e) {
-      spdlog::critical("store: {}", e.what());
+      spdlog::critical("cannot use the store in {}: {}", cfg.data_dir.string(), e.what());
       return 1;
     }
   }

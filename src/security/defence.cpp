@@ -142,15 +142,26 @@ std::size_t AuthThrottle::tracked() const {
   return addresses_.size() + keys_.size();
 }
 
-void AuthThrottle::make_room(DefenceTime now) {
-  if (addresses_.size() + keys_.size() < config_.max_tracked) return;
-  // Forget what no longer matters: failures older than the window, full buckets.
-  // The failure counters forgotten are reported (take_forgotten) for the store.
+std::optional<DefenceTime> still_counting(const FailureCounter& c, std::chrono::seconds window,
+                                          DefenceTime now) {
+  const DefenceTime since = std::min(c.since, now);
+  if (c.failures == 0 || now - since >= window) return std::nullopt;
+  return since;
+}
+
+void AuthThrottle::forget_quiet_keys(DefenceTime now) {
   std::erase_if(keys_, [&](const auto& kv) {
     if (now - kv.second.last < config_.window) return false;
     forgotten_.push_back(kv.first);
     return true;
   });
+}
+
+void AuthThrottle::make_room(DefenceTime now) {
+  if (addresses_.size() + keys_.size() < config_.max_tracked) return;
+  // Forget what no longer matters: failures older than the window, full buckets.
+  // The failure counters forgotten are reported (take_forgotten) for the store.
+  forget_quiet_keys(now);
   std::erase_if(addresses_, [&](const auto& kv) {
     const AddressState& s = kv.second;
     const bool stale =
@@ -304,20 +315,19 @@ std::vector<std::string> AuthThrottle::restore_failures(std::vector<FailureCount
   for (auto& c : counters) {
     const auto nul = c.key.find('\0');
     const std::string_view address = std::string_view(c.key).substr(0, nul);
-    // A time ahead of `now` (the wall clock was set back): counted from now.
-    const DefenceTime since = std::min(c.since, now);
-    if (c.failures == 0 || address.empty() || exempt(address) || now - since >= config_.window) {
+    const auto since = still_counting(c, config_.window, now);
+    if (!since || address.empty() || exempt(address)) {
       dropped.push_back(std::move(c.key));
       continue;
     }
     const std::uint32_t failures = std::min<std::uint32_t>(c.failures, 1'000'000);
     if (nul == std::string::npos) {
       AddressState& st = address_state(address, now);
-      st.window_start = since;
+      st.window_start = *since;
       st.failures = failures;
     } else {
       make_room(now);
-      keys_.insert_or_assign(std::move(c.key), KeyState{failures, since});
+      keys_.insert_or_assign(std::move(c.key), KeyState{failures, *since});
     }
   }
   return dropped;
@@ -325,18 +335,14 @@ std::vector<std::string> AuthThrottle::restore_failures(std::vector<FailureCount
 
 std::vector<std::string> AuthThrottle::take_forgotten(DefenceTime now) {
   std::lock_guard lock(mu_);
-  std::vector<std::string> out = std::move(forgotten_);
-  forgotten_.clear();
-  std::erase_if(keys_, [&](const auto& kv) {
-    if (now - kv.second.last < config_.window) return false;
-    out.push_back(kv.first);
-    return true;
-  });
+  forget_quiet_keys(now);
   for (auto& [address, st] : addresses_) {
     if (st.failures == 0 || now - st.window_start < config_.window) continue;
     st.failures = 0;  // failure() would start a new window anyway
-    out.push_back(address);
+    forgotten_.push_back(address);
   }
+  std::vector<std::string> out = std::move(forgotten_);
+  forgotten_.clear();
   return out;
 }
 

@@ -98,6 +98,12 @@ struct FailureCounter {
   DefenceTime since{};
 };
 
+// Start-up: the window start a stored counter still counts from, or nothing
+// when it is empty or its window ended by `now` (the store forgets it). A time
+// ahead of `now` (the wall clock was set back) counts from `now`.
+std::optional<DefenceTime> still_counting(const FailureCounter& c, std::chrono::seconds window,
+                                          DefenceTime now);
+
 class MemoryBanList final : public BanList {
  public:
   std::optional<Ban> find(std::string_view address) const override;
@@ -179,6 +185,8 @@ class AuthThrottle {
   AddressState& address_state(std::string_view address, DefenceTime now);
   Verdict refuse(AddressState& st, Admission why, DefenceTime now, DefenceTime until);
   void make_room(DefenceTime now);
+  // Moves the (address, user) counters quiet for a window to forgotten_.
+  void forget_quiet_keys(DefenceTime now);
   std::optional<Ban> active_ban(std::string_view address, DefenceTime now) const;
 
   const DefenceConfig config_;
@@ -186,7 +194,7 @@ class AuthThrottle {
   std::unique_ptr<BanList> bans_;
   std::unordered_map<std::string, AddressState> addresses_;
   std::unordered_map<std::string, KeyState> keys_;  // address + '\0' + user name
-  // The failure counters make_room dropped, until take_forgotten.
+  // The failure counters dropped, until take_forgotten.
   std::vector<std::string> forgotten_;
 };
 

@@ -69,13 +69,17 @@ std::optional<Ban> FlapDetector::on_disconnect(std::string_view client_id, std::
   return b;
 }
 
-void FlapDetector::make_room(DefenceTime now) {
-  if (ids_.size() < config_.max_tracked) return;
+void FlapDetector::forget_ended(DefenceTime now) {
   std::erase_if(ids_, [&](const auto& kv) {
     if (now - kv.second.window_start < config_.window) return false;
     forgotten_.push_back(kv.first);
     return true;
   });
+}
+
+void FlapDetector::make_room(DefenceTime now) {
+  if (ids_.size() < config_.max_tracked) return;
+  forget_ended(now);
   // Still full (very many identifiers flapping at once): forget arbitrary ones.
   while (!ids_.empty() && ids_.size() >= config_.max_tracked) {
     forgotten_.push_back(ids_.begin()->first);
@@ -98,26 +102,22 @@ std::vector<std::string> FlapDetector::restore_counts(std::vector<FailureCounter
   std::vector<std::string> dropped;
   std::lock_guard lock(mu_);
   for (auto& c : counts) {
-    const DefenceTime since = std::min(c.since, now);  // ahead of now: the wall clock went back
-    if (!enabled() || c.failures == 0 || c.key.empty() || now - since >= config_.window) {
+    const auto since = still_counting(c, config_.window, now);
+    if (!enabled() || !since || c.key.empty()) {
       dropped.push_back(std::move(c.key));
       continue;
     }
     make_room(now);
-    ids_.insert_or_assign(std::move(c.key), State{since, std::min(c.failures, config_.max)});
+    ids_.insert_or_assign(std::move(c.key), State{*since, std::min(c.failures, config_.max)});
   }
   return dropped;
 }
 
 std::vector<std::string> FlapDetector::take_forgotten(DefenceTime now) {
   std::lock_guard lock(mu_);
+  forget_ended(now);
   std::vector<std::string> out = std::move(forgotten_);
   forgotten_.clear();
-  std::erase_if(ids_, [&](const auto& kv) {
-    if (now - kv.second.window_start < config_.window) return false;
-    out.push_back(kv.first);
-    return true;
-  });
   return out;
 }
 

@@ -75,12 +75,14 @@ class FlapDetector {
     std::uint32_t disconnections = 0;
   };
   void make_room(DefenceTime now);
+  // Moves the counts whose window ended by `now` to forgotten_.
+  void forget_ended(DefenceTime now);
 
   const FlappingConfig config_;
   mutable std::mutex mu_;
   std::unique_ptr<BanList> bans_;
   std::unordered_map<std::string, State> ids_;
-  std::vector<std::string> forgotten_;  // counts make_room dropped
+  std::vector<std::string> forgotten_;  // counts dropped, until take_forgotten
 };
 
 }  // namespace moat::security

@@ -4,6 +4,7 @@ $SYS/broker/limits/. Loopback is exempt from the per-address connection
 limit and flapping detection by default, so these brokers set
 [auth.defence] allow = [] (with the connection rate off)."""
 
+import signal
 import time
 
 import pytest
@@ -45,6 +46,27 @@ def limited_broker(tmp_path):
     yield start
     for b in started:
         _teardown(b)
+
+
+def connect_and_drop(broker, cid):
+    """Connects as `cid`, then drops the connection without DISCONNECT and
+    waits until moatd has seen the drop; returns how long the CONNACK took."""
+    c = raw(broker, name="flap")
+    t0 = time.monotonic()
+    c.connect(cid)
+    took = time.monotonic() - t0
+    mark = broker.log_mark()
+    c.abort()  # no DISCONNECT: a drop
+    broker.wait_for_log(r"client %s from .* disconnected: connection lost" % cid, since=mark)
+    return took
+
+
+def restarted(b):
+    """Stops limited broker b with SIGTERM and starts a new moatd on its
+    configuration and data folder (the caller stops it)."""
+    assert b.stop(signal.SIGTERM, 10) == 0
+    return Broker([__import__("conftest").MOATD, "-c", b.config_path], cwd=str(b.workdir),
+                  config_path=b.config_path)
 
 
 def wait_sys(broker, name, at_least, timeout=10):
@@ -161,22 +183,11 @@ def test_flapping_client_delayed_then_banned(limited_broker):
     b = limited_broker({"flapping_max": 4, "flapping_window": 60, "flapping_delay": 0.3,
                         "flapping_ban_time": 2})
     cid = uniq("flap")
-
-    def connect_and_drop():
-        c = raw(b, name="flap")
-        t0 = time.monotonic()
-        c.connect(cid)
-        took = time.monotonic() - t0
-        mark = b.log_mark()
-        c.abort()  # no DISCONNECT: a drop
-        b.wait_for_log(r"client %s from .* disconnected: connection lost" % cid, since=mark)
-        return took
-
-    assert connect_and_drop() < 0.3
-    assert connect_and_drop() < 0.3
+    assert connect_and_drop(b, cid) < 0.3
+    assert connect_and_drop(b, cid) < 0.3
     # From flapping_max/2 drops on, the CONNACK waits 0.3 s, then 0.6 s.
-    assert connect_and_drop() >= 0.3
-    took = connect_and_drop()
+    assert connect_and_drop(b, cid) >= 0.3
+    took = connect_and_drop(b, cid)
     assert took >= 0.6
     b.wait_for_log(r"limit flapping_max hit by 127\.0\.0\.1:\d+ \(%s\): client id banned for 2 s" % cid)
     with raw(b) as c:
@@ -200,21 +211,13 @@ def test_flapping_client_delayed_then_banned(limited_broker):
 def test_flapping_ban_survives_a_restart(limited_broker):
     """A client identifier banned for flapping is written to the store and
     restored at start: a restart does not lift the ban (docs/limits.md)."""
-    import signal
-
     b = limited_broker({"flapping_max": 2, "flapping_window": 60, "flapping_delay": 0.05,
                         "flapping_ban_time": 600})
     cid = uniq("flap-restart")
     for _ in range(2):
-        c = raw(b, name="flap")
-        c.connect(cid)
-        mark = b.log_mark()
-        c.abort()  # no DISCONNECT: a drop
-        b.wait_for_log(r"client %s from .* disconnected: connection lost" % cid, since=mark)
+        connect_and_drop(b, cid)
     b.wait_for_log(r"limit flapping_max hit by 127\.0\.0\.1:\d+ \(%s\): client id banned for 600 s" % cid)
-    assert b.stop(signal.SIGTERM, 10) == 0
-    again = Broker([__import__("conftest").MOATD, "-c", b.config_path], cwd=str(b.workdir),
-                   config_path=b.config_path)
+    again = restarted(b)
     try:
         again.wait_for_log(r"store: restored 1 client id ban\(s\) of flapping detection")
         again.wait_listening()
@@ -229,29 +232,17 @@ def test_flapping_count_survives_a_restart(limited_broker):
     """The drops of a client identifier within the window are written to the
     store and restored at start: a restart does not reset the count towards
     its ban (docs/limits.md)."""
-    import signal
-
     b = limited_broker({"flapping_max": 3, "flapping_window": 600, "flapping_delay": 0.05,
                         "flapping_ban_time": 600})
     cid = uniq("flap-count")
-
-    def drop(broker):
-        c = raw(broker, name="flap")
-        c.connect(cid)
-        mark = broker.log_mark()
-        c.abort()  # no DISCONNECT: a drop
-        broker.wait_for_log(r"client %s from .* disconnected: connection lost" % cid, since=mark)
-
     for _ in range(2):
-        drop(b)
+        connect_and_drop(b, cid)
     assert "client id banned" not in b.log_text()  # one drop short of the ban
-    assert b.stop(signal.SIGTERM, 10) == 0
-    again = Broker([__import__("conftest").MOATD, "-c", b.config_path], cwd=str(b.workdir),
-                   config_path=b.config_path)
+    again = restarted(b)
     try:
         again.wait_for_log(r"store: restored 1 client id count\(s\) of flapping detection")
         again.wait_listening()
-        drop(again)  # the third within the window
+        connect_and_drop(again, cid)  # the third within the window
         again.wait_for_log(r"limit flapping_max hit by 127\.0\.0\.1:\d+ \(%s\): client id banned for 600 s"
                            % cid)
         with raw(again) as c:

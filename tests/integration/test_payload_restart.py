@@ -58,6 +58,20 @@ def publisher(b):
     return c
 
 
+def stop(n, *clients):
+    """Disconnects the clients cleanly, then stops moatd with SIGTERM."""
+    for c in clients:
+        c.disconnect()
+    n.stop()
+
+
+def stored_marks(n):
+    """The replay marks moatd's --check-store counts in n's data folder."""
+    rc, out, err = n.check_store()
+    assert rc == 0, out + err
+    return check_store_lines(out)["replay marks"]
+
+
 def delivered(b, sub, pub, payloads):
     """Publishes each payload at QoS 1 (each acknowledged), then the sentinel;
     returns the payloads the subscriber received on TOPIC before it."""
@@ -67,23 +81,19 @@ def delivered(b, sub, pub, payloads):
     return [m.payload for m in collect_until(sub, SENTINEL)]
 
 
-@pytest.mark.parametrize("stop", ["sigterm", "sigkill"])
-def test_envelope_accepted_before_a_restart_is_refused_after_it(node, tmp_path, stop):  # noqa: F811
+@pytest.mark.parametrize("how", ["sigterm", "sigkill"])
+def test_envelope_accepted_before_a_restart_is_refused_after_it(node, tmp_path, how):  # noqa: F811
     n, key = policy_node(node, tmp_path)
     first = seal(key, b"open")
     b = n.start()
     sub, pub = subscriber(b), publisher(b)
     assert delivered(b, sub, pub, [first]) == [first]
     # The PUBACK of `first` has been received: its mark is stored.
-    if stop == "sigkill":
+    if how == "sigkill":
         n.kill()
     else:
-        pub.disconnect()
-        sub.disconnect()
-        n.stop()
-    rc, out, err = n.check_store()
-    assert rc == 0, out + err
-    assert check_store_lines(out)["replay marks"] == 1, out
+        stop(n, pub, sub)
+    assert stored_marks(n) == 1
 
     b = n.start()
     b.wait_for_log(r"store: restored 1 replay mark\(s\) of the payload policies")
@@ -94,9 +104,7 @@ def test_envelope_accepted_before_a_restart_is_refused_after_it(node, tmp_path, 
     assert delivered(b, sub, pub, [first, fresh]) == [fresh]
     b.wait_for_log(r"refused by the payload policy: replayed: sequence number \d+ is below the replay window",
                    since=since)
-    pub.disconnect()
-    sub.disconnect()
-    n.stop()
+    stop(n, pub, sub)
 
 
 def test_marks_older_than_max_age_and_max_future_are_removed_at_start(node, tmp_path):  # noqa: F811
@@ -104,18 +112,12 @@ def test_marks_older_than_max_age_and_max_future_are_removed_at_start(node, tmp_
     b = n.start()
     sub, pub = subscriber(b), publisher(b)
     assert len(delivered(b, sub, pub, [seal(key, b"open")])) == 1
-    pub.disconnect()
-    sub.disconnect()
-    n.stop()
-    rc, out, err = n.check_store()
-    assert rc == 0, out + err
-    assert check_store_lines(out)["replay marks"] == 1, out
+    stop(n, pub, sub)
+    assert stored_marks(n) == 1
     # The mark outlives what it can stop: any envelope it refuses is stale
     # after max_age + max_future (2 s) anyway. Waiting is the point here.
     time.sleep(2.5)
     b = n.start()
     assert b.find_log(r"restored \d+ replay mark") is None, b.log_text()
     n.stop()
-    rc, out, err = n.check_store()
-    assert rc == 0, out + err
-    assert check_store_lines(out)["replay marks"] == 0, out
+    assert stored_marks(n) == 0
