@@ -536,7 +536,8 @@ void Client::finish_connect(const security::AuthResult& auth) {
                 pc->keep_alive, present ? ", session resumed" : "", identity_.empty() ? "" : ", user ",
                 identity_);
   // [MQTT-3.2.2-1..3] session present only for a resumed persistent session.
-  send(codec::Connack{present, ConnectReturnCode::Accepted});
+  // MQTT 3.1 has no such flag: its CONNACK's first byte is reserved, always 0.
+  send(codec::Connack{present && pc->version != codec::ProtocolVersion::V31, ConnectReturnCode::Accepted});
   if (present) shard_.resume(s);
 }
 

@@ -7,7 +7,7 @@ import time
 import pytest
 
 import mqttraw as m
-from util import collect_until, raw, raw_connected, roundtrip, scaled, uniq
+from util import collect_until, mosquitto_pub, mosquitto_sub, raw, raw_connected, roundtrip, scaled, uniq
 
 
 def _closed_silently(c, what):
@@ -131,6 +131,55 @@ def test_mqtt31_mqisdp_accepted(broker):
         assert (p.topic, p.payload, p.qos) == (topic, b"old-protocol", 1)
         c.disconnect()
     roundtrip(broker)
+
+
+def test_mqtt31_resumed_session_connack_byte_is_reserved(broker):
+    """MQTT 3.1 has no session-present flag: the first byte of its CONNACK is
+    reserved and 0, also when a persistent session is resumed; the queued
+    message is delivered all the same."""
+    topic, cid = uniq("proto/31s/"), uniq("v31s")
+    with raw(broker, name="v31a") as c:
+        c.send(m.connect(cid, clean_session=False, protocol_name="MQIsdp", protocol_level=3))
+        assert c.expect(m.CONNACK).body == b"\x00\x00"
+        assert c.subscribe([(topic, 1)]) == [1]
+        c.disconnect()
+    with raw_connected(broker, name="v31pub") as p:
+        p.publish(topic, b"while-away", qos=1)
+    with raw(broker, name="v31b") as c:
+        c.send(m.connect(cid, clean_session=False, protocol_name="MQIsdp", protocol_level=3))
+        assert c.expect(m.CONNACK).body == b"\x00\x00"
+        got = c.recv_publish()
+        assert (got.topic, got.payload, got.qos) == (topic, b"while-away", 1)
+        c.disconnect()
+    # The same session over MQTT 3.1.1 does get the flag.
+    with raw(broker, name="v311") as c:
+        assert c.connect(cid, clean_session=False) is True
+        c.disconnect()
+
+
+def test_mqtt31_real_clients_session_will_and_qos2(broker):
+    """Debian's mosquitto clients speaking MQTT 3.1 (-V mqttv31): a persistent
+    session of mosquitto_sub keeps its subscription while the client is gone,
+    its will is published when it is killed, and a QoS 2 message published by
+    mosquitto_pub -V mqttv31 meanwhile is delivered once when it is back."""
+    topic, will, cid = uniq("proto/31r/"), uniq("proto/31w/"), uniq("v31r")
+    v31 = ["-V", "mqttv31", "-c", "-i", cid]
+    with raw_connected(broker, name="v31watch") as w:
+        w.subscribe([(will, 1)])
+        sub = mosquitto_sub(broker, topic, qos=2, count=1,
+                            extra=v31 + ["--will-topic", will, "--will-payload", "gone", "--will-qos", "1"])
+        sub.kill()  # SIGKILL: no DISCONNECT, so the will goes out
+        got = w.recv_publish(timeout=scaled(5))
+        assert (got.topic, got.payload) == (will, b"gone")
+    out = mosquitto_pub(broker, topic, "offline-qos2", qos=2, extra=["-V", "mqttv31"])
+    assert "received PUBREC" in out and "received PUBCOMP" in out, out
+    sub = mosquitto_sub(broker, topic, qos=2, count=1, extra=v31)
+    try:
+        assert sub.wait_exit(15) == 0, sub.output()
+    finally:
+        sub.kill()
+    lines = [l for l in sub.output().splitlines() if l.startswith(topic + " ")]
+    assert lines == [topic + " offline-qos2"], sub.output()
 
 
 def test_mqisdp_with_level_4_rejected(broker):
