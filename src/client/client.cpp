@@ -227,6 +227,7 @@ struct Client::Impl : std::enable_shared_from_this<Impl> {
   SteadyClock::time_point ping_sent{};
   bool ping_outstanding = false;
   unsigned failed_attempts = 0;
+  unsigned reconnect_waits = 0;  // since the last CONNACK that accepted us (reconnect_delay)
   std::mt19937_64 rng;
   MessageHandler message_handler;
   RejectHandler reject_handler;
@@ -349,13 +350,8 @@ struct Client::Impl : std::enable_shared_from_this<Impl> {
 
   void schedule_reconnect() {
     state = State::Waiting;
-    const auto& r = opt.reconnect;
-    double delay = static_cast<double>(r.initial_delay.count()) *
-                   std::pow(r.multiplier, std::min(failed_attempts, 30u) - (failed_attempts > 0 ? 1 : 0));
-    delay = std::min(delay, static_cast<double>(r.max_delay.count()));
-    std::uniform_real_distribution<double> jitter(1.0 - r.jitter, 1.0 + r.jitter);
-    delay *= jitter(rng);
-    reconnect_timer.expires_after(std::chrono::milliseconds(static_cast<std::int64_t>(delay)));
+    std::uniform_real_distribution<double> unit(0.0, 1.0);
+    reconnect_timer.expires_after(reconnect_delay(opt.reconnect, reconnect_waits++, unit(rng)));
     reconnect_timer.async_wait([self = shared_from_this()](const boost::system::error_code& ec) {
       if (ec || self->state != State::Waiting || self->user_disconnect) return;
       self->start_attempt();
@@ -551,11 +547,17 @@ struct Client::Impl : std::enable_shared_from_this<Impl> {
     }
     state = State::Connected;
     failed_attempts = 0;
+    reconnect_waits = 0;
+    // MQTT 3.1 has no session-present flag (that CONNACK byte is reserved): a
+    // persistent session is taken to be resumed, as it is by a broker that
+    // keeps sessions.
+    const bool session_present =
+        ack.session_present || (opt.version == ProtocolVersion::V31 && !opt.clean_session);
     // A new session (session present 0: a clean session, or a broker that lost
     // ours) has no QoS 2 message in flight toward us: its packet ids start
     // afresh, and a PUBLISH that reuses one of ours is a new message (the
     // de-duplication of [MQTT-4.3.3-2] holds within one session).
-    if (!ack.session_present) awaiting_pubrel.clear();
+    if (!session_present) awaiting_pubrel.clear();
     // [MQTT-4.4.0-1] unacknowledged PUBLISH (DUP=1) and PUBREL first, in order.
     // Also to a new session, which takes them as new messages (and answers a
     // PUBREL it does not know with PUBCOMP, as moatd does): nothing the
@@ -571,7 +573,7 @@ struct Client::Impl : std::enable_shared_from_this<Impl> {
     for (const auto& [id, u] : unsubscribing) append(unsubscribe_packet(id, u.filters));
     // A new session has none of our subscriptions: make them again, before the
     // application's on_connect can add more.
-    if (!ack.session_present && !subscriptions.empty()) {
+    if (!session_present && !subscriptions.empty()) {
       std::vector<Subscription> again;
       for (const auto& [f, q] : subscriptions) again.push_back({f, q});
       send_subscribe(std::move(again), nullptr);
@@ -580,7 +582,7 @@ struct Client::Impl : std::enable_shared_from_this<Impl> {
     if (connect_handler) {
       ConnectResult r;
       r.code = ack.code;
-      r.session_present = ack.session_present;
+      r.session_present = session_present;
       r.tls = transport->tls_info();
       connect_handler(r);
     }
@@ -749,6 +751,14 @@ struct Client::Impl : std::enable_shared_from_this<Impl> {
   }
 };
 
+std::chrono::milliseconds reconnect_delay(const ReconnectPolicy& p, unsigned wait, double unit) {
+  // Past 2^30 any multiplier above 1 has long reached max_delay.
+  double delay = static_cast<double>(p.initial_delay.count()) * std::pow(p.multiplier, std::min(wait, 30u));
+  delay = std::min(delay, static_cast<double>(p.max_delay.count()));
+  delay *= 1.0 - p.jitter + 2.0 * p.jitter * std::clamp(unit, 0.0, 1.0);
+  return std::chrono::milliseconds(static_cast<std::int64_t>(delay));
+}
+
 Client::Client(asio::io_context& io, Options options)
     : impl_(std::make_shared<Impl>(io, std::move(options))) {}
 
@@ -781,6 +791,7 @@ void Client::connect() {
   if (m.state != Impl::State::Idle && m.state != Impl::State::Closed) return;
   m.user_disconnect = false;
   m.failed_attempts = 0;
+  m.reconnect_waits = 0;
   m.start_attempt();
 }
 

@@ -67,6 +67,13 @@ struct ReconnectPolicy {
   unsigned max_attempts = 0;  // consecutive failed attempts before giving up; 0 = never
 };
 
+// The wait before a reconnect attempt: `wait` counts the waits since the last
+// successful CONNACK (0: the first, after a lost connection or a failed first
+// attempt). initial_delay × multiplier^wait, at most max_delay, then scaled by
+// the factor 1 − jitter + 2 × jitter × `unit`, where `unit` is a random draw
+// in [0, 1).
+std::chrono::milliseconds reconnect_delay(const ReconnectPolicy& p, unsigned wait, double unit);
+
 // End-to-end payload security with a keyring (security/payload/keyring.hpp, file
 // format in docs/payload-security.md). Without a keyring, payloads go out and come
 // in as given. The keyring is safe to share between threads, but it holds the
@@ -169,6 +176,7 @@ const char* to_string(ConnectReturnCode c);
 struct ConnectResult {
   Error error = Error::None;
   ConnectReturnCode code = ConnectReturnCode::Accepted;  // when error == Refused
+  // The CONNACK flag; for MQTT 3.1, which has none: not clean_session.
   bool session_present = false;
   std::string detail;     // human-readable reason for a failure
   TlsInfo tls;            // what TLS negotiated (empty version without TLS)
