@@ -10,6 +10,9 @@ import pytest
 import mqttraw
 from util import Paho, collect_until, mosquitto_pub, mosquitto_sub, raw_connected, scaled, uniq
 
+# Every integration broker runs 2 event loops: the whole file runs under TSan too.
+pytestmark = [pytest.mark.threaded]
+
 RX_RECV_PUBLISH = re.compile(r"received PUBLISH \(d(\d), q(\d), r(\d), m(\d+), '([^']*)'")
 
 

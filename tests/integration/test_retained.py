@@ -1,6 +1,11 @@
 """Retained messages [MQTT-3.3.1-5 .. -12] and `$` topics [MQTT-4.7.2-1]."""
 
+import pytest
+
 from util import collect_until, mosquitto_pub, mosquitto_sub, raw_connected, uniq
+
+# Every integration broker runs 2 event loops: the whole file runs under TSan too.
+pytestmark = [pytest.mark.threaded]
 
 
 def _retained_on_subscribe(broker, filters, sentinel):

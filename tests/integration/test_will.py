@@ -7,6 +7,9 @@ import pytest
 import mqttraw
 from util import LineProc, collect_until, raw, raw_connected, scaled, uniq
 
+# Every integration broker runs 2 event loops: the whole file runs under TSan too.
+pytestmark = [pytest.mark.threaded]
+
 
 def _watcher(broker, will_topic, qos=2):
     w = raw_connected(broker, name="watcher")
@@ -113,7 +116,6 @@ def test_will_on_protocol_violation(broker, violation):
         assert (p.topic, p.payload) == (topic, b"violated")
 
 
-@pytest.mark.threaded
 def test_will_on_takeover(broker):
     """A second connection with the same client id closes the first
     [MQTT-3.1.4-2]; that close is not a DISCONNECT, so the first
