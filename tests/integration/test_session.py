@@ -384,7 +384,8 @@ def sys_broker(tmp_path):
         opts = dict(DEFAULTS, **overrides)
         work = tmp_path / ("sys%d" % len(started))
         (work / "data").mkdir(parents=True)
-        text = moat_config(str(work / "data"), opts).replace("[broker]\n", "[broker]\nsys_interval = 1\n", 1)
+        text = moat_config(str(work / "data"), opts)
+        text = text.replace("[broker]\n", "[broker]\nsys_interval = 1\n", 1)
         conf = work / "moat.toml"
         conf.write_text(text)
         b = Broker([MOATD, "-c", str(conf)], cwd=str(work), config_path=str(conf))
