@@ -9,9 +9,6 @@ import pytest
 import mqttraw as m
 from util import collect_until, raw, raw_connected, roundtrip, scaled, uniq
 
-# Every integration broker runs 2 event loops: the whole file runs under TSan too.
-pytestmark = [pytest.mark.threaded]
-
 
 def _closed_silently(c, what):
     data = c.expect_closed(scaled(5))
