@@ -136,11 +136,20 @@ def _listening_on_1883():
         s.close()
 
 
+STARTED_RE = r"started: (\d+) event loop\(s\), data in (\S+)"
+
+
 def test_no_config_defaults_to_localhost_1883(tmp_path):
-    """Without -c the broker listens on 127.0.0.1:1883."""
+    """Without -c the broker listens on 127.0.0.1:1883, runs one event loop
+    per core, keeps its data in ./moat-data of the working directory and logs
+    to stderr (nothing on stdout)."""
     if _listening_on_1883():
         pytest.skip("something already listens on 127.0.0.1:1883")
-    b = Broker([MOATD], cwd=str(tmp_path))
+    stdout = tmp_path / "stdout.txt"
+    work = tmp_path / "work"
+    work.mkdir()
+    # The shell execs moatd with stdout to a file: the Broker sees stderr only.
+    b = Broker(["sh", "-c", 'exec "$0" >"$1"', MOATD, str(stdout)], cwd=str(work))
     try:
         try:
             m = b.wait_for_log(conftest.LISTEN_RE.pattern, timeout=10)
@@ -149,11 +158,16 @@ def test_no_config_defaults_to_localhost_1883(tmp_path):
                 pytest.skip("port 1883 was taken meanwhile: " + b.log_text()[-300:])
             raise
         assert (m.group(1), m.group(2)) == ("127.0.0.1", "1883"), m.group(0)
+        started = b.wait_for_log(STARTED_RE, timeout=10)
+        assert int(started.group(1)) == os.cpu_count(), started.group(0)
+        assert os.path.normpath(started.group(2)) == "moat-data", started.group(0)
+        assert (work / "moat-data").is_dir(), sorted(os.listdir(work))
         b.host, b.port = "127.0.0.1", 1883
         roundtrip(b)
     finally:
         rc = b.stop(signal.SIGTERM)
     assert rc == 0, b.log_text()
+    assert stdout.read_text() == "", "moatd wrote to stdout:\n" + stdout.read_text()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -195,7 +209,18 @@ def test_two_listeners(start_broker):
 
 
 def test_threads_zero_means_per_core(start_broker):
+    """threads = 0 (the default) runs one event loop per core."""
     broker = start_broker(threads=0)
+    started = broker.wait_for_log(STARTED_RE, timeout=10)
+    assert int(started.group(1)) == os.cpu_count(), started.group(0)
+    roundtrip(broker)
+
+
+def test_threads_configured(start_broker):
+    """threads = 3 runs exactly 3 event loops (the log is not just the core count)."""
+    broker = start_broker(threads=3)
+    started = broker.wait_for_log(STARTED_RE, timeout=10)
+    assert int(started.group(1)) == 3, started.group(0)
     roundtrip(broker)
 
 

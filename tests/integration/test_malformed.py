@@ -9,6 +9,9 @@ import pytest
 import mqttraw as m
 from util import Paho, raw, roundtrip, scaled, uniq
 
+# Every integration broker runs 2 event loops: the whole file runs under TSan too.
+pytestmark = [pytest.mark.threaded]
+
 SEED = 0x5EED1
 MAX_PACKET = 64 * 1024
 

@@ -12,23 +12,43 @@ import time
 import pytest
 
 import mqttraw
-from util import scaled, uniq
+from util import fnv1a64, loop_of, scaled, uniq, uniq_on_loop
 
 pytestmark = [pytest.mark.threaded]
 
 WINDOW = 64  # outbound QoS 1 PUBLISHes a publisher keeps unacknowledged
+LOOPS = 2  # the brokers here run 2 event loops; a client's loop is loop_of(id)
+
+
+def test_loop_of_matches_broker_hash():
+    """util.loop_of is broker::shard_of: FNV-1a 64 (published test vectors)
+    modulo the loop count, so the placement asserted below is the broker's."""
+    assert fnv1a64(b"") == 0xCBF29CE484222325
+    assert fnv1a64(b"a") == 0xAF63DC4C8601EC8C
+    assert fnv1a64(b"foobar") == 0x85944171F73967E8
+    assert [loop_of(s, 2) for s in ("", "a", "foobar")] == [1, 0, 0]
+    assert loop_of("foobar", 3) == 0x85944171F73967E8 % 3
+    assert loop_of("anything", 1) == 0
+
+
+def _ids(prefix, loops):
+    """Client identifiers owned by the given event loops, in that order."""
+    ids = [uniq_on_loop(prefix, loop, LOOPS) for loop in loops]
+    assert [loop_of(cid, LOOPS) for cid in ids] == list(loops)
+    return ids
 
 
 def _broker(start_broker):
     # Large queue: a slow Python subscriber must not make the broker drop.
-    return start_broker(threads=2, max_queued_messages=200000,
+    return start_broker(threads=LOOPS, max_queued_messages=200000,
                         log_level=os.environ.get("MOAT_ORDERING_LOG_LEVEL", "info"))
 
 
 class Publisher(threading.Thread):
-    def __init__(self, broker, pubid, topic, count, deadline):
+    def __init__(self, broker, pubid, topic, count, deadline, client_id=None):
         super().__init__(daemon=True)
         self.broker, self.pubid, self.topic, self.count = broker, pubid, topic, count
+        self.client_id = client_id or uniq("pub%d-" % pubid)
         self.deadline = deadline
         self.error = None
         self.sent = 0
@@ -38,7 +58,7 @@ class Publisher(threading.Thread):
         try:
             c = mqttraw.Client(self.broker.host, self.broker.port, timeout=scaled(10),
                                name="pub%d" % self.pubid)
-            c.connect(uniq("pub%d-" % self.pubid))
+            c.connect(self.client_id)
             outstanding = set()
             seq = 0
             while self.acked < self.count:
@@ -151,12 +171,16 @@ class Subscriber(threading.Thread):
         return problems
 
 
-def _run(broker, pub_specs, sub_specs, count, total_time=60):
-    """pub_specs: list of (pubid, topic); sub_specs: list of (filters, [pubids it should see])."""
+def _run(broker, pub_specs, sub_specs, count, total_time=60, pub_ids=None, sub_ids=None):
+    """pub_specs: list of (pubid, topic); sub_specs: list of (filters, [pubids it should see]);
+    pub_ids / sub_ids: client identifiers (default: random, so random loops)."""
     deadline = time.monotonic() + scaled(total_time)
-    subs = [Subscriber(broker, i, filters, count * len(pubids), deadline)
-            for i, (filters, pubids) in enumerate(sub_specs)]
-    pubs = [Publisher(broker, pubid, topic, count, deadline) for pubid, topic in pub_specs]
+    sub_ids = sub_ids or [None] * len(sub_specs)
+    pub_ids = pub_ids or [None] * len(pub_specs)
+    subs = [Subscriber(broker, i, filters, count * len(pubids), deadline, client_id=cid)
+            for i, ((filters, pubids), cid) in enumerate(zip(sub_specs, sub_ids))]
+    pubs = [Publisher(broker, pubid, topic, count, deadline, client_id=cid)
+            for (pubid, topic), cid in zip(pub_specs, pub_ids)]
     for t in subs + pubs:
         t.start()
     for t in pubs + subs:
@@ -175,17 +199,26 @@ def _run(broker, pub_specs, sub_specs, count, total_time=60):
 
 
 def test_fan_in(start_broker):
-    """8 publishers -> 1 subscriber on one topic, 2000 QoS 1 messages each."""
+    """8 publishers -> 1 subscriber on one topic, 2000 QoS 1 messages each;
+    the subscriber on loop 0, the publishers 4 on each loop (so half of them
+    deliver across loops)."""
     broker = _broker(start_broker)
     topic = uniq("ord/in/")
-    _run(broker, [(i, topic) for i in range(8)], [([(topic, 1)], list(range(8)))], 2000)
+    pub_ids = _ids("pub-", [0, 1] * 4)
+    sub_ids = _ids("sub-", [0])
+    _run(broker, [(i, topic) for i in range(8)], [([(topic, 1)], list(range(8)))], 2000,
+         pub_ids=pub_ids, sub_ids=sub_ids)
 
 
 def test_fan_out(start_broker):
-    """1 publisher -> 8 subscribers, 2000 QoS 1 messages."""
+    """1 publisher -> 8 subscribers, 2000 QoS 1 messages; the publisher on
+    loop 1, the subscribers 4 on each loop."""
     broker = _broker(start_broker)
     topic = uniq("ord/out/")
-    _run(broker, [(0, topic)], [([(topic, 1)], [0]) for _ in range(8)], 2000)
+    pub_ids = _ids("pub-", [1])
+    sub_ids = _ids("sub-", [0, 1] * 4)
+    _run(broker, [(0, topic)], [([(topic, 1)], [0]) for _ in range(8)], 2000,
+         pub_ids=pub_ids, sub_ids=sub_ids)
 
 
 def test_mix(start_broker):

@@ -10,6 +10,9 @@ import pytest
 import mqttraw
 from util import Paho, collect_until, mosquitto_pub, mosquitto_sub, raw_connected, scaled, uniq
 
+# Every integration broker runs 2 event loops: the whole file runs under TSan too.
+pytestmark = [pytest.mark.threaded]
+
 RX_RECV_PUBLISH = re.compile(r"received PUBLISH \(d(\d), q(\d), r(\d), m(\d+), '([^']*)'")
 
 
@@ -165,6 +168,42 @@ def test_qos2_exactly_once_with_dup_resend(broker, wait_first_pubrec):
         got = collect_until(sub, sentinel)
         assert [(p.payload, p.qos, p.dup) for p in got] == [(b"once", 2, False),
                                                              (b"second", 2, False)], got
+
+
+@pytest.mark.parametrize("qos", [1, 2])
+def test_incoming_dup_delivered_with_dup_0(broker, qos):
+    """[MQTT-3.3.1-3] the DUP flag of an incoming PUBLISH is not propagated:
+    the broker sends the message on to subscribers with DUP=0."""
+    topic = uniq("qos/dup/")
+    with raw_connected(broker, name="sub") as sub, raw_connected(broker, name="pub") as pub:
+        assert sub.subscribe([(topic, qos)]) == [qos]
+        pid = 77
+        pub.send(mqttraw.publish(topic, b"first-send-with-dup", qos=qos, pid=pid, dup=True))
+        ack = pub.expect(mqttraw.PUBACK if qos == 1 else mqttraw.PUBREC, flags=0)
+        assert mqttraw.packet_id(ack) == pid
+        if qos == 2:
+            pub.send(mqttraw.pubrel(pid))
+            assert mqttraw.packet_id(pub.expect(mqttraw.PUBCOMP, flags=0)) == pid
+        p = sub.recv_publish()
+        assert (p.payload, p.qos, p.dup) == (b"first-send-with-dup", qos, False), p
+        sub.finish_qos2()
+
+
+def test_qos1_packet_id_reused_after_puback_is_new_message(broker):
+    """[MQTT-4.3.2-2] receiver rules: once the PUBACK is sent, a PUBLISH with
+    the same packet id is a new publication, delivered again, even with
+    DUP=1 and the same payload."""
+    topic = uniq("qos1/reuse/")
+    sentinel = topic + "/sentinel"
+    with raw_connected(broker, name="sub") as sub, raw_connected(broker, name="pub") as pub:
+        assert sub.subscribe([(topic, 1), (sentinel, 1)]) == [1, 1]
+        pid = 9
+        for dup in (False, False, True):
+            pub.send(mqttraw.publish(topic, b"same", qos=1, pid=pid, dup=dup))
+            assert mqttraw.packet_id(pub.expect(mqttraw.PUBACK, flags=0)) == pid
+        pub.publish(sentinel, b"end", qos=1)
+        got = collect_until(sub, sentinel)
+        assert [(p.payload, p.qos, p.dup) for p in got] == [(b"same", 1, False)] * 3, got
 
 
 def test_qos1_puback_carries_packet_id(broker):

@@ -1,6 +1,11 @@
 """Retained messages [MQTT-3.3.1-5 .. -12] and `$` topics [MQTT-4.7.2-1]."""
 
+import pytest
+
 from util import collect_until, mosquitto_pub, mosquitto_sub, raw_connected, uniq
+
+# Every integration broker runs 2 event loops: the whole file runs under TSan too.
+pytestmark = [pytest.mark.threaded]
 
 
 def _retained_on_subscribe(broker, filters, sentinel):
@@ -53,6 +58,37 @@ def test_retained_replace(broker):
     sentinel = _set_sentinel(broker)
     got = _retained_on_subscribe(broker, [(topic, 2)], sentinel)
     assert [(p.payload, p.retain) for p in got] == [(b"v2", True)]
+
+
+def test_qos0_retained_replaces_stored_message(broker):
+    """[MQTT-3.3.1-5] a retained PUBLISH of any QoS replaces the stored
+    message, QoS 0 included [MQTT-3.3.1-7]; a later subscriber gets the
+    QoS 0 message with RETAIN=1 [MQTT-3.3.1-6]."""
+    topic = uniq("ret/q0/")
+    sentinel = uniq("sentinel/")
+    with raw_connected(broker, name="pub") as pub:
+        pub.publish(topic, b"old", qos=1, retain=True)
+        pub.publish(topic, b"new", qos=0, retain=True)
+        # Same connection, so handled after the QoS 0 message.
+        pub.publish(sentinel, b"end", qos=1, retain=True)
+    got = _retained_on_subscribe(broker, [(topic, 1)], sentinel)
+    assert [(p.payload, p.retain, p.qos) for p in got] == [(b"new", True, 0)], got
+
+
+def test_non_retained_publish_keeps_retained_message(broker):
+    """[MQTT-3.3.1-12] a PUBLISH with RETAIN=0 neither replaces nor removes the
+    retained message, whatever its QoS and even with an empty payload."""
+    topic = uniq("ret/keep/")
+    sentinel = uniq("sentinel/")
+    with raw_connected(broker, name="pub") as pub:
+        pub.publish(topic, b"keep", qos=1, retain=True)
+        pub.publish(topic, b"live1", qos=1)
+        pub.publish(topic, b"live2", qos=2)
+        pub.publish(topic, b"", qos=1)
+        pub.publish(topic, b"", qos=0)
+        pub.publish(sentinel, b"end", qos=1, retain=True)
+    got = _retained_on_subscribe(broker, [(topic, 1)], sentinel)
+    assert [(p.payload, p.retain) for p in got] == [(b"keep", True)], got
 
 
 def test_retained_clear_with_empty_payload(broker):

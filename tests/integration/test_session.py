@@ -3,10 +3,14 @@
 [MQTT-3.1.2-4 .. -6], [MQTT-3.2.2-1 .. -3], [MQTT-4.4.0-1], [MQTT-3.1.4-2],
 [MQTT-3.1.3-7 .. -9]."""
 
+import threading
+import time
+
 import pytest
 
 import mqttraw
-from util import collect_until, raw, raw_connected, scaled, uniq
+from conftest import DEFAULTS, MOATD, Broker, moat_config
+from util import collect_until, loop_of, raw, raw_connected, scaled, uniq, uniq_on_loop
 
 pytestmark = pytest.mark.threaded
 
@@ -369,6 +373,116 @@ def test_max_queued_messages_drops_and_logs(start_broker):
         c.disconnect()
     finally:
         c.close()
+
+
+@pytest.fixture
+def sys_broker(tmp_path):
+    """Factory like start_broker, with $SYS counters published every second."""
+    started = []
+
+    def start(**overrides):
+        opts = dict(DEFAULTS, **overrides)
+        work = tmp_path / ("sys%d" % len(started))
+        (work / "data").mkdir(parents=True)
+        text = moat_config(str(work / "data"), opts)
+        text = text.replace("[broker]\n", "[broker]\nsys_interval = 1\n", 1)
+        conf = work / "moat.toml"
+        conf.write_text(text)
+        b = Broker([MOATD, "-c", str(conf)], cwd=str(work), config_path=str(conf))
+        started.append(b)
+        b.wait_listening()
+        return b
+
+    yield start
+    for b in started:
+        assert b.stop() == 0, b.log_text()
+
+
+QUEUE_FULL_DROPS = "$SYS/broker/messages/dropped/queue_full"
+
+
+class _FanInPublisher(threading.Thread):
+    """Sends `count` QoS 1 PUBLISHes at once and counts the PUBACKs."""
+
+    def __init__(self, client, topic, pubid, count):
+        super().__init__(daemon=True)
+        self.c, self.topic, self.pubid, self.count = client, topic, pubid, count
+        self.acked = 0
+        self.error = None
+
+    def run(self):
+        try:
+            self.c.send(b"".join(mqttraw.publish(self.topic, b"%d:%d" % (self.pubid, j), qos=1,
+                                                 pid=j + 1) for j in range(self.count)))
+            acks = [mqttraw.packet_id(self.c.expect(mqttraw.PUBACK, flags=0))
+                    for _ in range(self.count)]
+            assert sorted(acks) == list(range(1, self.count + 1)), acks
+            self.acked = len(acks)
+            self.c.disconnect()
+        except BaseException as e:  # reported by the test
+            self.error = e
+
+
+@pytest.mark.moat_only
+@pytest.mark.parametrize("subscriber", ["offline", "stalled"])
+def test_fan_in_full_queue_is_counted_and_logged(sys_broker, subscriber):
+    """10 publishers x 20 QoS 1 messages, every one acknowledged, into one
+    persistent session whose queue (max_queued_messages 10) fills while the
+    subscriber is offline or connected but not reading. No acknowledged
+    message disappears silently: acknowledged = delivered +
+    $SYS/broker/messages/dropped/queue_full, and the drop is logged at warn.
+    Publishers sit on both event loops, the subscriber on loop 0."""
+    pubs_n, per_pub, max_queued, max_inflight = 10, 20, 10, 5
+    broker = sys_broker(max_queued_messages=max_queued, max_inflight_messages=max_inflight,
+                        log_level="info")
+    topic = uniq("sess/fanin/")
+    cid = uniq_on_loop("fanin-sub", 0, 2)
+    sub = _persistent(broker, cid)
+    assert sub.subscribe([(topic, 1)]) == [1]
+    if subscriber == "offline":
+        sub.disconnect()
+    pub_ids = [uniq_on_loop("fanin-pub", i % 2, 2) for i in range(pubs_n)]
+    assert sorted({loop_of(p, 2) for p in pub_ids}) == [0, 1]
+    pubs = [_FanInPublisher(raw_connected(broker, client_id=p, name="pub%d" % i), topic, i, per_pub)
+            for i, p in enumerate(pub_ids)]
+    for p in pubs:
+        p.start()
+    for p in pubs:
+        p.join(scaled(20))
+    assert not [p for p in pubs if p.is_alive()], "publishers stuck"
+    assert not [p.error for p in pubs if p.error], [p.error for p in pubs if p.error]
+    acked = sum(p.acked for p in pubs)
+    assert acked == pubs_n * per_pub
+    broker.wait_for_log(r"queue full for client %s " % cid, timeout=5)
+
+    if subscriber == "offline":
+        sub = _persistent(broker, cid, expect_sp=True)
+    with sub, raw_connected(broker, name="sys") as sysr:
+        assert sysr.subscribe([(QUEUE_FULL_DROPS, 0)]) == [0]
+        # Drain the subscriber (acknowledging), then read the next $SYS value,
+        # until every acknowledged message is either delivered or counted.
+        delivered, dropped, seen = [], 0, []
+        deadline = time.monotonic() + scaled(20)
+        while len(delivered) + dropped < acked:
+            assert time.monotonic() < deadline, (
+                "acknowledged %d, delivered %d, counted as dropped %d: %d lost silently "
+                "($SYS values %r)" % (acked, len(delivered), dropped,
+                                      acked - len(delivered) - dropped, seen))
+            while True:
+                try:
+                    delivered.append(sub.recv_publish(timeout=0.2).payload)
+                except TimeoutError:
+                    break
+            got = sysr.recv_publish(timeout=scaled(3))
+            assert got.topic == QUEUE_FULL_DROPS, got
+            dropped = int(got.payload)
+            seen.append(dropped)
+        assert len(delivered) + dropped == acked, (len(delivered), dropped, acked)
+        assert len(set(delivered)) == len(delivered), "duplicates delivered"
+        # Drop-new keeps the first messages: in flight plus a full queue.
+        kept = max_queued if subscriber == "offline" else max_inflight + max_queued
+        assert len(delivered) == kept, (len(delivered), delivered)
+        sub.disconnect()
 
 
 @pytest.mark.moat_only

@@ -240,3 +240,29 @@ def wait_audit(path, pred, timeout=10.0, what="audit line"):
             raise AssertionError("no %s within %.1fs; audit:\n%s" % (
                 what, scaled(timeout), "\n".join(json.dumps(e) for e in lines)))
         time.sleep(0.02)  # polling a file written by the broker's audit thread
+
+
+# ---------------------------------------------------------------- event loops
+
+def fnv1a64(data):
+    """64-bit FNV-1a of `data` (bytes), as src/broker/shard.cpp computes it."""
+    h = 14695981039346656037
+    for b in data:
+        h = ((h ^ b) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
+def loop_of(client_id, n):
+    """The event loop (shard) that owns `client_id` in a broker with `n` loops:
+    broker::shard_of, FNV-1a of the identifier's bytes modulo n."""
+    if n <= 1:
+        return 0
+    return fnv1a64(client_id.encode("utf-8")) % n
+
+
+def uniq_on_loop(prefix, loop, n):
+    """A uniq() client identifier owned by event loop `loop` of `n`."""
+    while True:
+        cid = uniq(prefix)
+        if loop_of(cid, n) == loop:
+            return cid
