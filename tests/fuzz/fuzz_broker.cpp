@@ -117,7 +117,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       c = std::make_unique<Conn>(shard, policy);
     } else {
       if (i >= size) break;
-      const std::size_t n = std::min<std::size_t>(data[i++], size - i);
+      const std::size_t want = data[i++];
+      const std::size_t n = std::min<std::size_t>(want, size - i);
       auto& c = conns[op % 4];
       c->feed(data + i, n);
       if (c->migrated) {
