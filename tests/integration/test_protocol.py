@@ -92,6 +92,7 @@ def test_invalid_packet_after_connect_closed(broker, what, data):
     roundtrip(broker)
 
 
+@pytest.mark.threaded  # two clients, two event loops in the broker: TSan stage too
 def test_violation_closes_only_that_connection(broker):
     """Another client connected meanwhile is unaffected by a violation."""
     topic = uniq("proto/other/")
@@ -241,6 +242,7 @@ def test_subscribe_valid_wildcards_granted(broker):
     roundtrip(broker)
 
 
+@pytest.mark.threaded  # two clients, two event loops in the broker: TSan stage too
 def test_unsubscribe_stops_delivery(broker):
     """[MQTT-3.10.4-1/-4/-5] UNSUBACK with the same packet id, also for a filter
     that was never subscribed; no delivery after UNSUBACK."""
@@ -253,6 +255,7 @@ def test_unsubscribe_stops_delivery(broker):
         assert collect_until(c, topic + "/end") == []
 
 
+@pytest.mark.threaded  # two clients, two event loops in the broker: TSan stage too
 def test_topic_matching_is_exact(broker):
     """[MQTT-4.7.3] topic levels are case sensitive and `/` is significant."""
     base = uniq("proto/case")
