@@ -18,12 +18,13 @@ import socket
 import subprocess
 import threading
 import time
+import tomllib
 
 import pytest
 
 import mqttraw
 from conftest import MOATD, MOSQUITTO, REPO, Broker, free_port
-from util import LineProc, mosquitto_pub, mosquitto_sub, scaled, uniq
+from util import LineProc, mosquitto_pub, mosquitto_sub, raw_connected, scaled, uniq
 
 
 def _resolve_moat():
@@ -318,6 +319,37 @@ def test_will_on_sigkill(any_broker):
     assert watcher.wait_exit() == 0
 
 
+@pytest.mark.parametrize("retain", [True, False])
+def test_will_retain(any_broker, retain):
+    """--will-retain: the will becomes the topic's retained value, so a client
+    that subscribes after the death still learns of it; without the flag it
+    does not."""
+    will = uniq("cli/wretain/")
+    # A watcher proves the will was published before the late subscriber comes.
+    watcher = moat_sub(any_broker, "-t", will, "-q", 1, "-C", 1, "--format", "json")
+    p = moat_sub(any_broker, "-t", uniq("cli/idle/"), "--will-topic", will, "--will-payload", "gone",
+                 "--will-qos", 1, *(["--will-retain"] if retain else []))
+    p.signal(signal.SIGKILL)
+    p.wait_exit()
+    assert watcher.wait_exit() == 0, watcher.stderr()
+    [m] = watcher.json_lines()
+    # Live delivery to an existing subscriber: MQTT-3.3.1-9 clears the flag.
+    assert (m["topic"], m["payload"], m["qos"], m["retain"]) == (will, "gone", 1, False), m
+    late = moat_sub(any_broker, "-t", will, "-q", 1, "-C", 1, "--format", "json")
+    if not retain:
+        # Nothing retained: the first message the late subscriber gets is a
+        # sentinel published after it subscribed.
+        r = moat("pub", *target(any_broker), "-t", will, "-m", "sentinel", "-q", 1)
+        assert r.returncode == 0, r.stderr
+    assert late.wait_exit() == 0, late.stderr()
+    [m] = late.json_lines()
+    want = ("gone", True) if retain else ("sentinel", False)
+    assert (m["topic"], m["qos"]) == (will, 1), m
+    assert (m["payload"], m["retain"]) == want, m
+    if retain:  # clear it, as a user would
+        assert moat("pub", *target(any_broker), "-t", will, "-r", "-n").returncode == 0
+
+
 def test_persistent_session(any_broker):
     topic = uniq("cli/session/")
     cid = uniq("moat-cli-")
@@ -534,6 +566,36 @@ def test_filter_out_and_several_filters(broker):
     assert p.lines() == [base + "/a/keep one", base + "/b two"]
 
 
+def test_keepalive_pings_keep_an_idle_client_connected(broker):
+    """-k 1: moatd closes a client silent for 1.5 keep-alive intervals
+    (MQTT-3.1.2-24); moat sub -k 1 stays connected well past that because it
+    sends PINGREQ when idle."""
+    topic = uniq("cli/keepalive/")
+    cid = uniq("moat-ka-")
+    p = moat_sub(broker, "-k", 1, "-i", cid, "-t", topic, "-C", 1)
+    assert "keep-alive 1 s" in p.stderr(), p.stderr()
+    idle_from = time.monotonic()
+    # Control: a client with the same keep-alive that never pings is closed.
+    # The wait for that close is also the first part of moat sub's idle time.
+    silent_id = uniq("silent-")
+    with raw_connected(broker, silent_id, keepalive=1) as silent:
+        silent.expect_closed(scaled(10))
+    assert time.monotonic() - idle_from >= 1.0
+    # The broker logs that close: the pattern checked for moat sub below is real.
+    broker.wait_for_log(r"client %s from \S+ disconnected" % re.escape(silent_id))
+    # Stay idle for 3 keep-alive intervals in all (twice what moatd allows).
+    rest = idle_from + 3.0 - time.monotonic()
+    if rest > 0:
+        time.sleep(rest)
+    assert not broker.find_log(r"client %s from \S+ disconnected" % re.escape(cid)), broker.log_text()
+    assert p.proc.poll() is None, p.stderr()
+    # Still the same connection: the message arrives, with no reconnect.
+    assert moat("pub", *target(broker), "-t", topic, "-m", "still here").returncode == 0
+    assert p.wait_exit() == 0, p.stderr()
+    assert p.lines() == ["still here"]
+    assert sum("received CONNACK" in l for l in p.err) == 1, p.stderr()
+
+
 def test_timeout_exit_5(broker):
     t0 = time.monotonic()
     r = moat("sub", *target(broker), "-t", uniq("cli/quiet/"), "-W", 1, "-C", 1)
@@ -664,6 +726,20 @@ def test_init_writes_a_valid_config(tmp_path):
     assert ("moatd -c %s" % conf).encode() in r.stdout
     text = conf.read_text()
     assert 'bind = "127.0.0.1:1883"' in text and 'data_dir = "data"' in text
+    # The defaults docs/cli.md promises: a mutual-TLS listener on 8883 beside
+    # the password-only loopback one.
+    listeners = {l["name"]: l for l in tomllib.loads(text)["listener"]}
+    assert sorted(listeners) == ["local", "tls"], listeners
+    local, tls = listeners["local"], listeners["tls"]
+    assert (local["bind"], local["transport"], local["auth"]) == ("127.0.0.1:1883", "tcp", ["password"])
+    assert (tls["bind"], tls["transport"]) == ("0.0.0.0:8883", "tls"), tls
+    assert tls["auth"] == ["certificate", "password"], tls
+    t = tls["tls"]
+    assert (t["client_cert"], t["ca"], t["crl"], t["identity_from"]) == \
+        ("required", "ca.crt", ["ca.crl"], "cn"), t
+    assert (t["cert"], t["key"], t["min_version"]) == ("server.crt", "server.key", "1.2"), t
+    for name in ("ca.crt", "ca.crl", "server.crt", "server.key"):
+        assert (d / name).is_file(), name
     if not (os.path.isfile(MOATD) and os.access(MOATD, os.X_OK)):
         pytest.skip("moatd binary not found at %s (set MOATD)" % MOATD)
     c = subprocess.run([MOATD, "--check-config", "-c", str(conf)], stdout=subprocess.PIPE,
