@@ -90,6 +90,10 @@ class Session {
   int run() {
     client_->on_connect([this](const client::ConnectResult& r) { on_connect_result(r); });
     client_->on_disconnect([this](Error e, const std::string& detail) { on_lost(e, detail); });
+    if (common_.debug)
+      client_->on_ping([](client::Client::Ping p) {
+        debug_line(p == client::Client::Ping::Sent ? "sending PINGREQ" : "received PINGRESP");
+      });
     wait_signal();
     start();
     if (common_.debug) {

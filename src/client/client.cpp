@@ -233,6 +233,7 @@ struct Client::Impl : std::enable_shared_from_this<Impl> {
   RejectHandler reject_handler;
   ConnectHandler connect_handler;
   DisconnectHandler disconnect_handler;
+  PingHandler ping_handler;
   Completion disconnect_done;
 
   // --- connection lifecycle -------------------------------------------------
@@ -534,7 +535,9 @@ struct Client::Impl : std::enable_shared_from_this<Impl> {
       if (pending.done) pending.done(Error::None);
       return true;
     }
-    return true;  // PINGRESP: liveness already noted
+    // PINGRESP: liveness already noted.
+    if (ping_handler && std::holds_alternative<codec::Pingresp>(p)) ping_handler(Ping::Answered);
+    return true;
   }
 
   void on_connack(const codec::Connack& ack) {
@@ -676,6 +679,7 @@ struct Client::Impl : std::enable_shared_from_this<Impl> {
         self->ping_outstanding = true;
         self->ping_sent = now;
         self->append(codec::Pingreq{});
+        if (self->ping_handler) self->ping_handler(Ping::Sent);
       }
       self->arm_keepalive();
     });
@@ -784,6 +788,10 @@ void Client::on_connect(ConnectHandler h) {
 }
 void Client::on_disconnect(DisconnectHandler h) {
   impl_->disconnect_handler = std::move(h);
+}
+
+void Client::on_ping(PingHandler h) {
+  impl_->ping_handler = std::move(h);
 }
 
 void Client::connect() {

@@ -195,6 +195,8 @@ class Client {
   using RejectHandler = std::function<void(const Rejected&)>;
   using ConnectHandler = std::function<void(const ConnectResult&)>;
   using DisconnectHandler = std::function<void(Error, const std::string& detail)>;
+  enum class Ping : std::uint8_t { Sent, Answered };  // PINGREQ written / PINGRESP received
+  using PingHandler = std::function<void(Ping)>;
   using Completion = std::function<void(Error)>;
   using SubscribeCompletion = std::function<void(Error, const std::vector<std::uint8_t>& granted)>;
 
@@ -211,6 +213,8 @@ class Client {
   void on_connect(ConnectHandler h);
   // Called when an established connection ends (before any reconnect attempt).
   void on_disconnect(DisconnectHandler h);
+  // Keep-alive traffic, for debug output: each PINGREQ sent and PINGRESP received.
+  void on_ping(PingHandler h);
 
   void connect();
   // QoS 0: completes once written. QoS 1/2: completes on PUBACK / PUBCOMP. While

@@ -594,6 +594,9 @@ def test_keepalive_pings_keep_an_idle_client_connected(broker):
     assert p.wait_exit() == 0, p.stderr()
     assert p.lines() == ["still here"]
     assert sum("received CONNACK" in l for l in p.err) == 1, p.stderr()
+    # -d shows the keep-alive traffic, as mosquitto_sub -d does.
+    assert sum("sending PINGREQ" in l for l in p.err) >= 2, p.stderr()
+    assert sum("received PINGRESP" in l for l in p.err) >= 2, p.stderr()
 
 
 def test_timeout_exit_5(broker):
