@@ -112,6 +112,29 @@ def test_password_listener_without_acl_denies_every_topic(secure_broker, passwd_
          ("plain", "dev1", "will", "dev1/will")])
 
 
+def test_refused_publishes_are_counted_in_sys(secure_broker, passwd_text):
+    """Each PUBLISH the policy refuses (acknowledged, dropped) is counted in
+    $SYS/broker/messages/dropped/not_authorized; a deliberate rule lets dev1
+    read $SYS and nothing else, so every other topic stays denied."""
+    monitor = ('\n[[acl.rule]]\npermission = "allow"\naction = ["subscribe", "receive"]\n'
+               'topic = "$SYS/broker/messages/dropped/#"\nuser = "dev1"\n')
+    b = secure_broker(listeners=[PASSWORD], password_file="passwd", files={"passwd": passwd_text},
+                      audit="audit.jsonl", sys_interval=1, extra=monitor)
+    ep = b.endpoints["plain"]
+    with login(ep, "dev1") as m, login(ep, "dev2") as p:
+        assert m.subscribe([("$SYS/broker/messages/dropped/not_authorized", 0), ("dev1/x", 0)]) == [0, 0x80]
+        for qos in (0, 1, 2):
+            p.publish("sensors/t", b"x", qos=qos)
+        p.ping()
+        assert len(denials(b, 4)) == 4  # the three publishes and dev1/x
+        deadline = time.monotonic() + scaled(10)
+        while True:
+            got = int(m.recv_publish(timeout=max(deadline - time.monotonic(), 0.01)).payload)
+            if got >= 3:
+                break
+        assert got == 3
+
+
 def test_allow_all_rule_opts_out(secure_broker, passwd_text):
     b = start(secure_broker, passwd_text, [PASSWORD], extra=ALLOW_ALL)
     ep = b.endpoints["plain"]
