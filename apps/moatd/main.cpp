@@ -37,13 +37,19 @@ namespace {
 
 namespace security = moat::security;
 
+// An access policy: ordered rules and an ACL file ([acl] or [listener.acl]).
+std::shared_ptr<const security::AccessPolicy> load_policy(const std::vector<security::OrderedRule>& ordered,
+                                                          const std::filesystem::path& acl_file) {
+  std::shared_ptr<const security::OrderedRules> rules;
+  if (!ordered.empty()) rules = security::OrderedRules::make(ordered);
+  std::shared_ptr<const security::Acl> file;
+  if (!acl_file.empty()) file = security::Acl::load_mosquitto(acl_file);
+  return std::make_shared<const security::AccessPolicy>(std::move(rules), std::move(file));
+}
+
 // The access policy of a configuration: [[acl.rule]] and the [acl] file.
 std::shared_ptr<const security::AccessPolicy> load_policy(const moat::config::Config& cfg) {
-  std::shared_ptr<const security::OrderedRules> rules;
-  if (!cfg.acl_rules.empty()) rules = security::OrderedRules::make(cfg.acl_rules);
-  std::shared_ptr<const security::Acl> file;
-  if (!cfg.acl_file.empty()) file = security::Acl::load_mosquitto(cfg.acl_file);
-  return std::make_shared<const security::AccessPolicy>(std::move(rules), std::move(file));
+  return load_policy(cfg.acl_rules, cfg.acl_file);
 }
 
 std::string describe(const security::AccessPolicy& p) {
@@ -60,6 +66,14 @@ struct SecurityMaterial {
   // [auth.jwt] under "", [listener.jwt] under the listener's name.
   std::map<std::string, std::shared_ptr<security::JwtAuthenticator>> jwt;
   std::shared_ptr<security::Reloadable<security::AccessPolicy>> acl;
+  // [listener.acl] of each listener that has one, in the order of the
+  // listeners: listener_acls[n - 1] is ACL slot n (broker::ListenerPolicy::acl_slot).
+  struct ListenerAcl {
+    std::string listener;
+    std::filesystem::path file;  // the path the running moatd reads
+    std::shared_ptr<security::Reloadable<security::AccessPolicy>> policy;
+  };
+  std::vector<ListenerAcl> listener_acls;
   // [auth.clientid] under "", [listener.clientid] under the listener's name.
   std::map<std::string, std::shared_ptr<security::Reloadable<security::ClientIdRules>>> clientid;
   std::shared_ptr<security::AuditLog> audit;
@@ -102,6 +116,13 @@ struct SecurityMaterial {
     // nothing else (a JWT's ACL claim, the IAM server) allows.
     if (moat::config::has_access_policy(cfg))
       acl = std::make_shared<security::Reloadable<security::AccessPolicy>>(load_policy(cfg));
+    for (const auto& l : cfg.listeners)
+      if (l.has_acl) {
+        auto policy = load_policy(l.acl_rules, l.acl_file);
+        spdlog::info("listener {}: its own ACL replaces [acl] ({})", l.name, describe(*policy));
+        listener_acls.push_back(
+            {l.name, l.acl_file, std::make_shared<security::Reloadable<security::AccessPolicy>>(policy)});
+      }
     payload = std::make_shared<security::Reloadable<moat::broker::PayloadPolicies>>(
         moat::broker::PayloadPolicies::load(cfg.payload_policies));
     if (cfg.iam) load_iam(*cfg.iam);
@@ -214,6 +235,39 @@ struct SecurityMaterial {
     }
     if (acl && next && next->acl_file != cfg.acl_file)
       spdlog::warn("reload: a changed [acl] file path takes effect after a restart");
+    for (const auto& la : listener_acls) {
+      // Ordered rules from the configuration as it is now; the file re-read at
+      // the path the running moatd uses.
+      const moat::config::Listener* now = nullptr;
+      if (next)
+        for (const auto& l : next->listeners)
+          if (l.name == la.listener) now = &l;
+      std::vector<security::OrderedRule> rules;
+      if (now) {
+        rules = now->acl_rules;
+        if (now->acl_file != la.file)
+          spdlog::warn(
+              "reload: a changed [listener.acl] file path of listener {} takes effect after a restart",
+              la.listener);
+      } else {
+        for (const auto& l : cfg.listeners)
+          if (l.name == la.listener) rules = l.acl_rules;
+      }
+      try {
+        auto policy = load_policy(rules, la.file);
+        const auto what = describe(*policy);
+        la.policy->store(std::move(policy));
+        spdlog::info("reload: ACL of listener {} ({})", la.listener, what);
+      } catch (const std::exception& e) {
+        spdlog::error("reload of the ACL of listener {} failed, keeping the previous one: {}", la.listener,
+                      e.what());
+      }
+    }
+    if (next)
+      for (const auto& l : next->listeners)
+        if (l.has_acl && std::none_of(listener_acls.begin(), listener_acls.end(),
+                                      [&](const ListenerAcl& la) { return la.listener == l.name; }))
+          spdlog::warn("reload: an ACL added to listener {} takes effect after a restart", l.name);
     if (next) {
       // Keyrings read again from the same files keep their replay windows.
       try {
@@ -307,6 +361,13 @@ struct SecurityMaterial {
     return security::make_authenticator(name);
   }
 
+  // The ACL slot of a listener (broker::ListenerPolicy::acl_slot): 0 for [acl].
+  std::uint32_t acl_slot_of(const std::string& listener) const {
+    for (std::size_t i = 0; i < listener_acls.size(); ++i)
+      if (listener_acls[i].listener == listener) return static_cast<std::uint32_t>(i + 1);
+    return 0;
+  }
+
   std::shared_ptr<security::Reloadable<security::ClientIdRules>> clientid_of(
       const std::string& listener) const {
     if (auto it = clientid.find(listener); it != clientid.end()) return it->second;
@@ -353,6 +414,9 @@ void reload(const std::filesystem::path& file, moat::config::Config& current, Se
     spdlog::warn("reload: listener, thread and data_dir changes take effect after a restart");
   current.log_level = next->log_level;
   current.acl_rules = next->acl_rules;
+  for (auto& l : current.listeners)
+    for (const auto& n : next->listeners)
+      if (n.name == l.name) l.acl_rules = n.acl_rules;
   spdlog::info("configuration reloaded from {}", file.string());
 }
 
@@ -570,6 +634,7 @@ int main(int argc, char** argv) {
     for (auto& key : dropped) counters_dropped.push_back(std::move(key));
   }
   shared.acl = material.acl;
+  for (const auto& la : material.listener_acls) shared.listener_acls.push_back(la.policy);
   shared.defence = material.defence;
   if (material.iam && material.iam->config().authorize) shared.authorizer = material.iam;
   shared.audit = material.audit;
@@ -627,6 +692,7 @@ int main(int argc, char** argv) {
   opts.threads = cfg.threads;
   for (const auto& l : cfg.listeners) {
     moat::net::ListenerSpec spec{l.name, l.host, l.port, {}, nullptr, material.clientid_of(l.name)};
+    spec.acl_slot = material.acl_slot_of(l.name);
     for (const auto& name : l.auth) spec.auth.push_back(material.authenticator(name, cfg, l));
     for (const auto& t : material.tls)
       if (t.listener == l.name) spec.tls = t.context;
@@ -638,7 +704,7 @@ int main(int argc, char** argv) {
     // client every topic (on every listener); say so, and how to allow.
     const auto method =
         std::find_if(l.auth.begin(), l.auth.end(), [](const auto& a) { return a != "anonymous"; });
-    if (method != l.auth.end() && !cfg.has_acl && !shared.authorizer)
+    if (method != l.auth.end() && !cfg.has_acl && !l.has_acl && !shared.authorizer)
       spdlog::warn(
           "listener {} authenticates clients ({}) and there is no [acl] and no IAM authorization: "
           "every client, on every listener, is denied every topic{}; to allow, write an ACL, e.g. "

@@ -524,7 +524,8 @@ void Client::finish_connect(const security::AuthResult& auth) {
   s.own_acl = own_acl_;
   s.own_acl_only = own_acl_only_;
   s.superuser = superuser_;
-  s.access.clear();  // decisions cached for an earlier connection's identity
+  s.acl_slot = listener_.acl_slot;  // before resume(): a restored queue is judged by it
+  s.access.clear();                 // decisions cached for an earlier connection's identity
   state_ = State::Connected;
   keep_alive_ = std::chrono::seconds(pc->keep_alive);
   last_packet_at_ = shard_.now();
@@ -698,7 +699,7 @@ Client::Access Client::check(const security::Identity& who, security::AccessCach
   for (const auto& q : asked_)
     if (q.answer && q.action == action && q.topic == topic)
       return q.answer->decision == security::Decision::Allow ? Access::Allow : Access::Deny;
-  if (const auto d = shard_.access(who, cache, action, topic))
+  if (const auto d = shard_.access(who, listener_.acl_slot, cache, action, topic))
     return *d == security::Decision::Allow ? Access::Allow : Access::Deny;
   const bool noted = std::any_of(asked_.begin(), asked_.end(),
                                  [&](const Asked& q) { return q.action == action && q.topic == topic; });
@@ -718,7 +719,7 @@ bool Client::ask_remote(const security::Identity& who, std::function<void()> rea
   auto answered = [this, hold, ready](std::size_t k, security::RemoteAuthorizer::Answer a) {
     if (hold != hold_id_ || state_ == State::Closed || k >= asked_.size()) return;
     asked_[k].answer = a;
-    if (session_) shard_.remember(session_->access, asked_[k].action, asked_[k].topic, a);
+    if (session_) shard_.remember(session_->access, listener_.acl_slot, asked_[k].action, asked_[k].topic, a);
     if (has_unanswered()) return;
     held_ = false;
     ++hold_id_;  // the timeout below has nothing left to do

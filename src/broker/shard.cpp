@@ -49,8 +49,10 @@ Shard::Shard(std::uint32_t index, BrokerShared& shared, ShardBus& bus)
       now_(Clock::now()),
       outboxes_(shared.shard_count),
       index_outboxes_(shared.shard_count),
-      acl_(shared.acl ? shared.acl->load() : nullptr),
-      payload_(shared.payload ? shared.payload->load() : nullptr) {}
+      payload_(shared.payload ? shared.payload->load() : nullptr) {
+  acls_.push_back({shared.acl ? shared.acl->load() : nullptr, next_acl_version_++});
+  for (const auto& l : shared.listener_acls) acls_.push_back({l->load(), next_acl_version_++});
+}
 
 Shard::~Shard() = default;
 
@@ -123,21 +125,24 @@ void Shard::persist_retained(const MessagePtr& m) {
         {std::string(m->topic), std::string(m->payload), static_cast<std::uint8_t>(m->qos)});
 }
 
-std::optional<security::Decision> Shard::access(const security::Identity& who, security::AccessCache* cache,
-                                                security::Action action, std::string_view topic) {
+std::optional<security::Decision> Shard::access(const security::Identity& who, std::uint32_t acl_slot,
+                                                security::AccessCache* cache, security::Action action,
+                                                std::string_view topic) {
   using security::Decision;
   if (who.superuser) return Decision::Allow;
   const auto& remote = shared_.authorizer;
-  if (!acl_ && !who.own && !remote) return Decision::Allow;  // nothing to check
+  const AclSlot& slot = acls_[acl_slot];
+  const security::AccessPolicy* acl = slot.policy.get();
+  if (!acl && !who.own && !remote) return Decision::Allow;  // nothing to check
   if (cache)
-    if (auto d = cache->find(action, topic, acl_version_, now_)) return d;
+    if (auto d = cache->find(action, topic, slot.version, now_)) return d;
   const security::AccessPolicy::Resolved* resolved =
-      cache && acl_ ? cache->resolved(*acl_, who, acl_version_) : nullptr;
-  auto d = security::decide_locally(acl_.get(), who, action, topic, resolved);
+      cache && acl ? cache->resolved(*acl, who, slot.version) : nullptr;
+  auto d = security::decide_locally(acl, who, action, topic, resolved);
   auto expires = TimePoint::max();
   if (!d) {
     if (!remote) {
-      d = acl_ ? Decision::Deny : Decision::Allow;
+      d = acl ? Decision::Deny : Decision::Allow;
     } else if (action == security::Action::Receive) {
       d = Decision::Allow;  // the remote authorizer granted the subscription
     } else if (auto a = remote->cached(who, action, topic, now_)) {
@@ -147,7 +152,7 @@ std::optional<security::Decision> Shard::access(const security::Identity& who, s
       return std::nullopt;
     }
   }
-  if (cache) cache->put(action, topic, *d, acl_version_, expires);
+  if (cache) cache->put(action, topic, *d, slot.version, expires);
   return d;
 }
 
@@ -396,8 +401,8 @@ void Shard::deliver(Session& s, const MessagePtr& m, QoS qos, bool retain, std::
   // session restored at start-up is checked when its client is back: until
   // then its identity is unknown, and judging it anonymous would drop what its
   // owner may read.
-  if (s.identity_known && access(s.identity(), s.client ? &s.access : nullptr, security::Action::Receive,
-                                 m->topic) != security::Decision::Allow) {
+  if (s.identity_known && access(s.identity(), s.acl_slot, s.client ? &s.access : nullptr,
+                                 security::Action::Receive, m->topic) != security::Decision::Allow) {
     if (seq) writes().erase_queued(s.id, seq);
     return;
   }
@@ -543,7 +548,7 @@ void Shard::check_restored_queue(Session& s) {
   std::size_t dropped = 0;
   while (!s.queue.empty()) {
     Session::Queued q = dequeue(s);
-    if (access(s.identity(), &s.access, security::Action::Receive, q.message->topic) ==
+    if (access(s.identity(), s.acl_slot, &s.access, security::Action::Receive, q.message->topic) ==
         security::Decision::Allow) {
       kept.push_back(std::move(q));
     } else {
@@ -562,12 +567,12 @@ void Shard::check_restored_queue(Session& s) {
 
 void Shard::tick(TimePoint now) {
   now_ = now;
-  if (shared_.acl) {  // picks up a reloaded ACL
-    auto fresh = shared_.acl->load();
-    if (fresh != acl_) {
-      acl_ = std::move(fresh);
-      ++acl_version_;  // every session's cached decisions are stale
-    }
+  // Picks up reloaded ACLs: the decisions cached under a replaced policy are stale.
+  for (std::size_t i = 0; i < acls_.size(); ++i) {
+    const auto& source = i == 0 ? shared_.acl : shared_.listener_acls[i - 1];
+    if (!source) continue;
+    auto fresh = source->load();
+    if (fresh != acls_[i].policy) acls_[i] = {std::move(fresh), next_acl_version_++};
   }
   if (shared_.payload) payload_ = shared_.payload->load();
   if (started_at_ == TimePoint{}) started_at_ = now;  // the first tick starts the uptime

@@ -101,6 +101,11 @@ struct ListenerPolicy {
   security::AuthChain auth;
   // Client identifiers each identity may use; null: any.
   std::shared_ptr<security::Reloadable<security::ClientIdRules>> clientid;
+  // The access policy of connections that come in here: 0 is [acl]
+  // (BrokerShared::acl), n > 0 the listener's own [listener.acl]
+  // (BrokerShared::listener_acls[n - 1]). Resolved once, when the listener is
+  // made, so that no check looks a policy up by name.
+  std::uint32_t acl_slot = 0;
 };
 
 // Events sent between shards, applied in the order sent.
@@ -150,6 +155,10 @@ struct BrokerShared {
   // [acl] file and [[acl.rule]]: null when none is configured (everything
   // allowed); swapped on reload.
   std::shared_ptr<security::Reloadable<security::AccessPolicy>> acl;
+  // [listener.acl] of the listeners that have one, in slot order (slot n is
+  // listener_acls[n - 1], see ListenerPolicy::acl_slot); each replaces [acl]
+  // for the connections of its listener; swapped on reload.
+  std::vector<std::shared_ptr<security::Reloadable<security::AccessPolicy>>> listener_acls;
   // [auth.defence]: backoff, bans and connection rates; null = off.
   std::shared_ptr<security::AuthThrottle> defence;
   // [log] audit: the security event stream; null = none.
@@ -211,6 +220,8 @@ class Session {
   std::shared_ptr<const security::OrderedRules> own_acl;
   bool own_acl_only = false;
   bool superuser = false;  // the IAM server said so for the last connection
+  // The access policy of the last connection's listener (ListenerPolicy::acl_slot).
+  std::uint32_t acl_slot = 0;
   // False for a session restored at start-up until its client is back: the
   // store keeps no identity, so what it may receive is decided then (resume).
   bool identity_known = true;
@@ -393,21 +404,24 @@ class Shard {
   // Routes a message to every matching subscription, local or on other shards.
   void route(const MessagePtr& m);
 
-  // The ACL's decision (the identity's own rules first); true when nothing is configured.
-  bool allowed(const security::Identity& who, security::Action action, std::string_view topic) const {
-    return security::authorize(acl_.get(), who, action, topic) == security::Decision::Allow;
+  // The ACL's decision (the identity's own rules first) under the policy of
+  // slot `acl_slot` (ListenerPolicy::acl_slot); true when nothing is configured.
+  bool allowed(const security::Identity& who, std::uint32_t acl_slot, security::Action action,
+               std::string_view topic) const {
+    return security::authorize(acls_[acl_slot].policy.get(), who, action, topic) == security::Decision::Allow;
   }
-  // The decision for one request: superuser, own rules, the ACL, then the
-  // remote authorizer's cached answer. Allow or Deny, or nullopt when the
-  // remote authorizer must be asked (never for Receive: a subscription it
-  // granted receives what it matches). `cache`: the session's recent
-  // decisions, or null.
-  std::optional<security::Decision> access(const security::Identity& who, security::AccessCache* cache,
-                                           security::Action action, std::string_view topic);
-  // Keeps a remote answer in the session's cache.
-  void remember(security::AccessCache& cache, security::Action action, std::string_view topic,
-                const security::RemoteAuthorizer::Answer& a) {
-    cache.put(action, topic, a.decision, acl_version_, a.expires);
+  // The decision for one request: superuser, own rules, the ACL of slot
+  // `acl_slot` (the listener's), then the remote authorizer's cached answer.
+  // Allow or Deny, or nullopt when the remote authorizer must be asked (never
+  // for Receive: a subscription it granted receives what it matches).
+  // `cache`: the session's recent decisions, or null.
+  std::optional<security::Decision> access(const security::Identity& who, std::uint32_t acl_slot,
+                                           security::AccessCache* cache, security::Action action,
+                                           std::string_view topic);
+  // Keeps a remote answer in the session's cache (made under slot `acl_slot`).
+  void remember(security::AccessCache& cache, std::uint32_t acl_slot, security::Action action,
+                std::string_view topic, const security::RemoteAuthorizer::Answer& a) {
+    cache.put(action, topic, a.decision, acls_[acl_slot].version, a.expires);
   }
   // This loop's snapshot of the topic payload policies; null when none.
   const PayloadPolicies* payload_policies() const { return payload_.get(); }
@@ -498,9 +512,19 @@ class Shard {
   std::unordered_map<std::string, TimePoint> marks_kept_;
   std::deque<std::pair<TimePoint, std::string>> marks_by_age_;
   TimePoint next_mark_sweep_{};
-  std::shared_ptr<const security::AccessPolicy> acl_;  // this loop's snapshot, refreshed by tick()
-  std::uint64_t acl_version_ = 1;                      // changes with acl_ (AccessCache entries)
-  std::shared_ptr<const PayloadPolicies> payload_;     // likewise
+  // This loop's snapshots of the access policies, by slot (0: [acl], n:
+  // BrokerShared::listener_acls[n - 1]), refreshed by tick(). Each snapshot
+  // has its own version, drawn from one counter of the loop, so no two
+  // policies (nor two versions of one) ever share a version: an AccessCache
+  // entry stamped under one policy is never served under another, and a
+  // reload of one listener's ACL leaves the decisions cached under the others.
+  struct AclSlot {
+    std::shared_ptr<const security::AccessPolicy> policy;  // null: nothing configured
+    std::uint64_t version = 0;
+  };
+  std::vector<AclSlot> acls_;
+  std::uint64_t next_acl_version_ = 1;
+  std::shared_ptr<const PayloadPolicies> payload_;  // likewise
   std::vector<Subscriber> match_scratch_;
   TimePoint started_at_{};
   TimePoint next_sys_{};

@@ -375,15 +375,19 @@ std::uint8_t parse_action(std::string_view a) {
   return 0;
 }
 
-// [[acl.rule]]: an ordered list, first match wins.
-std::vector<security::OrderedRule> read_acl_rules(const Reporter& r, const toml::node& n) {
+// [[acl.rule]] and [[listener.acl.rule]] (`key` names the array in errors):
+// an ordered list, first match wins.
+std::vector<security::OrderedRule> read_acl_rules(const Reporter& r, const toml::node& n,
+                                                  const std::string& key = "acl.rule") {
   const toml::array* arr = n.as_array();
   if (!arr || !arr->is_array_of_tables())
-    r.fail_at(n, "acl.rule", "must be an array of tables ([[acl.rule]])");
+    r.fail_at(n, key,
+              key == "acl.rule" ? "must be an array of tables ([[acl.rule]])"
+                                : "must be an array of tables ([[listener.acl.rule]])");
   std::vector<security::OrderedRule> rules;
   for (std::size_t i = 0; i < arr->size(); ++i) {
     const toml::table& t = *arr->get(i)->as_table();
-    const std::string sec = fmt::format("acl.rule[{}]", i);
+    const std::string sec = fmt::format("{}[{}]", key, i);
     only_keys(r, t, sec, {"permission", "action", "topic", "user", "clientid"});
     security::OrderedRule rule;
     rule.line = t.source().begin.line;
@@ -574,7 +578,7 @@ std::filesystem::path read_password(const Reporter& r, const toml::table& t, con
 void read_listener(const Reporter& r, const toml::table& t, std::size_t i, Config& c,
                    std::set<std::string>& names, const std::filesystem::path& dir) {
   const std::string sec = fmt::format("listener[{}]", i);
-  only_keys(r, t, sec, {"name", "bind", "transport", "auth", "tls", "clientid", "password", "jwt"});
+  only_keys(r, t, sec, {"name", "bind", "transport", "auth", "tls", "clientid", "password", "jwt", "acl"});
   Listener l;
   l.name = get_string(r, t, sec, "name", "");
   if (l.name.empty()) r.fail(t.source(), sec, "every listener needs a non-empty name");
@@ -651,6 +655,17 @@ void read_listener(const Reporter& r, const toml::table& t, std::size_t i, Confi
   if (const toml::node* n = t.get("clientid")) {
     if (!n->is_table()) r.fail_at(*n, qualified(sec, "clientid"), "must be a table ([listener.clientid])");
     l.clientid = read_clientid(r, *n->as_table(), sec + ".clientid");
+  }
+  if (const toml::node* n = t.get("acl")) {
+    const std::string acl = sec + ".acl";
+    if (!n->is_table()) r.fail_at(*n, acl, "must be a table ([listener.acl])");
+    const toml::table& a = *n->as_table();
+    only_keys(r, a, acl, {"file", "rule"});
+    l.acl_file = get_path(r, a, acl, "file", dir);
+    if (const toml::node* rules = a.get("rule")) l.acl_rules = read_acl_rules(r, *rules, acl + ".rule");
+    if (l.acl_file.empty() && !a.get("rule"))
+      r.fail(a.source(), acl, "needs a file = \"...\" or [[listener.acl.rule]] entries");
+    l.has_acl = true;
   }
   c.listeners.push_back(std::move(l));
 }
@@ -752,8 +767,18 @@ bool has_access_policy(const Config& c) {
 
 Config default_config() {
   Config c;
-  c.listeners.push_back(Listener{
-      "default", "127.0.0.1", 1883, "tcp", {"anonymous"}, std::nullopt, std::nullopt, {}, std::nullopt});
+  c.listeners.push_back(Listener{"default",
+                                 "127.0.0.1",
+                                 1883,
+                                 "tcp",
+                                 {"anonymous"},
+                                 std::nullopt,
+                                 std::nullopt,
+                                 {},
+                                 std::nullopt,
+                                 {},
+                                 {},
+                                 false});
   return c;
 }
 

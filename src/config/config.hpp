@@ -39,6 +39,11 @@ struct Listener {
   std::filesystem::path password_file;
   // [listener.jwt]: replaces [auth.jwt] on this listener.
   std::optional<security::JwtConfig> jwt;
+  // [listener.acl] file and [[listener.acl.rule]]: replace [acl] for every
+  // check of a connection that came in through this listener.
+  std::filesystem::path acl_file;
+  std::vector<security::OrderedRule> acl_rules;
+  bool has_acl = false;  // [listener.acl] is present (a file or rules)
 };
 
 struct Config {

@@ -1075,6 +1075,7 @@ Server::Server(ServerOptions options, broker::BrokerShared& shared)
     p->policy.name = l.name;
     for (const auto& a : l.auth) p->policy.auth.add(a);
     p->policy.clientid = l.clientid;
+    p->policy.acl_slot = l.acl_slot;
     p->tls = l.tls;
     if (p->tls) {
       p->tls_metrics = std::make_unique<security::TlsHandshakeMetrics>();

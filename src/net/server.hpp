@@ -24,6 +24,9 @@ struct ListenerSpec {
   std::shared_ptr<security::Reloadable<security::TlsServerContext>> tls;
   // Client identifiers each identity may use on this listener; null: any.
   std::shared_ptr<security::Reloadable<security::ClientIdRules>> clientid = nullptr;
+  // The access policy of its connections: 0 is [acl], n > 0 its own
+  // [listener.acl] (broker::ListenerPolicy::acl_slot).
+  std::uint32_t acl_slot = 0;
 };
 
 struct ServerOptions {

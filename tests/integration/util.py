@@ -76,7 +76,7 @@ class Paho:
     """paho-mqtt 1.6 client on its own network thread with bounded waits."""
 
     def __init__(self, broker, client_id="", clean_session=True, keepalive=60,
-                 will=None):
+                 will=None, username=None, password=None):
         import paho.mqtt.client as mqtt
         self.mqtt = mqtt
         self.c = mqtt.Client(client_id=client_id, clean_session=clean_session,
@@ -84,6 +84,8 @@ class Paho:
                              reconnect_on_failure=False)  # never reconnect silently
         if will is not None:
             self.c.will_set(*will)
+        if username is not None:
+            self.c.username_pw_set(username, password)
         self.messages = queue.Queue()
         self.connected = threading.Event()
         self.disconnected = threading.Event()

@@ -234,6 +234,85 @@ auth = ["password"]
   EXPECT_TRUE(has(e, "listener[0].password: missing key 'file'")) << e;
 }
 
+TEST(ConfigAuth, AclPerListener) {
+  auto has = [](const std::string& e, std::string_view what) { return e.find(what) != std::string::npos; };
+  const auto c = parse(std::string(R"(
+[acl]
+file = "acl"
+
+[[listener]]
+name = "a"
+bind = "127.0.0.1:1883"
+auth = ["password"]
+password = { file = "passwd" }
+
+[[listener]]
+name = "b"
+bind = "127.0.0.1:1884"
+auth = ["password"]
+password = { file = "passwd" }
+  [listener.acl]
+  file = "b/acl"
+
+  [[listener.acl.rule]]
+  permission = "deny"
+  action = "publish"
+  topic = "b/secret/#"
+
+  [[listener.acl.rule]]
+  permission = "allow"
+  action = ["subscribe", "receive"]
+  topic = "b/%u/#"
+  user = "*"
+)"),
+                       "/etc/moat/moat.toml");
+  EXPECT_TRUE(c.has_acl);
+  EXPECT_EQ(c.acl_file, "/etc/moat/acl");
+  ASSERT_EQ(c.listeners.size(), 2u);
+  EXPECT_FALSE(c.listeners[0].has_acl);
+  EXPECT_TRUE(c.listeners[0].acl_file.empty());
+  EXPECT_TRUE(c.listeners[0].acl_rules.empty());
+  const Listener& b = c.listeners[1];
+  EXPECT_TRUE(b.has_acl);
+  EXPECT_EQ(b.acl_file, "/etc/moat/b/acl");
+  ASSERT_EQ(b.acl_rules.size(), 2u);
+  EXPECT_FALSE(b.acl_rules[0].allow);
+  EXPECT_EQ(b.acl_rules[0].topic, "b/secret/#");
+  EXPECT_EQ(b.acl_rules[0].actions, static_cast<std::uint8_t>(security::Action::Publish));
+  EXPECT_GT(b.acl_rules[1].line, b.acl_rules[0].line);
+  EXPECT_TRUE(b.acl_rules[1].allow);
+  EXPECT_EQ(b.acl_rules[1].user, "*");
+  EXPECT_EQ(b.acl_rules[1].topic, "b/%u/#");
+  EXPECT_TRUE(c.acl_rules.empty());  // a listener's rules are not [acl]'s
+
+  // Rules alone, without [acl] or a file.
+  const auto rules =
+      parse(std::string(kListener) +
+                "[[listener.acl.rule]]\npermission = \"allow\"\naction = \"all\"\ntopic = \"#\"\n",
+            "/etc/moat/moat.toml");
+  EXPECT_FALSE(rules.has_acl);
+  ASSERT_TRUE(rules.listeners[0].has_acl);
+  EXPECT_TRUE(rules.listeners[0].acl_file.empty());
+  EXPECT_EQ(rules.listeners[0].acl_rules.size(), 1u);
+
+  // Mistakes: FILE:LINE:COLUMN: KEY: REASON.
+  auto e = error_of(std::string(kListener) + "[listener.acl]\nfile = \"a\"\nrules = []\n");
+  EXPECT_TRUE(has(e, "moat.toml:8:") && has(e, "listener[0].acl.rules: unknown key (known here: file, rule)"))
+      << e;
+  e = error_of(std::string(kListener) + "[listener.acl]\n");
+  EXPECT_TRUE(has(e, "moat.toml:6:") &&
+              has(e, "listener[0].acl: needs a file = \"...\" or [[listener.acl.rule]] entries"))
+      << e;
+  e = error_of(std::string(kListener) + "acl = \"a\"\n");
+  EXPECT_TRUE(has(e, "moat.toml:6:") && has(e, "listener[0].acl: must be a table ([listener.acl])")) << e;
+  e = error_of(std::string(kListener) + "[listener.acl]\nrule = { permission = \"allow\" }\n");
+  EXPECT_TRUE(has(e, "listener[0].acl.rule: must be an array of tables ([[listener.acl.rule]])")) << e;
+  e = error_of(std::string(kListener) +
+               "[[listener.acl.rule]]\npermission = \"allow\"\naction = \"all\"\ntopic = \"#\"\n"
+               "[[listener.acl.rule]]\npermission = \"maybe\"\naction = \"all\"\ntopic = \"#\"\n");
+  EXPECT_TRUE(has(e, "moat.toml:11:") && has(e, "listener[0].acl.rule[1].permission")) << e;
+}
+
 TEST(ConfigAuth, Mistakes) {
   const std::string l(kListener);
   auto has = [](const std::string& e, std::string_view what) { return e.find(what) != std::string::npos; };
