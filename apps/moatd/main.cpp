@@ -80,9 +80,15 @@ struct SecurityMaterial {
   std::shared_ptr<security::AuthThrottle> defence;
   // [[payload_policy]] with their keyrings; always present, so that a reload may add some.
   std::shared_ptr<security::Reloadable<moat::broker::PayloadPolicies>> payload;
-  // [auth.http]: the IAM server and the HTTP clients it talks through (one per server).
-  std::shared_ptr<security::Iam> iam;
+  // IAM servers: [auth.http] under "", [listener.http] under the listener's
+  // name; each its own caches. The HTTP clients they talk through: one per
+  // server (origin) and client settings, shared by the tables that name it.
+  std::map<std::string, std::shared_ptr<security::Iam>> iams;
   std::vector<std::shared_ptr<security::HttpClient>> http;
+  // The listeners with their own [listener.acl] or [listener.http], in the
+  // order of the listeners: slot_listeners[n - 1] has ACL slot n
+  // (broker::ListenerPolicy::acl_slot, broker::BrokerShared::listener_access).
+  std::vector<std::string> slot_listeners;
   struct Tls {
     std::string listener;
     security::TlsServerConfig config;
@@ -125,7 +131,11 @@ struct SecurityMaterial {
       }
     payload = std::make_shared<security::Reloadable<moat::broker::PayloadPolicies>>(
         moat::broker::PayloadPolicies::load(cfg.payload_policies));
-    if (cfg.iam) load_iam(*cfg.iam);
+    if (cfg.iam) iams[""] = load_iam(*cfg.iam, "");
+    for (const auto& l : cfg.listeners) {
+      if (l.iam) iams[l.name] = load_iam(*l.iam, l.name);
+      if (l.has_acl || l.iam) slot_listeners.push_back(l.name);
+    }
     if (cfg.clientid)
       clientid[""] = std::make_shared<security::Reloadable<security::ClientIdRules>>(
           security::ClientIdRules::make(*cfg.clientid));
@@ -146,10 +156,10 @@ struct SecurityMaterial {
     }
   }
 
-  void load_iam(const security::IamConfig& c) {
+  // [auth.http] (`listener` empty) or the [listener.http] of `listener`.
+  std::shared_ptr<security::Iam> load_iam(const security::IamConfig& c, const std::string& listener) {
+    const std::string table = listener.empty() ? "[auth.http]" : "[listener.http] of listener " + listener;
     auto client_for = [&](const security::HttpUrl& url) {
-      for (const auto& h : http_origins)
-        if (h.first == url.origin()) return h.second;
       security::HttpClientOptions o;
       o.server = url;
       o.ca = c.ca;
@@ -161,29 +171,38 @@ struct SecurityMaterial {
       o.retry_backoff = c.retry_backoff;
       o.pool_size = c.pool_size;
       o.user_agent = std::string("moatd/") + MOAT_VERSION;
+      // Tables that name one server with the same trust and client settings
+      // share its client (its thread and its pool); other settings get their own.
+      for (const auto& [was, h] : http_clients)
+        if (was.server.origin() == o.server.origin() && was.ca == o.ca && was.server_name == o.server_name &&
+            was.cert == o.cert && was.key == o.key && was.connect_timeout == o.connect_timeout &&
+            was.retries == o.retries && was.retry_backoff == o.retry_backoff && was.pool_size == o.pool_size)
+          return h;
       auto client = std::make_shared<security::HttpClient>(o);
       http.push_back(client);
-      http_origins.emplace_back(url.origin(), client);
+      http_clients.emplace_back(o, client);
       return client;
     };
     auto auth = client_for(c.url);
     std::shared_ptr<security::HttpClient> authz;
     if (c.authorize) authz = client_for(c.authorize_url ? *c.authorize_url : c.url);
-    iam = std::make_shared<security::Iam>(c, auth, authz,
-                                          [](const std::string& what) { spdlog::warn("{}", what); });
+    auto iam = std::make_shared<security::Iam>(c, auth, authz,
+                                               [](const std::string& what) { spdlog::warn("{}", what); });
     if (c.send_password && !c.url.tls)
-      spdlog::warn("[auth.http] sends passwords over plain HTTP to {} (insecure_password_over_http)",
+      spdlog::warn("{} sends passwords over plain HTTP to {} (insecure_password_over_http)", table,
                    c.url.origin());
-    spdlog::info("IAM server {}{}: cache {} s (allow), {} s (deny), on error {}", c.url.origin(),
+    spdlog::info("{}IAM server {}{}: cache {} s (allow), {} s (deny), on error {}",
+                 listener.empty() ? "" : fmt::format("listener {}: ", listener), c.url.origin(),
                  c.authorize ? " (authentication and authorization)" : " (authentication)",
                  c.cache_ttl.count() / 1000.0, c.cache_negative_ttl.count() / 1000.0,
                  c.on_error_next ? "next" : "deny");
+    return iam;
   }
   // Before the event loops go: no answer may arrive for a loop that is gone.
   void stop_http() {
     for (auto& h : http) h->stop();
   }
-  std::vector<std::pair<std::string, std::shared_ptr<security::HttpClient>>> http_origins;
+  std::vector<std::pair<security::HttpClientOptions, std::shared_ptr<security::HttpClient>>> http_clients;
 
   // SIGHUP: new handshakes, logins and checks use the new material; live
   // connections are not dropped. `next` is the configuration file as it is
@@ -268,6 +287,16 @@ struct SecurityMaterial {
         if (l.has_acl && std::none_of(listener_acls.begin(), listener_acls.end(),
                                       [&](const ListenerAcl& la) { return la.listener == l.name; }))
           spdlog::warn("reload: an ACL added to listener {} takes effect after a restart", l.name);
+    // The IAM servers are read at start, like [auth.http]: their caches and
+    // connections stay as they are.
+    if (next)
+      for (const auto& l : next->listeners)
+        for (const auto& was : cfg.listeners)
+          if (was.name == l.name && (l.iam.has_value() != was.iam.has_value() ||
+                                     (l.iam && (l.iam->url.origin() != was.iam->url.origin() ||
+                                                l.iam->url.target != was.iam->url.target))))
+            spdlog::warn("reload: a changed [listener.http] of listener {} takes effect after a restart",
+                         l.name);
     if (next) {
       // Keyrings read again from the same files keep their replay windows.
       try {
@@ -353,7 +382,7 @@ struct SecurityMaterial {
       if (auto it = jwt.find(""); it != jwt.end()) return it->second;
       return nullptr;
     }
-    if (name == "http") return std::make_shared<security::IamAuthenticator>(iam);
+    if (name == "http") return std::make_shared<security::IamAuthenticator>(iam_of(l.name));
     if (name == "certificate+password")
       return std::make_shared<security::TlsIdentityPasswordAuthenticator>(K::Certificate, password);
     if (name == "psk+password")
@@ -361,11 +390,40 @@ struct SecurityMaterial {
     return security::make_authenticator(name);
   }
 
-  // The ACL slot of a listener (broker::ListenerPolicy::acl_slot): 0 for [acl].
+  // The IAM server of a listener: its [listener.http], else [auth.http]; null: none.
+  std::shared_ptr<security::Iam> iam_of(const std::string& listener) const {
+    if (auto it = iams.find(listener); it != iams.end()) return it->second;
+    if (auto it = iams.find(""); it != iams.end()) return it->second;
+    return nullptr;
+  }
+  // The remote authorizer of a listener's connections ("" for [auth.http]):
+  // its IAM server when that one authorizes; null: none. A [listener.http]
+  // without authorize = true leaves its listener without one, whatever
+  // [auth.http] says: it replaces [auth.http] there.
+  std::shared_ptr<security::RemoteAuthorizer> authorizer_of(const std::string& listener) const {
+    auto iam = iam_of(listener);
+    if (iam && iam->config().authorize) return iam;
+    return nullptr;
+  }
+
+  // The ACL slot of a listener (broker::ListenerPolicy::acl_slot): 0 for [acl]
+  // and [auth.http].
   std::uint32_t acl_slot_of(const std::string& listener) const {
-    for (std::size_t i = 0; i < listener_acls.size(); ++i)
-      if (listener_acls[i].listener == listener) return static_cast<std::uint32_t>(i + 1);
+    for (std::size_t i = 0; i < slot_listeners.size(); ++i)
+      if (slot_listeners[i] == listener) return static_cast<std::uint32_t>(i + 1);
     return 0;
+  }
+  // How the connections of ACL slot n > 0 are judged: the listener's own ACL
+  // (else [acl]) and its own IAM server's authorization (else [auth.http]'s).
+  std::vector<moat::broker::BrokerShared::ListenerAccess> listener_access() const {
+    std::vector<moat::broker::BrokerShared::ListenerAccess> out;
+    for (const auto& name : slot_listeners) {
+      moat::broker::BrokerShared::ListenerAccess a{acl, authorizer_of(name)};
+      for (const auto& la : listener_acls)
+        if (la.listener == name) a.acl = la.policy;
+      out.push_back(std::move(a));
+    }
+    return out;
   }
 
   std::shared_ptr<security::Reloadable<security::ClientIdRules>> clientid_of(
@@ -634,9 +692,9 @@ int main(int argc, char** argv) {
     for (auto& key : dropped) counters_dropped.push_back(std::move(key));
   }
   shared.acl = material.acl;
-  for (const auto& la : material.listener_acls) shared.listener_acls.push_back(la.policy);
+  shared.listener_access = material.listener_access();
   shared.defence = material.defence;
-  if (material.iam && material.iam->config().authorize) shared.authorizer = material.iam;
+  shared.authorizer = material.authorizer_of("");
   shared.audit = material.audit;
   shared.payload = material.payload;
   if (const auto n = cfg.payload_policies.size())
@@ -704,7 +762,7 @@ int main(int argc, char** argv) {
     // client every topic (on every listener); say so, and how to allow.
     const auto method =
         std::find_if(l.auth.begin(), l.auth.end(), [](const auto& a) { return a != "anonymous"; });
-    if (method != l.auth.end() && !cfg.has_acl && !l.has_acl && !shared.authorizer)
+    if (method != l.auth.end() && !cfg.has_acl && !l.has_acl && !material.authorizer_of(l.name))
       spdlog::warn(
           "listener {} authenticates clients ({}) and there is no [acl] and no IAM authorization: "
           "every client, on every listener, is denied every topic{}; to allow, write an ACL, e.g. "

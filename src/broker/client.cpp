@@ -712,7 +712,7 @@ bool Client::has_unanswered() const {
 }
 
 bool Client::ask_remote(const security::Identity& who, std::function<void()> ready) {
-  security::RemoteAuthorizer& remote = *shard_.shared().authorizer;
+  security::RemoteAuthorizer& remote = *shard_.authorizer(listener_.acl_slot);  // the listener's IAM server
   const std::uint64_t hold = ++hold_id_;
   held_ = true;
   asking_ = true;

@@ -50,8 +50,9 @@ Shard::Shard(std::uint32_t index, BrokerShared& shared, ShardBus& bus)
       outboxes_(shared.shard_count),
       index_outboxes_(shared.shard_count),
       payload_(shared.payload ? shared.payload->load() : nullptr) {
-  acls_.push_back({shared.acl ? shared.acl->load() : nullptr, next_acl_version_++});
-  for (const auto& l : shared.listener_acls) acls_.push_back({l->load(), next_acl_version_++});
+  acls_.push_back({shared.acl ? shared.acl->load() : nullptr, next_acl_version_++, shared.authorizer});
+  for (const auto& l : shared.listener_access)
+    acls_.push_back({l.acl ? l.acl->load() : nullptr, next_acl_version_++, l.authorizer});
 }
 
 Shard::~Shard() = default;
@@ -130,8 +131,8 @@ std::optional<security::Decision> Shard::access(const security::Identity& who, s
                                                 std::string_view topic) {
   using security::Decision;
   if (who.superuser) return Decision::Allow;
-  const auto& remote = shared_.authorizer;
   const AclSlot& slot = acls_[acl_slot];
+  security::RemoteAuthorizer* remote = slot.remote.get();
   const security::AccessPolicy* acl = slot.policy.get();
   if (!acl && !who.own && !remote) return Decision::Allow;  // nothing to check
   if (cache)
@@ -569,10 +570,13 @@ void Shard::tick(TimePoint now) {
   now_ = now;
   // Picks up reloaded ACLs: the decisions cached under a replaced policy are stale.
   for (std::size_t i = 0; i < acls_.size(); ++i) {
-    const auto& source = i == 0 ? shared_.acl : shared_.listener_acls[i - 1];
+    const auto& source = i == 0 ? shared_.acl : shared_.listener_access[i - 1].acl;
     if (!source) continue;
     auto fresh = source->load();
-    if (fresh != acls_[i].policy) acls_[i] = {std::move(fresh), next_acl_version_++};
+    if (fresh != acls_[i].policy) {
+      acls_[i].policy = std::move(fresh);
+      acls_[i].version = next_acl_version_++;
+    }
   }
   if (shared_.payload) payload_ = shared_.payload->load();
   if (started_at_ == TimePoint{}) started_at_ = now;  // the first tick starts the uptime

@@ -101,10 +101,11 @@ struct ListenerPolicy {
   security::AuthChain auth;
   // Client identifiers each identity may use; null: any.
   std::shared_ptr<security::Reloadable<security::ClientIdRules>> clientid;
-  // The access policy of connections that come in here: 0 is [acl]
-  // (BrokerShared::acl), n > 0 the listener's own [listener.acl]
-  // (BrokerShared::listener_acls[n - 1]). Resolved once, when the listener is
-  // made, so that no check looks a policy up by name.
+  // The access policy and the remote authorizer of connections that come in
+  // here: 0 is [acl] and [auth.http] (BrokerShared::acl, ::authorizer), n > 0
+  // a listener with its own [listener.acl] or [listener.http]
+  // (BrokerShared::listener_access[n - 1]). Resolved once, when the listener
+  // is made, so that no check looks a policy up by name.
   std::uint32_t acl_slot = 0;
 };
 
@@ -155,10 +156,18 @@ struct BrokerShared {
   // [acl] file and [[acl.rule]]: null when none is configured (everything
   // allowed); swapped on reload.
   std::shared_ptr<security::Reloadable<security::AccessPolicy>> acl;
-  // [listener.acl] of the listeners that have one, in slot order (slot n is
-  // listener_acls[n - 1], see ListenerPolicy::acl_slot); each replaces [acl]
-  // for the connections of its listener; swapped on reload.
-  std::vector<std::shared_ptr<security::Reloadable<security::AccessPolicy>>> listener_acls;
+  // How the connections of a listener with its own [listener.acl] or
+  // [listener.http] are judged: ACL slot n (ListenerPolicy::acl_slot) is
+  // listener_access[n - 1].
+  struct ListenerAccess {
+    // [listener.acl], or [acl] (the same object as `acl`) for a listener
+    // without one; null when none is configured; swapped on reload.
+    std::shared_ptr<security::Reloadable<security::AccessPolicy>> acl;
+    // [listener.http] with authorize = true, or [auth.http]'s (the same object
+    // as `authorizer`) for a listener without [listener.http]; null: none.
+    std::shared_ptr<security::RemoteAuthorizer> authorizer;
+  };
+  std::vector<ListenerAccess> listener_access;
   // [auth.defence]: backoff, bans and connection rates; null = off.
   std::shared_ptr<security::AuthThrottle> defence;
   // [log] audit: the security event stream; null = none.
@@ -169,7 +178,8 @@ struct BrokerShared {
   // [[payload_policy]]: null when none is configured; swapped on reload.
   std::shared_ptr<security::Reloadable<PayloadPolicies>> payload;
   // [auth.http] authorize: the IAM server decides the publishes and
-  // subscriptions the local rules have no rule for; null = none.
+  // subscriptions the local rules have no rule for (ACL slot 0; listeners
+  // with [listener.http] have their own, in listener_access); null = none.
   std::shared_ptr<security::RemoteAuthorizer> authorizer;
   // Limits hit (docs/limits.md), counted and reported by every loop and net.
   LimitStats limit_stats;
@@ -220,7 +230,8 @@ class Session {
   std::shared_ptr<const security::OrderedRules> own_acl;
   bool own_acl_only = false;
   bool superuser = false;  // the IAM server said so for the last connection
-  // The access policy of the last connection's listener (ListenerPolicy::acl_slot).
+  // The access policy and remote authorizer of the last connection's listener
+  // (ListenerPolicy::acl_slot).
   std::uint32_t acl_slot = 0;
   // False for a session restored at start-up until its client is back: the
   // store keeps no identity, so what it may receive is decided then (resume).
@@ -411,9 +422,10 @@ class Shard {
     return security::authorize(acls_[acl_slot].policy.get(), who, action, topic) == security::Decision::Allow;
   }
   // The decision for one request: superuser, own rules, the ACL of slot
-  // `acl_slot` (the listener's), then the remote authorizer's cached answer.
-  // Allow or Deny, or nullopt when the remote authorizer must be asked (never
-  // for Receive: a subscription it granted receives what it matches).
+  // `acl_slot` (the listener's), then the cached answer of that slot's remote
+  // authorizer. Allow or Deny, or nullopt when the slot's remote authorizer
+  // must be asked (never for Receive: a subscription it granted receives what
+  // it matches).
   // `cache`: the session's recent decisions, or null.
   std::optional<security::Decision> access(const security::Identity& who, std::uint32_t acl_slot,
                                            security::AccessCache* cache, security::Action action,
@@ -422,6 +434,10 @@ class Shard {
   void remember(security::AccessCache& cache, std::uint32_t acl_slot, security::Action action,
                 std::string_view topic, const security::RemoteAuthorizer::Answer& a) {
     cache.put(action, topic, a.decision, acls_[acl_slot].version, a.expires);
+  }
+  // The remote authorizer of slot `acl_slot` (the listener's IAM server); null: none.
+  security::RemoteAuthorizer* authorizer(std::uint32_t acl_slot) const {
+    return acls_[acl_slot].remote.get();
   }
   // This loop's snapshot of the topic payload policies; null when none.
   const PayloadPolicies* payload_policies() const { return payload_.get(); }
@@ -513,14 +529,17 @@ class Shard {
   std::deque<std::pair<TimePoint, std::string>> marks_by_age_;
   TimePoint next_mark_sweep_{};
   // This loop's snapshots of the access policies, by slot (0: [acl], n:
-  // BrokerShared::listener_acls[n - 1]), refreshed by tick(). Each snapshot
-  // has its own version, drawn from one counter of the loop, so no two
-  // policies (nor two versions of one) ever share a version: an AccessCache
-  // entry stamped under one policy is never served under another, and a
-  // reload of one listener's ACL leaves the decisions cached under the others.
+  // BrokerShared::listener_access[n - 1]), refreshed by tick(), with the
+  // slot's remote authorizer. Each snapshot has its own version, drawn from
+  // one counter of the loop, so no two slots (nor two versions of one policy)
+  // ever share a version: an AccessCache entry stamped under one policy or
+  // one IAM server is never served under another, even where two slots share
+  // a policy, and a reload of one listener's ACL leaves the decisions cached
+  // under the others.
   struct AclSlot {
     std::shared_ptr<const security::AccessPolicy> policy;  // null: nothing configured
     std::uint64_t version = 0;
+    std::shared_ptr<security::RemoteAuthorizer> remote;  // null: none
   };
   std::vector<AclSlot> acls_;
   std::uint64_t next_acl_version_ = 1;

@@ -512,9 +512,9 @@ std::vector<broker::PayloadPolicySpec> read_payload_policies(const Reporter& r, 
   return out;
 }
 
-// [auth.http]: the IAM server.
-security::IamConfig read_iam(const Reporter& r, const toml::table& t, const std::filesystem::path& dir) {
-  const std::string sec = "auth.http";
+// [auth.http] and [listener.http] (`sec` names the table in errors): the IAM server.
+security::IamConfig read_iam(const Reporter& r, const toml::table& t, const std::string& sec,
+                             const std::filesystem::path& dir) {
   only_keys(r, t, sec,
             {"url", "authorize", "authorize_url", "ca", "server_name", "cert", "key", "connect_timeout",
              "timeout", "retries", "retry_backoff", "pool_size", "cache_ttl", "cache_negative_ttl",
@@ -578,7 +578,8 @@ std::filesystem::path read_password(const Reporter& r, const toml::table& t, con
 void read_listener(const Reporter& r, const toml::table& t, std::size_t i, Config& c,
                    std::set<std::string>& names, const std::filesystem::path& dir) {
   const std::string sec = fmt::format("listener[{}]", i);
-  only_keys(r, t, sec, {"name", "bind", "transport", "auth", "tls", "clientid", "password", "jwt", "acl"});
+  only_keys(r, t, sec,
+            {"name", "bind", "transport", "auth", "tls", "clientid", "password", "jwt", "acl", "http"});
   Listener l;
   l.name = get_string(r, t, sec, "name", "");
   if (l.name.empty()) r.fail(t.source(), sec, "every listener needs a non-empty name");
@@ -613,6 +614,10 @@ void read_listener(const Reporter& r, const toml::table& t, std::size_t i, Confi
     if (!n->is_table()) r.fail_at(*n, qualified(sec, "jwt"), "must be a table ([listener.jwt])");
     l.jwt = read_jwt(r, *n->as_table(), sec + ".jwt", dir);
   }
+  if (const toml::node* n = t.get("http")) {
+    if (!n->is_table()) r.fail_at(*n, qualified(sec, "http"), "must be a table ([listener.http])");
+    l.iam = read_iam(r, *n->as_table(), sec + ".http", dir);
+  }
   if (const toml::node* a = t.get("auth")) {
     const toml::array* arr = a->as_array();
     if (!arr || arr->empty())
@@ -639,8 +644,9 @@ void read_listener(const Reporter& r, const toml::table& t, std::size_t i, Confi
       if (name == "jwt" && !c.jwt && !l.jwt)
         r.fail_at(m, qualified(sec, "auth"),
                   "method 'jwt' needs an [auth.jwt] or [listener.jwt] table with a key");
-      if (name == "http" && !c.iam)
-        r.fail_at(m, qualified(sec, "auth"), "method 'http' needs an [auth.http] table with a url");
+      if (name == "http" && !iam_of(c, l))
+        r.fail_at(m, qualified(sec, "auth"),
+                  "method 'http' needs an [auth.http] or [listener.http] table with a url");
       if ((name == "certificate" || name == "psk" || name == "certificate+password" ||
            name == "psk+password") &&
           l.transport != "tls")
@@ -754,6 +760,11 @@ const std::filesystem::path& password_file_of(const Config& c, const Listener& l
   return l.password_file.empty() ? c.password_file : l.password_file;
 }
 
+const security::IamConfig* iam_of(const Config& c, const Listener& l) {
+  if (l.iam) return &*l.iam;
+  return c.iam ? &*c.iam : nullptr;
+}
+
 bool authenticates(const Config& c) {
   for (const auto& l : c.listeners)
     for (const auto& m : l.auth)
@@ -778,7 +789,8 @@ Config default_config() {
                                  std::nullopt,
                                  {},
                                  {},
-                                 false});
+                                 false,
+                                 std::nullopt});
   return c;
 }
 
@@ -798,7 +810,7 @@ Config parse(std::string_view text, const std::filesystem::path& source) {
     only_keys(r, *t, "auth", {"password", "jwt", "http", "clientid", "defence"});
     if (const toml::node* n = t->get("http")) {
       if (!n->is_table()) r.fail_at(*n, "auth.http", "must be a table ([auth.http])");
-      c.iam = read_iam(r, *n->as_table(), dir);
+      c.iam = read_iam(r, *n->as_table(), "auth.http", dir);
     }
     if (const auto* p = get_table(r, *t, "password"))
       c.password_file = read_password(r, *p, "auth.password", dir);

@@ -44,6 +44,9 @@ struct Listener {
   std::filesystem::path acl_file;
   std::vector<security::OrderedRule> acl_rules;
   bool has_acl = false;  // [listener.acl] is present (a file or rules)
+  // [listener.http]: replaces [auth.http] on this listener, both its "http"
+  // method and the remote authorization of the connections that came in here.
+  std::optional<security::IamConfig> iam;
 };
 
 struct Config {
@@ -69,6 +72,10 @@ struct Config {
   // [[payload_policy]], in order; keyrings are read by broker::PayloadPolicies::load.
   std::vector<broker::PayloadPolicySpec> payload_policies;
 };
+
+// The IAM server of a listener: its own [listener.http], else [auth.http];
+// null when there is none.
+const security::IamConfig* iam_of(const Config& c, const Listener& l);
 
 // The password file the listener's password methods check: its own
 // [listener.password], else [auth.password]; empty when there is none.

@@ -25,7 +25,7 @@ class ListenerAclTest : public BrokerFixture {
   // [acl] grants a/, listener "b" (slot 1) its own ACL granting b/.
   void make_policies(broker::BrokerShared& s) {
     s.acl = allow_under("a");
-    s.listener_acls = {allow_under("b")};
+    s.listener_access = {{allow_under("b"), nullptr}};
   }
   void SetUp() override {
     make_policies(shared);

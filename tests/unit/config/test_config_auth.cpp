@@ -459,7 +459,7 @@ TEST(ConfigIam, Mistakes) {
     return text.find(what) != std::string::npos ? ::testing::AssertionSuccess()
                                                 : ::testing::AssertionFailure() << text;
   };
-  EXPECT_TRUE(has(err("", kHttpListener), "method 'http' needs an [auth.http] table"));
+  EXPECT_TRUE(has(err("", kHttpListener), "method 'http' needs an [auth.http] or [listener.http] table"));
   EXPECT_TRUE(
       has(err("[auth.http]\nauthorize = true\n"), "/etc/moat/moat.toml:1:1: auth.http: missing key 'url'"));
   EXPECT_TRUE(
@@ -484,6 +484,94 @@ TEST(ConfigIam, Mistakes) {
                 "= true\n"),
             "no error");
   EXPECT_TRUE(has(err("[limits]\nauth_timeout = 0\n", kListener), "limits.auth_timeout: must be between"));
+}
+
+TEST(ConfigIam, IamServerPerListener) {
+  const auto c = parse(std::string(R"(
+[auth.http]
+url = "http://127.0.0.1:8080/auth"
+authorize = true
+
+[[listener]]
+name = "a"
+bind = "127.0.0.1:1883"
+auth = ["http"]
+
+[[listener]]
+name = "b"
+bind = "127.0.0.1:1884"
+auth = ["http"]
+  [listener.http]
+  url = "https://iam-b.internal:8443/mqtt/auth"
+  authorize = true
+  authorize_url = "https://iam-b.internal:8443/mqtt/acl"
+  ca = "iam-b-ca.crt"
+  cache_ttl = 5
+  on_error = "next"
+)"),
+                       "/etc/moat/moat.toml");
+  ASSERT_TRUE(c.iam);
+  EXPECT_EQ(c.iam->url.port, 8080);
+  ASSERT_EQ(c.listeners.size(), 2u);
+  EXPECT_FALSE(c.listeners[0].iam);
+  EXPECT_EQ(iam_of(c, c.listeners[0]), &*c.iam);  // [auth.http]
+  const Listener& b = c.listeners[1];
+  ASSERT_TRUE(b.iam);
+  EXPECT_EQ(iam_of(c, b), &*b.iam);  // its own replaces [auth.http]
+  EXPECT_TRUE(b.iam->url.tls);
+  EXPECT_EQ(b.iam->url.host, "iam-b.internal");
+  EXPECT_EQ(b.iam->url.target, "/mqtt/auth");
+  EXPECT_TRUE(b.iam->authorize);
+  ASSERT_TRUE(b.iam->authorize_url);
+  EXPECT_EQ(b.iam->authorize_url->target, "/mqtt/acl");
+  EXPECT_EQ(b.iam->ca, "/etc/moat/iam-b-ca.crt");  // relative to the file
+  EXPECT_EQ(b.iam->cache_ttl.count(), 5000);
+  EXPECT_TRUE(b.iam->on_error_next);
+  EXPECT_EQ(b.iam->timeout.count(), 5000);  // the defaults of [auth.http]
+
+  // [listener.http] alone, without [auth.http]: the method 'http' is fine there.
+  const auto alone = parse(std::string(kHttpListener) + "[listener.http]\nurl = \"http://127.0.0.1:9/\"\n",
+                           "/etc/moat/moat.toml");
+  EXPECT_FALSE(alone.iam);
+  ASSERT_TRUE(alone.listeners[0].iam);
+  EXPECT_FALSE(alone.listeners[0].iam->authorize);
+  // A listener that does not name 'http' may still have one (for authorization).
+  EXPECT_EQ(
+      error_of(std::string(kListener) + "[listener.http]\nurl = \"http://127.0.0.1:9/\"\nauthorize = true\n"),
+      "no error");
+
+  // Mistakes: FILE:LINE:COLUMN: KEY: REASON.
+  auto has = [](const std::string& e, std::string_view what) {
+    return e.find(what) != std::string::npos ? ::testing::AssertionSuccess()
+                                             : ::testing::AssertionFailure() << e;
+  };
+  // 'http' needs [auth.http] or its listener's own: another listener's does not do.
+  auto e = error_of(std::string(kHttpListener) + R"(
+[[listener]]
+name = "other"
+bind = "127.0.0.1:1884"
+auth = ["http"]
+  [listener.http]
+  url = "http://127.0.0.1:9/"
+)");
+  EXPECT_TRUE(
+      has(e, "moat.toml:5:") &&
+      has(e, "listener[0].auth: method 'http' needs an [auth.http] or [listener.http] table with a url"))
+      << e;
+  e = error_of(std::string(kHttpListener) + "[listener.http]\nurl = \"http://127.0.0.1:9/\"\nurls = 1\n");
+  EXPECT_TRUE(has(e, "moat.toml:8:") && has(e, "listener[0].http.urls: unknown key")) << e;
+  e = error_of(std::string(kHttpListener) + "[listener.http]\nauthorize = true\n");
+  EXPECT_TRUE(has(e, "moat.toml:6:") && has(e, "listener[0].http: missing key 'url'")) << e;
+  e = error_of(std::string(kHttpListener) + "[listener.http]\nurl = \"ftp://iam\"\n");
+  EXPECT_TRUE(has(e, "moat.toml:7:") && has(e, "listener[0].http.url: must start with http:// or https://"))
+      << e;
+  e = error_of(std::string(kHttpListener) + "[listener.http]\nurl = \"http://iam/\"\nca = \"ca.crt\"\n");
+  EXPECT_TRUE(has(e, "listener[0].http.ca: only for https://"));
+  e = error_of(std::string(kHttpListener) +
+               "[listener.http]\nurl = \"http://iam/\"\nsend_password = \"value\"\n");
+  EXPECT_TRUE(has(e, "listener[0].http.send_password: \"value\" sends passwords"));
+  e = error_of(std::string(kHttpListener) + "http = \"http://iam/\"\n");
+  EXPECT_TRUE(has(e, "moat.toml:6:") && has(e, "listener[0].http: must be a table ([listener.http])")) << e;
 }
 
 TEST(ConfigIam, Urls) {
