@@ -96,7 +96,17 @@ struct SecurityMaterial {
   // Start-up: every failure is fatal (throws with the file and the reason).
   void load(const moat::config::Config& cfg) {
     if (!cfg.audit.empty()) audit = std::make_shared<security::AuditLog>(cfg.audit);
-    if (cfg.defence.enabled) defence = std::make_shared<security::AuthThrottle>(cfg.defence);
+    if (moat::config::defended(cfg)) {
+      // Each listener's DefenceScope decides whom the defence judges there; the
+      // throttle's own allow list may exempt no one a listener's own list
+      // ([listener.defence] allow) defends.
+      auto d = cfg.defence;
+      d.enabled = true;
+      if (std::any_of(cfg.listeners.begin(), cfg.listeners.end(),
+                      [](const auto& l) { return l.defence_allow.has_value(); }))
+        d.allow.clear();
+      defence = std::make_shared<security::AuthThrottle>(std::move(d));
+    }
     auto load_password = [&](const std::filesystem::path& file) {
       if (!file.empty() && !passwords.contains(file))
         passwords.emplace(
@@ -693,6 +703,14 @@ int main(int argc, char** argv) {
   for (const auto& l : cfg.listeners) {
     moat::net::ListenerSpec spec{l.name, l.host, l.port, {}, nullptr, material.clientid_of(l.name)};
     spec.acl_slot = material.acl_slot_of(l.name);
+    spec.defence = moat::config::defence_of(cfg, l);
+    if (l.defence_enabled || l.defence_allow) {
+      if (!material.defence || !spec.defence.enabled)
+        spdlog::info("listener {}: no brute-force defence ([listener.defence])", l.name);
+      else
+        spdlog::info("listener {}: the brute-force defence exempts {} address block(s) ([listener.defence])",
+                     l.name, spec.defence.allow.size());
+    }
     for (const auto& name : l.auth) spec.auth.push_back(material.authenticator(name, cfg, l));
     for (const auto& t : material.tls)
       if (t.listener == l.name) spec.tls = t.context;
