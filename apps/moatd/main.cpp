@@ -719,15 +719,20 @@ int main(int argc, char** argv) {
         std::find(l.auth.begin(), l.auth.end(), "anonymous") != l.auth.end())
       spdlog::warn("listener {} admits anonymous clients on {}, which is not loopback-only", l.name, l.host);
     // Authentication without authorization: the empty policy denies every
-    // client every topic (on every listener); say so, and how to allow.
+    // client of every listener without its own [listener.acl] every topic;
+    // say so, and how to allow.
     const auto method =
         std::find_if(l.auth.begin(), l.auth.end(), [](const auto& a) { return a != "anonymous"; });
     if (method != l.auth.end() && !cfg.has_acl && !l.has_acl && !shared.authorizer)
       spdlog::warn(
           "listener {} authenticates clients ({}) and there is no [acl] and no IAM authorization: "
-          "every client, on every listener, is denied every topic{}; to allow, write an ACL, e.g. "
+          "every client{} is denied every topic{}; to allow, write an ACL, e.g. "
           "[[acl.rule]] permission = \"allow\", action = \"all\", topic = \"#\" (docs/security.md)",
-          l.name, *method, *method == "jwt" ? " its token's ACL claim does not grant" : "");
+          l.name, *method,
+          std::any_of(cfg.listeners.begin(), cfg.listeners.end(), [](const auto& o) { return o.has_acl; })
+              ? " of a listener without its own [listener.acl]"
+              : ", on every listener,",
+          *method == "jwt" ? " its token's ACL claim does not grant" : "");
   }
   moat::net::Server server(std::move(opts), shared);
   // Retained messages and sessions come back before the first connection.
