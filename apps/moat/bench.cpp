@@ -302,7 +302,7 @@ struct Publisher {
   Worker& w;
   Run& r;
   u32 id;
-  std::string topic;
+  std::vector<std::string> topics;  // published to in turn
   std::unique_ptr<client::Client> c;
   u64 seq = 0;
   unsigned outstanding = 0;
@@ -314,7 +314,8 @@ struct Publisher {
   double per_ns = 0;  // rate per nanosecond; 0 = flat out
   Counter issued;     // read by the main thread after the workers stopped too
 
-  Publisher(Worker& worker, Run& run, u32 i, std::string t) : w(worker), r(run), id(i), topic(std::move(t)) {}
+  Publisher(Worker& worker, Run& run, u32 i, std::vector<std::string> t)
+      : w(worker), r(run), id(i), topics(std::move(t)) {}
   void connect(asio::io_context& io);
   void begin(u64 t0);
   void pump();
@@ -458,6 +459,7 @@ void Publisher::pump() {
     std::memcpy(payload.data() + 4, &id, 4);
     std::memcpy(payload.data() + 8, &seq, 8);
     std::memcpy(payload.data() + 16, &now, 8);
+    const std::string& topic = topics[seq % topics.size()];
     ++seq;
     ++outstanding;
     issued.add();
@@ -645,6 +647,11 @@ CLI::App* add_bench_command(CLI::App& app, BenchArgs& a) {
       ->capture_default_str()
       ->check(CLI::Range(0u, 65535u));
   b->add_option("--topic", a.topic, "base topic")->capture_default_str();
+  b->add_option("--spread", a.spread,
+                "each publisher cycles over N topics below its own (TOPIC/0 .. TOPIC/N-1), and subscribers "
+                "subscribe to its topic/#: a load of many distinct topics per client")
+      ->capture_default_str()
+      ->check(CLI::Range(1u, 1000000u));
   b->add_option("-I,--id-prefix", a.id_prefix,
                 "client identifier prefix (default mb<pid>-, or moat-bench- with --persistent)");
   auto* pers =
@@ -727,17 +734,22 @@ int run_bench(const BenchArgs& args) {
     auto s = std::make_unique<Subscriber>(w, r, i);
     s->tracker.run = r.run_id;
     s->tracker.any_run = sc == "sub";
+    const std::string below = a.spread > 1 ? "/#" : "";
     if (sc == "sub")
       s->filters = {a.topic + "/#"};
     else if (sc == "pairs")
-      s->filters = {pub_topic(i)};
+      s->filters = {pub_topic(i) + below};
     else
-      s->filters = {a.topic};
+      s->filters = {a.topic + below};
     w.subs.push_back(std::move(s));
   }
   for (unsigned i = 0; i < npubs; ++i) {
     auto& w = worker_of(i + nsubs);
-    auto p = std::make_unique<Publisher>(w, r, i, pub_topic(i));
+    std::vector<std::string> topics;
+    if (a.spread == 1) topics.push_back(pub_topic(i));
+    for (unsigned k = 0; a.spread > 1 && k < a.spread; ++k)
+      topics.push_back(pub_topic(i) + "/" + std::to_string(k));
+    auto p = std::make_unique<Publisher>(w, r, i, std::move(topics));
     if (a.rate > 0) p->per_ns = a.rate / npubs / 1e9;
     p->fan = sc == "fanout" ? nsubs : (sc == "fanin" || sc == "pairs") ? 1 : 0;
     r.pubs.push_back(p.get());
@@ -834,6 +846,7 @@ int run_bench(const BenchArgs& args) {
       what += " (window " + std::to_string(a.inflight) + ", backlog " +
               (a.backlog > 0 ? std::to_string(a.backlog) : std::string("unlimited")) + ")";
       if (a.persistent) what += ", persistent subscribers";
+      if (a.spread > 1) what += ", " + std::to_string(a.spread) + " topics per publisher";
     }
     char tail[160];
     std::snprintf(tail, sizeof tail, ", %g s after %g s warm-up, %u thread%s", a.duration, a.warmup,

@@ -25,6 +25,9 @@ struct BenchArgs {
   std::string username;  // empty: none
   std::string password;  // empty: none
   std::string topic = "moat-bench";
+  // Each publisher cycles over this many topics below its own (TOPIC/0 ..);
+  // 1: it publishes to its topic alone.
+  unsigned spread = 1;
   std::string id_prefix;  // default: "mb<pid>-" (clean) or "moat-bench-" (--persistent)
   unsigned clients = 10;  // publishers, subscribers, pairs or concurrent connections
   int qos = 0;

@@ -102,7 +102,17 @@ struct SecurityMaterial {
   // Start-up: every failure is fatal (throws with the file and the reason).
   void load(const moat::config::Config& cfg) {
     if (!cfg.audit.empty()) audit = std::make_shared<security::AuditLog>(cfg.audit);
-    if (cfg.defence.enabled) defence = std::make_shared<security::AuthThrottle>(cfg.defence);
+    if (moat::config::defended(cfg)) {
+      // Each listener's DefenceScope decides whom the defence judges there; the
+      // throttle's own allow list may exempt no one a listener's own list
+      // ([listener.defence] allow) defends.
+      auto d = cfg.defence;
+      d.enabled = true;
+      if (std::any_of(cfg.listeners.begin(), cfg.listeners.end(),
+                      [](const auto& l) { return l.defence_allow.has_value(); }))
+        d.allow.clear();
+      defence = std::make_shared<security::AuthThrottle>(std::move(d));
+    }
     auto load_password = [&](const std::filesystem::path& file) {
       if (!file.empty() && !passwords.contains(file))
         passwords.emplace(
@@ -751,6 +761,14 @@ int main(int argc, char** argv) {
   for (const auto& l : cfg.listeners) {
     moat::net::ListenerSpec spec{l.name, l.host, l.port, {}, nullptr, material.clientid_of(l.name)};
     spec.acl_slot = material.acl_slot_of(l.name);
+    spec.defence = moat::config::defence_of(cfg, l);
+    if (l.defence_enabled || l.defence_allow) {
+      if (!material.defence || !spec.defence.enabled)
+        spdlog::info("listener {}: no brute-force defence ([listener.defence])", l.name);
+      else
+        spdlog::info("listener {}: the brute-force defence exempts {} address block(s) ([listener.defence])",
+                     l.name, spec.defence.allow.size());
+    }
     for (const auto& name : l.auth) spec.auth.push_back(material.authenticator(name, cfg, l));
     for (const auto& t : material.tls)
       if (t.listener == l.name) spec.tls = t.context;
@@ -759,15 +777,20 @@ int main(int argc, char** argv) {
         std::find(l.auth.begin(), l.auth.end(), "anonymous") != l.auth.end())
       spdlog::warn("listener {} admits anonymous clients on {}, which is not loopback-only", l.name, l.host);
     // Authentication without authorization: the empty policy denies every
-    // client every topic (on every listener); say so, and how to allow.
+    // client of every listener without its own [listener.acl] every topic;
+    // say so, and how to allow.
     const auto method =
         std::find_if(l.auth.begin(), l.auth.end(), [](const auto& a) { return a != "anonymous"; });
     if (method != l.auth.end() && !cfg.has_acl && !l.has_acl && !material.authorizer_of(l.name))
       spdlog::warn(
           "listener {} authenticates clients ({}) and there is no [acl] and no IAM authorization: "
-          "every client, on every listener, is denied every topic{}; to allow, write an ACL, e.g. "
+          "every client{} is denied every topic{}; to allow, write an ACL, e.g. "
           "[[acl.rule]] permission = \"allow\", action = \"all\", topic = \"#\" (docs/security.md)",
-          l.name, *method, *method == "jwt" ? " its token's ACL claim does not grant" : "");
+          l.name, *method,
+          std::any_of(cfg.listeners.begin(), cfg.listeners.end(), [](const auto& o) { return o.has_acl; })
+              ? " of a listener without its own [listener.acl]"
+              : ", on every listener,",
+          *method == "jwt" ? " its token's ACL claim does not grant" : "");
   }
   moat::net::Server server(std::move(opts), shared);
   // Retained messages and sessions come back before the first connection.

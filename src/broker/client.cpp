@@ -231,9 +231,9 @@ void Client::handle_connect(const codec::Connect& c) {
 
   // A banned address may have connected before its ban: refuse it before any
   // authentication work.
-  if (const auto& defence = shard_.shared().defence) {
-    const auto address = security::peer_address(transport_.peer());
-    const auto v = defence->check_ban(address, shard_.now());
+  if (const auto address = security::peer_address(transport_.peer());
+      shard_.shared().defence && listener_.defence.covers(address)) {
+    const auto v = shard_.shared().defence->check_ban(address, shard_.now());
     if (v.admission == security::AuthThrottle::Admission::Banned) {
       if (v.report) {
         security::AuditEvent e;
@@ -373,8 +373,10 @@ void Client::auth_done(security::AuthResult auth) {
       auth.reason = "client identifier not allowed for this identity";
     }
   }
-  const auto& defence = shard_.shared().defence;
   const std::string_view address = security::peer_address(transport_.peer());
+  // Null when the defence does not judge this peer on this listener.
+  security::AuthThrottle* const defence =
+      listener_.defence.covers(address) ? shard_.shared().defence.get() : nullptr;
   const std::string_view sent_user = pc.username ? std::string_view(*pc.username) : std::string_view();
 
   if (auth.decision == security::AuthDecision::Allow) {

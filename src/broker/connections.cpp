@@ -1,7 +1,5 @@
 #include "broker/connections.hpp"
 
-#include <algorithm>
-
 namespace moat::broker {
 
 ConnectionCounter::ConnectionCounter(std::uint32_t max_total, std::uint32_t max_per_address,
@@ -10,13 +8,7 @@ ConnectionCounter::ConnectionCounter(std::uint32_t max_total, std::uint32_t max_
 
 ConnectionCounter::Admission ConnectionCounter::acquire(std::string_view address, Slot& slot) {
   slot.release();
-  bool per_address = max_per_address_ > 0;
-  if (per_address) {
-    const auto ip = security::IpAddress::parse(address);
-    if (ip &&
-        std::any_of(exempt_.begin(), exempt_.end(), [&](const security::Cidr& c) { return c.contains(*ip); }))
-      per_address = false;
-  }
+  const bool per_address = max_per_address_ > 0 && !security::in_any(exempt_, address);
   std::lock_guard lock(mu_);
   if (max_total_ > 0 && total_ >= max_total_) return Admission::TotalFull;
   if (per_address) {

@@ -107,6 +107,8 @@ struct ListenerPolicy {
   // (BrokerShared::listener_access[n - 1]). Resolved once, when the listener
   // is made, so that no check looks a policy up by name.
   std::uint32_t acl_slot = 0;
+  // Which peers the brute-force defence (BrokerShared::defence) judges here.
+  security::DefenceScope defence{};
 };
 
 // Events sent between shards, applied in the order sent.

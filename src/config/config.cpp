@@ -331,6 +331,24 @@ security::JwtConfig read_jwt(const Reporter& r, const toml::table& t, const std:
   return j;
 }
 
+// The `allow` list of [auth.defence] and [listener.defence]; nullopt if absent.
+std::optional<std::vector<security::Cidr>> read_allow(const Reporter& r, const toml::table& t,
+                                                      const std::string& sec) {
+  const auto list = get_strings(r, t, sec, "allow");
+  if (!list) return std::nullopt;
+  std::vector<security::Cidr> allow;
+  const toml::array& arr = *t.get("allow")->as_array();
+  for (std::size_t i = 0; i < list->size(); ++i) {
+    auto cidr = security::Cidr::parse((*list)[i]);
+    if (!cidr)
+      r.fail_at(*arr.get(i), qualified(sec, "allow"),
+                fmt::format("'{}' is not an address or CIDR block (\"10.0.0.0/8\", \"2001:db8::/32\")",
+                            (*list)[i]));
+    allow.push_back(*cidr);
+  }
+  return allow;
+}
+
 security::DefenceConfig read_defence(const Reporter& r, const toml::table& t) {
   const std::string sec = "auth.defence";
   only_keys(r, t, sec,
@@ -350,18 +368,7 @@ security::DefenceConfig read_defence(const Reporter& r, const toml::table& t) {
       static_cast<std::uint32_t>(get_int(r, t, sec, "connection_rate", d.connection_rate, 0, 1'000'000));
   d.connection_burst = static_cast<std::uint32_t>(
       get_int(r, t, sec, "connection_burst", std::max(d.connection_rate * 2, 1u), 1, 1'000'000));
-  if (const auto list = get_strings(r, t, sec, "allow")) {
-    d.allow.clear();
-    const toml::array& arr = *t.get("allow")->as_array();
-    for (std::size_t i = 0; i < list->size(); ++i) {
-      auto cidr = security::Cidr::parse((*list)[i]);
-      if (!cidr)
-        r.fail_at(*arr.get(i), qualified(sec, "allow"),
-                  fmt::format("'{}' is not an address or CIDR block (\"10.0.0.0/8\", \"2001:db8::/32\")",
-                              (*list)[i]));
-      d.allow.push_back(*cidr);
-    }
-  }
+  if (auto allow = read_allow(r, t, sec)) d.allow = std::move(*allow);
   d.log_interval = std::chrono::seconds(get_int(r, t, sec, "log_interval", d.log_interval.count(), 1, 86400));
   return d;
 }
@@ -579,7 +586,8 @@ void read_listener(const Reporter& r, const toml::table& t, std::size_t i, Confi
                    std::set<std::string>& names, const std::filesystem::path& dir) {
   const std::string sec = fmt::format("listener[{}]", i);
   only_keys(r, t, sec,
-            {"name", "bind", "transport", "auth", "tls", "clientid", "password", "jwt", "acl", "http"});
+            {"name", "bind", "transport", "auth", "tls", "clientid", "password", "jwt", "acl", "http",
+             "defence"});
   Listener l;
   l.name = get_string(r, t, sec, "name", "");
   if (l.name.empty()) r.fail(t.source(), sec, "every listener needs a non-empty name");
@@ -673,6 +681,20 @@ void read_listener(const Reporter& r, const toml::table& t, std::size_t i, Confi
       r.fail(a.source(), acl, "needs a file = \"...\" or [[listener.acl.rule]] entries");
     l.has_acl = true;
   }
+  if (const toml::node* n = t.get("defence")) {
+    const std::string def = sec + ".defence";
+    if (!n->is_table()) r.fail_at(*n, def, "must be a table ([listener.defence])");
+    const toml::table& d = *n->as_table();
+    // The counts and bans are the address's, whichever listener it failed on:
+    // one set of thresholds judges them all.
+    for (const auto& [key, value] : d)
+      if (key.str() != "enabled" && key.str() != "allow")
+        r.fail_at(value, qualified(def, key.str()),
+                  "[listener.defence] takes only enabled and allow; the thresholds are [auth.defence]'s, "
+                  "because an address's failures and bans count on every listener");
+    if (d.get("enabled")) l.defence_enabled = get_bool(r, d, def, "enabled", true);
+    l.defence_allow = read_allow(r, d, def);
+  }
   c.listeners.push_back(std::move(l));
 }
 
@@ -765,6 +787,15 @@ const security::IamConfig* iam_of(const Config& c, const Listener& l) {
   return c.iam ? &*c.iam : nullptr;
 }
 
+security::DefenceScope defence_of(const Config& c, const Listener& l) {
+  return {l.defence_enabled.value_or(c.defence.enabled), l.defence_allow.value_or(c.defence.allow)};
+}
+
+bool defended(const Config& c) {
+  return std::any_of(c.listeners.begin(), c.listeners.end(),
+                     [&](const Listener& l) { return l.defence_enabled.value_or(c.defence.enabled); });
+}
+
 bool authenticates(const Config& c) {
   for (const auto& l : c.listeners)
     for (const auto& m : l.auth)
@@ -778,19 +809,13 @@ bool has_access_policy(const Config& c) {
 
 Config default_config() {
   Config c;
-  c.listeners.push_back(Listener{"default",
-                                 "127.0.0.1",
-                                 1883,
-                                 "tcp",
-                                 {"anonymous"},
-                                 std::nullopt,
-                                 std::nullopt,
-                                 {},
-                                 std::nullopt,
-                                 {},
-                                 {},
-                                 false,
-                                 std::nullopt});
+  Listener l;
+  l.name = "default";
+  l.host = "127.0.0.1";
+  l.port = 1883;
+  l.transport = "tcp";
+  l.auth = {"anonymous"};
+  c.listeners.push_back(std::move(l));
   return c;
 }
 

@@ -47,6 +47,9 @@ struct Listener {
   // [listener.http]: replaces [auth.http] on this listener, both its "http"
   // method and the remote authorization of the connections that came in here.
   std::optional<security::IamConfig> iam;
+  // [listener.defence]: replace [auth.defence]'s enabled and allow here.
+  std::optional<bool> defence_enabled;
+  std::optional<std::vector<security::Cidr>> defence_allow;
 };
 
 struct Config {
@@ -80,6 +83,11 @@ const security::IamConfig* iam_of(const Config& c, const Listener& l);
 // The password file the listener's password methods check: its own
 // [listener.password], else [auth.password]; empty when there is none.
 const std::filesystem::path& password_file_of(const Config& c, const Listener& l);
+// Which peers the brute-force defence judges on the listener: its own
+// [listener.defence] enabled and allow, else [auth.defence]'s.
+security::DefenceScope defence_of(const Config& c, const Listener& l);
+// Does the brute-force defence judge anything on some listener?
+bool defended(const Config& c);
 
 // Does some listener authenticate clients (an auth method other than
 // "anonymous")? Then authorization denies by default, broker-wide.

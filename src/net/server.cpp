@@ -351,9 +351,8 @@ struct Bus final : broker::ShardBus {
 Loop::Loop(std::uint32_t index, broker::BrokerShared& shared, Bus& bus)
     : index_(index), bus_(bus), shard_(index, shared, bus) {
   if (shared.store && shared.store->commit_waits_for_disk())
-    committer_ = std::make_unique<Committer>(shard_, [this](std::uint64_t epoch) {
-      asio::post(io_, [this, epoch] { on_durable(epoch); });
-    });
+    committer_ = std::make_unique<Committer>(
+        shard_, [this](std::uint64_t epoch) { asio::post(io_, [this, epoch] { on_durable(epoch); }); });
 }
 
 void Loop::enqueue(std::vector<broker::ShardEvent>&& batch) {
@@ -1007,8 +1006,8 @@ bool Server::Impl::admit(std::size_t i, tcp::socket& s, const std::string& peer,
       return false;
     }
   }
-  if (!shared.defence) return true;
   const auto address = security::peer_address(peer);
+  if (!shared.defence || !policies[i]->policy.defence.covers(address)) return true;
   const auto v = shared.defence->admit_connection(address, broker::Clock::now());
   if (v.admission == security::AuthThrottle::Admission::Admit) return true;
   const char* why = v.admission == security::AuthThrottle::Admission::Banned ? "address banned"
@@ -1076,6 +1075,7 @@ Server::Server(ServerOptions options, broker::BrokerShared& shared)
     for (const auto& a : l.auth) p->policy.auth.add(a);
     p->policy.clientid = l.clientid;
     p->policy.acl_slot = l.acl_slot;
+    p->policy.defence = l.defence;
     p->tls = l.tls;
     if (p->tls) {
       p->tls_metrics = std::make_unique<security::TlsHandshakeMetrics>();

@@ -27,6 +27,8 @@ struct ListenerSpec {
   // The access policy of its connections: 0 is [acl], n > 0 its own
   // [listener.acl] (broker::ListenerPolicy::acl_slot).
   std::uint32_t acl_slot = 0;
+  // Which peers the brute-force defence judges on this listener.
+  security::DefenceScope defence{};
 };
 
 struct ServerOptions {

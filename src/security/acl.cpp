@@ -165,6 +165,75 @@ bool filter_covers(std::string_view rule, std::string_view filter) {
   }
 }
 
+// One topic level of a group's rules. The decision does not depend on rule
+// order (any deny denies, else any allow allows), so a node keeps only the
+// union of the actions of the rules that end on it.
+struct Acl::Node {
+  std::unordered_map<std::string, std::unique_ptr<Node>, codec::StringHash, std::equal_to<>> literal;
+  std::unique_ptr<Node> plus, user, client;    // '+', %u, %c
+  std::uint8_t deny_end = 0, allow_end = 0;    // rules whose filter ends here
+  std::uint8_t deny_rest = 0, allow_rest = 0;  // rules with a '#' after this level
+
+  void add(const AclRule& r) {
+    Node* n = this;
+    std::string_view rest = r.filter;
+    bool more = true;
+    while (more) {
+      const std::string_view level = codec::next_level(rest, more);
+      if (level == "#") {
+        (r.allow ? n->allow_rest : n->deny_rest) |= r.actions;
+        return;
+      }
+      std::unique_ptr<Node>* next = nullptr;
+      if (level == "+")
+        next = &n->plus;
+      else if (r.substitute && level == "%u")
+        next = &n->user;
+      else if (r.substitute && level == "%c")
+        next = &n->client;
+      else
+        next = &n->literal.try_emplace(std::string(level)).first->second;
+      if (!*next) *next = std::make_unique<Node>();
+      n = next->get();
+    }
+    (r.allow ? n->allow_end : n->deny_end) |= r.actions;
+  }
+
+  // `rest`: the levels of the topic name after those that led here; `done`:
+  // none is left. What '+', '#', %u and %c match follows topic_matches() and
+  // expand(): no '$' level first for '+' or '#' [MQTT-4.7.2-1], and a
+  // substituted value must be a safe level (safe_level).
+  void match(std::string_view rest, bool done, bool first, const Identity& who, std::uint8_t& deny,
+             std::uint8_t& allow) const {
+    const bool dollar = first && !rest.empty() && rest.front() == '$';
+    if (!dollar) {  // '#' covers the rest, this level's parent included
+      deny |= deny_rest;
+      allow |= allow_rest;
+    }
+    if (done) {
+      deny |= deny_end;
+      allow |= allow_end;
+      return;
+    }
+    bool more = true;
+    const std::string_view level = codec::next_level(rest, more);
+    if (auto it = literal.find(level); it != literal.end())
+      it->second->match(rest, !more, false, who, deny, allow);
+    if (plus && !dollar) plus->match(rest, !more, false, who, deny, allow);
+    if (user && level == who.username && safe_level(level, first))
+      user->match(rest, !more, false, who, deny, allow);
+    if (client && level == who.client_id && safe_level(level, first))
+      client->match(rest, !more, false, who, deny, allow);
+  }
+};
+
+Acl::~Acl() = default;
+
+void Acl::match_name(const Group& g, const Identity& who, std::string_view topic, std::uint8_t& deny,
+                     std::uint8_t& allow) {
+  if (g.names) g.names->match(topic, false, true, who, deny, allow);
+}
+
 std::shared_ptr<const Acl> Acl::from_rules(std::vector<AclRule> rules) {
   std::shared_ptr<Acl> acl(new Acl());
   for (std::size_t i = 0; i < rules.size(); ++i) {
@@ -179,6 +248,8 @@ std::shared_ptr<const Acl> Acl::from_rules(std::vector<AclRule> rules) {
       g = &acl->anonymous_;
     else if (r.who == AclRule::Who::User)
       g = &acl->users_[r.user];
+    if (!g->names) g->names = std::make_unique<Node>();
+    g->names->add(r);
     (r.allow ? g->allow : g->deny).push_back(std::move(r));
   }
   acl->count_ = rules.size();
@@ -264,6 +335,15 @@ std::optional<Decision> Acl::decide(const Identity& who, Action action, std::str
     own = &anonymous_;
   } else if (auto it = users_.find(who.username); it != users_.end()) {
     own = &it->second;
+  }
+  if (action != Action::Subscribe) {
+    std::uint8_t deny = 0;
+    std::uint8_t allow = 0;
+    if (own) match_name(*own, who, topic, deny, allow);
+    match_name(any_, who, topic, deny, allow);
+    if ((deny & bit) != 0) return Decision::Deny;
+    if ((allow & bit) != 0) return Decision::Allow;
+    return std::nullopt;
   }
   auto any_match = [&](const std::vector<AclRule>& rules) {
     for (const auto& r : rules)

@@ -60,7 +60,10 @@ struct AclRule {
   static constexpr std::uint8_t kAll = kRead | kWrite;
 };
 
-// The immutable, thread-safe rule table. check() never allocates for rules
+// The immutable, thread-safe rule table. A publish or receive check walks a
+// tree of the rules' topic levels (literal, '+', '#', %u, %c), so its cost
+// grows with the topic's levels, not with the number of rules; a subscribe
+// check visits the rules of the identity. check() never allocates for rules
 // without %u/%c, nor for pattern rules whose expansion fits in 256 bytes.
 class Acl {
  public:
@@ -86,13 +89,19 @@ class Acl {
 
   Acl(const Acl&) = delete;
   Acl& operator=(const Acl&) = delete;
+  ~Acl();
 
  private:
   Acl() = default;
+  struct Node;  // the topic-level tree of one group's rules (acl.cpp)
   struct Group {
     std::vector<AclRule> deny;
     std::vector<AclRule> allow;
+    std::unique_ptr<Node> names;  // for Publish and Receive (topic names)
   };
+  // The actions any rule of `g` denies and allows for a topic name.
+  static void match_name(const Group& g, const Identity& who, std::string_view topic, std::uint8_t& deny,
+                         std::uint8_t& allow);
   struct Hash {
     std::size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
     using is_transparent = void;

@@ -117,12 +117,14 @@ std::vector<Ban> BanList::take_ended(DefenceTime now) {
 AuthThrottle::AuthThrottle(DefenceConfig config, std::unique_ptr<BanList> bans)
     : config_(std::move(config)), bans_(bans ? std::move(bans) : std::make_unique<MemoryBanList>()) {}
 
-bool AuthThrottle::exempt(std::string_view address) const {
-  if (!config_.enabled) return true;
+bool in_any(const std::vector<Cidr>& blocks, std::string_view address) {
+  if (blocks.empty()) return false;
   const auto a = IpAddress::parse(address);
-  if (!a) return false;
-  return std::any_of(config_.allow.begin(), config_.allow.end(),
-                     [&](const Cidr& c) { return c.contains(*a); });
+  return a && std::any_of(blocks.begin(), blocks.end(), [&](const Cidr& c) { return c.contains(*a); });
+}
+
+bool AuthThrottle::exempt(std::string_view address) const {
+  return !config_.enabled || in_any(config_.allow, address);
 }
 
 std::optional<Ban> AuthThrottle::active_ban(std::string_view address, DefenceTime now) const {

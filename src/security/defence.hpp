@@ -66,6 +66,19 @@ struct DefenceConfig {
   static std::vector<Cidr> default_allow();  // 127.0.0.0/8 and ::1
 };
 
+// Is `address` (an IP address as text) inside one of the blocks? False for
+// text that is no IP address.
+bool in_any(const std::vector<Cidr>& blocks, std::string_view address);
+
+// Which peers of one listener the defence judges: [auth.defence]'s `enabled`
+// and `allow`, or the listener's own [listener.defence]. The counts and bans
+// are the address's, shared by every listener that judges it.
+struct DefenceScope {
+  bool enabled = true;
+  std::vector<Cidr> allow = DefenceConfig::default_allow();
+  bool covers(std::string_view address) const { return enabled && !in_any(allow, address); }
+};
+
 struct Ban {
   std::string address;
   DefenceTime until;

@@ -8,10 +8,7 @@ FlapDetector::FlapDetector(FlappingConfig config, std::unique_ptr<BanList> bans)
     : config_(std::move(config)), bans_(bans ? std::move(bans) : std::make_unique<MemoryBanList>()) {}
 
 bool FlapDetector::exempt(std::string_view address) const {
-  const auto a = IpAddress::parse(address);
-  if (!a) return false;
-  return std::any_of(config_.exempt.begin(), config_.exempt.end(),
-                     [&](const Cidr& c) { return c.contains(*a); });
+  return in_any(config_.exempt, address);
 }
 
 std::size_t FlapDetector::tracked() const {

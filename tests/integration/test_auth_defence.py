@@ -352,3 +352,62 @@ def test_failure_counts_survive_a_restart(secure_broker, passwd_text, sig):
         assert timed_connack(ep2, "alice", USERS["alice"])[0] is None, "no ban after the restart"
     finally:
         assert again.stop(signal.SIGTERM, 10) == 0
+
+
+def test_defence_per_listener(secure_broker, passwd_text):
+    """[listener.defence] replaces [auth.defence]'s enabled and allow on its
+    listener (docs/security.md, "Per listener"): a listener with the defence
+    off neither counts nor slows failures and admits a banned address; one
+    whose own allow list exempts loopback does the same for loopback; the ban
+    earned on a defended listener holds on every other defended one."""
+    listeners = [
+        dict(PASSWORD[0], name="public"),
+        dict(PASSWORD[0], name="public2"),
+        dict(PASSWORD[0], name="internal", raw='[listener.defence]\nallow = ["127.0.0.0/8"]\n'),
+        dict(PASSWORD[0], name="off", raw="[listener.defence]\nenabled = false\n"),
+    ]
+    b = secure_broker(listeners=listeners, password_file="passwd", files={"passwd": passwd_text},
+                      audit="audit.jsonl",
+                      extra=defence(ban_after=3, backoff_initial=0.05, backoff_max=0.05, ban_time=600))
+    b.wait_for_log(r"listener off: no brute-force defence \(\[listener\.defence\]\)")
+    b.wait_for_log(r"listener internal: the brute-force defence exempts 1 address block\(s\)")
+    audit = str(b.workdir / "audit.jsonl")
+    ep = b.endpoints
+    # Undefended: four failures are refused at once, not counted, no ban.
+    for name in ("off", "internal"):
+        for i in range(4):
+            assert timed_connack(ep[name], "alice", "guess-%d" % i)[0] == BAD_CREDENTIALS
+    failures = wait_audit(audit, lambda e: e["event"] == "auth.failure", count=8, what="8 failures")
+    assert all("failures" not in e and "delay_ms" not in e for e in failures), failures
+    assert timed_connack(ep["public"], "alice", USERS["alice"])[0] == 0
+    # Defended: the third failure bans 127.0.0.1.
+    for i in range(3):
+        assert timed_connack(ep["public"], "alice", "guess-%d" % i)[0] == BAD_CREDENTIALS
+    ban = wait_audit(audit, lambda e: e["event"] == "ban", what="ban event")[0]
+    assert ban["address"] == "127.0.0.1", ban
+    counted = [e for e in audit_lines(audit) if e["event"] == "auth.failure"][8:]
+    assert [e["failures"] for e in counted] == [1, 2, 3], counted
+    # The ban holds on both defended listeners, not on the other two.
+    assert timed_connack(ep["public"], "alice", USERS["alice"])[0] is None
+    assert timed_connack(ep["public2"], "alice", USERS["alice"])[0] is None
+    assert timed_connack(ep["internal"], "alice", USERS["alice"])[0] == 0
+    assert timed_connack(ep["off"], "alice", USERS["alice"])[0] == 0
+
+
+def test_defence_on_one_listener_only(secure_broker, passwd_text):
+    """[auth.defence] enabled = false with [listener.defence] enabled = true:
+    the defence judges that listener alone."""
+    listeners = [
+        dict(PASSWORD[0], name="guarded", raw="[listener.defence]\nenabled = true\nallow = []\n"),
+        dict(PASSWORD[0], name="plain"),
+    ]
+    b = secure_broker(listeners=listeners, password_file="passwd", files={"passwd": passwd_text},
+                      extra=defence(enabled=False, ban_after=2, backoff_initial=0.05, backoff_max=0.05))
+    for i in range(3):
+        assert timed_connack(b.endpoints["plain"], "alice", "guess-%d" % i)[0] == BAD_CREDENTIALS
+    assert timed_connack(b.endpoints["guarded"], "alice", USERS["alice"])[0] == 0
+    for i in range(2):
+        assert timed_connack(b.endpoints["guarded"], "alice", "guess-%d" % i)[0] == BAD_CREDENTIALS
+    b.wait_for_log(r"banned 127\.0\.0\.1 for \d+ s: 2 failed authentications")
+    assert timed_connack(b.endpoints["guarded"], "alice", USERS["alice"])[0] is None
+    assert timed_connack(b.endpoints["plain"], "alice", USERS["alice"])[0] == 0

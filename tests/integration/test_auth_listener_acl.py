@@ -171,3 +171,22 @@ def test_listener_acl_reloads_on_sighup(secure_broker, passwd_text):
         assert alice_b.subscribe([("c/x", 1), ("b/x", 1)]) == [1, 0x80]
     finally:
         alice_b.close()
+
+
+def test_without_acl_only_listeners_without_their_own_are_denied(secure_broker, passwd_text):
+    """No [acl], listener b with its own: the empty default-deny policy judges
+    the clients of listener a only, and the start-up warning says so."""
+    b = secure_broker(listeners=LISTENERS, password_file="passwd",
+                      files={"passwd": passwd_text, "b.acl": B_ACL})
+    b.wait_for_log(r"listener a authenticates clients \(password\) and there is no \[acl\] and no IAM "
+                   r"authorization: every client of a listener without its own \[listener\.acl\] is "
+                   r"denied every topic")
+    assert b.find_log(r"listener b authenticates clients") is None, "b has its own ACL"
+    alice_a = login(b.endpoints["a"], "alice")
+    alice_b = login(b.endpoints["b"], "alice")
+    try:
+        assert alice_a.subscribe([("a/x", 1), ("b/x", 1)]) == [0x80, 0x80]
+        assert alice_b.subscribe([("a/x", 1), ("b/x", 1)]) == [0x80, 1]
+    finally:
+        alice_a.close()
+        alice_b.close()

@@ -231,12 +231,13 @@ def audit_lines(path):
         return [json.loads(line) for line in f.read().splitlines() if line]
 
 
-def wait_audit(path, pred, timeout=10.0, what="audit line"):
+def wait_audit(path, pred, timeout=10.0, what="audit line", count=1):
+    """The audit lines that satisfy `pred`, once there are at least `count`."""
     deadline = time.monotonic() + scaled(timeout)
     while True:
         lines = audit_lines(path)
         found = [e for e in lines if pred(e)]
-        if found:
+        if len(found) >= count:
             return found
         if time.monotonic() > deadline:
             raise AssertionError("no %s within %.1fs; audit:\n%s" % (

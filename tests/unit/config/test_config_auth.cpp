@@ -313,6 +313,78 @@ password = { file = "passwd" }
   EXPECT_TRUE(has(e, "moat.toml:11:") && has(e, "listener[0].acl.rule[1].permission")) << e;
 }
 
+TEST(ConfigAuth, DefencePerListener) {
+  auto has = [](const std::string& e, std::string_view what) { return e.find(what) != std::string::npos; };
+  const auto c = parse(std::string(R"(
+[auth.defence]
+ban_after = 3
+allow = ["10.0.0.0/8"]
+
+[[listener]]
+name = "public"
+bind = "0.0.0.0:1883"
+auth = ["password"]
+password = { file = "passwd" }
+defence = { allow = [] }
+
+[[listener]]
+name = "plant"
+bind = "10.1.2.3:1883"
+auth = ["password"]
+password = { file = "passwd" }
+  [listener.defence]
+  enabled = false
+
+[[listener]]
+name = "other"
+bind = "127.0.0.1:1884"
+auth = ["password"]
+password = { file = "passwd" }
+)"),
+                       "/etc/moat/moat.toml");
+  ASSERT_EQ(c.listeners.size(), 3u);
+  EXPECT_TRUE(defended(c));
+  const auto pub = defence_of(c, c.listeners[0]);
+  EXPECT_TRUE(pub.enabled);
+  EXPECT_TRUE(pub.allow.empty());  // its own list replaces [auth.defence]'s
+  EXPECT_TRUE(pub.covers("10.9.9.9"));
+  const auto plant = defence_of(c, c.listeners[1]);
+  EXPECT_FALSE(plant.enabled);
+  EXPECT_FALSE(plant.covers("192.0.2.1"));
+  const auto other = defence_of(c, c.listeners[2]);  // [auth.defence]'s
+  EXPECT_TRUE(other.enabled);
+  EXPECT_FALSE(other.covers("10.9.9.9"));
+  EXPECT_TRUE(other.covers("192.0.2.1"));
+  EXPECT_TRUE(other.covers("::1"));  // [auth.defence] allow replaced the loopback default
+
+  // Off broker-wide, on for one listener: defended, and only there.
+  const auto one =
+      parse(std::string(kListener) + "defence = { enabled = true }\n" + "[auth.defence]\nenabled = false\n",
+            "/etc/moat/moat.toml");
+  EXPECT_TRUE(defended(one));
+  EXPECT_TRUE(defence_of(one, one.listeners[0]).enabled);
+  EXPECT_TRUE(defence_of(one, one.listeners[0]).covers("192.0.2.1"));
+  EXPECT_FALSE(defence_of(one, one.listeners[0]).covers("127.0.0.1"));  // the default allow list
+  const auto off = parse(std::string(kListener) + "[auth.defence]\nenabled = false\n", "/etc/moat/moat.toml");
+  EXPECT_FALSE(defended(off));
+
+  // Mistakes: FILE:LINE:COLUMN: KEY: REASON.
+  auto e = error_of(std::string(kListener) + "[listener.defence]\nban_after = 3\n");
+  EXPECT_TRUE(has(e, "moat.toml:7:") && has(e,
+                                            "listener[0].defence.ban_after: [listener.defence] takes only "
+                                            "enabled and allow; the thresholds are [auth.defence]'s"))
+      << e;
+  e = error_of(std::string(kListener) + "[listener.defence]\nallow = [\"10.0.0.1/8\"]\n");
+  EXPECT_TRUE(has(e, "moat.toml:7:") &&
+              has(e, "listener[0].defence.allow: '10.0.0.1/8' is not an address or CIDR block"))
+      << e;
+  e = error_of(std::string(kListener) + "defence = false\n");
+  EXPECT_TRUE(has(e, "moat.toml:6:") && has(e, "listener[0].defence: must be a table ([listener.defence])"))
+      << e;
+  e = error_of(std::string(kListener) + "[listener.defence]\nenabled = \"no\"\n");
+  EXPECT_TRUE(has(e, "listener[0].defence.enabled")) << e;
+}
+
 TEST(ConfigAuth, Mistakes) {
   const std::string l(kListener);
   auto has = [](const std::string& e, std::string_view what) { return e.find(what) != std::string::npos; };

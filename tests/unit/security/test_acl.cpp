@@ -2,8 +2,13 @@
 // first, anonymous section), subscription coverage, $SYS, hostile identities.
 #include <gtest/gtest.h>
 
+#include <optional>
+#include <random>
+#include <string>
 #include <thread>
+#include <vector>
 
+#include "codec/topic.hpp"
 #include "security/acl.hpp"
 
 namespace moat::security {
@@ -295,6 +300,79 @@ TEST(Acl, LongPatternExpansionUsesTheHeap) {
   const auto a = acl("pattern read long/%u/%c\n");
   EXPECT_TRUE(allowed(*a, {user, "cid"}, Action::Receive, "long/" + user + "/cid"));
   EXPECT_FALSE(allowed(*a, {user, "cid"}, Action::Receive, "long/" + user + "/cie"));
+}
+
+// The publish/receive index against the rules' plain meaning, computed here
+// rule by rule: expand %u/%c whole levels (a value that is empty, holds '/',
+// '+' or '#', or starts with '$' in the first level excludes the rule), then
+// codec::topic_matches; any deny denies, else any allow allows.
+std::optional<Decision> reference(const std::vector<AclRule>& rules, const Identity& who, Action action,
+                                  std::string_view topic) {
+  const auto bit = static_cast<std::uint8_t>(action);
+  bool deny = false;
+  bool allow = false;
+  for (const auto& r : rules) {
+    if ((r.actions & bit) == 0) continue;
+    if (r.who == AclRule::Who::Anonymous && !who.username.empty()) continue;
+    if (r.who == AclRule::Who::User && (who.username.empty() || r.user != who.username)) continue;
+    std::string filter;
+    bool usable = true;
+    std::size_t at = 0;
+    for (std::size_t level = 0;; ++level) {
+      const auto end = std::min(r.filter.find('/', at), r.filter.size());
+      std::string part = r.filter.substr(at, end - at);
+      if (r.substitute && (part == "%u" || part == "%c")) {
+        part = std::string(part == "%u" ? who.username : who.client_id);
+        if (part.empty() || part.find_first_of("/+#") != std::string::npos || (level == 0 && part[0] == '$'))
+          usable = false;
+      }
+      filter += (level ? "/" : "") + part;
+      if (end == r.filter.size()) break;
+      at = end + 1;
+    }
+    if (usable && codec::topic_matches(filter, topic)) (r.allow ? allow : deny) = true;
+  }
+  if (deny) return Decision::Deny;
+  if (allow) return Decision::Allow;
+  return std::nullopt;
+}
+
+TEST(Acl, IndexedNameChecksMatchTheRulesOneByOne) {
+  std::mt19937 rng(20261127);
+  auto pick = [&](const std::vector<std::string>& from) { return from[rng() % from.size()]; };
+  const std::vector<std::string> rule_levels = {"a", "b", "$SYS", "%u", "%c", "+", "", "u1"};
+  const std::vector<std::string> topic_levels = {"a", "b", "$SYS", "u1", "c1", "", "%u"};
+  const std::vector<std::string> names = {"", "u1", "a", "$SYS", "c1", "x/y", "+"};
+  for (int round = 0; round < 300; ++round) {
+    std::vector<AclRule> rules(1 + rng() % 12);
+    for (auto& r : rules) {
+      const auto levels = 1 + rng() % 4;
+      for (unsigned i = 0; i < levels; ++i) r.filter += (i ? "/" : "") + pick(rule_levels);
+      if (rng() % 3 == 0) r.filter += "/#";
+      if (r.filter.empty()) r.filter = "#";  // one empty level is no filter
+      r.who = static_cast<AclRule::Who>(rng() % 3);
+      if (r.who == AclRule::Who::User) r.user = pick({"u1", "a"});
+      r.actions = static_cast<std::uint8_t>(1 + rng() % 7);
+      r.substitute = rng() % 2 == 0;
+      r.allow = rng() % 4 != 0;
+    }
+    const auto acl_under_test = Acl::from_rules(rules);
+    for (int q = 0; q < 200; ++q) {
+      std::string topic;
+      const auto levels = 1 + rng() % 5;
+      for (unsigned i = 0; i < levels; ++i) topic += (i ? "/" : "") + pick(topic_levels);
+      if (topic.empty()) topic = "a";
+      const std::string user = pick(names);
+      const std::string client = pick(names);
+      const Identity who{user, client};
+      for (const Action action : {Action::Publish, Action::Receive}) {
+        const auto want = reference(rules, who, action, topic);
+        ASSERT_EQ(acl_under_test->decide(who, action, topic), want)
+            << "topic '" << topic << "' user '" << user << "' client '" << client << "' action "
+            << to_string(action) << ", round " << round;
+      }
+    }
+  }
 }
 
 TEST(Acl, ConcurrentChecksAndReload) {
