@@ -374,13 +374,14 @@ void Client::auth_done(security::AuthResult auth) {
     }
   }
   const std::string_view address = security::peer_address(transport_.peer());
-  // Null when the defence does not judge this peer on this listener.
-  security::AuthThrottle* const defence =
-      listener_.defence.covers(address) ? shard_.shared().defence.get() : nullptr;
+  // The defence, when it is on for this listener (null: off here); `judged`:
+  // it counts this peer's failures (not exempt: the audit says delay 0).
+  security::AuthThrottle* const defence = listener_.defence.enabled ? shard_.shared().defence.get() : nullptr;
+  const bool judged = defence && listener_.defence.covers(address);
   const std::string_view sent_user = pc.username ? std::string_view(*pc.username) : std::string_view();
 
   if (auth.decision == security::AuthDecision::Allow) {
-    if (defence)
+    if (judged)
       if (const auto forgotten = defence->success(address, sent_user)) shard_.forget_failures(*forgotten);
     security::AuditEvent e;
     e.event = "auth.success";
@@ -409,7 +410,7 @@ void Client::auth_done(security::AuthResult auth) {
   // An unavailable authentication server is no guess at a password: it is not
   // counted, or an outage would ban every client that tried meanwhile.
   security::AuthThrottle::Failure f;
-  if (defence && !unavailable) {
+  if (judged && !unavailable) {
     f = defence->failure(address, sent_user, shard_.now());
     for (const auto& c : f.counters) shard_.persist_failures(c);  // a restart keeps the count
   }
