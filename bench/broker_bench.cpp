@@ -185,7 +185,7 @@ void BM_AclOrderedRules1000Resolved(benchmark::State& state) {
   const security::AccessPolicy policy(thousand_rules(), nullptr);
   const security::Identity who{"tenant999-dev42", "dev42"};
   const auto resolved = policy.resolve(who);
-  for (auto _ : state) {
+  for (auto _ : state) {  // NOLINT(clang-analyzer-deadcode.DeadStores): the benchmark loop's variable
     auto d = policy.decide(who, security::Action::Publish, "tenant/999/tenant999-dev42/temp", &resolved);
     if (d != security::Decision::Allow) state.SkipWithError("expected allow");
     benchmark::DoNotOptimize(d);

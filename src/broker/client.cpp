@@ -426,7 +426,7 @@ void Client::auth_done(security::AuthResult auth) {
     e.failures = f.failures;
   }
   audit(e);
-  if (f.banned) {
+  if (defence && f.banned) {
     const auto secs = std::chrono::duration_cast<std::chrono::seconds>(defence->config().ban_time).count();
     spdlog::warn("banned {} for {} s: {}", f.banned->address, secs, f.banned->reason);
     shard_.persist_ban(*f.banned);
