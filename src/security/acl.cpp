@@ -1,5 +1,6 @@
 #include "security/acl.hpp"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -519,7 +520,7 @@ std::optional<Decision> AccessCache::find(Action action, std::string_view topic,
                                           Time now) const {
   if (!slots_ || version == 0) return std::nullopt;
   const std::size_t h = slot_hash(action, topic);
-  for (const std::size_t i : {h % kSlots, (h / kSlots) % kSlots}) {
+  for (const std::size_t i : {h % size_, (h / size_) % size_}) {
     const Slot& s = slots_[i];
     if (s.hash == h && s.version == version && s.action == action && s.expires > now && s.topic == topic)
       return s.decision;
@@ -527,22 +528,60 @@ std::optional<Decision> AccessCache::find(Action action, std::string_view topic,
   return std::nullopt;
 }
 
+// The slot an entry for (hash, action, topic) goes to: its own, else the
+// older of its two candidates.
+AccessCache::Slot* AccessCache::slot_for(std::size_t h, std::uint64_t version, Action action,
+                                         std::string_view topic) {
+  Slot& a = slots_[h % size_];
+  Slot& b = slots_[(h / size_) % size_];
+  auto same = [&](const Slot& s) { return s.hash == h && s.action == action && s.topic == topic; };
+  if (same(a)) return &a;
+  if (same(b)) return &b;
+  Slot& s = a.stamp <= b.stamp ? a : b;
+  if (s.version == version) ++evictions_;  // a live entry goes
+  return &s;
+}
+
+void AccessCache::grow() {
+  auto old = std::move(slots_);
+  const std::size_t old_size = size_;
+  size_ = std::min(size_ * 4, kMaxSlots);
+  slots_ = std::make_unique<Slot[]>(size_);
+  evictions_ = 0;
+  // The entries move to their places among the new slots (oldest first, so
+  // that where two meet the newer stays).
+  std::vector<Slot*> live;
+  for (std::size_t i = 0; i < old_size; ++i)
+    if (old[i].version != 0) live.push_back(&old[i]);
+  std::sort(live.begin(), live.end(), [](const Slot* x, const Slot* y) { return x->stamp < y->stamp; });
+  for (Slot* e : live) {
+    Slot& a = slots_[e->hash % size_];
+    Slot& b = slots_[(e->hash / size_) % size_];
+    Slot& s = a.version == 0 ? a : b.version == 0 ? b : a.stamp <= b.stamp ? a : b;
+    s = std::move(*e);
+  }
+}
+
 void AccessCache::put(Action action, std::string_view topic, Decision d, std::uint64_t version,
                       Time expires) {
   if (version == 0) return;
-  if (!slots_) slots_ = std::make_unique<Slot[]>(kSlots);
+  if (!slots_) {
+    size_ = kSlots;
+    slots_ = std::make_unique<Slot[]>(size_);
+  }
   const std::size_t h = slot_hash(action, topic);
-  Slot& a = slots_[h % kSlots];
-  Slot& b = slots_[(h / kSlots) % kSlots];
-  auto same = [&](const Slot& s) { return s.hash == h && s.action == action && s.topic == topic; };
-  Slot& s = same(a) ? a : same(b) ? b : a.stamp <= b.stamp ? a : b;
-  s.hash = h;
-  s.version = version;
-  s.stamp = ++stamp_;
-  s.expires = expires;
-  s.topic.assign(topic);  // reuses the slot's buffer once it is large enough
-  s.action = action;
-  s.decision = d;
+  Slot* s = slot_for(h, version, action, topic);
+  if (evictions_ >= 2 * size_ && size_ < kMaxSlots) {
+    grow();
+    s = slot_for(h, version, action, topic);
+  }
+  s->hash = h;
+  s->version = version;
+  s->stamp = ++stamp_;
+  s->expires = expires;
+  s->topic.assign(topic);  // reuses the slot's buffer once it is large enough
+  s->action = action;
+  s->decision = d;
 }
 
 const AccessPolicy::Resolved* AccessCache::resolved(const AccessPolicy& policy, const Identity& who,
@@ -559,6 +598,8 @@ const AccessPolicy::Resolved* AccessCache::resolved(const AccessPolicy& policy, 
 
 void AccessCache::clear() {
   slots_.reset();
+  size_ = 0;
+  evictions_ = 0;
   stamp_ = 0;
   resolved_version_ = 0;
   seen_version_ = 0;

@@ -249,11 +249,14 @@ class RemoteAuthorizer {
 // the policy's rules resolved for the session's identity (AccessPolicy::
 // resolve) for the misses. Bounded: kSlots entries, allocated at the first
 // use; each topic has two candidate slots and a new entry replaces the older
-// of them. One session, one event loop: not thread-safe.
+// of them. A session that keeps replacing live entries (a client cycling over
+// more topics than the slots hold) gets four times the slots, up to
+// kMaxSlots. One session, one event loop: not thread-safe.
 class AccessCache {
  public:
   using Time = std::chrono::steady_clock::time_point;
-  static constexpr std::size_t kSlots = 8;
+  static constexpr std::size_t kSlots = 8;       // at the first use
+  static constexpr std::size_t kMaxSlots = 128;  // at most, after growing
 
   // `version` 0 is never cached.
   std::optional<Decision> find(Action action, std::string_view topic, std::uint64_t version, Time now) const;
@@ -265,6 +268,8 @@ class AccessCache {
                                          std::uint64_t version);
   // Forgets everything and frees the memory (a new identity, a disconnect).
   void clear();
+  // Slots allocated: 0 before the first put, then kSlots, growing up to kMaxSlots.
+  std::size_t capacity() const { return size_; }
 
  private:
   struct Slot {
@@ -276,7 +281,13 @@ class AccessCache {
     Action action = Action::Publish;
     Decision decision = Decision::Deny;
   };
+  Slot* slot_for(std::size_t hash, std::uint64_t version, Action action, std::string_view topic);
+  void grow();
   std::unique_ptr<Slot[]> slots_;
+  std::size_t size_ = 0;
+  // Live entries (of the current version) replaced by another topic since the
+  // last growth: when they reach twice the slots, the slots are too few.
+  std::size_t evictions_ = 0;
   std::uint64_t stamp_ = 0;
   std::uint64_t resolved_version_ = 0;
   std::uint64_t seen_version_ = 0;  // resolved() was asked once for this version
