@@ -158,6 +158,19 @@ def resumption_race(f):
             and f["finding"] == "check failed because of connect problem")
 
 
+def rc4_untestable(f):
+    """testssl's RC4 check needs RC4 in the scanning host's openssl, which
+    OpenSSL 3 keeps out of its default provider: a note about the scanner,
+    not the listener (whose suites are ECDHE with AEAD only, and whose
+    cipherlist_LOW and cipherlist_AVERAGE findings are judged below)."""
+    return f["id"] == "RC4" and "not supported by local OpenSSL" in f["finding"]
+
+
+# The vulnerability checks of -U that apply to a TLS listener; each must say
+# "not vulnerable" with severity OK.
+TESTSSL_NOT_VULNERABLE = ["heartbleed", "CCS", "ROBOT", "CRIME_TLS", "POODLE_SSL", "SWEET32", "FREAK",
+                          "DROWN", "LOGJAM", "BEAST", "LUCKY13", "secure_client_renego"]
+
 TESTSSL_NOT_OFFERED = ["SSLv2", "SSLv3", "TLS1", "TLS1_1", "cipherlist_NULL", "cipherlist_aNULL",
                        "cipherlist_EXPORT", "cipherlist_LOW", "cipherlist_3DES_IDEA",
                        "cipherlist_AVERAGE"]
@@ -176,12 +189,15 @@ def test_testssl(secure_broker, pki, tmp_path):
     ep = b.endpoints["secure"]
     out = tmp_path / "testssl.json"
     # Protocols, cipher categories, forward secrecy, server defaults and
-    # certificate, renegotiation and fallback: the checks the issue names. The
-    # scan is offline (no DNS, the CA given); --fast skips NPN and per-cipher
-    # listings. The exit code counts findings: only the JSON is judged.
+    # certificate, and every vulnerability check (-U: Heartbleed, CCS
+    # injection, Ticketbleed, ROBOT, renegotiation, CRIME, BREACH, POODLE,
+    # fallback SCSV, SWEET32, FREAK, DROWN, LOGJAM, BEAST, LUCKY13, Winshock,
+    # RC4). The scan is offline (no DNS, the CA given); --fast skips NPN and
+    # per-cipher listings. The exit code counts findings: only the JSON is
+    # judged.
     argv = [testssl, "--quiet", "--color", "0", "--warnings", "off", "--fast",
             "--nodns", "none", "--ip", "127.0.0.1", "--add-ca", pki.ca_cert, "-oj", str(out),
-            "-p", "-s", "-f", "-S", "-R", "-Z", "localhost:%d" % ep.port]
+            "-p", "-s", "-f", "-S", "-U", "localhost:%d" % ep.port]
     r = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                        stderr=subprocess.STDOUT, timeout=scaled(300), cwd=str(tmp_path))
     text = r.stdout.decode("utf-8", "replace")
@@ -200,14 +216,17 @@ def test_testssl(secure_broker, pki, tmp_path):
     assert one("TLS1_2")["finding"].startswith("offered"), one("TLS1_2")
     assert one("TLS1_3")["finding"].startswith("offered"), one("TLS1_3")
     assert one("PFS")["severity"] == "OK", one("PFS")
-    assert one("secure_client_renego")["finding"] == "not vulnerable", one("secure_client_renego")
-    assert one("secure_client_renego")["severity"] == "OK", one("secure_client_renego")
+    for fid in TESTSSL_NOT_VULNERABLE:
+        assert one(fid)["severity"] == "OK", one(fid)
+        assert one(fid)["finding"].startswith("not vulnerable"), one(fid)
+    assert one("secure_renego")["severity"] == "OK", one("secure_renego")
+    assert one("ticketbleed")["finding"].startswith("not applicable"), one("ticketbleed")
     assert one("fallback_SCSV")["severity"] == "OK", one("fallback_SCSV")
     assert one("OCSP_stapling")["finding"] == "offered", one("OCSP_stapling")
     assert one("cert_chain_of_trust")["severity"] == "OK", one("cert_chain_of_trust")
     bad = [f for f in findings
            if f["severity"] in ("LOW", "MEDIUM", "HIGH", "CRITICAL", "WARN", "FATAL")
-           and f["id"] not in TESTSSL_ALLOWED and not resumption_race(f)]
+           and f["id"] not in TESTSSL_ALLOWED and not resumption_race(f) and not rc4_untestable(f)]
     assert not bad, "testssl findings:\n" + "\n".join(
         "%s %s: %s" % (f["severity"], f["id"], f["finding"]) for f in bad)
     assert b.alive()
