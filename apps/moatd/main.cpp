@@ -141,9 +141,15 @@ struct SecurityMaterial {
       }
     payload = std::make_shared<security::Reloadable<moat::broker::PayloadPolicies>>(
         moat::broker::PayloadPolicies::load(cfg.payload_policies));
-    if (cfg.iam) iams[""] = load_iam(*cfg.iam, "");
+    const auto names_http = [](const moat::config::Listener& l) {
+      return std::find(l.auth.begin(), l.auth.end(), "http") != l.auth.end();
+    };
+    if (cfg.iam)
+      iams[""] = load_iam(*cfg.iam, "", std::any_of(cfg.listeners.begin(), cfg.listeners.end(), [&](const auto& l) {
+                            return !l.iam && names_http(l);
+                          }));
     for (const auto& l : cfg.listeners) {
-      if (l.iam) iams[l.name] = load_iam(*l.iam, l.name);
+      if (l.iam) iams[l.name] = load_iam(*l.iam, l.name, names_http(l));
       if (l.has_acl || l.iam) slot_listeners.push_back(l.name);
     }
     if (cfg.clientid)
@@ -166,8 +172,10 @@ struct SecurityMaterial {
     }
   }
 
-  // [auth.http] (`listener` empty) or the [listener.http] of `listener`.
-  std::shared_ptr<security::Iam> load_iam(const security::IamConfig& c, const std::string& listener) {
+  // [auth.http] (`listener` empty) or the [listener.http] of `listener`;
+  // `authenticates`: a listener it serves names "http" in its auth.
+  std::shared_ptr<security::Iam> load_iam(const security::IamConfig& c, const std::string& listener,
+                                          bool authenticates) {
     const std::string table = listener.empty() ? "[auth.http]" : "[listener.http] of listener " + listener;
     auto client_for = [&](const security::HttpUrl& url) {
       security::HttpClientOptions o;
@@ -201,9 +209,17 @@ struct SecurityMaterial {
     if (c.send_password && !c.url.tls)
       spdlog::warn("{} sends passwords over plain HTTP to {} (insecure_password_over_http)", table,
                    c.url.origin());
+    // A table that neither authenticates nor authorizes is a mistake the
+    // operator should see: no client is ever asked about through it.
+    if (!authenticates && !c.authorize)
+      spdlog::warn("{} is not used: {} \"http\" in auth and authorize = false", table,
+                   listener.empty() ? "no listener without its own [listener.http] names" : "its listener names no");
+    const char* role = authenticates && c.authorize ? " (authentication and authorization)"
+                       : authenticates             ? " (authentication)"
+                       : c.authorize               ? " (authorization)"
+                                                   : " (unused)";
     spdlog::info("{}IAM server {}{}: cache {} s (allow), {} s (deny), on error {}",
-                 listener.empty() ? "" : fmt::format("listener {}: ", listener), c.url.origin(),
-                 c.authorize ? " (authentication and authorization)" : " (authentication)",
+                 listener.empty() ? "" : fmt::format("listener {}: ", listener), c.url.origin(), role,
                  c.cache_ttl.count() / 1000.0, c.cache_negative_ttl.count() / 1000.0,
                  c.on_error_next ? "next" : "deny");
     return iam;

@@ -463,23 +463,47 @@ void Client::finish_connect(const security::AuthResult& auth) {
   own_acl_ = auth.acl;
   own_acl_only_ = auth.acl_only;
   superuser_ = auth.superuser;
+  const security::Identity who{identity_, pending_->client_id, own_acl_.get(), own_acl_only_, superuser_};
   // [MQTT-3.1.2-9] the will is a PUBLISH like any other: the ACL must allow it.
+  // A resumed session's subscriptions are decided again when the IAM server
+  // that granted them is not this listener's or judged another identity.
   Access will_access = Access::Allow;
-  if (pending_->will) {
-    const security::Identity who{identity_, pending_->client_id, own_acl_.get(), own_acl_only_, superuser_};
-    will_access = check(who, nullptr, security::Action::Publish, (*pending_->will)->topic);
-    if (will_access == Access::Ask) {
-      // The remote authorizer decides the will topic; CONNACK waits for it.
-      state_ = State::Authenticating;
-      auto again = [this, auth] {
-        finish_connect(auth);
-        if (state_ == State::Connected) transport_.resume_input();
-      };
-      if (!ask_remote(who, std::move(again))) return;
+  std::vector<std::string> revoked;
+  bool undecided = false;  // the IAM server gave no answer for one of them
+  const auto decide = [&] {
+    bool ask = false;
+    if (pending_->will) {
       will_access = check(who, nullptr, security::Action::Publish, (*pending_->will)->topic);
+      ask = will_access == Access::Ask;
     }
-    asked_.clear();
+    revoked.clear();
+    undecided = false;
+    if (const Session* s = regranted_session(*pending_)) {
+      for (const auto& sub : s->subscriptions) {
+        const std::string& filter = sub.first;
+        const Access a = check(who, nullptr, security::Action::Subscribe, filter);
+        ask = ask || a == Access::Ask;
+        if (a != Access::Deny) continue;
+        revoked.push_back(filter);
+        undecided = undecided || std::any_of(asked_.begin(), asked_.end(), [&](const Asked& q) {
+                      return q.answer && q.answer->failed && q.action == security::Action::Subscribe &&
+                             q.topic == filter;
+                    });
+      }
+    }
+    return ask;
+  };
+  if (decide()) {
+    // The remote authorizer decides; CONNACK waits for it.
+    state_ = State::Authenticating;
+    auto again = [this, auth] {
+      finish_connect(auth);
+      if (state_ == State::Connected) transport_.resume_input();
+    };
+    if (!ask_remote(who, std::move(again))) return;
+    decide();
   }
+  asked_.clear();
   auto pc = std::move(pending_);
   state_ = State::AwaitConnect;  // until CONNACK: a refusal below closes from here
   if (will_access != Access::Allow) {
@@ -492,6 +516,11 @@ void Client::finish_connect(const security::AuthResult& auth) {
     audit(e);
     return refuse_connect(ConnectReturnCode::NotAuthorized, "will topic not authorized");
   }
+  // Fail closed without losing the session: a server that could not be asked
+  // refuses the connection rather than unsubscribing the client for good.
+  if (undecided)
+    return refuse_connect(ConnectReturnCode::ServerUnavailable,
+                          "the IAM server did not decide the session's subscriptions");
   // A will on a policed topic must satisfy the policy now: it is published
   // later, when the publisher can no longer be asked.
   if (pc->will) {
@@ -542,7 +571,38 @@ void Client::finish_connect(const security::AuthResult& auth) {
   // [MQTT-3.2.2-1..3] session present only for a resumed persistent session.
   // MQTT 3.1 has no such flag: its CONNACK's first byte is reserved, always 0.
   send(codec::Connack{present && pc->version != codec::ProtocolVersion::V31, ConnectReturnCode::Accepted});
+  if (present && !revoked.empty()) {
+    for (const auto& filter : revoked) {
+      spdlog::info("client {} ({}): subscription to '{}' no longer authorized, removed", client_id, identity_,
+                   filter);
+      security::AuditEvent e;
+      e.event = "acl.deny";
+      e.identity = identity_;
+      e.action = "subscribe";
+      e.topic = filter;
+      e.reason = "resumed session";
+      audit(e);
+    }
+    if (const auto dropped = shard_.revoke_subscriptions(s, revoked))
+      spdlog::debug("client {} ({}): {} queued message(s) of removed subscriptions dropped", client_id, identity_,
+                    dropped);
+  }
   if (present) shard_.resume(s);
+}
+
+const Session* Client::regranted_session(const PendingConnect& pc) const {
+  // A superuser's requests are not asked about; without a remote authorizer
+  // each delivery is checked against the listener's ACL (Shard::access).
+  if (pc.clean_session || superuser_) return nullptr;
+  const security::RemoteAuthorizer* remote = shard_.authorizer(listener_.acl_slot);
+  if (!remote) return nullptr;
+  const Session* s = shard_.find_session(pc.client_id);
+  if (!s || s->subscriptions.empty()) return nullptr;
+  // Granted to this identity by this server: a restored session's grants
+  // (identity_known false) and a superuser's unasked ones do not count.
+  const bool granted_here = s->identity_known && !s->superuser && s->username == identity_ &&
+                            shard_.authorizer(s->acl_slot) == remote;
+  return granted_here ? nullptr : s;
 }
 
 void Client::handle_publish(const codec::Publish& p) {
@@ -752,7 +812,7 @@ bool Client::ask_remote(const security::Identity& who, std::function<void()> rea
     spdlog::warn("client {} ({}): no authorization answer within {} ms, denied", client_id_, identity_,
                  shard_.shared().limits.auth_timeout.count());
     for (auto& q : asked_)
-      if (!q.answer) q.answer = security::RemoteAuthorizer::Answer{security::Decision::Deny, {}};
+      if (!q.answer) q.answer = security::RemoteAuthorizer::Answer{security::Decision::Deny, {}, true};
     held_ = false;
     ++hold_id_;
     ready();

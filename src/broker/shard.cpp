@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include "broker/limit_checks.hpp"
+#include "codec/topic.hpp"
 
 #include <random>
 #include <utility>
@@ -543,14 +544,12 @@ void Shard::resume(Session& s) {
   pump(s);
 }
 
-void Shard::check_restored_queue(Session& s) {
-  s.identity_known = true;
+std::size_t Shard::filter_queue(Session& s, const std::function<bool(const Session::Queued&)>& keep) {
   Fifo<Session::Queued> kept;
   std::size_t dropped = 0;
   while (!s.queue.empty()) {
     Session::Queued q = dequeue(s);
-    if (access(s.identity(), s.acl_slot, &s.access, security::Action::Receive, q.message->topic) ==
-        security::Decision::Allow) {
+    if (keep(q)) {
       kept.push_back(std::move(q));
     } else {
       if (q.seq) writes().erase_queued(s.id, q.seq, false);  // never sent: no in-flight entry
@@ -561,9 +560,28 @@ void Shard::check_restored_queue(Session& s) {
     enqueue(s, std::move(kept.front()));
     kept.pop_front();
   }
+  return dropped;
+}
+
+void Shard::check_restored_queue(Session& s) {
+  s.identity_known = true;
+  const std::size_t dropped = filter_queue(s, [&](const Session::Queued& q) {
+    return access(s.identity(), s.acl_slot, &s.access, security::Action::Receive, q.message->topic) ==
+           security::Decision::Allow;
+  });
   if (dropped)
     spdlog::debug("client {} ({}): {} queued message(s) it may not receive dropped", s.client_id, s.username,
                   dropped);
+}
+
+std::size_t Shard::revoke_subscriptions(Session& s, std::span<const std::string> filters) {
+  for (const auto& f : filters) unsubscribe(s, f);
+  // In-flight messages stay: their delivery began under the old grant, and
+  // [MQTT-4.4.0-1] has them resent.
+  return filter_queue(s, [&](const Session::Queued& q) {
+    return std::any_of(s.subscriptions.begin(), s.subscriptions.end(),
+                       [&](const auto& sub) { return codec::topic_matches(sub.first, q.message->topic); });
+  });
 }
 
 void Shard::tick(TimePoint now) {

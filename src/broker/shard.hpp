@@ -299,6 +299,10 @@ class Client {
   // The chain's answer: client-id binding, throttle, audit, then CONNACK.
   void auth_done(security::AuthResult auth);
   void finish_connect(const security::AuthResult& auth);
+  // The persistent session this CONNECT resumes when its subscriptions must be
+  // decided again: this listener has a remote authorizer, and they were not
+  // granted by it to this identity. Null otherwise.
+  const Session* regranted_session(const PendingConnect& pc) const;
   security::Identity identity(const Session& s) const {
     return {identity_, s.client_id, own_acl_.get(), own_acl_only_, superuser_};
   }
@@ -466,6 +470,10 @@ class Shard {
   void destroy_session(Session& s);
   void subscribe(Session& s, std::string_view filter, codec::QoS qos);
   void unsubscribe(Session& s, std::string_view filter);
+  // Removes subscriptions the session may no longer hold (decided again at
+  // its reconnect) and drops the queued messages that none of the rest
+  // matches; returns how many were dropped.
+  std::size_t revoke_subscriptions(Session& s, std::span<const std::string> filters);
   void persist(const Session& s);
   void persist_retained(const MessagePtr& m);
   // A ban of the brute-force defence, kept across restarts (its end in wall-clock time).
@@ -509,6 +517,9 @@ class Shard {
   // The first reconnect of a session restored at start-up: drops from its queue
   // what the identity now known may not receive.
   void check_restored_queue(Session& s);
+  // Keeps the queued messages `keep` accepts, in order; drops the others (and
+  // their stored copies). Returns how many were dropped.
+  std::size_t filter_queue(Session& s, const std::function<bool(const Session::Queued&)>& keep);
 
   const std::uint32_t index_;
   BrokerShared& shared_;

@@ -230,6 +230,9 @@ class RemoteAuthorizer {
   struct Answer {
     Decision decision = Decision::Deny;
     Time expires{};  // how long the answer may be reused
+    // The server gave no decision (unreachable, timed out, a malformed
+    // reply): `decision` is then Deny, fail closed, and nothing is cached.
+    bool failed = false;
   };
   using Done = std::function<void(Answer)>;
 

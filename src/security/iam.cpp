@@ -450,8 +450,9 @@ void Iam::ask(const Identity& who, Action action, std::string_view topic, Done d
       return done(a);
     }
     auto [it, first] = authz_->waiting.try_emplace(key);
+    // An error reaches the waiters with expires = Time{} (see below).
     it->second.push_back([done = std::move(done)](const Decision& d, Time expires) {
-      done(Answer{d, expires});
+      done(Answer{d, expires, expires == Time{}});
     });
     if (!first) {
       ++stats_.joined;
@@ -484,7 +485,9 @@ void Iam::ask(const Identity& who, Action action, std::string_view topic, Done d
                           authz_->waiting.erase(it);
                         }
                       }
-                      for (auto& w : waiters) w(d, expires);
+                      // Time{} tells the waiters that no decision was made.
+                      const bool failed = !std::holds_alternative<Decision>(parsed);
+                      for (auto& w : waiters) w(d, failed ? Time{} : expires);
                     });
 }
 

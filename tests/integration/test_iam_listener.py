@@ -12,9 +12,10 @@ MQTT clients:
 - "c": auth = ["http"] and its own [listener.acl], no [listener.http]: IAM A
   decides what its ACL leaves open.
 
-IAM A knows alice and bob and allows topics under ok/; IAM B knows carol,
-denies alice, and allows topics under b-ok/. Which server was asked is read
-from the servers' request logs."""
+IAM A knows alice and bob and allows topics under ok/; IAM B knows carol
+and bob, denies alice, allows topics under b-ok/ and ok/both/, and fails
+(HTTP 500) on topics under ok/err/. Which server was asked is read from the
+servers' request logs."""
 
 import signal
 
@@ -24,24 +25,28 @@ import mqttraw
 from conftest import MOATD, Broker
 from pki import LISTENER_RE, Endpoint, secure_broker  # noqa: F401 (fixture)
 from test_iam import BAD_CREDENTIALS, NOT_AUTHORIZED, SUBACK_FAILURE, Iam
-from util import scaled, uniq
+from util import scaled, uniq, wait_audit
 
 pytestmark = [pytest.mark.moat_only, pytest.mark.threaded]
 
 
 class IamB(Iam):
-    """The second IAM server: carol is allowed, alice denied, eve has bad
-    credentials; topics under b-ok/ are allowed, others denied."""
+    """The second IAM server: carol and bob are allowed, alice denied, eve has
+    bad credentials; topics under b-ok/ and ok/both/ are allowed, ok/err/
+    gets an HTTP error, others are denied."""
 
     def decide(self, req):
         if req["request"] == "authenticate":
             user = req.get("username")
-            if user == "carol":
+            if user in ("carol", "bob"):
                 return 200, {"result": "allow"}
             if user == "eve":
                 return 200, {"result": "bad_credentials", "reason": "wrong password"}
             return 200, {"result": "deny", "reason": "not on this IAM"}
-        return 200, {"result": "allow" if req["topic"].startswith("b-ok/") else "deny"}
+        if req["topic"].startswith("ok/err/"):
+            return 500, {}
+        allowed = req["topic"].startswith(("b-ok/", "ok/both/"))
+        return 200, {"result": "allow" if allowed else "deny"}
 
 
 @pytest.fixture
@@ -70,8 +75,8 @@ def listeners(iam_b):
     ]
 
 
-def start(secure_broker, iam_a, iam_b):
-    b = secure_broker(listeners=listeners(iam_b),
+def start(secure_broker, iam_a, iam_b, audit=None):
+    b = secure_broker(listeners=listeners(iam_b), audit=audit,
                       extra=iam_table("[auth.http]", "http://127.0.0.1:%d/a/auth" % iam_a.port,
                                       authorize=True))
     b.wait_for_log(r"listener b: IAM server http://127\.0\.0\.1:%d \(authentication and authorization\)"
@@ -222,6 +227,8 @@ def test_restored_session_is_judged_by_the_iam_of_its_listener(secure_broker, ia
             assert back.connect(cid, username="carol", password="pw", clean_session=False)  # session present
             m = back.recv_publish(scaled(5))
             assert (m.topic, m.payload) == ("b-ok/queued", b"while away")
+            # The store keeps no grant: B decided the subscription again.
+            assert asked(iam_b, "authorize", "carol", "subscribe", "b-ok/#") == 2
             before_b = asked(iam_b, "authorize", "carol", "subscribe", "ok/#")
             assert back.subscribe([("ok/#", 1)]) == [SUBACK_FAILURE]
             assert asked(iam_b, "authorize", "carol", "subscribe", "ok/#") == before_b + 1
@@ -230,6 +237,112 @@ def test_restored_session_is_judged_by_the_iam_of_its_listener(secure_broker, ia
             back.close()
     finally:
         b2.stop()
+
+
+def test_session_moving_listener_is_decided_again_by_the_new_iam(secure_broker, iams):
+    """bob's persistent session subscribes through a (IAM A grants ok/both/#
+    and ok/only-a/#), then bob comes back through b: B is asked about both
+    subscriptions before the CONNACK, the one it denies is removed (with its
+    queued message), audited and receives nothing more; the other stays."""
+    iam_a, iam_b = iams
+    b = start(secure_broker, iam_a, iam_b, audit="audit.jsonl")
+    on_a, on_b = b.endpoints["a"], b.endpoints["b"]
+    cid = uniq("bob-moving")
+    bob = connected(on_a, "bob", client_id=cid, clean_session=False)
+    assert bob.subscribe([("ok/both/#", 1), ("ok/only-a/#", 1)]) == [1, 1]
+    bob.close()
+    with connected(on_a, "alice") as pub:
+        pub.publish("ok/only-a/1", b"queued, then revoked", qos=1)
+        pub.publish("ok/both/1", b"queued, kept", qos=1)
+    mark = b.log_mark()
+    back = client(on_b, "bob")
+    try:
+        assert back.connect(cid, username="bob", password="pw", clean_session=False)  # session present
+        assert asked(iam_b, "authorize", "bob", "subscribe", "ok/both/#") == 1
+        assert asked(iam_b, "authorize", "bob", "subscribe", "ok/only-a/#") == 1
+        m = back.recv_publish(scaled(5))
+        assert (m.topic, m.payload) == ("ok/both/1", b"queued, kept")
+        b.wait_for_log(r"client %s \(bob\): subscription to 'ok/only-a/#' no longer authorized, removed" % cid,
+                       since=mark)
+        audit = wait_audit(str(b.workdir / "audit.jsonl"),
+                           lambda e: e["event"] == "acl.deny" and e.get("client_id") == cid,
+                           what="bob's acl.deny")
+        assert [(e["action"], e["topic"], e["reason"], e["listener"]) for e in audit] == [
+            ("subscribe", "ok/only-a/#", "resumed session", "b")]
+        with connected(on_a, "alice") as pub:
+            pub.publish("ok/only-a/2", b"not for bob", qos=1)
+            pub.publish("ok/both/2", b"for bob", qos=1)
+        m = back.recv_publish(scaled(5))
+        assert (m.topic, m.payload) == ("ok/both/2", b"for bob")
+        back.expect_no_packet(scaled(0.3))
+    finally:
+        back.close()
+    # Granted by B to bob now: coming back through b asks nothing again.
+    before = len(iam_b.of("authorize"))
+    again = client(on_b, "bob")
+    try:
+        assert again.connect(cid, username="bob", password="pw", clean_session=False)
+    finally:
+        again.close()
+    assert len(iam_b.of("authorize")) == before
+
+
+def test_session_moving_listener_is_refused_when_its_iam_fails(secure_broker, iams):
+    """When the new listener's IAM server gives no decision for a resumed
+    session's subscription, the CONNECT is refused with 0x03 (server
+    unavailable) and the session is left as it was: back through a, bob gets
+    what was queued for him."""
+    iam_a, iam_b = iams
+    b = start(secure_broker, iam_a, iam_b)
+    on_a, on_b = b.endpoints["a"], b.endpoints["b"]
+    cid = uniq("bob-err")
+    bob = connected(on_a, "bob", client_id=cid, clean_session=False)
+    assert bob.subscribe([("ok/err/#", 1)]) == [1]
+    bob.close()
+    with connected(on_a, "alice") as pub:
+        pub.publish("ok/err/1", b"kept for bob", qos=1)
+    c = client(on_b, "bob")
+    try:
+        c.send(mqttraw.connect(cid, username="bob", password="pw", clean_session=False))
+        assert mqttraw.decode_connack(c.expect(mqttraw.CONNACK, scaled(10)))[1] == 3
+    finally:
+        c.close()
+    assert asked(iam_b, "authorize", "bob", "subscribe", "ok/err/#") >= 1
+    back = client(on_a, "bob")
+    try:
+        assert back.connect(cid, username="bob", password="pw", clean_session=False)
+        m = back.recv_publish(scaled(5))
+        assert (m.topic, m.payload) == ("ok/err/1", b"kept for bob")
+    finally:
+        back.close()
+
+
+def test_roles_of_each_iam_table_are_logged_and_an_unused_one_is_warned_of(secure_broker, iams):
+    """The start-up line says what each IAM server does; a [listener.http]
+    that neither authenticates (no "http" in auth) nor authorizes is warned
+    of, and so is an [auth.http] that no listener uses."""
+    iam_a, iam_b = iams
+    url_a, url_b = ("http://127.0.0.1:%d/%s/auth" % (i.port, n) for i, n in ((iam_a, "a"), (iam_b, "b")))
+    b = secure_broker(listeners=[
+        {"name": "authz", "bind": "127.0.0.1:0", "transport": "tcp", "auth": ["anonymous"],
+         "raw": iam_table("[listener.http]", url_b, authorize=True)},
+        {"name": "idle", "bind": "127.0.0.1:0", "transport": "tcp", "auth": ["anonymous"],
+         "raw": iam_table("[listener.http]", url_b)}],
+        extra=iam_table("[auth.http]", url_a))
+    b.wait_for_log(r"listener authz: IAM server http://127\.0\.0\.1:%d \(authorization\)" % iam_b.port)
+    b.wait_for_log(r"\[listener.http\] of listener idle is not used: its listener names no \"http\" in auth "
+                   r"and authorize = false")
+    b.wait_for_log(r"\[auth.http\] is not used: no listener without its own \[listener.http\] names "
+                   r"\"http\" in auth and authorize = false")
+    assert "listener authz: IAM server" in b.log_text() and "authz is not used" not in b.log_text()
+    # The authorizing table does decide: anonymous clients of "authz" ask B.
+    c = client(b.endpoints["authz"], "anon")
+    try:
+        c.connect(uniq("anon"))
+        assert c.subscribe([("b-ok/x", 0), ("elsewhere", 0)]) == [0, SUBACK_FAILURE]
+    finally:
+        c.close()
+    assert len(iam_b.of("authorize")) == 2 and not iam_a.of("authorize")
 
 
 def test_sighup_keeps_the_iam_of_a_listener(secure_broker, iams):
