@@ -558,6 +558,7 @@ void Client::finish_connect(const security::AuthResult& auth) {
   s.superuser = superuser_;
   s.acl_slot = listener_.acl_slot;  // before resume(): a restored queue is judged by it
   s.access.clear();                 // decisions cached for an earlier connection's identity
+  s.coverage_version = 0;           // ... and what its subscriptions may receive
   state_ = State::Connected;
   keep_alive_ = std::chrono::seconds(pc->keep_alive);
   last_packet_at_ = shard_.now();

@@ -238,6 +238,11 @@ class Session {
   // False for a session restored at start-up until its client is back: the
   // store keeps no identity, so what it may receive is decided then (resume).
   bool identity_known = true;
+  // Every topic each subscription can match may be received (security::
+  // allows_every_match), worked out under ACL version `coverage_version` (0:
+  // not yet, or the subscriptions or the identity changed since).
+  bool receive_covered = false;
+  std::uint64_t coverage_version = 0;
   security::Identity identity() const {
     return {username, client_id, own_acl.get(), own_acl_only, superuser};
   }
@@ -494,7 +499,12 @@ class Shard {
   void retain(const MessagePtr& m, std::string_view peer, std::string_view client_id);
   // This turn's store writes; asks for end_turn() so they get committed.
   store::Batch& writes();
-  void deliver_local(std::uint64_t session_id, const MessagePtr& m, codec::QoS qos, std::uint64_t seq);
+  void deliver_local(std::uint64_t session_id, const MessagePtr& m, codec::QoS qos, std::uint64_t seq,
+                     bool matched_here);
+  // Whether s's subscriptions can only match topics it may receive (then a
+  // delivery matched here needs no receive check); worked out again when the
+  // ACL, the subscriptions or the identity changed.
+  bool receive_covered(Session& s);
   void broadcast(const ShardEvent& e);
   void queue_event(std::uint32_t to, ShardEvent&& e);
   std::string assign_client_id();
@@ -504,7 +514,11 @@ class Shard {
   // Session delivery (the session's owner shard only).
   // seq != 0: already stored for this session (the router did it); a durable
   // session stores other QoS 1/2 deliveries (retained on subscribe) itself.
-  void deliver(Session& s, const MessagePtr& m, codec::QoS qos, bool retain, std::uint64_t seq = 0);
+  // `matched_here`: m was matched against this shard's index, which holds the
+  // session's subscriptions as they are now (not an event from another shard,
+  // routed against a subscription the session may have dropped since).
+  void deliver(Session& s, const MessagePtr& m, codec::QoS qos, bool retain, std::uint64_t seq = 0,
+               bool matched_here = false);
   void enqueue(Session& s, Session::Queued q);
   Session::Queued dequeue(Session& s);
   // Counts and (rate-limited) logs a message dropped because the queue was full.

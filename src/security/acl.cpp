@@ -108,6 +108,18 @@ bool applies(const AclRule& r, const Identity& who, Action action, std::string_v
   return topic_applies(r.filter, r.substitute, who, action, topic);
 }
 
+// How much of what `filter` matches a rule's filter `pattern` (expanded for
+// `who` when `substitute`) matches: none, some (perhaps), or every name.
+enum class Reach : std::uint8_t { None, Some, Every };
+Reach reach(std::string_view pattern, bool substitute, const Identity& who, std::string_view filter) {
+  std::string_view p = pattern;
+  char buf[kInlineExpansion];
+  std::string heap;
+  if (substitute && !expand(pattern, who, buf, heap, p)) return Reach::None;
+  if (filter_covers(p, filter)) return Reach::Every;
+  return filters_intersect(p, filter) ? Reach::Some : Reach::None;
+}
+
 bool valid_request(Action action, std::string_view topic) {
   return action == Action::Subscribe ? codec::valid_topic_filter(topic) : codec::valid_topic_name(topic);
 }
@@ -356,6 +368,28 @@ std::optional<Decision> Acl::decide(const Identity& who, Action action, std::str
   return std::nullopt;
 }
 
+bool Acl::allows_every(const Identity& who, Action action, std::string_view filter) const {
+  const auto bit = static_cast<std::uint8_t>(action);
+  const Group* own = nullptr;
+  if (who.username.empty()) {
+    own = &anonymous_;
+  } else if (auto it = users_.find(who.username); it != users_.end()) {
+    own = &it->second;
+  }
+  // Any deny denies: none may reach a name of the filter.
+  for (const Group* g : {own, &any_}) {
+    if (!g) continue;
+    for (const auto& r : g->deny)
+      if ((r.actions & bit) != 0 && reach(r.filter, r.substitute, who, filter) != Reach::None) return false;
+  }
+  for (const Group* g : {own, &any_}) {
+    if (!g) continue;
+    for (const auto& r : g->allow)
+      if ((r.actions & bit) != 0 && reach(r.filter, r.substitute, who, filter) == Reach::Every) return true;
+  }
+  return false;
+}
+
 // ---- ordered rules ----
 
 std::shared_ptr<const OrderedRules> OrderedRules::make(std::vector<OrderedRule> rules) {
@@ -458,6 +492,40 @@ std::optional<Decision> OrderedRules::check_resolved(std::span<const std::uint32
   return std::nullopt;
 }
 
+OrderedRules::Cover OrderedRules::cover(std::span<const std::uint32_t> resolved, const Identity& who,
+                                        Action action, std::string_view filter) const {
+  const auto bit = static_cast<std::uint8_t>(action);
+  // The first applicable rule decides a name: a rule reaching some names of
+  // the filter decides those (a deny: not every name is allowed); one reaching
+  // them all decides the rest.
+  for (const std::uint32_t i : resolved) {
+    const Compiled& c = rules_[i];
+    if ((c.rule.actions & bit) == 0) continue;
+    switch (reach(c.rule.topic, c.substitute, who, filter)) {
+      case Reach::None:
+        break;
+      case Reach::Some:
+        if (!c.rule.allow) return Cover::Denied;
+        break;
+      case Reach::Every:
+        return c.rule.allow ? Cover::Allowed : Cover::Denied;
+    }
+  }
+  return Cover::Open;
+}
+
+bool AccessPolicy::allows_every(const Identity& who, Action action, std::string_view filter,
+                                const Resolved* resolved) const {
+  if (action == Action::Subscribe || !codec::valid_topic_filter(filter)) return false;
+  if (rules_) {
+    const auto c = resolved ? rules_->cover(resolved->rules, who, action, filter)
+                            : rules_->cover(rules_->resolve(who), who, action, filter);
+    if (c != OrderedRules::Cover::Open) return c == OrderedRules::Cover::Allowed;
+  }
+  // The names the rules left open (none of them denied) are the file's.
+  return file_ && file_->allows_every(who, action, filter);
+}
+
 Decision AccessPolicy::check(const Identity& who, Action action, std::string_view topic) const {
   return decide(who, action, topic).value_or(Decision::Deny);
 }
@@ -496,6 +564,33 @@ std::optional<Decision> decide_locally(const AccessPolicy* policy, const Identit
   return std::nullopt;
 }
 
+bool allows_every_match(const AccessPolicy* policy, const Identity& who, Action action, std::string_view filter,
+                        const AccessPolicy::Resolved* resolved) {
+  if (who.superuser) return true;
+  if (who.own || !policy) return false;  // not worked out: each name is checked
+  return policy->allows_every(who, action, filter, resolved);
+}
+
+bool filters_intersect(std::string_view a, std::string_view b) {
+  while (true) {
+    const auto ea = a.find('/');
+    const auto eb = b.find('/');
+    const std::string_view la = a.substr(0, ea);
+    const std::string_view lb = b.substr(0, eb);
+    if (la == "#" || lb == "#") return true;
+    if (la != "+" && lb != "+" && la != lb) return false;
+    const bool more_a = ea != std::string_view::npos;
+    const bool more_b = eb != std::string_view::npos;
+    if (!more_a && !more_b) return true;
+    // One ends here: the other still matches if all it has left is '#'
+    // ("a/#" matches "a").
+    if (!more_a) return b.substr(eb + 1) == "#";
+    if (!more_b) return a.substr(ea + 1) == "#";
+    a.remove_prefix(ea + 1);
+    b.remove_prefix(eb + 1);
+  }
+}
+
 std::string_view to_string(Action a) {
   switch (a) {
     case Action::Publish:
@@ -516,13 +611,44 @@ std::size_t slot_hash(Action action, std::string_view topic) {
 }
 }  // namespace
 
+AccessCache::Slot& AccessCache::Slot::operator=(Slot&& o) noexcept {
+  if (this == &o) return *this;
+  free_topic();
+  hash = o.hash;
+  version = o.version;
+  stamp = o.stamp;
+  expires = o.expires;
+  action = o.action;
+  decision = o.decision;
+  length_ = o.length_;
+  // The heap copy's address, or the topic itself: either way the bytes.
+  std::memcpy(bytes_, o.bytes_, length_ > kInline ? sizeof(char*) : length_);
+  o.length_ = 0;  // the heap copy, if any, is this slot's now
+  o.version = 0;
+  return *this;
+}
+
+void AccessCache::Slot::set_topic(std::string_view t) {
+  free_topic();
+  // Longer topics cannot reach a cache (MQTT limits a topic to 65,535 bytes).
+  const auto n = static_cast<std::uint16_t>(std::min<std::size_t>(t.size(), 0xffff));
+  if (n > kInline) {
+    char* p = new char[n];
+    std::memcpy(p, t.data(), n);
+    std::memcpy(bytes_, &p, sizeof p);
+  } else {
+    std::memcpy(bytes_, t.data(), n);
+  }
+  length_ = n;
+}
+
 std::optional<Decision> AccessCache::find(Action action, std::string_view topic, std::uint64_t version,
                                           Time now) const {
   if (!slots_ || version == 0) return std::nullopt;
   const std::size_t h = slot_hash(action, topic);
-  for (const std::size_t i : {h % size_, (h / size_) % size_}) {
+  for (const std::size_t i : {first(h), second(h)}) {
     const Slot& s = slots_[i];
-    if (s.hash == h && s.version == version && s.action == action && s.expires > now && s.topic == topic)
+    if (s.hash == h && s.version == version && s.action == action && s.expires > now && s.topic() == topic)
       return s.decision;
   }
   return std::nullopt;
@@ -532,9 +658,9 @@ std::optional<Decision> AccessCache::find(Action action, std::string_view topic,
 // older of its two candidates.
 AccessCache::Slot* AccessCache::slot_for(std::size_t h, std::uint64_t version, Action action,
                                          std::string_view topic) {
-  Slot& a = slots_[h % size_];
-  Slot& b = slots_[(h / size_) % size_];
-  auto same = [&](const Slot& s) { return s.hash == h && s.action == action && s.topic == topic; };
+  Slot& a = slots_[first(h)];
+  Slot& b = slots_[second(h)];
+  auto same = [&](const Slot& s) { return s.hash == h && s.action == action && s.topic() == topic; };
   if (same(a)) return &a;
   if (same(b)) return &b;
   Slot& s = a.stamp <= b.stamp ? a : b;
@@ -555,8 +681,8 @@ void AccessCache::grow() {
     if (old[i].version != 0) live.push_back(&old[i]);
   std::sort(live.begin(), live.end(), [](const Slot* x, const Slot* y) { return x->stamp < y->stamp; });
   for (Slot* e : live) {
-    Slot& a = slots_[e->hash % size_];
-    Slot& b = slots_[(e->hash / size_) % size_];
+    Slot& a = slots_[first(e->hash)];
+    Slot& b = slots_[second(e->hash)];
     Slot& s = a.version == 0 ? a : b.version == 0 ? b : a.stamp <= b.stamp ? a : b;
     s = std::move(*e);
   }
@@ -579,7 +705,7 @@ void AccessCache::put(Action action, std::string_view topic, Decision d, std::ui
   s->version = version;
   s->stamp = ++stamp_;
   s->expires = expires;
-  s->topic.assign(topic);  // reuses the slot's buffer once it is large enough
+  if (s->topic() != topic) s->set_topic(topic);
   s->action = action;
   s->decision = d;
 }

@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <cstring>
 #include <filesystem>
 #include <functional>
 #include <memory>
@@ -84,6 +85,10 @@ class Acl {
   Decision check(const Identity& who, Action action, std::string_view topic_or_filter) const;
   // The same without the final default: nullopt when no rule applies.
   std::optional<Decision> decide(const Identity& who, Action action, std::string_view topic_or_filter) const;
+  // True only when decide() allows `action` (Publish or Receive) for every
+  // topic name that `filter` matches: no deny rule can match one of them and
+  // an allow rule covers the whole filter. False when unsure.
+  bool allows_every(const Identity& who, Action action, std::string_view filter) const;
 
   std::size_t size() const { return count_; }
 
@@ -155,6 +160,13 @@ class OrderedRules {
   std::optional<Decision> check_resolved(std::span<const std::uint32_t> resolved, const Identity& who,
                                          Action action, std::string_view topic) const;
   std::size_t size() const { return rules_.size(); }
+  // What `resolved` decides for every topic name that `filter` matches
+  // (Publish or Receive): Allowed when each is allowed by the rules, Denied
+  // when one may be denied (or it cannot tell), Open when the rules deny none
+  // but leave some undecided (the file decides those).
+  enum class Cover : std::uint8_t { Allowed, Denied, Open };
+  Cover cover(std::span<const std::uint32_t> resolved, const Identity& who, Action action,
+              std::string_view filter) const;
 
   OrderedRules(const OrderedRules&) = delete;
   OrderedRules& operator=(const OrderedRules&) = delete;
@@ -199,6 +211,10 @@ class AccessPolicy {
   // `resolved` (from resolve() for the same identity) only those rules are visited.
   std::optional<Decision> decide(const Identity& who, Action action, std::string_view topic_or_filter,
                                  const Resolved* resolved = nullptr) const;
+  // True only when decide() allows `action` (Publish or Receive) for every
+  // topic name `filter` matches; false when unsure. With `resolved` as for decide().
+  bool allows_every(const Identity& who, Action action, std::string_view filter,
+                    const Resolved* resolved = nullptr) const;
   const OrderedRules* rules() const { return rules_.get(); }
   const Acl* file() const { return file_.get(); }
 
@@ -218,6 +234,16 @@ Decision authorize(const AccessPolicy* policy, const Identity& who, Action actio
 std::optional<Decision> decide_locally(const AccessPolicy* policy, const Identity& who, Action action,
                                        std::string_view topic_or_filter,
                                        const AccessPolicy::Resolved* resolved = nullptr);
+
+// True only when decide_locally() allows `action` (Publish or Receive) for
+// every topic name that `filter` matches: a subscription whose deliveries need
+// no check of their own. False when unsure (a connection's own rules, no policy).
+bool allows_every_match(const AccessPolicy* policy, const Identity& who, Action action, std::string_view filter,
+                        const AccessPolicy::Resolved* resolved = nullptr);
+
+// Could some topic name match both filters? Level by level, and generous: it
+// does not tell '$' topics apart, which is what "may this deny rule apply?" needs.
+bool filters_intersect(std::string_view a, std::string_view b);
 
 // "publish", "subscribe", "receive"; for logs and the audit stream.
 std::string_view to_string(Action a);
@@ -260,6 +286,7 @@ class AccessCache {
   using Time = std::chrono::steady_clock::time_point;
   static constexpr std::size_t kSlots = 8;       // at the first use
   static constexpr std::size_t kMaxSlots = 128;  // at most, after growing
+  static_assert((kSlots & (kSlots - 1)) == 0 && (kMaxSlots & (kMaxSlots - 1)) == 0, "powers of two");
 
   // `version` 0 is never cached.
   std::optional<Decision> find(Action action, std::string_view topic, std::uint64_t version, Time now) const;
@@ -275,15 +302,45 @@ class AccessCache {
   std::size_t capacity() const { return size_; }
 
  private:
-  struct Slot {
+  // One cache line: a probe that hits reads one line, the topic included
+  // when it is short (kInline bytes; a longer one is on the heap).
+  class alignas(64) Slot {
+   public:
+    static constexpr std::size_t kInline = 28;
+    Slot() = default;
+    Slot(const Slot&) = delete;
+    Slot& operator=(const Slot&) = delete;
+    Slot& operator=(Slot&& o) noexcept;
+    ~Slot() { free_topic(); }
+    std::string_view topic() const { return {length_ <= kInline ? bytes_ : heap(), length_}; }
+    void set_topic(std::string_view t);
+
     std::size_t hash = 0;
     std::uint64_t version = 0;  // 0: empty
     std::uint64_t stamp = 0;    // insertion order
     Time expires{};
-    std::string topic;
     Action action = Action::Publish;
     Decision decision = Decision::Deny;
+
+   private:
+    // A longer topic's heap copy: its address is kept in bytes_ (copied in
+    // and out, as bytes_ has no pointer alignment).
+    char* heap() const {
+      char* p = nullptr;
+      std::memcpy(&p, bytes_, sizeof p);
+      return p;
+    }
+    void free_topic() {
+      if (length_ > kInline) delete[] heap();
+      length_ = 0;
+    }
+    std::uint16_t length_ = 0;  // topics are at most 65,535 bytes (MQTT)
+    char bytes_[kInline] = {};  // the topic, or the address of its heap copy
   };
+  static_assert(sizeof(Slot) == 64);
+  // The two candidate slots of a hash (size_ is a power of two).
+  std::size_t first(std::size_t hash) const { return hash & (size_ - 1); }
+  std::size_t second(std::size_t hash) const { return (hash >> 32) & (size_ - 1); }
   Slot* slot_for(std::size_t hash, std::uint64_t version, Action action, std::string_view topic);
   void grow();
   std::unique_ptr<Slot[]> slots_;

@@ -392,5 +392,126 @@ TEST(Acl, ConcurrentChecksAndReload) {
   EXPECT_EQ(table.load()->size(), 2u);
 }
 
+TEST(Acl, FiltersIntersect) {
+  EXPECT_TRUE(filters_intersect("a/b", "a/b"));
+  EXPECT_TRUE(filters_intersect("a/+", "+/b"));
+  EXPECT_TRUE(filters_intersect("a/#", "a"));
+  EXPECT_TRUE(filters_intersect("a", "a/#"));
+  EXPECT_TRUE(filters_intersect("#", "x/y/z"));
+  EXPECT_TRUE(filters_intersect("a//b", "a/+/b"));
+  EXPECT_FALSE(filters_intersect("a/b", "a/c"));
+  EXPECT_FALSE(filters_intersect("a/b", "a/b/c"));
+  EXPECT_FALSE(filters_intersect("a/+", "a"));
+  EXPECT_FALSE(filters_intersect("a/+/c", "a/b/d/#"));
+  EXPECT_FALSE(filters_intersect("a/+/c", "a/b/d"));
+}
+
+// A topic name that `filter` matches, its wildcards filled from `levels`.
+std::string instance(std::string_view filter, std::mt19937& rng, const std::vector<std::string>& levels) {
+  std::string out;
+  std::size_t at = 0;
+  bool first = true;
+  auto add = [&](const std::string& level) {
+    out += (first ? "" : "/") + level;
+    first = false;
+  };
+  while (at <= filter.size()) {
+    const auto end = std::min(filter.find('/', at), filter.size());
+    const std::string_view level = filter.substr(at, end - at);
+    if (level == "#") {
+      const auto n = rng() % 4;  // "a/#" matches "a" too
+      for (unsigned i = 0; i < n; ++i) add(levels[rng() % levels.size()]);
+      if (first) add(levels[rng() % levels.size()]);  // "#" alone: one level at least
+      break;
+    }
+    add(level == "+" ? levels[rng() % levels.size()] : std::string(level));
+    at = end + 1;
+  }
+  return out;
+}
+
+// allows_every_match() promises that every topic name a filter matches is
+// allowed: checked against decide_locally() on random names of random
+// filters, under random ordered rules and files. It must also say yes often
+// enough to be of use, and never for a filter a deny rule reaches.
+TEST(Acl, AllowsEveryMatchHoldsForEveryNameOfTheFilter) {
+  std::mt19937 rng(20261127);
+  auto pick = [&](const std::vector<std::string>& from) { return from[rng() % from.size()]; };
+  const std::vector<std::string> rule_levels = {"a", "b", "$SYS", "%u", "%c", "+", "u1", "c1"};
+  const std::vector<std::string> filter_levels = {"a", "b", "$SYS", "u1", "c1", "+", ""};
+  const std::vector<std::string> name_levels = {"a", "b", "$SYS", "u1", "c1", "", "x", "%u"};
+  const std::vector<std::string> names = {"", "u1", "c1", "a", "$SYS", "x/y", "+"};
+  auto rule_filter = [&] {
+    std::string f;
+    const auto levels = 1 + rng() % 3;
+    for (unsigned i = 0; i < levels; ++i) f += (i ? "/" : "") + pick(rule_levels);
+    if (rng() % 2 == 0) f += "/#";
+    return f;
+  };
+  int covered = 0;
+  int not_covered = 0;
+  for (int round = 0; round < 400; ++round) {
+    std::vector<AclRule> file_rules(rng() % 6);
+    for (auto& r : file_rules) {
+      r.filter = rule_filter();
+      r.who = static_cast<AclRule::Who>(rng() % 3);
+      if (r.who == AclRule::Who::User) r.user = pick({"u1", "a"});
+      r.actions = static_cast<std::uint8_t>(1 + rng() % 7);
+      r.substitute = rng() % 2 == 0;
+      r.allow = rng() % 4 != 0;
+    }
+    std::vector<OrderedRule> ordered(rng() % 6);
+    for (auto& r : ordered) {
+      r.topic = rule_filter();
+      r.actions = static_cast<std::uint8_t>(1 + rng() % 7);
+      if (rng() % 3 == 0) r.user = pick({"u1", "a", "u*", "*"});
+      if (rng() % 4 == 0) r.client_id = pick({"c1", "c*", "%u"});
+      r.allow = rng() % 4 != 0;
+    }
+    const AccessPolicy policy(ordered.empty() ? nullptr : OrderedRules::make(ordered),
+                              file_rules.empty() ? nullptr : Acl::from_rules(file_rules));
+    for (int q = 0; q < 60; ++q) {
+      std::string filter;
+      const auto levels = 1 + rng() % 4;
+      for (unsigned i = 0; i < levels; ++i) filter += (i ? "/" : "") + pick(filter_levels);
+      if (rng() % 3 == 0) filter += "/#";
+      if (rng() % 10 == 0) filter = "#";
+      if (!codec::valid_topic_filter(filter)) continue;
+      const std::string user = pick(names);
+      const std::string client = pick(names);
+      const Identity who{user, client};
+      for (const Action action : {Action::Publish, Action::Receive}) {
+        const auto resolved = policy.resolve(who);
+        const bool every = allows_every_match(&policy, who, action, filter, rng() % 2 ? &resolved : nullptr);
+        (every ? covered : not_covered)++;
+        if (!every) continue;
+        for (int n = 0; n < 40; ++n) {
+          const std::string topic = instance(filter, rng, name_levels);
+          if (!codec::valid_topic_name(topic) || !codec::topic_matches(filter, topic)) continue;
+          ASSERT_EQ(decide_locally(&policy, who, action, topic), Decision::Allow)
+              << "filter '" << filter << "' topic '" << topic << "' user '" << who.username << "' client '"
+              << who.client_id << "' action " << to_string(action) << ", round " << round;
+        }
+      }
+    }
+  }
+  EXPECT_GT(covered, 500);
+  EXPECT_GT(not_covered, 500);
+}
+
+TEST(Acl, AllowsEveryMatchExamples) {
+  const AccessPolicy file(nullptr, acl("pattern read tenant/%u/#\nuser u1\ntopic deny tenant/u1/secret\n"));
+  EXPECT_TRUE(allows_every_match(&file, {"u2", "c"}, Action::Receive, "tenant/u2/#"));
+  EXPECT_FALSE(allows_every_match(&file, {"u2", "c"}, Action::Receive, "tenant/+/x"));  // not all u2's
+  EXPECT_FALSE(allows_every_match(&file, {"u1", "c"}, Action::Receive, "tenant/u1/#"));  // the deny
+  EXPECT_TRUE(allows_every_match(&file, {"u1", "c"}, Action::Receive, "tenant/u1/open/#"));
+  EXPECT_FALSE(allows_every_match(&file, {"u2", "c"}, Action::Publish, "tenant/u2/#"));  // read only
+  EXPECT_FALSE(allows_every_match(&file, {"u2", "c"}, Action::Subscribe, "tenant/u2/#"));
+  EXPECT_FALSE(allows_every_match(nullptr, {"u2", "c"}, Action::Receive, "tenant/u2/#"));
+  Identity root{"root", "c"};
+  root.superuser = true;
+  EXPECT_TRUE(allows_every_match(&file, root, Action::Receive, "#"));
+}
+
 }  // namespace
 }  // namespace moat::security
