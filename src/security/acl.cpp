@@ -341,14 +341,15 @@ Decision Acl::check(const Identity& who, Action action, std::string_view topic) 
   return decide(who, action, topic).value_or(Decision::Deny);
 }
 
+const Acl::Group* Acl::group_of(const Identity& who) const {
+  if (who.username.empty()) return &anonymous_;
+  const auto it = users_.find(who.username);
+  return it == users_.end() ? nullptr : &it->second;
+}
+
 std::optional<Decision> Acl::decide(const Identity& who, Action action, std::string_view topic) const {
   const auto bit = static_cast<std::uint8_t>(action);
-  const Group* own = nullptr;
-  if (who.username.empty()) {
-    own = &anonymous_;
-  } else if (auto it = users_.find(who.username); it != users_.end()) {
-    own = &it->second;
-  }
+  const Group* own = group_of(who);
   if (action != Action::Subscribe) {
     std::uint8_t deny = 0;
     std::uint8_t allow = 0;
@@ -370,12 +371,7 @@ std::optional<Decision> Acl::decide(const Identity& who, Action action, std::str
 
 bool Acl::allows_every(const Identity& who, Action action, std::string_view filter) const {
   const auto bit = static_cast<std::uint8_t>(action);
-  const Group* own = nullptr;
-  if (who.username.empty()) {
-    own = &anonymous_;
-  } else if (auto it = users_.find(who.username); it != users_.end()) {
-    own = &it->second;
-  }
+  const Group* own = group_of(who);
   // Any deny denies: none may reach a name of the filter.
   for (const Group* g : {own, &any_}) {
     if (!g) continue;

@@ -104,6 +104,8 @@ class Acl {
     std::vector<AclRule> allow;
     std::unique_ptr<Node> names;  // for Publish and Receive (topic names)
   };
+  // The rules naming `who`: the anonymous group, or its user's (null: none).
+  const Group* group_of(const Identity& who) const;
   // The actions any rule of `g` denies and allows for a topic name.
   static void match_name(const Group& g, const Identity& who, std::string_view topic, std::uint8_t& deny,
                          std::uint8_t& allow);

@@ -45,17 +45,22 @@ class ReceiveCoverageTest : public BrokerFixture {
     return out;
   }
   broker::Session& session(const std::string& id) { return *shard_list[0]->find_session(id); }
+  // `sub` subscribes to a/open/#, which the ACL wholly allows, and receives
+  // pub's a/open/x without a check of its own.
+  void subscribed_and_covered(FakeConnection& sub, FakeConnection& pub) {
+    subscribe(sub, "a/open/#", QoS::AtMostOnce);
+    sub.take();
+    publish(pub, "a/open/x", "1", QoS::AtMostOnce);
+    EXPECT_EQ(received(sub), std::vector<std::string>{"a/open/x"});
+    EXPECT_TRUE(session("sub").receive_covered);
+  }
   std::shared_ptr<security::Reloadable<security::AccessPolicy>> acl;
 };
 
 TEST_F(ReceiveCoverageTest, CoveredSubscriptionsSkipTheCheckUncoveredOnesKeepIt) {
   auto& sub = connect("sub");
   auto& pub = connect("pub");
-  subscribe(sub, "a/open/#", QoS::AtMostOnce);
-  sub.take();
-  publish(pub, "a/open/x", "1", QoS::AtMostOnce);
-  EXPECT_EQ(received(sub), std::vector<std::string>{"a/open/x"});
-  EXPECT_TRUE(session("sub").receive_covered);
+  subscribed_and_covered(sub, pub);
 
   // "a/#" reaches a/secret/...: no longer covered, and the deny holds.
   subscribe(sub, "a/#", QoS::AtMostOnce, 2);
@@ -80,10 +85,7 @@ TEST_F(ReceiveCoverageTest, CoveredSubscriptionsSkipTheCheckUncoveredOnesKeepIt)
 TEST_F(ReceiveCoverageTest, AReloadedAclIsHonouredAtOnce) {
   auto& sub = connect("sub");
   auto& pub = connect("pub");
-  subscribe(sub, "a/open/#", QoS::AtMostOnce);
-  sub.take();
-  publish(pub, "a/open/x", "1", QoS::AtMostOnce);
-  EXPECT_EQ(received(sub), std::vector<std::string>{"a/open/x"});
+  subscribed_and_covered(sub, pub);
   // The reload denies receiving a/open/x.
   acl->store(policy_of({rule(false, "a/open/x", kReceive), rule(true, "a/#")}));
   advance(std::chrono::milliseconds(1));
