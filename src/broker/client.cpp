@@ -673,23 +673,20 @@ void Client::handle_ack(const codec::Ack& a) {
   const auto want = a.type == codec::PacketType::Puback   ? Session::OutState::AwaitPuback
                     : a.type == codec::PacketType::Pubrec ? Session::OutState::AwaitPubrec
                                                           : Session::OutState::AwaitPubcomp;
-  for (auto it = s.inflight.begin(); it != s.inflight.end(); ++it) {
-    if (it->packet_id != a.packet_id) continue;
-    if (it->state != want) return;  // an acknowledgement out of turn is ignored
-    if (want == Session::OutState::AwaitPubrec) {
-      // [MQTT-4.3.3-1] answer PUBREC with PUBREL and keep the id until PUBCOMP.
-      it->state = Session::OutState::AwaitPubcomp;
-      it->message.reset();
-      // Stored before PUBREL leaves: after a restart the PUBLISH is never resent.
-      if (it->seq && shard_.writes().put_inflight(s.id, it->seq, it->packet_id, 2)) it->inflight_entry = true;
-      send(codec::Ack{codec::PacketType::Pubrel, a.packet_id});
-      return;
-    }
-    shard_.acknowledged(s, *it);
-    s.inflight.erase(it);
-    shard_.pump(s);
+  Session::Inflight* f = s.inflight.find(a.packet_id);
+  if (!f || f->state != want) return;  // an unknown id, or an acknowledgement out of turn, is ignored
+  if (want == Session::OutState::AwaitPubrec) {
+    // [MQTT-4.3.3-1] answer PUBREC with PUBREL and keep the id until PUBCOMP.
+    f->state = Session::OutState::AwaitPubcomp;
+    f->message.reset();
+    // Stored before PUBREL leaves: after a restart the PUBLISH is never resent.
+    if (f->seq && shard_.writes().put_inflight(s.id, f->seq, f->packet_id, 2)) f->inflight_entry = true;
+    send(codec::Ack{codec::PacketType::Pubrel, a.packet_id});
     return;
   }
+  shard_.acknowledged(s, *f);
+  s.inflight.erase(f);
+  shard_.pump(s);
 }
 
 void Client::handle_subscribe(const codec::Subscribe& sub) {

@@ -44,6 +44,15 @@ class Fifo {
     }
   }
 
+  // Removes the element at `p` (one of this queue's elements), keeping order.
+  void erase(const T* p) {
+    if (p == &items_[head_]) {
+      pop_front();
+      return;
+    }
+    items_.erase(items_.begin() + (p - items_.data()));
+  }
+
   void clear() {
     head_ = 0;
     if (items_.capacity() > kKeep)

@@ -491,15 +491,10 @@ void Shard::send_publish(Session& s, const MessagePtr& m, QoS qos, bool retain, 
   std::uint16_t id = 0;
   if (qos != QoS::AtMostOnce) {
     // [MQTT-2.3.1-2] an id not in use by another unacknowledged message.
-    auto in_use = [&](std::uint16_t candidate) {
-      for (const auto& f : s.inflight)
-        if (f.packet_id == candidate) return true;
-      return false;
-    };
     do {
       id = s.next_packet_id++;
       if (s.next_packet_id == 0) s.next_packet_id = 1;
-    } while (in_use(id));
+    } while (s.inflight.in_use(id));
     s.inflight.push_back(Session::Inflight{
         id, qos == QoS::AtLeastOnce ? Session::OutState::AwaitPuback : Session::OutState::AwaitPubrec, m, qos,
         retain, seq});

@@ -22,6 +22,7 @@
 
 #include "broker/connections.hpp"
 #include "broker/fifo.hpp"
+#include "broker/inflight.hpp"
 #include "broker/limits.hpp"
 #include "broker/message.hpp"
 #include "broker/output.hpp"
@@ -250,7 +251,7 @@ class Session {
   security::AccessCache access;
   TimePoint offline_since{};  // for session expiry
   std::map<std::string, codec::QoS, std::less<>> subscriptions;
-  std::vector<Inflight> inflight;                     // in the order sent (at most max_inflight_messages)
+  InflightWindow<Inflight> inflight;                  // in the order sent (at most max_inflight_messages)
   Fifo<Queued> queue;                                 // waiting for the client or a window slot
   std::uint64_t queued_bytes = 0;                     // topic + payload bytes in `queue`
   std::unordered_set<std::uint16_t> awaiting_pubrel;  // inbound QoS 2 [MQTT-4.3.3-2]

@@ -1,5 +1,7 @@
 // Session, QoS and routing state machines without sockets (MQTT 3.1.1 sections 3 and 4).
+#include <algorithm>
 #include <map>
+#include <set>
 
 #include "harness.hpp"
 
@@ -400,6 +402,50 @@ TEST_F(ShardTest, InflightWindowQueuesInOrderAndFullQueueIsCounted) {
     for (const auto& g : got) seen.push_back(g.payload);
   }
   EXPECT_EQ(seen, (std::vector<std::string>{"0", "1", "2", "3", "4"}));
+}
+
+// A window larger than the id bitmap's threshold, acknowledged out of turn:
+// every message arrives once, in order, and no id in flight is given twice.
+TEST_F(ShardTest, LargeInflightWindowAcknowledgedOutOfTurn) {
+  make();
+  shared.limits.max_inflight_messages = 200;
+  shared.limits.max_queued_messages = 10000;
+  auto& sub = connect("s");
+  subscribe(sub, "x", QoS::AtLeastOnce);
+  sub.take();
+  auto& pub = connect("p");
+  constexpr int kMessages = 1000;
+  for (int i = 0; i < kMessages; ++i)
+    publish(pub, "x", std::to_string(i), QoS::AtLeastOnce, static_cast<std::uint16_t>(1 + i % 60000));
+  std::vector<std::string> seen;
+  std::set<std::uint16_t> outstanding;
+  auto got = sub.take();
+  ASSERT_EQ(got.size(), 200u);  // the window
+  for (int round = 0; round < 100 && !got.empty(); ++round) {
+    for (const auto& g : got) {
+      EXPECT_TRUE(outstanding.insert(g.packet_id).second) << "id " << g.packet_id << " given twice";
+      seen.push_back(g.payload);
+    }
+    // Acknowledge every other one, newest first, then the rest.
+    std::vector<std::uint16_t> acks(outstanding.rbegin(), outstanding.rend());
+    std::stable_partition(acks.begin(), acks.end(), [](std::uint16_t id) { return id % 2 == 0; });
+    for (std::size_t i = 0; i < acks.size() / 2; ++i) {
+      sub.send(codec::Ack{PacketType::Puback, acks[i]});
+      outstanding.erase(acks[i]);
+    }
+    got = sub.take();
+    if (got.empty()) {
+      for (auto id : std::vector<std::uint16_t>(outstanding.begin(), outstanding.end()))
+        sub.send(codec::Ack{PacketType::Puback, id});
+      outstanding.clear();
+      got = sub.take();
+    }
+  }
+  ASSERT_EQ(seen.size(), static_cast<std::size_t>(kMessages));
+  for (int i = 0; i < kMessages; ++i) EXPECT_EQ(seen[i], std::to_string(i));
+  for (auto id : std::vector<std::uint16_t>(outstanding.begin(), outstanding.end()))
+    sub.send(codec::Ack{PacketType::Puback, id});
+  EXPECT_TRUE(shard_list[0]->find_session("s")->inflight.empty());
 }
 
 TEST_F(ShardTest, FullQueueDropsTheOldestWhenConfigured) {
