@@ -38,7 +38,10 @@ namespace {
 // Reads go through one buffer per loop: an idle connection holds no read
 // buffer (it waits for readability, then reads), only the bytes of a packet
 // that has not fully arrived. Up to kReadsPerWake reads per readiness, then the
-// connection queues behind the loop's other work.
+// connection queues behind the loop's other work. A read that returns less
+// than the buffer emptied the socket: the connection goes back to waiting
+// without another read to see EAGAIN (re-arming the wait reports bytes that
+// arrived in between), one system call fewer per connection and loop turn.
 constexpr std::size_t kReadChunk = std::size_t{64} * 1024;
 constexpr int kReadsPerWake = 4;
 constexpr auto kTickInterval = std::chrono::milliseconds(200);
@@ -573,6 +576,7 @@ void Connection::on_readable(const error_code& ec) {
       take_input({buffer.data(), n});
     }
     if (migrate_to_ || dead_) return;
+    if (n < buffer.size()) return read();
   }
   // More may be waiting: read it after the loop's other work.
   asio::post(loop_.io(), [self = shared_from_this()] { self->on_readable({}); });
