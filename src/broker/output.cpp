@@ -16,6 +16,11 @@ void OutputQueue::commit_bytes() {
 
 void OutputQueue::reference(const MessagePtr& keep, std::span<const std::uint8_t> data) {
   if (data.empty()) return;
+  if (data.size() <= kCopyUpTo) {
+    bytes_.insert(bytes_.end(), data.begin(), data.end());
+    commit_bytes();
+    return;
+  }
   if (keep_.empty() || keep_.back() != keep) keep_.push_back(keep);
   pieces_.push_back(Piece{0, data.size(), data.data()});
   total_ += data.size();

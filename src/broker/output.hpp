@@ -3,7 +3,8 @@
 // fixed header of a PUBLISH variant, packet identifiers) is copied into a
 // contiguous buffer; the bytes of a message (topic and payload, and the whole
 // packet of a plain QoS 0 PUBLISH) are referenced, encoded once in the Message
-// and shared by every subscriber: no subscriber copies a payload.
+// and shared by every subscriber: no subscriber copies a large payload. Spans
+// of at most kCopyUpTo bytes are copied too.
 #pragma once
 
 #include <cstdint>
@@ -17,6 +18,11 @@ namespace moat::broker {
 
 class OutputQueue {
  public:
+  // Spans up to this size are copied: one contiguous run for many small
+  // messages is cheaper to gather (here and in the kernel) than a piece and a
+  // reference count each.
+  static constexpr std::size_t kCopyUpTo = 256;
+
   // A piece to write: either a range of the copy buffer or referenced bytes.
   struct Piece {
     std::size_t offset = 0;  // into buffer() when data is null
