@@ -194,8 +194,9 @@ struct Tracker {
   std::unordered_map<u64, Stream> streams;  // key: run << 32 | publisher
 
   // Returns the publisher of a first reception of this run, else -1.
-  long on(const std::string& payload, Stats& st) {
-    const u64 now = now_ns();
+  long on(const std::string& payload, Stats& st, Clock::time_point received) {
+    const u64 now = static_cast<u64>(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(received.time_since_epoch()).count());
     st.delivered.add();
     if (payload.size() < kHeader) {
       st.stale.add();
@@ -488,9 +489,9 @@ void Subscriber::connect(asio::io_context& io) {
     if (r.ring) {
       // Sealed: the header is at the start of the envelope's payload (not verified here).
       const auto content = envelope_content(m.payload);
-      from = tracker.on(content ? std::string(*content) : std::string(), w.stats);
+      from = tracker.on(content ? std::string(*content) : std::string(), w.stats, m.received);
     } else {
-      from = tracker.on(m.payload, w.stats);
+      from = tracker.on(m.payload, w.stats, m.received);
     }
     if (from < 0 || static_cast<std::size_t>(from) >= r.pubs.size()) return;
     Publisher* p = r.pubs[static_cast<std::size_t>(from)];

@@ -224,6 +224,11 @@ struct Client::Impl : std::enable_shared_from_this<Impl> {
   asio::steady_timer keepalive_timer;
   asio::steady_timer reconnect_timer;
   SteadyClock::time_point last_sent{};
+  SteadyClock::time_point read_at{};  // of the bytes being processed (Message::received)
+  // Handed to on_message and reused: its strings keep their capacity, so a
+  // delivery allocates nothing once they are large enough.
+  Message delivering;
+  bool in_delivery = false;
   SteadyClock::time_point ping_sent{};
   bool ping_outstanding = false;
   unsigned failed_attempts = 0;
@@ -394,7 +399,6 @@ struct Client::Impl : std::enable_shared_from_this<Impl> {
 
   void append(const codec::Packet& p) {
     codec::encode(p, out_pending);
-    last_sent = SteadyClock::now();
     schedule_flush();
   }
 
@@ -415,6 +419,7 @@ struct Client::Impl : std::enable_shared_from_this<Impl> {
     out_writing.swap(out_pending);
     written_writing.swap(written_pending);
     write_active = true;
+    last_sent = SteadyClock::now();  // once per write, not per packet: the keep-alive needs no finer
     const auto gen = generation;
     transport->async_write(out_writing, [self = shared_from_this(), gen, keep = transport](
                                             const std::error_code& ec, std::size_t) {
@@ -452,6 +457,7 @@ struct Client::Impl : std::enable_shared_from_this<Impl> {
         [self = shared_from_this(), gen, keep = transport](const std::error_code& ec, std::size_t n) {
           if (gen != self->generation) return;
           if (ec) return self->read_failed(ec);
+          self->read_at = SteadyClock::now();
           self->in_len += n;
           if (!self->process_input()) return;
           if (gen == self->generation) self->read();
@@ -610,13 +616,28 @@ struct Client::Impl : std::enable_shared_from_this<Impl> {
   // To on_message, or (a message that does not open) to on_rejected. Acknowledged
   // before either way: a rejected message is not redelivered.
   void deliver(const codec::Publish& p) {
-    Message m{std::string(p.topic), {}, p.qos, p.retain, p.dup, std::nullopt};
     const PayloadSecurity& ps = opt.payload;
     if (!ps.keyring || !ps.open || (!ps.reject_unkeyed && !ps.keyring->has_keys_for(p.topic))) {
-      m.payload = std::string(p.payload);
-      if (message_handler) message_handler(m);
+      if (!message_handler) return;
+      if (in_delivery) {  // a handler that made the client deliver again: a message of its own
+        message_handler(Message{std::string(p.topic), std::string(p.payload), p.qos, p.retain, p.dup,
+                                std::nullopt, read_at});
+        return;
+      }
+      Message& m = delivering;
+      m.topic.assign(p.topic);
+      m.payload.assign(p.payload);
+      m.qos = p.qos;
+      m.retain = p.retain;
+      m.dup = p.dup;
+      m.sealed.reset();
+      m.received = read_at;
+      in_delivery = true;
+      message_handler(m);
+      in_delivery = false;
       return;
     }
+    Message m{std::string(p.topic), {}, p.qos, p.retain, p.dup, std::nullopt, read_at};
     auto reject = [&](const payload::Error& e) {
       if (!reject_handler) return;
       reject_handler(

@@ -145,6 +145,9 @@ struct Message {
   bool retain = false;
   bool dup = false;
   std::optional<Sealed> sealed;  // set when the payload came out of a verified envelope
+  // When the bytes of this message were read from the connection: one clock
+  // read per read, shared by the messages that arrived in it.
+  std::chrono::steady_clock::time_point received{};
 };
 
 // A received message that did not open (PayloadSecurity): not delivered.

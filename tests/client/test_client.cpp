@@ -4,6 +4,7 @@
 #include <poll.h>
 
 #include <boost/asio.hpp>
+#include <chrono>
 #include <condition_variable>
 #include <cstdlib>
 #include <filesystem>
@@ -35,12 +36,15 @@ TEST(Client, PublishSubscribeAllQosToItself) {
   ClientLoop loop;
   Signal sig;
   std::vector<client::Message> got;
+  std::vector<std::chrono::steady_clock::time_point> handled_at;
   std::vector<client::Error> completions;
+  const auto started = std::chrono::steady_clock::now();
   auto c = loop.run([&] {
     auto cl = std::make_unique<client::Client>(loop.io(), options(broker.port(), "self"));
     cl->on_message([&](const client::Message& m) {
       std::lock_guard l(sig.mu);
       got.push_back(m);
+      handled_at.push_back(std::chrono::steady_clock::now());
       sig.notify();
     });
     cl->on_connect([&, raw = cl.get()](const client::ConnectResult& r) {
@@ -70,6 +74,14 @@ TEST(Client, PublishSubscribeAllQosToItself) {
     EXPECT_EQ(by_topic["loop/1"], QoS::AtLeastOnce);
     EXPECT_EQ(by_topic["loop/2"], QoS::ExactlyOnce);
     for (auto e : completions) EXPECT_EQ(e, client::Error::None);
+    // Each message is its own (the client reuses the one it hands over), and
+    // carries the time its bytes were read: after the test began, before the
+    // handler saw it.
+    for (std::size_t i = 0; i < got.size(); ++i) {
+      EXPECT_EQ(got[i].payload, "payload-" + got[i].topic.substr(5));
+      EXPECT_GE(got[i].received, started);
+      EXPECT_LE(got[i].received, handled_at[i]);
+    }
   }
   std::promise<client::Error> bye;
   loop.run([&] {
