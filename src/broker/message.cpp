@@ -6,12 +6,13 @@
 
 namespace moat::broker {
 
-Message::Message(std::string_view topic_name, std::string_view payload_bytes, codec::QoS q, bool r)
+Message::Message(std::uint8_t* wire, std::string_view topic_name, std::string_view payload_bytes, codec::QoS q,
+                 bool r)
     : qos(q), retain(r) {
   const std::size_t field = 2 + topic_name.size();
-  end_ = kHeaderRoom + field + payload_bytes.size();
-  wire_ = std::make_unique_for_overwrite<std::uint8_t[]>(end_);
-  std::uint8_t* w = wire_.get();
+  end_ = wire_size(topic_name, payload_bytes);
+  wire_ = wire;
+  std::uint8_t* w = wire;
   std::uint8_t header[codec::kPublishHeaderMax];
   const std::size_t n = codec::encode_publish_header(codec::QoS::AtMostOnce, false, false,
                                                      field + payload_bytes.size(), header);
@@ -26,9 +27,46 @@ Message::Message(std::string_view topic_name, std::string_view payload_bytes, co
   payload = {reinterpret_cast<const char*>(w + kHeaderRoom + field), payload_bytes.size()};
 }
 
+namespace {
+
+// Allocates what std::allocate_shared asks for (the reference count and the
+// Message) plus `extra` bytes behind it, and tells where those begin: the
+// message's wire bytes share its allocation.
+template <typename T>
+struct WithTrailing {
+  using value_type = T;
+  std::size_t extra;
+  std::uint8_t** trailing;
+
+  WithTrailing(std::size_t e, std::uint8_t** t) : extra(e), trailing(t) {}
+  template <typename U>
+  WithTrailing(const WithTrailing<U>& o) : extra(o.extra), trailing(o.trailing) {}  // NOLINT(google-explicit-constructor)
+
+  T* allocate(std::size_t n) {
+    static_assert(alignof(T) <= __STDCPP_DEFAULT_NEW_ALIGNMENT__);
+    auto* block = static_cast<std::uint8_t*>(::operator new(n * sizeof(T) + extra));
+    *trailing = block + n * sizeof(T);
+    return reinterpret_cast<T*>(block);  // NOLINT(cppcoreguidelines-pro-type-reinterpret-cast)
+  }
+  void deallocate(T* p, std::size_t) noexcept { ::operator delete(p); }
+  template <typename U>
+  bool operator==(const WithTrailing<U>& o) const {
+    return extra == o.extra;
+  }
+};
+
+}  // namespace
+
 MessagePtr make_message(std::string_view topic, std::string_view payload, codec::QoS qos, bool retain,
                         bool replay_marked) {
-  auto m = std::make_shared<Message>(topic, payload, qos, retain);
+  std::uint8_t* wire = nullptr;
+  // The constructor runs after the allocation, so `wire` is set by then.
+  struct Placed : Message {
+    Placed(std::uint8_t* const* w, std::string_view t, std::string_view p, codec::QoS q, bool r)
+        : Message(*w, t, p, q, r) {}
+  };
+  std::shared_ptr<Message> m = std::allocate_shared<Placed>(
+      WithTrailing<Placed>(Message::wire_size(topic, payload), &wire), &wire, topic, payload, qos, retain);
   m->replay_marked = replay_marked;
   return m;
 }

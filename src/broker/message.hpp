@@ -5,7 +5,8 @@
 // and name) followed by the payload, preceded by the fixed header of the plain
 // QoS 0 PUBLISH. Every subscriber's output references these bytes instead of
 // copying them (broker/output.hpp); only the fixed header of other variants and
-// the packet identifier are per delivery.
+// the packet identifier are per delivery. make_message allocates the reference
+// count, the Message and its wire bytes as one block.
 #pragma once
 
 #include <cstdint>
@@ -19,7 +20,12 @@
 namespace moat::broker {
 
 struct Message {
-  Message(std::string_view topic_name, std::string_view payload_bytes, codec::QoS q, bool r);
+  // The wire bytes are written to `wire`, which holds wire_size(topic, payload)
+  // bytes and outlives the Message (make_message places it behind it).
+  Message(std::uint8_t* wire, std::string_view topic_name, std::string_view payload_bytes, codec::QoS q, bool r);
+  static std::size_t wire_size(std::string_view topic_name, std::string_view payload_bytes) {
+    return kHeaderRoom + 2 + topic_name.size() + payload_bytes.size();
+  }
   Message(const Message&) = delete;
   Message& operator=(const Message&) = delete;
 
@@ -34,18 +40,18 @@ struct Message {
   bool replay_marked = false;
 
   // The whole PUBLISH at QoS 0 without DUP and RETAIN.
-  std::span<const std::uint8_t> publish_qos0() const { return {wire_.get() + start_, end_ - start_}; }
+  std::span<const std::uint8_t> publish_qos0() const { return {wire_ + start_, end_ - start_}; }
   // The topic field (two length bytes, then the name).
-  std::span<const std::uint8_t> topic_field() const { return {wire_.get() + kHeaderRoom, 2 + topic.size()}; }
+  std::span<const std::uint8_t> topic_field() const { return {wire_ + kHeaderRoom, 2 + topic.size()}; }
   // The topic field followed by the payload: a PUBLISH without identifier after its fixed header.
-  std::span<const std::uint8_t> body() const { return {wire_.get() + kHeaderRoom, end_ - kHeaderRoom}; }
+  std::span<const std::uint8_t> body() const { return {wire_ + kHeaderRoom, end_ - kHeaderRoom}; }
   std::span<const std::uint8_t> payload_bytes() const {
-    return {wire_.get() + end_ - payload.size(), payload.size()};
+    return {wire_ + end_ - payload.size(), payload.size()};
   }
 
  private:
   static constexpr std::size_t kHeaderRoom = codec::kPublishHeaderMax;
-  std::unique_ptr<std::uint8_t[]> wire_;
+  const std::uint8_t* wire_ = nullptr;
   std::size_t start_ = 0;  // where the QoS 0 fixed header starts
   std::size_t end_ = 0;
 };
