@@ -1,6 +1,7 @@
 #include "broker/message.hpp"
 
 #include <cstring>
+#include <vector>
 
 #include "codec/encoder.hpp"
 
@@ -29,6 +30,58 @@ Message::Message(std::uint8_t* wire, std::string_view topic_name, std::string_vi
 
 namespace {
 
+// Freed message blocks kept by the thread that freed them, per size class of
+// 64 bytes up to 512, for the next message of that class. Messages are made
+// and released in bursts of a loop turn, more than the allocator's per-thread
+// cache holds; the keep list is bounded per class. A block taken from here
+// may be freed on any thread.
+class BlockPool {
+ public:
+  static constexpr std::size_t kGrain = 64;
+  static constexpr std::size_t kClasses = 8;
+  static constexpr std::size_t kKeep = 512;
+
+  static std::size_t rounded(std::size_t size) { return (size + kGrain - 1) / kGrain * kGrain; }
+
+  ~BlockPool() {
+    gone_ = true;
+    for (auto& list : free_)
+      for (void* p : list) ::operator delete(p);
+  }
+  static void* take(std::size_t size) {
+    const std::size_t c = (size - 1) / kGrain;
+    if (c < kClasses && !gone_) {
+      auto& list = pool_.free_[c];
+      if (!list.empty()) {
+        void* p = list.back();
+        list.pop_back();
+        return p;
+      }
+      return ::operator new(rounded(size));
+    }
+    return ::operator new(size);
+  }
+  static void give(void* p, std::size_t size) {
+    const std::size_t c = (size - 1) / kGrain;
+    if (c < kClasses && !gone_) {
+      auto& list = pool_.free_[c];
+      if (list.size() < kKeep) {
+        if (list.capacity() == 0) list.reserve(kKeep);
+        list.push_back(p);
+        return;
+      }
+    }
+    ::operator delete(p);
+  }
+
+ private:
+  std::vector<void*> free_[kClasses];
+  static thread_local BlockPool pool_;
+  static thread_local bool gone_;  // after this thread's pool was destroyed
+};
+thread_local BlockPool BlockPool::pool_;
+thread_local bool BlockPool::gone_ = false;
+
 // Allocates what std::allocate_shared asks for (the reference count and the
 // Message) plus `extra` bytes behind it, and tells where those begin: the
 // message's wire bytes share its allocation.
@@ -44,11 +97,11 @@ struct WithTrailing {
 
   T* allocate(std::size_t n) {
     static_assert(alignof(T) <= __STDCPP_DEFAULT_NEW_ALIGNMENT__);
-    auto* block = static_cast<std::uint8_t*>(::operator new(n * sizeof(T) + extra));
+    auto* block = static_cast<std::uint8_t*>(BlockPool::take(n * sizeof(T) + extra));
     *trailing = block + n * sizeof(T);
     return reinterpret_cast<T*>(block);  // NOLINT(cppcoreguidelines-pro-type-reinterpret-cast)
   }
-  void deallocate(T* p, std::size_t) noexcept { ::operator delete(p); }
+  void deallocate(T* p, std::size_t n) noexcept { BlockPool::give(p, n * sizeof(T) + extra); }
   template <typename U>
   bool operator==(const WithTrailing<U>& o) const {
     return extra == o.extra;
