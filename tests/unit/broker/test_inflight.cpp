@@ -102,6 +102,7 @@ TEST(InflightWindow, AgreesWithALinearList) {
     ASSERT_EQ(w.in_use(probe), held) << "step " << step << " id " << probe;
   }
   std::vector<std::uint16_t> want;
+  want.reserve(model.size());
   for (const auto& e : model) want.push_back(e.packet_id);
   EXPECT_EQ(ids(w), want);
 }

@@ -51,6 +51,7 @@ TEST(Message, EverySizeAcrossTheRecycledClassesStaysIntact) {
 
 TEST(Message, MadeOnOneThreadFreedOnAnother) {
   std::vector<broker::MessagePtr> made;
+  made.reserve(2000);
   for (int i = 0; i < 2000; ++i)
     made.push_back(broker::make_message("x/" + std::to_string(i), payload_of(64 + i % 300, 'k'), QoS::AtMostOnce,
                                         false));
