@@ -212,6 +212,11 @@ class Connection final : public broker::Transport, public std::enable_shared_fro
   bool close_notify_sent_ = false;
   bool handshake_done_ = false;  // counted in the listener's TlsHandshakeMetrics
   bool registered_ = false;      // in the loop's list of TLS connections
+  bool dirty_ = false;           // on the loop's list of connections to write
+  bool write_active_ = false;
+  bool closing_ = false;   // no more input is handed to the broker
+  bool draining_ = false;  // FIN sent; reading until the peer closes too
+  bool dead_ = false;      // socket closed
   // In place rather than on the heap of its own; made in start(), gone once the
   // connection is handed over.
   std::optional<broker::Client> client_;
@@ -221,11 +226,6 @@ class Connection final : public broker::Transport, public std::enable_shared_fro
   std::vector<std::uint8_t> in_;
   std::size_t in_len_ = 0;
   std::unique_ptr<WriteState> ws_;  // null while there is nothing to write
-  bool dirty_ = false;              // on the loop's list of connections to write
-  bool write_active_ = false;
-  bool closing_ = false;   // no more input is handed to the broker
-  bool draining_ = false;  // FIN sent; reading until the peer closes too
-  bool dead_ = false;      // socket closed
   std::optional<std::uint32_t> migrate_to_;
   std::unique_ptr<asio::steady_timer> drain_timer_;
   std::unique_ptr<asio::steady_timer> hold_timer_;  // a refusal held back (brute-force backoff)
