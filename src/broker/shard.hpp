@@ -23,6 +23,7 @@
 #include "broker/connections.hpp"
 #include "broker/fifo.hpp"
 #include "broker/inflight.hpp"
+#include "broker/lazy_vector.hpp"
 #include "broker/limits.hpp"
 #include "broker/message.hpp"
 #include "broker/output.hpp"
@@ -373,15 +374,19 @@ class Client {
     std::string topic;
     std::optional<security::RemoteAuthorizer::Answer> answer;
   };
-  std::vector<Asked> asked_;
+  LazyVector<Asked> asked_;    // empty unless a remote authorizer is asked
   std::uint64_t hold_id_ = 0;  // the current hold (late answers of an older one are ignored)
   std::shared_ptr<PendingConnect> pending_;
   std::uint64_t writes_mark_ = 0;  // Shard::writes_made() when the current packet began
   // payload.reject audit lines of this connection: at most kPayloadAuditBurst per
   // kPayloadAuditWindow, the rest counted and reported with the next line.
-  TimePoint payload_audit_since_{};
-  std::uint32_t payload_audit_lines_ = 0;
-  std::uint64_t payload_audit_suppressed_ = 0;
+  // Allocated at the first refusal (every connection has a Client).
+  struct PayloadAudit {
+    TimePoint since{};
+    std::uint32_t lines = 0;
+    std::uint64_t suppressed = 0;
+  };
+  std::unique_ptr<PayloadAudit> payload_audit_;
 };
 
 class Shard {
