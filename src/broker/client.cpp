@@ -608,7 +608,7 @@ const Session* Client::regranted_session(const PendingConnect& pc) const {
 
 void Client::handle_publish(const codec::Publish& p) {
   Session& s = *session_;
-  const bool duplicate_qos2 = p.qos == QoS::ExactlyOnce && s.awaiting_pubrel.count(p.packet_id) != 0;
+  const bool duplicate_qos2 = p.qos == QoS::ExactlyOnce && s.awaiting_pubrel.contains(p.packet_id);
   // A refused PUBLISH is dropped but still acknowledged: MQTT 3.1.1 has no way to
   // refuse one but closing the connection.
   const Access access =
@@ -656,7 +656,7 @@ void Client::handle_publish(const codec::Publish& p) {
   } else if (p.qos == QoS::ExactlyOnce) {
     // [MQTT-4.3.3-2] until PUBREL arrives, a PUBLISH with this id is the same message.
     // Stored with the message, so a resend after a restart is still recognised.
-    if (s.awaiting_pubrel.insert(p.packet_id).second && s.durable() && shard_.shared().store)
+    if (s.awaiting_pubrel.insert(p.packet_id) && s.durable() && shard_.shared().store)
       shard_.writes().put_pubrel(s.id, p.packet_id);
     send(codec::Ack{codec::PacketType::Pubrec, p.packet_id});
   }

@@ -75,15 +75,17 @@ MessagePtr Client::admit_payload(std::string_view topic, std::string_view payloa
                 identity_.empty() ? "anonymous" : identity_, action, topic, reason);
   // Bounded per connection: a client sending garbage must not fill the disk.
   const TimePoint now = shard_.now();
-  if (now - payload_audit_since_ >= kPayloadAuditWindow) {
-    payload_audit_since_ = now;
-    payload_audit_lines_ = 0;
+  if (!payload_audit_) payload_audit_ = std::make_unique<PayloadAudit>();
+  PayloadAudit& pa = *payload_audit_;
+  if (now - pa.since >= kPayloadAuditWindow) {
+    pa.since = now;
+    pa.lines = 0;
   }
-  if (payload_audit_lines_ >= kPayloadAuditBurst) {
-    ++payload_audit_suppressed_;
+  if (pa.lines >= kPayloadAuditBurst) {
+    ++pa.suppressed;
     return nullptr;
   }
-  ++payload_audit_lines_;
+  ++pa.lines;
   security::AuditEvent e;
   e.event = "payload.reject";
   e.identity = identity_;
@@ -93,8 +95,8 @@ MessagePtr Client::admit_payload(std::string_view topic, std::string_view payloa
   e.kid = kid;
   e.mode = v.mode;
   e.reason = reason;
-  if (payload_audit_suppressed_ > 0) e.suppressed = static_cast<std::int64_t>(payload_audit_suppressed_);
-  payload_audit_suppressed_ = 0;
+  if (pa.suppressed > 0) e.suppressed = static_cast<std::int64_t>(pa.suppressed);
+  pa.suppressed = 0;
   audit(e);
   return nullptr;
 }

@@ -11,25 +11,25 @@ ConnectionCounter::Admission ConnectionCounter::acquire(std::string_view address
   const bool per_address = max_per_address_ > 0 && !security::in_any(exempt_, address);
   std::lock_guard lock(mu_);
   if (max_total_ > 0 && total_ >= max_total_) return Admission::TotalFull;
+  std::pair<const std::string, std::uint32_t>* entry = nullptr;
   if (per_address) {
     auto it = by_address_.find(std::string(address));
     if (it != by_address_.end() && it->second >= max_per_address_) return Admission::AddressFull;
     if (it == by_address_.end()) it = by_address_.emplace(std::string(address), 0).first;
     ++it->second;
+    entry = &*it;
   }
   ++total_;
   slot.owner_ = this;
-  slot.address_ = std::string(address);
-  slot.per_address_ = per_address;
+  slot.address_ = entry;
   return Admission::Admit;
 }
 
 void ConnectionCounter::give_back(const Slot& s) {
   std::lock_guard lock(mu_);
   --total_;
-  if (!s.per_address_) return;
-  auto it = by_address_.find(s.address_);
-  if (it != by_address_.end() && --it->second == 0) by_address_.erase(it);
+  if (!s.address_ || --s.address_->second > 0) return;
+  by_address_.erase(by_address_.find(s.address_->first));
 }
 
 std::uint32_t ConnectionCounter::total() const {
@@ -47,15 +47,16 @@ void ConnectionCounter::Slot::release() {
   if (!owner_) return;
   owner_->give_back(*this);
   owner_ = nullptr;
+  address_ = nullptr;
 }
 
 ConnectionCounter::Slot& ConnectionCounter::Slot::operator=(Slot&& o) noexcept {
   if (this != &o) {
     release();
     owner_ = o.owner_;
-    address_ = std::move(o.address_);
-    per_address_ = o.per_address_;
+    address_ = o.address_;
     o.owner_ = nullptr;
+    o.address_ = nullptr;
   }
   return *this;
 }

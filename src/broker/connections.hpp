@@ -8,6 +8,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "security/defence.hpp"
@@ -26,9 +27,9 @@ class ConnectionCounter {
    public:
     Slot() = default;
     ~Slot() { release(); }
-    Slot(Slot&& o) noexcept
-        : owner_(o.owner_), address_(std::move(o.address_)), per_address_(o.per_address_) {
+    Slot(Slot&& o) noexcept : owner_(o.owner_), address_(o.address_) {
       o.owner_ = nullptr;
+      o.address_ = nullptr;
     }
     Slot& operator=(Slot&& o) noexcept;
     Slot(const Slot&) = delete;
@@ -39,8 +40,10 @@ class ConnectionCounter {
    private:
     friend class ConnectionCounter;
     ConnectionCounter* owner_ = nullptr;
-    std::string address_;
-    bool per_address_ = false;
+    // The address's entry in by_address_ (its node stays put while this slot
+    // counts in it), or null when the address is not limited. Every connection
+    // holds a slot: a pointer rather than a copy of the address.
+    std::pair<const std::string, std::uint32_t>* address_ = nullptr;
   };
 
   enum class Admission : std::uint8_t { Admit, TotalFull, AddressFull };

@@ -59,7 +59,7 @@ Shard::Shard(std::uint32_t index, BrokerShared& shared, ShardBus& bus)
 Shard::~Shard() = default;
 
 Session* Shard::find_session(std::string_view client_id) {
-  auto it = sessions_.find(std::string(client_id));
+  auto it = sessions_.find(client_id);
   return it == sessions_.end() ? nullptr : it->second.get();
 }
 
@@ -88,10 +88,26 @@ Session& Shard::open_session(const std::string& client_id, bool clean, bool& pre
   auto s = std::make_unique<Session>(client_id, id, clean);
   Session& ref = *s;
   sessions_by_id_[id] = s.get();
-  sessions_.emplace(client_id, std::move(s));
+  sessions_.emplace(ref.client_id, std::move(s));
   stats_.sessions.add();
   if (!clean) persist(ref);
   return ref;
+}
+
+void Shard::add_client(Client* c) {
+  c->prev_ = nullptr;
+  c->next_ = clients_;
+  if (clients_) clients_->prev_ = c;
+  clients_ = c;
+}
+
+void Shard::remove_client(Client* c) {
+  if (c->prev_)
+    c->prev_->next_ = c->next_;
+  else
+    clients_ = c->next_;
+  if (c->next_) c->next_->prev_ = c->prev_;
+  c->prev_ = c->next_ = nullptr;
 }
 
 void Shard::destroy_session(Session& s) {
@@ -100,8 +116,8 @@ void Shard::destroy_session(Session& s) {
   if (s.durable() && shared_.store) writes().erase_session(s.client_id, s.id);
   sessions_by_id_.erase(s.id);
   stats_.sessions.sub();
-  const std::string key = s.client_id;  // s dies inside erase; do not pass its own member
-  sessions_.erase(key);
+  const auto it = sessions_.find(s.client_id);  // s and its key die inside erase
+  sessions_.erase(it);
 }
 
 void Shard::persist(const Session& s) {
@@ -250,7 +266,7 @@ void Shard::restore(const store::Snapshot& snapshot) {
     s.identity_known = false;
     s.offline_since = offline_since(r, now_);
     sessions_by_id_[s.id] = &s;
-    sessions_.emplace(r.client_id, std::move(owned));
+    sessions_.emplace(s.client_id, std::move(owned));
     stats_.sessions.add();
     for (const auto& [filter, qos] : r.subscriptions) {
       s.subscriptions.insert_or_assign(filter, static_cast<QoS>(qos));
@@ -404,16 +420,17 @@ bool Shard::receive_covered(Session& s) {
   if (s.coverage_version != slot.version) {
     s.coverage_version = slot.version;
     const security::Identity who = s.identity();
-    s.receive_covered = s.subscriptions.size() <= kMaxCoveredFilters &&
-                        std::all_of(s.subscriptions.begin(), s.subscriptions.end(), [&](const auto& sub) {
-                          return security::allows_every_match(slot.policy.get(), who, security::Action::Receive,
-                                                              sub.first);
-                        });
+    s.receive_covered =
+        s.subscriptions.size() <= kMaxCoveredFilters &&
+        std::all_of(s.subscriptions.begin(), s.subscriptions.end(), [&](const auto& sub) {
+          return security::allows_every_match(slot.policy.get(), who, security::Action::Receive, sub.first);
+        });
   }
   return s.receive_covered;
 }
 
-void Shard::deliver(Session& s, const MessagePtr& m, QoS qos, bool retain, std::uint64_t seq, bool matched_here) {
+void Shard::deliver(Session& s, const MessagePtr& m, QoS qos, bool retain, std::uint64_t seq,
+                    bool matched_here) {
   if (!s.client && qos == QoS::AtMostOnce && !shared_.limits.queue_qos0_offline) {
     stats_.dropped_offline_qos0.add();
     return;
@@ -650,7 +667,8 @@ void Shard::tick(TimePoint now) {
     next_expiry_check_ = now + kExpiryCheckInterval;
   }
   // check_deadlines may close a client, which only marks it; net removes it later.
-  std::vector<Client*> snapshot(clients_.begin(), clients_.end());
+  std::vector<Client*> snapshot;
+  for (Client* c = clients_; c; c = c->next_) snapshot.push_back(c);
   for (Client* c : snapshot) c->check_deadlines(now);
 }
 

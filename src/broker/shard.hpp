@@ -23,9 +23,11 @@
 #include "broker/connections.hpp"
 #include "broker/fifo.hpp"
 #include "broker/inflight.hpp"
+#include "broker/lazy_vector.hpp"
 #include "broker/limits.hpp"
 #include "broker/message.hpp"
 #include "broker/output.hpp"
+#include "broker/packet_id_set.hpp"
 #include "broker/payload_policy.hpp"
 #include "broker/retained.hpp"
 #include "broker/stats.hpp"
@@ -223,19 +225,14 @@ class Session {
   Session(std::string cid, std::uint64_t session_id, bool clean)
       : client_id(std::move(cid)), id(session_id), clean_session(clean) {}
 
+  // The small fields sit together: every session is allocated, so padding
+  // between them is paid once per connection (docs/benchmarks.md).
   const std::string client_id;
   const std::uint64_t id;
   bool clean_session;
   bool durable() const { return !clean_session; }
-  Client* client = nullptr;  // null while offline
-  std::string username;      // authenticated identity of the last connection (ACL)
-  // The last connection's own ACL rules (a JWT's ACL claim), null if none.
-  std::shared_ptr<const security::OrderedRules> own_acl;
   bool own_acl_only = false;
   bool superuser = false;  // the IAM server said so for the last connection
-  // The access policy and remote authorizer of the last connection's listener
-  // (ListenerPolicy::acl_slot).
-  std::uint32_t acl_slot = 0;
   // False for a session restored at start-up until its client is back: the
   // store keeps no identity, so what it may receive is decided then (resume).
   bool identity_known = true;
@@ -243,7 +240,15 @@ class Session {
   // allows_every_match), worked out under ACL version `coverage_version` (0:
   // not yet, or the subscriptions or the identity changed since).
   bool receive_covered = false;
+  std::uint16_t next_packet_id = 1;
+  // The access policy and remote authorizer of the last connection's listener
+  // (ListenerPolicy::acl_slot).
+  std::uint32_t acl_slot = 0;
   std::uint64_t coverage_version = 0;
+  Client* client = nullptr;  // null while offline
+  std::string username;      // authenticated identity of the last connection (ACL)
+  // The last connection's own ACL rules (a JWT's ACL claim), null if none.
+  std::shared_ptr<const security::OrderedRules> own_acl;
   security::Identity identity() const {
     return {username, client_id, own_acl.get(), own_acl_only, superuser};
   }
@@ -251,11 +256,10 @@ class Session {
   security::AccessCache access;
   TimePoint offline_since{};  // for session expiry
   std::map<std::string, codec::QoS, std::less<>> subscriptions;
-  InflightWindow<Inflight> inflight;                  // in the order sent (at most max_inflight_messages)
-  Fifo<Queued> queue;                                 // waiting for the client or a window slot
-  std::uint64_t queued_bytes = 0;                     // topic + payload bytes in `queue`
-  std::unordered_set<std::uint16_t> awaiting_pubrel;  // inbound QoS 2 [MQTT-4.3.3-2]
-  std::uint16_t next_packet_id = 1;
+  InflightWindow<Inflight> inflight;  // in the order sent (at most max_inflight_messages)
+  Fifo<Queued> queue;                 // waiting for the client or a window slot
+  std::uint64_t queued_bytes = 0;     // topic + payload bytes in `queue`
+  PacketIdSet awaiting_pubrel;        // inbound QoS 2 [MQTT-4.3.3-2]
   TimePoint last_drop_warning{};
   std::uint64_t drops_since_warning = 0;
 };
@@ -344,20 +348,25 @@ class Client {
   Shard& shard_;
   Transport& transport_;
   const ListenerPolicy& listener_;
+  // The flags sit in the gaps around decoder_ (every connection has a Client).
   State state_ = State::AwaitConnect;
   bool migrating_ = false;
+  bool own_acl_only_ = false;
+  bool superuser_ = false;
   codec::DecoderOptions decoder_;
+  bool auth_deferred_ = false;  // authentication left the loop turn: resume input afterwards
+  bool held_ = false;           // input held until every asked_ has its answer
+  bool asking_ = false;         // inside ask_remote: answers arriving now need no `ready`
   TimePoint accepted_at_;
   TimePoint last_packet_at_;
   std::chrono::milliseconds keep_alive_{0};
   Session* session_ = nullptr;
+  Client* prev_ = nullptr;  // the shard's list of clients (Shard::clients_)
+  Client* next_ = nullptr;
   std::optional<MessagePtr> will_;
   std::string client_id_;                                  // for logs
   std::string identity_;                                   // authenticated user name (ACL identity)
   std::shared_ptr<const security::OrderedRules> own_acl_;  // rules from the authenticator (JWT)
-  bool own_acl_only_ = false;
-  bool superuser_ = false;
-  bool auth_deferred_ = false;      // authentication left the loop turn: resume input afterwards
   std::uint64_t auth_step_id_ = 0;  // the asynchronous step being awaited (its timeout checks it)
   // Requests of the packet being handled that the remote authorizer decides.
   struct Asked {
@@ -365,17 +374,19 @@ class Client {
     std::string topic;
     std::optional<security::RemoteAuthorizer::Answer> answer;
   };
-  std::vector<Asked> asked_;
-  bool held_ = false;          // input held until every asked_ has its answer
-  bool asking_ = false;        // inside ask_remote: answers arriving now need no `ready`
+  LazyVector<Asked> asked_;    // empty unless a remote authorizer is asked
   std::uint64_t hold_id_ = 0;  // the current hold (late answers of an older one are ignored)
   std::shared_ptr<PendingConnect> pending_;
   std::uint64_t writes_mark_ = 0;  // Shard::writes_made() when the current packet began
   // payload.reject audit lines of this connection: at most kPayloadAuditBurst per
   // kPayloadAuditWindow, the rest counted and reported with the next line.
-  TimePoint payload_audit_since_{};
-  std::uint32_t payload_audit_lines_ = 0;
-  std::uint64_t payload_audit_suppressed_ = 0;
+  // Allocated at the first refusal (every connection has a Client).
+  struct PayloadAudit {
+    TimePoint since{};
+    std::uint32_t lines = 0;
+    std::uint64_t suppressed = 0;
+  };
+  std::unique_ptr<PayloadAudit> payload_audit_;
 };
 
 class Shard {
@@ -470,8 +481,8 @@ class Shard {
   friend class Client;
 
   void request_end_turn();
-  void add_client(Client* c) { clients_.insert(c); }
-  void remove_client(Client* c) { clients_.erase(c); }
+  void add_client(Client* c);
+  void remove_client(Client* c);
   Session& open_session(const std::string& client_id, bool clean, bool& present);
   void destroy_session(Session& s);
   void subscribe(Session& s, std::string_view filter, codec::QoS qos);
@@ -542,9 +553,11 @@ class Shard {
   TimePoint now_{};
   ShardStats stats_;
   SubscriptionIndex subs_;
-  std::unordered_map<std::string, std::unique_ptr<Session>> sessions_;
+  // Keyed by a view of the session's own client_id (a node holds no copy).
+  std::unordered_map<std::string_view, std::unique_ptr<Session>> sessions_;
   std::unordered_map<std::uint64_t, Session*> sessions_by_id_;
-  std::unordered_set<Client*> clients_;
+  // The attached clients, linked through Client::prev_/next_ (no node each).
+  Client* clients_ = nullptr;
   std::vector<std::vector<ShardEvent>> outboxes_;        // deliveries
   std::vector<std::vector<ShardEvent>> index_outboxes_;  // subscription index changes
   bool flush_requested_ = false;

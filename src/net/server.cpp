@@ -54,6 +54,31 @@ constexpr std::size_t kTlsRecord = 16384;
 
 class Loop;
 
+// Sockets bound to the io_context's own executor rather than the polymorphic
+// any_io_executor: 40 bytes less per socket and per pending wait.
+using Socket = tcp::socket::rebind_executor<asio::io_context::executor_type>::other;
+
+// What a connection holds only while it has output: this turn's queue, output
+// held for store commits, the queues being written with the write cursor, and
+// written queues kept for their buffers. Lent by the loop (Loop::lend_writes)
+// when the broker first queues output or a TLS record is to be written, and
+// given back once everything is written, so that an idle connection holds none
+// of it, and a busy one reuses buffers.
+struct WriteState {
+  broker::OutputQueue pending;
+  // Output of earlier turns whose store writes are still being committed, oldest
+  // first, with the commit epoch each waits for.
+  broker::Fifo<std::pair<std::uint64_t, broker::OutputQueue>> held;
+  std::vector<broker::OutputQueue> writing;
+  std::vector<broker::OutputQueue> spare;  // written queues kept for their buffers
+  // Plain connections: how far `writing` has been written (queue, piece, offset).
+  std::size_t cursor_queue = 0;
+  std::size_t cursor_piece = 0;
+  std::size_t cursor_offset = 0;
+  std::vector<std::uint8_t> cipher;  // TLS: ciphertext being written
+  bool idle() const { return pending.empty() && held.empty() && writing.empty() && cipher.empty(); }
+};
+
 // A listener as connections see it: the broker's policy and, for TLS, the
 // context and the handshake counters.
 struct ListenerRuntime {
@@ -103,7 +128,7 @@ class Connection final : public broker::Transport, public std::enable_shared_fro
  public:
   // `tls`: an engine moved from another loop with its connection; a new TLS
   // connection starts one from the listener's current context.
-  Connection(Loop& loop, tcp::socket socket, const ListenerRuntime& listener, std::string peer,
+  Connection(Loop& loop, Socket socket, const ListenerRuntime& listener, std::string peer,
              std::vector<std::uint8_t> pending_input, std::optional<security::TlsEngine> tls,
              broker::ConnectionCounter::Slot slot);
 
@@ -114,7 +139,7 @@ class Connection final : public broker::Transport, public std::enable_shared_fro
   void recheck_certificate();
 
   // broker::Transport
-  broker::OutputQueue& output() override { return pending_; }
+  broker::OutputQueue& output() override { return writes().pending; }
   void flush_soon() override;
   // Writes the output held for store commits that are now durable and, with
   // `with_pending`, what this turn queued (the loop passes it only at the end of
@@ -122,7 +147,7 @@ class Connection final : public broker::Transport, public std::enable_shared_fro
   void flush(bool with_pending);
   // Holds this turn's output until the store commit `epoch` is durable.
   void hold(std::uint64_t epoch);
-  bool has_held() const { return !held_.empty(); }
+  bool has_held() const { return ws_ && !ws_->held.empty(); }
   bool waiting_for_commit = false;  // on the loop's list of connections with held output
   bool needs_commit = false;        // this turn's output waits for this turn's commit
   void close() override;
@@ -176,38 +201,34 @@ class Connection final : public broker::Transport, public std::enable_shared_fro
   void on_handshake_done();
   // Moves `from` into `to`, leaving `from` an empty queue with a reused buffer.
   void take_output(broker::OutputQueue& from, broker::OutputQueue& to);
+  // Keeps the written queues for their buffers; gives the write state back to
+  // the loop once nothing is left to write.
   void recycle_written();
+  // The write state, lent by the loop if the connection holds none.
+  WriteState& writes();
 
   Loop& loop_;
-  tcp::socket socket_;
+  Socket socket_;
   const ListenerRuntime& listener_;
   std::string peer_;
   std::optional<security::TlsEngine> tls_;
-  std::vector<std::uint8_t> cipher_writing_;  // TLS: ciphertext being written
   bool close_notify_sent_ = false;
   bool handshake_done_ = false;  // counted in the listener's TlsHandshakeMetrics
   bool registered_ = false;      // in the loop's list of TLS connections
-  std::unique_ptr<broker::Client> client_;
+  bool dirty_ = false;           // on the loop's list of connections to write
+  bool write_active_ = false;
+  bool closing_ = false;   // no more input is handed to the broker
+  bool draining_ = false;  // FIN sent; reading until the peer closes too
+  bool dead_ = false;      // socket closed
+  // In place rather than on the heap of its own; made in start(), gone once the
+  // connection is handed over.
+  std::optional<broker::Client> client_;
   // Input the broker has not taken yet: the start of a packet still arriving,
   // or packets held while an asynchronous answer (authentication) is awaited.
   // Released when it empties.
   std::vector<std::uint8_t> in_;
   std::size_t in_len_ = 0;
-  broker::OutputQueue pending_;
-  // Output of earlier turns whose store writes are still being committed, oldest
-  // first, with the commit epoch each waits for.
-  broker::Fifo<std::pair<std::uint64_t, broker::OutputQueue>> held_;
-  std::vector<broker::OutputQueue> writing_;
-  std::vector<broker::OutputQueue> spare_;  // written queues kept for their buffers
-  // Plain connections: how far writing_ has been written (queue, piece, offset).
-  std::size_t cursor_queue_ = 0;
-  std::size_t cursor_piece_ = 0;
-  std::size_t cursor_offset_ = 0;
-  bool dirty_ = false;  // on the loop's list of connections to write
-  bool write_active_ = false;
-  bool closing_ = false;   // no more input is handed to the broker
-  bool draining_ = false;  // FIN sent; reading until the peer closes too
-  bool dead_ = false;      // socket closed
+  std::unique_ptr<WriteState> ws_;  // null while there is nothing to write
   std::optional<std::uint32_t> migrate_to_;
   std::unique_ptr<asio::steady_timer> drain_timer_;
   std::unique_ptr<asio::steady_timer> hold_timer_;  // a refusal held back (brute-force backoff)
@@ -299,6 +320,11 @@ class Loop {
   std::uint64_t durable_epoch() const { return durable_; }
   // Where the loop's connections read into (each consumes it before the next reads).
   std::vector<std::uint8_t>& read_buffer() { return read_buffer_; }
+  // Write states for connections that have output (WriteState), reused: at most
+  // as many are kept as were lent at once lately (those unused for a whole
+  // tick are freed), and none with large buffers.
+  std::unique_ptr<WriteState> lend_writes();
+  void give_back_writes(std::unique_ptr<WriteState> ws);
 
   // The loop's TLS connections, for the recheck after a reload (connections
   // join when they start and leave when their socket closes).
@@ -323,6 +349,9 @@ class Loop {
   // Outlives io_ too: connections destroyed with its handlers leave it.
   std::unordered_set<Connection*> tls_connections_;
   std::vector<std::uint8_t> read_buffer_ = std::vector<std::uint8_t>(kReadChunk);
+  // Outlives io_: connections destroyed with its handlers may give theirs back.
+  std::vector<std::unique_ptr<WriteState>> spare_writes_;
+  std::size_t spare_writes_low_ = 0;  // the fewest spare since the last tick
   asio::io_context io_{1};
   asio::steady_timer ticker_{io_};
   std::mutex inbox_mu_;
@@ -487,10 +516,39 @@ void Loop::start_ticks() {
 
 void Loop::tick() {
   shard_.tick(broker::Clock::now());
+  // Spare write states that no connection needed during a whole tick go.
+  spare_writes_.resize(spare_writes_.size() - spare_writes_low_);
+  spare_writes_low_ = spare_writes_.size();
   start_ticks();
 }
 
-std::string format_peer(const tcp::socket& s) {
+std::unique_ptr<WriteState> Loop::lend_writes() {
+  if (spare_writes_.empty()) return std::make_unique<WriteState>();
+  auto ws = std::move(spare_writes_.back());
+  spare_writes_.pop_back();
+  spare_writes_low_ = std::min(spare_writes_low_, spare_writes_.size());
+  return ws;
+}
+
+void Loop::give_back_writes(std::unique_ptr<WriteState> ws) {
+  // Buffers past this stay with no connection: a burst to one client does not
+  // leave the loop holding its size.
+  constexpr std::size_t kKeepBytes = std::size_t{64} * 1024;
+  constexpr std::size_t kKeepQueues = 4;
+  const auto large = [](const broker::OutputQueue& q) {
+    return q.buffer().capacity() + q.pieces().capacity() * sizeof(broker::OutputQueue::Piece) > kKeepBytes;
+  };
+  if (large(ws->pending)) ws->pending = broker::OutputQueue{};
+  for (auto& q : ws->spare)
+    if (large(q)) q = broker::OutputQueue{};
+  ws->held.clear();
+  if (ws->writing.capacity() > kKeepQueues) std::vector<broker::OutputQueue>().swap(ws->writing);
+  if (ws->cipher.capacity() > kKeepBytes) std::vector<std::uint8_t>().swap(ws->cipher);
+  ws->cipher.clear();
+  spare_writes_.push_back(std::move(ws));
+}
+
+std::string format_peer(const Socket& s) {
   error_code ec;
   const auto ep = s.remote_endpoint(ec);
   if (ec) return "unknown";
@@ -499,12 +557,12 @@ std::string format_peer(const tcp::socket& s) {
                       : fmt::format("{}:{}", addr.to_string(), ep.port());
 }
 
-void set_nodelay(tcp::socket& s) {
+void set_nodelay(Socket& s) {
   error_code ec;
   s.set_option(tcp::no_delay(true), ec);  // Nagle + delayed ACK would cost 40 ms per stall
 }
 
-Connection::Connection(Loop& loop, tcp::socket socket, const ListenerRuntime& listener, std::string peer,
+Connection::Connection(Loop& loop, Socket socket, const ListenerRuntime& listener, std::string peer,
                        std::vector<std::uint8_t> pending_input, std::optional<security::TlsEngine> tls,
                        broker::ConnectionCounter::Slot slot)
     : loop_(loop),
@@ -537,7 +595,7 @@ void Connection::start() {
     registered_ = true;
     loop_.add_tls(this);
   }
-  client_ = std::make_unique<broker::Client>(loop_.shard(), *this, listener_.policy);
+  client_.emplace(loop_.shard(), *this, listener_.policy);
   error_code ec;
   socket_.non_blocking(true, ec);  // on_readable reads until the socket would block
   // A connection that moved here may have missed a recheck that both loops ran
@@ -665,8 +723,10 @@ void Connection::recheck_certificate() {
   // Nothing more reaches this client: what is queued is dropped, the will is
   // published (an abnormal end), a close_notify and FIN follow at once.
   closing_ = true;
-  pending_.clear();
-  held_.clear();
+  if (ws_) {
+    ws_->pending.clear();
+    ws_->held.clear();
+  }
   client_->on_disconnected();
   tls_->close_notify();
   close_notify_sent_ = true;
@@ -701,7 +761,7 @@ void Connection::hand_over(std::uint32_t shard) {
   // A TLS session moves with its socket: the engine is plain memory, not bound to a loop.
   asio::post(target.io(), [&target, fd, &listener = listener_, peer = std::move(peer_),
                            rest = std::move(rest), tls = std::move(tls_), slot = std::move(slot_)]() mutable {
-    tcp::socket s(target.io());
+    Socket s(target.io());
     error_code aec;
     s.assign(tcp::v4(), fd, aec);  // the protocol family only selects option handling
     if (aec) {
@@ -761,17 +821,22 @@ void Connection::flush_soon() {
   loop_.mark_dirty(shared_from_this());
 }
 
+WriteState& Connection::writes() {
+  if (!ws_) ws_ = loop_.lend_writes();
+  return *ws_;
+}
+
 void Connection::take_output(broker::OutputQueue& from, broker::OutputQueue& to) {
   to.swap(from);
-  if (!spare_.empty()) {
-    from.swap(spare_.back());
-    spare_.pop_back();
+  if (!ws_->spare.empty()) {
+    from.swap(ws_->spare.back());
+    ws_->spare.pop_back();
   }
 }
 
 void Connection::hold(std::uint64_t epoch) {
-  if (pending_.empty() || dead_) return;
-  take_output(pending_, held_.emplace_back(epoch, broker::OutputQueue{}).second);
+  if (!ws_ || ws_->pending.empty() || dead_) return;
+  take_output(ws_->pending, ws_->held.emplace_back(epoch, broker::OutputQueue{}).second);
 }
 
 void Connection::flush(bool with_pending) {
@@ -780,12 +845,17 @@ void Connection::flush(bool with_pending) {
   // What may go now, oldest first: output held for commits that are stored, then
   // (only when nothing older is held) this turn's.
   const std::uint64_t durable = loop_.durable_epoch();
-  while (!held_.empty() && held_.front().first <= durable) {
-    writing_.push_back(std::move(held_.front().second));
-    held_.pop_front();
+  bool all_out = true;
+  if (ws_) {
+    auto& held = ws_->held;
+    while (!held.empty() && held.front().first <= durable) {
+      ws_->writing.push_back(std::move(held.front().second));
+      held.pop_front();
+    }
+    if (with_pending && held.empty() && !ws_->pending.empty())
+      take_output(ws_->pending, ws_->writing.emplace_back());
+    all_out = held.empty() && ws_->pending.empty();
   }
-  if (with_pending && held_.empty() && !pending_.empty()) take_output(pending_, writing_.emplace_back());
-  const bool all_out = held_.empty() && pending_.empty();
   if (tls_) {
     // Encrypt what may go, then write the records.
     encrypt_writing();
@@ -799,23 +869,25 @@ void Connection::flush(bool with_pending) {
       if (closing_ && all_out && !draining_) finish_close(true);
       return;
     }
-    cipher_writing_.swap(out);
+    auto& cipher = writes().cipher;
+    cipher.swap(out);
     out.clear();
     write_active_ = true;
-    asio::async_write(socket_, asio::buffer(cipher_writing_),
+    asio::async_write(socket_, asio::buffer(cipher),
                       [self = shared_from_this()](const error_code& ec, std::size_t) {
                         // Not kept: an idle TLS connection holds no write buffer.
-                        std::vector<std::uint8_t>().swap(self->cipher_writing_);
+                        std::vector<std::uint8_t>().swap(self->ws_->cipher);
                         self->on_written(ec);
                       });
     return;
   }
-  if (writing_.empty()) {
+  if (!ws_ || ws_->writing.empty()) {
+    recycle_written();
     if (closing_ && all_out && !draining_) finish_close(true);
     return;
   }
   write_active_ = true;
-  cursor_queue_ = cursor_piece_ = cursor_offset_ = 0;
+  ws_->cursor_queue = ws_->cursor_piece = ws_->cursor_offset = 0;
   write_plain();
 }
 
@@ -823,9 +895,10 @@ void Connection::flush(bool with_pending) {
 // identifiers, short messages) are gathered first, so a turn's output becomes
 // few full records rather than one per piece.
 void Connection::encrypt_writing() {
+  if (!ws_) return;
   thread_local std::vector<std::uint8_t> plain;
   plain.clear();
-  for (const auto& q : writing_)
+  for (const auto& q : ws_->writing)
     for (const auto& p : q.pieces()) {
       const std::span<const std::uint8_t> bytes{q.piece_data(p), p.size};
       if (!plain.empty() && plain.size() + bytes.size() > kTlsRecord) {
@@ -845,13 +918,14 @@ void Connection::encrypt_writing() {
 void Connection::write_plain() {
   thread_local std::array<iovec, kMaxIov> iov;
   const int fd = socket_.native_handle();
+  const auto& writing = ws_->writing;
   for (;;) {
     std::size_t n = 0;
-    std::size_t qi = cursor_queue_;
-    std::size_t pi = cursor_piece_;
-    std::size_t off = cursor_offset_;
-    while (qi < writing_.size() && n < iov.size()) {
-      const auto& q = writing_[qi];
+    std::size_t qi = ws_->cursor_queue;
+    std::size_t pi = ws_->cursor_piece;
+    std::size_t off = ws_->cursor_offset;
+    while (qi < writing.size() && n < iov.size()) {
+      const auto& q = writing[qi];
       if (pi == q.pieces().size()) {
         ++qi;
         pi = 0;
@@ -894,30 +968,33 @@ void Connection::write_plain() {
 }
 
 void Connection::advance_cursor(std::size_t n) {
-  while (n > 0 && cursor_queue_ < writing_.size()) {
-    const auto& pieces = writing_[cursor_queue_].pieces();
-    if (cursor_piece_ == pieces.size()) {
-      ++cursor_queue_;
-      cursor_piece_ = 0;
+  WriteState& w = *ws_;
+  while (n > 0 && w.cursor_queue < w.writing.size()) {
+    const auto& pieces = w.writing[w.cursor_queue].pieces();
+    if (w.cursor_piece == pieces.size()) {
+      ++w.cursor_queue;
+      w.cursor_piece = 0;
       continue;
     }
-    const std::size_t left = pieces[cursor_piece_].size - cursor_offset_;
+    const std::size_t left = pieces[w.cursor_piece].size - w.cursor_offset;
     if (n < left) {
-      cursor_offset_ += n;
+      w.cursor_offset += n;
       return;
     }
     n -= left;
-    ++cursor_piece_;
-    cursor_offset_ = 0;
+    ++w.cursor_piece;
+    w.cursor_offset = 0;
   }
 }
 
 void Connection::recycle_written() {
-  for (auto& q : writing_) {
+  if (!ws_) return;
+  for (auto& q : ws_->writing) {
     q.clear();
-    if (spare_.size() < 2) spare_.push_back(std::move(q));
+    if (ws_->spare.size() < 2) ws_->spare.push_back(std::move(q));
   }
-  writing_.clear();
+  ws_->writing.clear();
+  if (!write_active_ && ws_->idle()) loop_.give_back_writes(std::move(ws_));
 }
 
 void Connection::on_written(const error_code& ec) {
@@ -933,7 +1010,7 @@ void Connection::on_written(const error_code& ec) {
   }
   // More output may have been queued meanwhile; it goes out with the next end of
   // turn (after its store commit), never straight from here.
-  if (!pending_.empty() || !held_.empty() || closing_) flush_soon();
+  if (ws_ || closing_) flush_soon();
 }
 
 void Connection::close() {
@@ -987,10 +1064,10 @@ struct Server::Impl {
   // [auth.defence]: false (and the socket closed) for a banned address or one
   // over its connection rate.
   // [limits] max_connections*: on admission `slot` holds the connection's place.
-  bool admit(std::size_t i, tcp::socket& s, const std::string& peer, broker::ConnectionCounter::Slot& slot);
+  bool admit(std::size_t i, Socket& s, const std::string& peer, broker::ConnectionCounter::Slot& slot);
 };
 
-bool Server::Impl::admit(std::size_t i, tcp::socket& s, const std::string& peer,
+bool Server::Impl::admit(std::size_t i, Socket& s, const std::string& peer,
                          broker::ConnectionCounter::Slot& slot) {
   if (shared.connections) {
     const auto a = shared.connections->acquire(security::peer_address(peer), slot);
@@ -1038,7 +1115,7 @@ bool Server::Impl::admit(std::size_t i, tcp::socket& s, const std::string& peer,
 
 void Server::Impl::accept(std::size_t i) {
   Loop& target = *loops[next_loop++ % loops.size()];
-  acceptors[i]->async_accept(target.io(), [this, i, &target](const error_code& ec, tcp::socket s) {
+  acceptors[i]->async_accept(target.io(), [this, i, &target](const error_code& ec, Socket s) {
     if (ec == asio::error::operation_aborted) return;
     if (ec) {
       // Out of descriptors or memory: back off rather than spin on the error.

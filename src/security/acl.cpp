@@ -667,7 +667,7 @@ AccessCache::Slot* AccessCache::slot_for(std::size_t h, std::uint64_t version, A
 void AccessCache::grow() {
   auto old = std::move(slots_);
   const std::size_t old_size = size_;
-  size_ = std::min(size_ * 4, kMaxSlots);
+  size_ = static_cast<std::uint32_t>(std::min<std::size_t>(std::size_t{size_} * 4, kMaxSlots));
   slots_ = std::make_unique<Slot[]>(size_);
   evictions_ = 0;
   // The entries move to their places among the new slots (oldest first, so
@@ -708,14 +708,15 @@ void AccessCache::put(Action action, std::string_view topic, Decision d, std::ui
 
 const AccessPolicy::Resolved* AccessCache::resolved(const AccessPolicy& policy, const Identity& who,
                                                     std::uint64_t version) {
-  if (resolved_version_ == version && version != 0) return &resolved_;
+  if (resolved_ && resolved_->version == version && version != 0) return &resolved_->rules;
   if (seen_version_ != version) {
     seen_version_ = version;
     return nullptr;
   }
-  resolved_ = policy.resolve(who);
-  resolved_version_ = version;
-  return &resolved_;
+  if (!resolved_) resolved_ = std::make_unique<ResolvedFor>();
+  resolved_->rules = policy.resolve(who);
+  resolved_->version = version;
+  return &resolved_->rules;
 }
 
 void AccessCache::clear() {
@@ -723,9 +724,8 @@ void AccessCache::clear() {
   size_ = 0;
   evictions_ = 0;
   stamp_ = 0;
-  resolved_version_ = 0;
   seen_version_ = 0;
-  resolved_ = {};
+  resolved_.reset();
 }
 
 }  // namespace moat::security

@@ -240,8 +240,8 @@ std::optional<Decision> decide_locally(const AccessPolicy* policy, const Identit
 // True only when decide_locally() allows `action` (Publish or Receive) for
 // every topic name that `filter` matches: a subscription whose deliveries need
 // no check of their own. False when unsure (a connection's own rules, no policy).
-bool allows_every_match(const AccessPolicy* policy, const Identity& who, Action action, std::string_view filter,
-                        const AccessPolicy::Resolved* resolved = nullptr);
+bool allows_every_match(const AccessPolicy* policy, const Identity& who, Action action,
+                        std::string_view filter, const AccessPolicy::Resolved* resolved = nullptr);
 
 // Could some topic name match both filters? Level by level, and generous: it
 // does not tell '$' topics apart, which is what "may this deny rule apply?" needs.
@@ -345,15 +345,20 @@ class AccessCache {
   std::size_t second(std::size_t hash) const { return (hash >> 32) & (size_ - 1); }
   Slot* slot_for(std::size_t hash, std::uint64_t version, Action action, std::string_view topic);
   void grow();
+  // Every session holds a cache: what only some need (the resolved rules) is
+  // allocated apart, and the counters are no wider than they need to be.
   std::unique_ptr<Slot[]> slots_;
-  std::size_t size_ = 0;
+  std::uint32_t size_ = 0;  // at most kMaxSlots
   // Live entries (of the current version) replaced by another topic since the
   // last growth: when they reach twice the slots, the slots are too few.
-  std::size_t evictions_ = 0;
+  std::uint32_t evictions_ = 0;
   std::uint64_t stamp_ = 0;
-  std::uint64_t resolved_version_ = 0;
   std::uint64_t seen_version_ = 0;  // resolved() was asked once for this version
-  AccessPolicy::Resolved resolved_;
+  struct ResolvedFor {
+    std::uint64_t version = 0;
+    AccessPolicy::Resolved rules;
+  };
+  std::unique_ptr<ResolvedFor> resolved_;  // from the second ask of a version
 };
 
 // A table that event loops read while a reload replaces it. load() copies a

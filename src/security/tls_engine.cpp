@@ -257,8 +257,10 @@ std::string certificate_identity(const X509* cert, IdentityFrom from) {
 struct TlsEngine::Impl : tls_detail::ConnectionHooks {
   std::shared_ptr<const TlsServerContext> context;
   SSL* ssl = nullptr;
-  BIO* rbio = nullptr;  // socket -> SSL
-  BIO* wbio = nullptr;  // SSL -> socket
+  // Ciphertext from the socket that SSL has not read yet: a view of the bytes
+  // being fed, or of `input` (what a feed left over, kept for the next one).
+  std::span<const std::uint8_t> in;
+  std::vector<std::uint8_t> input;
   TlsState state = TlsState::Handshaking;
   TlsFailure failure = TlsFailure::None;
   std::string error;
@@ -282,8 +284,8 @@ struct TlsEngine::Impl : tls_detail::ConnectionHooks {
     error = std::move(words);
     ERR_clear_error();
   }
-  void drain_wbio();
-  void shrink_bios();
+  // Keeps what SSL left of the bytes just fed (in) for the next feed.
+  void keep_unread();
   bool check_limits();
   void handshake();
   void on_established();
@@ -292,41 +294,85 @@ struct TlsEngine::Impl : tls_detail::ConnectionHooks {
   void fail_from_openssl(int ssl_error);
 };
 
-void TlsEngine::Impl::drain_wbio() {
-  for (;;) {
-    const std::size_t n = BIO_ctrl_pending(wbio);
-    if (n == 0) return;
-    const std::size_t old = cipher.size();
-    const int chunk = static_cast<int>(std::min<std::size_t>(n, INT_MAX));
-    cipher.resize(old + static_cast<std::size_t>(chunk));
-    const int got = BIO_read(wbio, cipher.data() + old, chunk);
-    cipher.resize(old + static_cast<std::size_t>(std::max(got, 0)));
-    if (got <= 0) return;
+// One BIO of our own between SSL and the socket, in both directions: SSL reads
+// the ciphertext being fed where it lies and writes records straight into
+// `cipher`. Two memory BIOs cost each connection two BIOs and four BUF_MEMs
+// (about 450 B while idle, docs/benchmarks.md "Memory per idle connection"),
+// and a copy of every byte each way.
+namespace {
+
+TlsEngine::Impl* engine_of(BIO* b) {
+  return static_cast<TlsEngine::Impl*>(BIO_get_data(b));
+}
+
+int engine_bio_write(BIO* b, const char* data, std::size_t len, std::size_t* written) {
+  auto& cipher = engine_of(b)->cipher;
+  const auto* bytes = reinterpret_cast<const std::uint8_t*>(data);
+  cipher.insert(cipher.end(), bytes, bytes + len);
+  *written = len;
+  return 1;
+}
+
+int engine_bio_read(BIO* b, char* data, std::size_t len, std::size_t* read) {
+  auto& in = engine_of(b)->in;
+  BIO_clear_retry_flags(b);
+  if (in.empty()) {
+    BIO_set_retry_read(b);  // no input yet means "want more", not EOF
+    *read = 0;
+    return 0;
+  }
+  const std::size_t n = std::min(len, in.size());
+  std::memcpy(data, in.data(), n);
+  in = in.subspan(n);
+  *read = n;
+  return 1;
+}
+
+long engine_bio_ctrl(BIO* b, int cmd, long num, void* ptr) {
+  (void)num;
+  (void)ptr;
+  switch (cmd) {
+    case BIO_CTRL_FLUSH:
+      return 1;
+    case BIO_CTRL_PENDING:
+      return static_cast<long>(std::min<std::size_t>(engine_of(b)->in.size(), LONG_MAX));
+    case BIO_CTRL_WPENDING:
+      return 0;  // written bytes are in `cipher` at once
+    default:
+      return 0;
   }
 }
 
-// A memory BIO keeps the largest input it ever held (a handshake flight, a
-// burst). Once drained, one that grew past kKeepBio is replaced by a fresh
-// one: an idle connection holds only OpenSSL's state (SSL_MODE_RELEASE_BUFFERS
-// frees its record buffers).
-void TlsEngine::Impl::shrink_bios() {
-  constexpr std::size_t kKeepBio = 1024;
-  auto grown = [](BIO* b) {
-    BUF_MEM* mem = nullptr;
-    return BIO_ctrl_pending(b) == 0 && BIO_get_mem_ptr(b, &mem) == 1 && mem && mem->max > kKeepBio;
-  };
-  if (grown(rbio)) {
-    if (BIO* fresh = BIO_new(BIO_s_mem())) {
-      SSL_set0_rbio(ssl, fresh);  // frees the old one
-      rbio = fresh;
-    }
+int engine_bio_create(BIO* b) {
+  BIO_set_init(b, 1);
+  return 1;
+}
+
+const BIO_METHOD* engine_bio_method() {
+  static BIO_METHOD* const method = [] {
+    BIO_METHOD* m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "moat TLS engine");
+    if (!m) return m;
+    BIO_meth_set_write_ex(m, engine_bio_write);
+    BIO_meth_set_read_ex(m, engine_bio_read);
+    BIO_meth_set_ctrl(m, engine_bio_ctrl);
+    BIO_meth_set_create(m, engine_bio_create);
+    return m;
+  }();
+  return method;
+}
+
+}  // namespace
+
+void TlsEngine::Impl::keep_unread() {
+  if (!input.empty()) {  // `in` is what is left of it
+    if (in.empty())
+      std::vector<std::uint8_t>().swap(input);  // idle: hold nothing
+    else
+      input.erase(input.begin(), input.begin() + static_cast<std::ptrdiff_t>(input.size() - in.size()));
+  } else if (!in.empty()) {
+    input.assign(in.begin(), in.end());  // a view of the caller's bytes
   }
-  if (grown(wbio)) {
-    if (BIO* fresh = BIO_new(BIO_s_mem())) {
-      SSL_set0_wbio(ssl, fresh);
-      wbio = fresh;
-    }
-  }
+  in = std::span<const std::uint8_t>(input);
 }
 
 bool TlsEngine::Impl::check_limits() {
@@ -506,17 +552,15 @@ TlsEngine::TlsEngine(std::shared_ptr<const TlsServerContext> context, Clock::tim
   m.context = std::move(context);
   m.start = start;
   m.ssl = SSL_new(m.context->native_handle());
-  m.rbio = BIO_new(BIO_s_mem());
-  m.wbio = BIO_new(BIO_s_mem());
-  if (!m.ssl || !m.rbio || !m.wbio) {
-    BIO_free(m.rbio);
-    BIO_free(m.wbio);
-    m.rbio = m.wbio = nullptr;
+  const BIO_METHOD* method = engine_bio_method();
+  BIO* bio = method ? BIO_new(method) : nullptr;
+  if (!m.ssl || !bio) {
+    BIO_free(bio);
     m.fail(TlsFailure::Protocol, "TLS protocol error: out of memory");
     return;
   }
-  BIO_set_mem_eof_return(m.rbio, -1);  // empty input means "want more", not EOF
-  SSL_set_bio(m.ssl, m.rbio, m.wbio);
+  BIO_set_data(bio, &m);
+  SSL_set_bio(m.ssl, bio, bio);  // one reference, owned by ssl from here
   SSL_set_ex_data(m.ssl, tls_detail::hooks_index(), static_cast<tls_detail::ConnectionHooks*>(&m));
   SSL_set_accept_state(m.ssl);
 }
@@ -529,19 +573,16 @@ void TlsEngine::feed(std::span<const std::uint8_t> from_socket, Clock::time_poin
   Impl& m = *impl_;
   if (m.state == TlsState::Failed || m.state == TlsState::Closed) return;
   if (now != Clock::time_point{}) m.now = now;
-  while (!from_socket.empty()) {
-    const int chunk = static_cast<int>(std::min<std::size_t>(from_socket.size(), INT_MAX / 2));
-    if (BIO_write(m.rbio, from_socket.data(), chunk) != chunk) {
-      m.fail(TlsFailure::BufferLimit, "buffer limit: cannot buffer input");
-      break;
-    }
-    from_socket = from_socket.subspan(static_cast<std::size_t>(chunk));
+  if (m.input.empty()) {
+    m.in = from_socket;  // read where it lies
+  } else {
+    m.input.insert(m.input.end(), from_socket.begin(), from_socket.end());  // behind what is left
+    m.in = std::span<const std::uint8_t>(m.input);
   }
   if (m.state == TlsState::Handshaking) m.handshake();
   if (m.state == TlsState::Established) m.read_records();
-  m.drain_wbio();
+  m.keep_unread();  // before from_socket's bytes go away
   if (m.state == TlsState::Established || m.state == TlsState::Handshaking) m.check_limits();
-  if (m.state == TlsState::Established) m.shrink_bios();
 }
 
 void TlsEngine::write(std::span<const std::uint8_t> app) {
@@ -550,7 +591,6 @@ void TlsEngine::write(std::span<const std::uint8_t> app) {
     m.pending_app.insert(m.pending_app.end(), app.begin(), app.end());
   } else if (m.state == TlsState::Established) {
     m.encrypt(app);
-    m.drain_wbio();
   } else {
     return;
   }
@@ -563,7 +603,6 @@ void TlsEngine::close_notify() {
     ERR_clear_error();
     SSL_shutdown(m.ssl);
     ERR_clear_error();
-    m.drain_wbio();
   }
   if (m.state != TlsState::Failed) m.state = TlsState::Closed;
 }
