@@ -11,7 +11,23 @@ namespace {
 using codec::PacketType;
 using codec::QoS;
 
-class ShardTest : public BrokerFixture {};
+class ShardTest : public BrokerFixture {
+ protected:
+  // Subscriber "s" of "x" at QoS 1, under these window and queue limits, after
+  // publisher "p" sent it `n` messages "0".."n-1" at QoS 1. Returns "s".
+  FakeConnection& qos1_backlog(std::uint32_t window, std::uint32_t queue, int n) {
+    make();
+    shared.limits.max_inflight_messages = window;
+    shared.limits.max_queued_messages = queue;
+    auto& sub = connect("s");
+    subscribe(sub, "x", QoS::AtLeastOnce);
+    sub.take();
+    auto& pub = connect("p");
+    for (int i = 0; i < n; ++i)
+      publish(pub, "x", std::to_string(i), QoS::AtLeastOnce, static_cast<std::uint16_t>(1 + i % 60000));
+    return sub;
+  }
+};
 
 TEST_F(ShardTest, FirstPacketMustBeConnect_MQTT_3_1_0_1) {
   make();
@@ -383,15 +399,7 @@ TEST_F(ShardTest, CleanSessionDiscardsPersistentState_MQTT_3_1_2_6) {
 }
 
 TEST_F(ShardTest, InflightWindowQueuesInOrderAndFullQueueIsCounted) {
-  make();
-  shared.limits.max_inflight_messages = 2;
-  shared.limits.max_queued_messages = 3;
-  auto& sub = connect("s");
-  subscribe(sub, "x", QoS::AtLeastOnce);
-  sub.take();
-  auto& pub = connect("p");
-  for (int i = 0; i < 7; ++i)
-    publish(pub, "x", std::to_string(i), QoS::AtLeastOnce, static_cast<std::uint16_t>(i + 1));
+  auto& sub = qos1_backlog(2, 3, 7);
   auto got = sub.take();
   ASSERT_EQ(got.size(), 2u);                                       // the window
   EXPECT_EQ(shard_list[0]->stats().dropped_queue_full.get(), 2u);  // 7 - 2 in flight - 3 queued
@@ -407,16 +415,8 @@ TEST_F(ShardTest, InflightWindowQueuesInOrderAndFullQueueIsCounted) {
 // A window larger than the id bitmap's threshold, acknowledged out of turn:
 // every message arrives once, in order, and no id in flight is given twice.
 TEST_F(ShardTest, LargeInflightWindowAcknowledgedOutOfTurn) {
-  make();
-  shared.limits.max_inflight_messages = 200;
-  shared.limits.max_queued_messages = 10000;
-  auto& sub = connect("s");
-  subscribe(sub, "x", QoS::AtLeastOnce);
-  sub.take();
-  auto& pub = connect("p");
   constexpr int kMessages = 1000;
-  for (int i = 0; i < kMessages; ++i)
-    publish(pub, "x", std::to_string(i), QoS::AtLeastOnce, static_cast<std::uint16_t>(1 + i % 60000));
+  auto& sub = qos1_backlog(200, 10000, kMessages);
   std::vector<std::string> seen;
   std::set<std::uint16_t> outstanding;
   auto got = sub.take();
