@@ -336,9 +336,8 @@ long engine_bio_ctrl(BIO* b, int cmd, long num, void* ptr) {
       return 1;
     case BIO_CTRL_PENDING:
       return static_cast<long>(std::min<std::size_t>(engine_of(b)->in.size(), LONG_MAX));
-    case BIO_CTRL_WPENDING:
-      return 0;  // written bytes are in `cipher` at once
     default:
+      // BIO_CTRL_WPENDING among them: written bytes are in `cipher` at once.
       return 0;
   }
 }
