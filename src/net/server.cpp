@@ -3,6 +3,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <spdlog/spdlog.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -13,17 +14,16 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/ip/v6_only.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/thread_pool.hpp>
-#include <boost/asio/write.hpp>
 #include <cerrno>
 #include <condition_variable>
 #include <deque>
 #include <mutex>
 #include <span>
 #include <thread>
-#include <unordered_set>
 
 #include "broker/limit_checks.hpp"
 
@@ -35,13 +35,21 @@ using boost::system::error_code;
 
 namespace {
 
+// Readiness: each loop has an epoll instance of its own, in which every
+// connection's socket is registered once, edge-triggered, for input and output
+// (Loop::watch). Asio waits on that one descriptor; when it is ready the loop
+// takes up to kEventsPerPoll events and runs each connection's reads or
+// writes. An Asio socket instead would keep 272 bytes of reactor state and
+// pending wait per idle connection, and re-arm its wait with an epoll_ctl per
+// read.
+constexpr int kEventsPerPoll = 256;
 // Reads go through one buffer per loop: an idle connection holds no read
 // buffer (it waits for readability, then reads), only the bytes of a packet
 // that has not fully arrived. Up to kReadsPerWake reads per readiness, then the
 // connection queues behind the loop's other work. A read that returns less
-// than the buffer emptied the socket: the connection goes back to waiting
-// without another read to see EAGAIN (re-arming the wait reports bytes that
-// arrived in between), one system call fewer per connection and loop turn.
+// than the buffer emptied the socket: no read to see EAGAIN follows (bytes
+// that arrive later make a new edge), one system call fewer per connection and
+// loop turn.
 constexpr std::size_t kReadChunk = std::size_t{64} * 1024;
 constexpr int kReadsPerWake = 4;
 constexpr auto kTickInterval = std::chrono::milliseconds(200);
@@ -54,9 +62,33 @@ constexpr std::size_t kTlsRecord = 16384;
 
 class Loop;
 
-// Sockets bound to the io_context's own executor rather than the polymorphic
-// any_io_executor: 40 bytes less per socket and per pending wait.
-using Socket = tcp::socket::rebind_executor<asio::io_context::executor_type>::other;
+// A socket descriptor, closed with its owner.
+class Fd {
+ public:
+  Fd() = default;
+  explicit Fd(int fd) : fd_(fd) {}
+  Fd(Fd&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
+  Fd& operator=(Fd&& o) noexcept {
+    if (this != &o) {
+      reset();
+      fd_ = std::exchange(o.fd_, -1);
+    }
+    return *this;
+  }
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  ~Fd() { reset(); }
+  int get() const { return fd_; }
+  explicit operator bool() const { return fd_ >= 0; }
+  void reset() {
+    if (fd_ >= 0) ::close(std::exchange(fd_, -1));
+  }
+
+ private:
+  int fd_ = -1;
+};
+
+error_code last_error() { return {errno, boost::system::system_category()}; }
 
 // What a connection holds only while it has output: this turn's queue, output
 // held for store commits, the queues being written with the write cursor, and
@@ -72,6 +104,7 @@ struct WriteState {
   std::vector<broker::OutputQueue> writing;
   std::vector<broker::OutputQueue> spare;  // written queues kept for their buffers
   // Plain connections: how far `writing` has been written (queue, piece, offset).
+  // TLS connections: cursor_offset is how far `cipher` has been written.
   std::size_t cursor_queue = 0;
   std::size_t cursor_piece = 0;
   std::size_t cursor_offset = 0;
@@ -128,12 +161,15 @@ class Connection final : public broker::Transport, public std::enable_shared_fro
  public:
   // `tls`: an engine moved from another loop with its connection; a new TLS
   // connection starts one from the listener's current context.
-  Connection(Loop& loop, Socket socket, const ListenerRuntime& listener, std::string peer,
+  Connection(Loop& loop, Fd socket, const ListenerRuntime& listener, std::string peer,
              std::vector<std::uint8_t> pending_input, std::optional<security::TlsEngine> tls,
              broker::ConnectionCounter::Slot slot);
 
   ~Connection() override;
   void start();
+  // Readiness reported by the loop's epoll instance.
+  void on_events(std::uint32_t events);
+  bool is_tls() const { return tls_.has_value(); }
   // Closes the connection at once if the listener's current TLS context no
   // longer accepts its client certificate (after a reload).
   void recheck_certificate();
@@ -180,8 +216,7 @@ class Connection final : public broker::Transport, public std::enable_shared_fro
  private:
   // false: stop reading (the TLS connection failed).
   bool on_ciphertext(std::span<const std::uint8_t> bytes);
-  void read();
-  void on_readable(const error_code& ec);
+  void on_readable();
   void on_read_error(const error_code& ec);
   // Hands bytes just read to the broker; keeps (in in_) what it did not take yet.
   void take_input(std::span<const std::uint8_t> bytes);
@@ -191,6 +226,10 @@ class Connection final : public broker::Transport, public std::enable_shared_fro
   // Writes writing_ from the cursor with gather writes until done or the socket
   // would block (then waits for writability and goes on).
   void write_plain();
+  // TLS: writes the records in cipher from cursor_offset, the same way.
+  void write_cipher();
+  // A write failed: reported from the loop, as an asynchronous write would be.
+  void fail_write(const error_code& ec);
   void advance_cursor(std::size_t n);
   void encrypt_writing();
   // drain: send FIN and read until the peer closes; otherwise close at once.
@@ -207,16 +246,23 @@ class Connection final : public broker::Transport, public std::enable_shared_fro
   // The write state, lent by the loop if the connection holds none.
   WriteState& writes();
 
+  friend class Loop;  // watch() and unwatch() keep the fields below
+
   Loop& loop_;
-  Socket socket_;
+  Fd fd_;
   const ListenerRuntime& listener_;
   std::string peer_;
   std::optional<security::TlsEngine> tls_;
+  // While the socket is in the loop's epoll instance: the loop's list of its
+  // connections, and the reference that keeps this connection alive.
+  Connection* prev_ = nullptr;
+  Connection* next_ = nullptr;
+  std::shared_ptr<Connection> watched_;
   bool close_notify_sent_ = false;
   bool handshake_done_ = false;  // counted in the listener's TlsHandshakeMetrics
-  bool registered_ = false;      // in the loop's list of TLS connections
   bool dirty_ = false;           // on the loop's list of connections to write
   bool write_active_ = false;
+  bool wants_writable_ = false;  // a write would block: goes on once the socket is writable
   bool closing_ = false;   // no more input is handed to the broker
   bool draining_ = false;  // FIN sent; reading until the peer closes too
   bool dead_ = false;      // socket closed
@@ -298,6 +344,11 @@ struct Bus;
 class Loop {
  public:
   Loop(std::uint32_t index, broker::BrokerShared& shared, Bus& bus);
+  // Releases the connections still watched (their sockets close), before the
+  // io_context and the shard go.
+  ~Loop();
+  Loop(const Loop&) = delete;
+  Loop& operator=(const Loop&) = delete;
   asio::io_context& io() { return io_; }
   broker::Shard& shard() { return shard_; }
   std::uint32_t index() const { return index_; }
@@ -306,6 +357,16 @@ class Loop {
   // Called from any thread: queue a batch and wake the loop if it was idle.
   void enqueue(std::vector<broker::ShardEvent>&& batch);
   void start_ticks();
+  // Waits for readiness of the loop's sockets; once, before the loop runs.
+  void start_polling();
+  // Registers the connection's socket for input and output, edge-triggered, and
+  // keeps the connection alive until unwatch(). false: the socket could not be
+  // registered (errno says why).
+  bool watch(Connection& c);
+  // Removes the socket from the epoll instance (before it closes or moves to
+  // another loop); the connection is released once the current handler is done,
+  // so that events already taken for it find it, dead.
+  void unwatch(Connection& c);
   // Once per loop turn, behind every handler already queued: commit the shard's
   // store writes, send its cross-shard events, then write every connection that
   // has output. Nothing reaches a socket before the writes it depends on are stored.
@@ -326,16 +387,13 @@ class Loop {
   std::unique_ptr<WriteState> lend_writes();
   void give_back_writes(std::unique_ptr<WriteState> ws);
 
-  // The loop's TLS connections, for the recheck after a reload (connections
-  // join when they start and leave when their socket closes).
-  void add_tls(Connection* c) { tls_connections_.insert(c); }
-  void remove_tls(Connection* c) { tls_connections_.erase(c); }
   // Rechecks every TLS connection's client certificate, a batch per handler so
   // that the loop keeps serving in between.
   void recheck_tls();
 
  private:
   void drain_inbox();
+  void poll();
   void tick();
   void end_turn();
   void on_durable(std::uint64_t epoch);
@@ -346,14 +404,17 @@ class Loop {
   // The shard outlives the io_context: handlers destroyed with the io_context
   // own connections whose Client refers to the shard.
   broker::Shard shard_;
-  // Outlives io_ too: connections destroyed with its handlers leave it.
-  std::unordered_set<Connection*> tls_connections_;
   std::vector<std::uint8_t> read_buffer_ = std::vector<std::uint8_t>(kReadChunk);
   // Outlives io_: connections destroyed with its handlers may give theirs back.
   std::vector<std::unique_ptr<WriteState>> spare_writes_;
   std::size_t spare_writes_low_ = 0;  // the fewest spare since the last tick
   asio::io_context io_{1};
   asio::steady_timer ticker_{io_};
+  // The epoll instance of the loop's sockets, and the connections watched in it
+  // (Connection::prev_/next_).
+  asio::posix::stream_descriptor poller_{io_};
+  std::array<epoll_event, kEventsPerPoll> events_{};
+  Connection* watched_ = nullptr;
   std::mutex inbox_mu_;
   std::vector<std::vector<broker::ShardEvent>> inbox_;
   std::vector<std::vector<broker::ShardEvent>> draining_;
@@ -382,6 +443,10 @@ struct Bus final : broker::ShardBus {
 
 Loop::Loop(std::uint32_t index, broker::BrokerShared& shared, Bus& bus)
     : index_(index), bus_(bus), shard_(index, shared, bus) {
+  const int ep = ::epoll_create1(EPOLL_CLOEXEC);
+  if (ep < 0)
+    throw std::runtime_error(fmt::format("event loop {}: epoll_create1: {}", index, last_error().message()));
+  poller_.assign(ep);
   if (shared.store && shared.store->commit_waits_for_disk())
     committer_ = std::make_unique<Committer>(
         shard_, [this](std::uint64_t epoch) { asio::post(io_, [this, epoch] { on_durable(epoch); }); });
@@ -400,6 +465,7 @@ void Loop::enqueue(std::vector<broker::ShardEvent>&& batch) {
 void Loop::drain_inbox() {
   {
     std::lock_guard lock(inbox_mu_);
+    if (inbox_.empty()) return;  // taken by poll() already
     draining_.swap(inbox_);
   }
   shard_.set_now(broker::Clock::now());
@@ -490,8 +556,8 @@ void Loop::on_durable(std::uint64_t epoch) {
 
 void Loop::recheck_tls() {
   auto list = std::make_shared<std::vector<std::weak_ptr<Connection>>>();
-  list->reserve(tls_connections_.size());
-  for (Connection* c : tls_connections_) list->push_back(c->weak_from_this());
+  for (Connection* c = watched_; c; c = c->next_)
+    if (c->is_tls()) list->push_back(c->weak_from_this());
   recheck_tls_batch(std::move(list), 0);
 }
 
@@ -512,6 +578,60 @@ void Loop::start_ticks() {
     if (ec) return;
     tick();
   });
+}
+
+void Loop::start_polling() {
+  poller_.async_wait(asio::posix::stream_descriptor::wait_read, [this](const error_code& ec) {
+    if (!ec) poll();
+  });
+}
+
+void Loop::poll() {
+  const int n = ::epoll_wait(poller_.native_handle(), events_.data(), kEventsPerPoll, 0);
+  if (n < 0 && errno != EINTR)  // a bad descriptor: the loop could serve no connection
+    throw std::runtime_error(fmt::format("epoll_wait: {}", last_error().message()));
+  // Events from other loops that were queued before these bytes arrived are
+  // applied first, as Asio would run their handler before a later readiness:
+  // a SUBACK leaves only once the subscription is queued to every loop, and a
+  // message published after it must find it in this loop's index.
+  drain_inbox();
+  // A connection unwatched by another's events stays alive until this handler
+  // returns (unwatch), and ignores its own events then.
+  for (int i = 0; i < n; ++i) static_cast<Connection*>(events_[i].data.ptr)->on_events(events_[i].events);
+  // More events than were taken leave the descriptor readable: the wait ends at once.
+  start_polling();
+}
+
+bool Loop::watch(Connection& c) {
+  epoll_event ev{};
+  ev.events = EPOLLIN | EPOLLOUT | EPOLLET;
+  ev.data.ptr = &c;
+  if (::epoll_ctl(poller_.native_handle(), EPOLL_CTL_ADD, c.fd_.get(), &ev) != 0) return false;
+  c.watched_ = c.shared_from_this();
+  c.prev_ = nullptr;
+  c.next_ = watched_;
+  if (watched_) watched_->prev_ = &c;
+  watched_ = &c;
+  return true;
+}
+
+void Loop::unwatch(Connection& c) {
+  if (!c.watched_) return;
+  ::epoll_ctl(poller_.native_handle(), EPOLL_CTL_DEL, c.fd_.get(), nullptr);
+  (c.prev_ ? c.prev_->next_ : watched_) = c.next_;
+  if (c.next_) c.next_->prev_ = c.prev_;
+  c.prev_ = c.next_ = nullptr;
+  asio::post(io_, [keep = std::move(c.watched_)] {});
+}
+
+Loop::~Loop() {
+  std::vector<std::shared_ptr<Connection>> release;
+  while (Connection* c = watched_) {
+    watched_ = c->next_;
+    c->prev_ = c->next_ = nullptr;
+    release.push_back(std::move(c->watched_));
+  }
+  release.clear();  // their sockets close, their clients leave the shard
 }
 
 void Loop::tick() {
@@ -548,25 +668,27 @@ void Loop::give_back_writes(std::unique_ptr<WriteState> ws) {
   spare_writes_.push_back(std::move(ws));
 }
 
-std::string format_peer(const Socket& s) {
-  error_code ec;
-  const auto ep = s.remote_endpoint(ec);
-  if (ec) return "unknown";
+std::string format_peer(const sockaddr_storage& address, socklen_t length) {
+  tcp::endpoint ep;
+  if (length > ep.capacity() || (address.ss_family != AF_INET && address.ss_family != AF_INET6))
+    return "unknown";
+  std::memcpy(ep.data(), &address, length);
+  ep.resize(length);
   const auto addr = ep.address();
   return addr.is_v6() ? fmt::format("[{}]:{}", addr.to_string(), ep.port())
                       : fmt::format("{}:{}", addr.to_string(), ep.port());
 }
 
-void set_nodelay(Socket& s) {
-  error_code ec;
-  s.set_option(tcp::no_delay(true), ec);  // Nagle + delayed ACK would cost 40 ms per stall
+void set_nodelay(int fd) {
+  const int on = 1;  // Nagle + delayed ACK would cost 40 ms per stall
+  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
 }
 
-Connection::Connection(Loop& loop, Socket socket, const ListenerRuntime& listener, std::string peer,
+Connection::Connection(Loop& loop, Fd socket, const ListenerRuntime& listener, std::string peer,
                        std::vector<std::uint8_t> pending_input, std::optional<security::TlsEngine> tls,
                        broker::ConnectionCounter::Slot slot)
     : loop_(loop),
-      socket_(std::move(socket)),
+      fd_(std::move(socket)),
       listener_(listener),
       peer_(std::move(peer)),
       tls_(std::move(tls)),
@@ -578,26 +700,21 @@ Connection::Connection(Loop& loop, Socket socket, const ListenerRuntime& listene
   in_len_ = in_.size();
 }
 
-Connection::~Connection() {
-  if (registered_) loop_.remove_tls(this);
-}
+Connection::~Connection() = default;
 
 void Connection::set_dead() {
   dead_ = true;
-  if (registered_) {
-    registered_ = false;
-    loop_.remove_tls(this);
+  loop_.unwatch(*this);
+  if (wants_writable_) {
+    // The write that waited for room ends as an aborted one.
+    wants_writable_ = false;
+    asio::post(loop_.io(),
+               [self = shared_from_this()] { self->on_written(asio::error::operation_aborted); });
   }
 }
 
 void Connection::start() {
-  if (tls_) {
-    registered_ = true;
-    loop_.add_tls(this);
-  }
   client_.emplace(loop_.shard(), *this, listener_.policy);
-  error_code ec;
-  socket_.non_blocking(true, ec);  // on_readable reads until the socket would block
   // A connection that moved here may have missed a recheck that both loops ran
   // while it was on its way.
   if (handshake_done_ && &tls_->context() != listener_.tls->load().get()) recheck_certificate();
@@ -606,23 +723,40 @@ void Connection::start() {
     process_input();
     if (dead_) return;
   }
-  read();
+  // The socket is non-blocking (accept4): on_readable reads until it would block.
+  if (!loop_.watch(*this)) {
+    const auto ec = last_error();
+    spdlog::warn("cannot watch the connection of {}: {}", peer_, ec.message());
+    on_read_error(ec);
+  }
 }
 
-void Connection::read() {
-  socket_.async_wait(tcp::socket::wait_read,
-                     [self = shared_from_this()](const error_code& ec) { self->on_readable(ec); });
-}
-
-void Connection::on_readable(const error_code& ec) {
+void Connection::on_events(std::uint32_t events) {
   if (dead_) return;
-  if (ec) return on_read_error(ec);
+  if ((events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) && wants_writable_) {
+    wants_writable_ = false;
+    if (tls_)
+      write_cipher();
+    else
+      write_plain();
+    if (dead_) return;
+  }
+  if (events & (EPOLLIN | EPOLLERR | EPOLLHUP)) on_readable();
+}
+
+void Connection::on_readable() {
+  if (dead_) return;
   auto& buffer = loop_.read_buffer();
   for (int i = 0; i < kReadsPerWake; ++i) {
-    error_code rec;
-    const std::size_t n = socket_.read_some(asio::buffer(buffer), rec);
-    if (rec == asio::error::would_block || rec == asio::error::try_again) return read();
-    if (rec) return on_read_error(rec);
+    const ssize_t r = ::recv(fd_.get(), buffer.data(), buffer.size(), 0);
+    if (r < 0) {
+      const int err = errno;
+      if (err == EINTR) continue;
+      if (err == EAGAIN || err == EWOULDBLOCK) return;  // the next edge brings more
+      return on_read_error({err, boost::system::system_category()});
+    }
+    if (r == 0) return on_read_error(asio::error::eof);
+    const auto n = static_cast<std::size_t>(r);
     if (closing_) {
       in_len_ = 0;  // discard what arrives after we decided to close
       continue;
@@ -634,10 +768,10 @@ void Connection::on_readable(const error_code& ec) {
       take_input({buffer.data(), n});
     }
     if (migrate_to_ || dead_) return;
-    if (n < buffer.size()) return read();
+    if (n < buffer.size()) return;
   }
-  // More may be waiting: read it after the loop's other work.
-  asio::post(loop_.io(), [self = shared_from_this()] { self->on_readable({}); });
+  // More may be waiting: read it after the loop's other work (no edge will say so).
+  asio::post(loop_.io(), [self = shared_from_this()] { self->on_readable(); });
 }
 
 void Connection::on_read_error(const error_code& ec) {
@@ -679,7 +813,8 @@ bool Connection::on_ciphertext(std::span<const std::uint8_t> bytes) {
     on_tls_failure(listener_, peer_, *tls_, was_established, loop_.shard().shared().audit.get());
     closing_ = true;
     client_->on_disconnected();
-    return false;  // flush() sends the alert, then closes
+    flush_soon();  // flush() sends the alert, if any, then closes
+    return false;
   }
   if (dead_ || closing_) return !dead_;  // closed by the recheck in on_handshake_done
   if (!was_established && tls_->established())
@@ -744,32 +879,17 @@ void Connection::process_input() {
 }
 
 void Connection::hand_over(std::uint32_t shard) {
-  // The socket moves to the loop that owns the client identifier. A duplicate
-  // descriptor carries the TCP connection; the unread bytes travel with it.
-  const int fd = ::dup(socket_.native_handle());
-  error_code ec;
-  socket_.close(ec);
+  // The socket moves to the loop that owns the client identifier, out of this
+  // loop's epoll instance and into the other's; the unread bytes travel with it.
   set_dead();
   client_.reset();
-  if (fd < 0) {
-    spdlog::warn("cannot move connection from {} to loop {}: {}", peer_, shard,
-                 std::error_code(errno, std::system_category()).message());
-    return;
-  }
   std::vector<std::uint8_t> rest(in_.begin(), in_.begin() + static_cast<std::ptrdiff_t>(in_len_));
   Loop& target = *(*loop_.bus().loops)[shard];
   // A TLS session moves with its socket: the engine is plain memory, not bound to a loop.
-  asio::post(target.io(), [&target, fd, &listener = listener_, peer = std::move(peer_),
+  asio::post(target.io(), [&target, fd = std::move(fd_), &listener = listener_, peer = std::move(peer_),
                            rest = std::move(rest), tls = std::move(tls_), slot = std::move(slot_)]() mutable {
-    Socket s(target.io());
-    error_code aec;
-    s.assign(tcp::v4(), fd, aec);  // the protocol family only selects option handling
-    if (aec) {
-      ::close(fd);
-      return;
-    }
     target.shard().set_now(broker::Clock::now());
-    std::make_shared<Connection>(target, std::move(s), listener, std::move(peer), std::move(rest),
+    std::make_shared<Connection>(target, std::move(fd), listener, std::move(peer), std::move(rest),
                                  std::move(tls), std::move(slot))
         ->start();
   });
@@ -777,8 +897,8 @@ void Connection::hand_over(std::uint32_t shard) {
 
 // Work handed to other threads holds the connection only weakly: the last
 // reference to a Connection must drop on its own loop (its Client leaves the
-// shard in its destructor). While authentication runs, the pending socket read
-// keeps the connection alive; once it is gone, `then` is skipped.
+// shard in its destructor). While authentication runs, the loop's watch keeps
+// the connection alive; once it is gone, `then` is skipped.
 void Connection::run_off_loop(std::function<void()> work, std::function<void()> then) {
   asio::post(*loop_.bus().workers, [weak = weak_from_this(), io = &loop_.io(), work = std::move(work),
                                     then = std::move(then)]() mutable {
@@ -873,12 +993,8 @@ void Connection::flush(bool with_pending) {
     cipher.swap(out);
     out.clear();
     write_active_ = true;
-    asio::async_write(socket_, asio::buffer(cipher),
-                      [self = shared_from_this()](const error_code& ec, std::size_t) {
-                        // Not kept: an idle TLS connection holds no write buffer.
-                        std::vector<std::uint8_t>().swap(self->ws_->cipher);
-                        self->on_written(ec);
-                      });
+    ws_->cursor_offset = 0;
+    write_cipher();
     return;
   }
   if (!ws_ || ws_->writing.empty()) {
@@ -915,9 +1031,32 @@ void Connection::encrypt_writing() {
   if (plain.capacity() > 4 * kTlsRecord) std::vector<std::uint8_t>().swap(plain);
 }
 
+void Connection::write_cipher() {
+  auto& cipher = ws_->cipher;
+  while (ws_->cursor_offset < cipher.size()) {
+    const ssize_t w =
+        ::send(fd_.get(), cipher.data() + ws_->cursor_offset, cipher.size() - ws_->cursor_offset, MSG_NOSIGNAL);
+    if (w < 0) {
+      const int err = errno;
+      if (err == EINTR) continue;
+      if (err == EAGAIN || err == EWOULDBLOCK) {
+        wants_writable_ = true;
+        return;
+      }
+      return fail_write({err, boost::system::system_category()});
+    }
+    ws_->cursor_offset += static_cast<std::size_t>(w);
+  }
+  on_written({});
+}
+
+void Connection::fail_write(const error_code& ec) {
+  asio::post(loop_.io(), [self = shared_from_this(), ec] { self->on_written(ec); });
+}
+
 void Connection::write_plain() {
   thread_local std::array<iovec, kMaxIov> iov;
-  const int fd = socket_.native_handle();
+  const int fd = fd_.get();
   const auto& writing = ws_->writing;
   for (;;) {
     std::size_t n = 0;
@@ -949,18 +1088,10 @@ void Connection::write_plain() {
       const int err = errno;
       if (err == EINTR) continue;
       if (err == EAGAIN || err == EWOULDBLOCK) {
-        socket_.async_wait(tcp::socket::wait_write, [self = shared_from_this()](const error_code& ec) {
-          if (ec || self->dead_) return self->on_written(ec ? ec : asio::error::operation_aborted);
-          self->write_plain();
-        });
+        wants_writable_ = true;
         return;
       }
-      // Reported from the loop, as an asynchronous write would be.
-      asio::post(loop_.io(),
-                 [self = shared_from_this(), ec = error_code(err, boost::system::system_category())] {
-                   self->on_written(ec);
-                 });
-      return;
+      return fail_write({err, boost::system::system_category()});
     }
     advance_cursor(static_cast<std::size_t>(w));
   }
@@ -999,6 +1130,8 @@ void Connection::recycle_written() {
 
 void Connection::on_written(const error_code& ec) {
   write_active_ = false;
+  // Not kept: an idle TLS connection holds no write buffer.
+  if (ws_) std::vector<std::uint8_t>().swap(ws_->cipher);
   recycle_written();
   if (dead_) return;
   if (ec) {
@@ -1021,14 +1154,12 @@ void Connection::close() {
 
 void Connection::finish_close(bool drain) {
   if (dead_) return;
-  error_code ec;
   if (drain && !draining_) {
     // Send FIN, then read until the peer closes (or a short timeout), so that bytes
     // it sent meanwhile do not turn our close into a reset that loses the last
     // packet we wrote (a CONNACK with an error code, for instance).
     draining_ = true;
-    socket_.shutdown(tcp::socket::shutdown_send, ec);
-    if (!ec) {
+    if (::shutdown(fd_.get(), SHUT_WR) == 0) {
       drain_timer_ = std::make_unique<asio::steady_timer>(loop_.io(), kDrainTimeout);
       drain_timer_->async_wait([self = shared_from_this()](const error_code& tec) {
         if (!tec) self->finish_close(false);
@@ -1039,7 +1170,7 @@ void Connection::finish_close(bool drain) {
   set_dead();
   if (drain_timer_) drain_timer_->cancel();
   if (hold_timer_) hold_timer_->cancel();
-  socket_.close(ec);
+  fd_.reset();
 }
 
 }  // namespace
@@ -1064,10 +1195,10 @@ struct Server::Impl {
   // [auth.defence]: false (and the socket closed) for a banned address or one
   // over its connection rate.
   // [limits] max_connections*: on admission `slot` holds the connection's place.
-  bool admit(std::size_t i, Socket& s, const std::string& peer, broker::ConnectionCounter::Slot& slot);
+  bool admit(std::size_t i, Fd& s, const std::string& peer, broker::ConnectionCounter::Slot& slot);
 };
 
-bool Server::Impl::admit(std::size_t i, Socket& s, const std::string& peer,
+bool Server::Impl::admit(std::size_t i, Fd& s, const std::string& peer,
                          broker::ConnectionCounter::Slot& slot) {
   if (shared.connections) {
     const auto a = shared.connections->acquire(security::peer_address(peer), slot);
@@ -1082,8 +1213,7 @@ bool Server::Impl::admit(std::size_t i, Socket& s, const std::string& peer,
                   : fmt::format("{} connections open from this address; refused at accept on "
                                 "listener {}",
                                 shared.connections->max_per_address(), policies[i]->policy.name));
-      error_code ec;
-      s.close(ec);
+      s.reset();
       return false;
     }
   }
@@ -1108,35 +1238,52 @@ bool Server::Impl::admit(std::size_t i, Socket& s, const std::string& peer,
     }
   }
   // Closed at once: no TLS handshake, no MQTT, nothing to spend on this peer.
-  error_code ec;
-  s.close(ec);
+  s.reset();
   return false;
 }
 
+// Accepts up to kAcceptsPerWake connections each time the listening socket is
+// readable, and deals them to the loops in turn.
 void Server::Impl::accept(std::size_t i) {
-  Loop& target = *loops[next_loop++ % loops.size()];
-  acceptors[i]->async_accept(target.io(), [this, i, &target](const error_code& ec, Socket s) {
+  constexpr int kAcceptsPerWake = 64;
+  acceptors[i]->async_wait(tcp::acceptor::wait_read, [this, i](const error_code& ec) {
     if (ec == asio::error::operation_aborted) return;
-    if (ec) {
-      // Out of descriptors or memory: back off rather than spin on the error.
-      spdlog::warn("listener {}: accept failed: {}", policies[i]->policy.name, ec.message());
+    // Out of descriptors or memory: back off rather than spin on the error.
+    const auto back_off = [this, i](const error_code& why) {
+      spdlog::warn("listener {}: accept failed: {}", policies[i]->policy.name, why.message());
       retry_timers[i]->expires_after(std::chrono::milliseconds(100));
       retry_timers[i]->async_wait([this, i](const error_code& tec) {
         if (!tec) accept(i);
       });
-      return;
+    };
+    if (ec) return back_off(ec);
+    for (int k = 0; k < kAcceptsPerWake; ++k) {
+      sockaddr_storage address{};
+      socklen_t length = sizeof address;
+      Fd s(::accept4(acceptors[i]->native_handle(), reinterpret_cast<sockaddr*>(&address),  // NOLINT
+                     &length, SOCK_NONBLOCK | SOCK_CLOEXEC));
+      if (!s) {
+        const int err = errno;
+        if (err == EAGAIN || err == EWOULDBLOCK) break;
+        // The peer gave up before the accept, or its network failed: next one.
+        if (err == EINTR || err == ECONNABORTED || err == EPROTO || err == ENETDOWN || err == ENETUNREACH ||
+            err == EHOSTDOWN || err == EHOSTUNREACH || err == ENONET || err == ENOPROTOOPT || err == EOPNOTSUPP)
+          continue;
+        return back_off({err, boost::system::system_category()});
+      }
+      auto peer = format_peer(address, length);
+      broker::ConnectionCounter::Slot slot;
+      if (!admit(i, s, peer, slot)) continue;
+      set_nodelay(s.get());
+      Loop& target = *loops[next_loop++ % loops.size()];
+      asio::post(target.io(), [&target, s = std::move(s), &policy = *policies[i], peer = std::move(peer),
+                               slot = std::move(slot)]() mutable {
+        target.shard().set_now(broker::Clock::now());
+        std::make_shared<Connection>(target, std::move(s), policy, std::move(peer), std::vector<std::uint8_t>{},
+                                     std::nullopt, std::move(slot))
+            ->start();
+      });
     }
-    auto peer = format_peer(s);
-    broker::ConnectionCounter::Slot slot;
-    if (!admit(i, s, peer, slot)) return accept(i);
-    set_nodelay(s);
-    asio::post(target.io(), [&target, s = std::move(s), &policy = *policies[i], peer = std::move(peer),
-                             slot = std::move(slot)]() mutable {
-      target.shard().set_now(broker::Clock::now());
-      std::make_shared<Connection>(target, std::move(s), policy, std::move(peer), std::vector<std::uint8_t>{},
-                                   std::nullopt, std::move(slot))
-          ->start();
-    });
     accept(i);
   });
 }
@@ -1185,6 +1332,7 @@ void Server::start() {
     if (!ec && addr.is_v6()) acc->set_option(asio::ip::v6_only(true), ec);
     if (!ec) acc->bind(ep, ec);
     if (!ec) acc->listen(asio::socket_base::max_listen_connections, ec);
+    if (!ec) acc->non_blocking(true, ec);  // accept() takes connections until none is left
     if (ec)
       throw std::runtime_error(fmt::format("listener {}: cannot listen on {}:{}: {}", spec.name, spec.host,
                                            spec.port, ec.message()));
@@ -1199,6 +1347,7 @@ void Server::start() {
   for (auto& l : m.loops) {
     m.guards.emplace_back(l->io().get_executor());
     l->start_ticks();
+    l->start_polling();
   }
   for (auto& l : m.loops) {
     Loop* lp = l.get();
