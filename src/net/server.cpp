@@ -886,7 +886,7 @@ void Connection::hand_over(std::uint32_t shard) {
   std::vector<std::uint8_t> rest(in_.begin(), in_.begin() + static_cast<std::ptrdiff_t>(in_len_));
   Loop& target = *(*loop_.bus().loops)[shard];
   // A TLS session moves with its socket: the engine is plain memory, not bound to a loop.
-  asio::post(target.io(), [&target, fd = std::move(fd_), &listener = listener_, peer = std::move(peer_),
+  asio::post(target.io(), [&target, fd = std::move(fd_), &listener = listener_, peer = std::exchange(peer_, {}),
                            rest = std::move(rest), tls = std::move(tls_), slot = std::move(slot_)]() mutable {
     target.shard().set_now(broker::Clock::now());
     std::make_shared<Connection>(target, std::move(fd), listener, std::move(peer), std::move(rest),
