@@ -174,6 +174,7 @@ struct Client::Impl : std::enable_shared_from_this<Impl> {
     OutState state;
     Message message;
     Completion done;
+    std::uint64_t id_step = 0;  // id_steps when its packet id was given (allocate_packet_id)
   };
   struct Queued {
     Message message;
@@ -220,6 +221,7 @@ struct Client::Impl : std::enable_shared_from_this<Impl> {
   std::map<std::string, QoS> subscriptions;  // granted, for re-subscribing
   std::set<std::uint16_t> awaiting_pubrel;   // inbound QoS 2
   std::uint16_t next_packet_id = 1;
+  std::uint64_t id_steps = 0;  // how often next_packet_id has moved on
   asio::steady_timer connect_timer;
   asio::steady_timer keepalive_timer;
   asio::steady_timer reconnect_timer;
@@ -709,14 +711,19 @@ struct Client::Impl : std::enable_shared_from_this<Impl> {
   // --- operations ---------------------------------------------------------------
 
   std::uint16_t allocate_packet_id() {
+    // Ids go round 1..65535, and `inflight` is in the order its ids were given.
+    // While the oldest in-flight id was given fewer than 65,535 steps ago, the
+    // next id is none of theirs: no search through the window.
     auto used = [&](std::uint16_t id) {
-      return subscribing.count(id) || unsubscribing.count(id) ||
-             std::any_of(inflight.begin(), inflight.end(),
-                         [&](const Outbound& o) { return o.packet_id == id; });
+      if (!subscribing.empty() && subscribing.count(id)) return true;
+      if (!unsubscribing.empty() && unsubscribing.count(id)) return true;
+      if (inflight.empty() || id_steps - inflight.front().id_step < 65535) return false;
+      return std::any_of(inflight.begin(), inflight.end(), [&](const Outbound& o) { return o.packet_id == id; });
     };
     std::uint16_t id = 0;
     do {
       id = next_packet_id++;
+      ++id_steps;
       if (next_packet_id == 0) next_packet_id = 1;
     } while (used(id));
     return id;
@@ -746,22 +753,28 @@ struct Client::Impl : std::enable_shared_from_this<Impl> {
   }
 
   // Sends queued messages while the in-flight window has room, in order.
+  // A message may go now: connected, and QoS 0 or room in the in-flight window.
+  bool may_send(QoS qos) const {
+    return state == State::Connected && (qos == QoS::AtMostOnce || inflight.size() < opt.max_inflight);
+  }
+
+  void send(Message&& message, Completion&& done) {
+    if (message.qos == QoS::AtMostOnce) {
+      append(publish_packet(message, 0, false));
+      written_pending.push_back(std::move(done));
+      return;
+    }
+    const auto id = allocate_packet_id();
+    append(publish_packet(message, id, false));
+    const auto awaiting = message.qos == QoS::AtLeastOnce ? OutState::AwaitPuback : OutState::AwaitPubrec;
+    inflight.push_back(Outbound{id, awaiting, std::move(message), std::move(done), id_steps - 1});
+  }
+
   void pump() {
-    while (state == State::Connected && !queued.empty()) {
-      auto& q = queued.front();
-      if (q.message.qos != QoS::AtMostOnce && inflight.size() >= opt.max_inflight) return;
-      Queued item = std::move(q);
+    while (!queued.empty() && may_send(queued.front().message.qos)) {
+      Queued item = std::move(queued.front());
       queued.pop_front();
-      if (item.message.qos == QoS::AtMostOnce) {
-        append(publish_packet(item.message, 0, false));
-        written_pending.push_back(std::move(item.done));
-        continue;
-      }
-      const auto id = allocate_packet_id();
-      append(publish_packet(item.message, id, false));
-      inflight.push_back(
-          Outbound{id, item.message.qos == QoS::AtLeastOnce ? OutState::AwaitPuback : OutState::AwaitPubrec,
-                   std::move(item.message), std::move(item.done)});
+      send(std::move(item.message), std::move(item.done));
     }
   }
 
@@ -841,8 +854,9 @@ void Client::publish(std::string topic, std::string payload, QoS qos, bool retai
       payload = std::move(*env);
     }
   }
-  m.queued.push_back(Impl::Queued{
-      Message{std::move(topic), std::move(payload), qos, retain, false, std::nullopt}, std::move(done)});
+  Message message{std::move(topic), std::move(payload), qos, retain, false, std::nullopt};
+  if (m.queued.empty() && m.may_send(qos)) return m.send(std::move(message), std::move(done));
+  m.queued.push_back(Impl::Queued{std::move(message), std::move(done)});
   m.pump();
 }
 

@@ -454,6 +454,67 @@ INSTANTIATE_TEST_SUITE_P(Cases, ClientSessionState,
                            return std::string(p.param.name);
                          });
 
+// Packet ids go round 1..65535. A message left unacknowledged while more than
+// 65,535 others are published and acknowledged keeps its id: once the ids come
+// round to it, the client skips it rather than use it twice.
+TEST(ClientPacketIds, AnIdStillInFlightIsSkippedWhenTheIdsComeRound) {
+  ScriptedBroker broker;
+  ClientLoop loop;
+  Signal sig;
+  std::size_t acked = 0;
+  auto o = options(broker.port(), "packet-ids");
+  o.max_inflight = 1001;
+  std::unique_ptr<client::Client> c;
+  const auto publish = [&](std::string payload) {
+    c->publish("ids/1", std::move(payload), QoS::AtLeastOnce, false, [&](client::Error e) {
+      std::lock_guard l(sig.mu);
+      if (e == client::Error::None) ++acked;
+      sig.notify();
+    });
+  };
+  loop.run([&] {
+    c = std::make_unique<client::Client>(loop.io(), o);
+    c->connect();
+    publish("held");
+    return 0;
+  });
+  using codec::PacketType;
+  broker.accept();
+  ASSERT_EQ(broker.next().type, PacketType::Connect);
+  broker.send(codec::Connack{false, codec::ConnectReturnCode::Accepted});
+  const auto held = broker.next();  // left unacknowledged until the end
+  ASSERT_EQ(held.type, PacketType::Publish);
+  ASSERT_EQ(held.payload, "held");
+
+  constexpr int kRounds = 67;  // 67,000 messages: the ids come round once
+  constexpr int kPerRound = 1000;
+  std::set<std::uint16_t> round_ids;
+  int came_round = 0;  // times the last id, 65535, was given
+  for (int r = 0; r < kRounds; ++r) {
+    loop.run([&] {
+      for (int i = 0; i < kPerRound; ++i) publish(std::to_string(r * kPerRound + i));
+      return 0;
+    });
+    round_ids.clear();
+    for (int i = 0; i < kPerRound; ++i) {
+      const auto p = broker.next();
+      ASSERT_EQ(p.type, PacketType::Publish);
+      ASSERT_EQ(p.payload, std::to_string(r * kPerRound + i));
+      ASSERT_NE(p.packet_id, held.packet_id) << "the id of a message still in flight, given again";
+      ASSERT_TRUE(round_ids.insert(p.packet_id).second);
+      if (p.packet_id == 65535) ++came_round;
+      broker.send(codec::Ack{PacketType::Puback, p.packet_id});
+    }
+  }
+  EXPECT_EQ(came_round, 1) << "the ids went round once";
+  broker.send(codec::Ack{PacketType::Puback, held.packet_id});
+  EXPECT_TRUE(sig.wait([&] { return acked == 1 + std::size_t{kRounds} * kPerRound; }));
+  loop.run([&] {
+    c.reset();
+    return 0;
+  });
+}
+
 TEST(ReconnectDelay, GrowsByTheMultiplierUpToMaxDelay) {
   client::ReconnectPolicy p;
   p.initial_delay = 100ms;
