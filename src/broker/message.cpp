@@ -1,6 +1,7 @@
 #include "broker/message.hpp"
 
 #include <cstring>
+#include <new>
 #include <vector>
 
 #include "codec/encoder.hpp"
@@ -61,14 +62,27 @@ class BlockPool {
     }
     return ::operator new(size);
   }
-  static void give(void* p, std::size_t size) {
+  // Called from a noexcept deallocate: it must not throw. The keep list is
+  // reserved on first use; without memory for it the block is freed instead,
+  // and push_back within the capacity allocates nothing.
+  static void give(void* p, std::size_t size) noexcept {
     const std::size_t c = (size - 1) / kGrain;
     if (c < kClasses && !gone_) {
       auto& list = pool_.free_[c];
       if (list.size() < kKeep) {
-        if (list.capacity() == 0) list.reserve(kKeep);
-        list.push_back(p);
-        return;
+        bool room = list.capacity() > 0;
+        if (!room) {
+          try {
+            list.reserve(kKeep);
+            room = true;
+          } catch (const std::bad_alloc&) {
+            room = false;
+          }
+        }
+        if (room) {
+          list.push_back(p);
+          return;
+        }
       }
     }
     ::operator delete(p);
