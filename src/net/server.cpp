@@ -228,8 +228,12 @@ class Connection final : public broker::Transport, public std::enable_shared_fro
   void write_plain();
   // TLS: writes the records in cipher from cursor_offset, the same way.
   void write_cipher();
-  // A write failed: reported from the loop, as an asynchronous write would be.
-  void fail_write(const error_code& ec);
+  // What a write call's result `w` means: bytes written, an interrupted call
+  // to repeat, or stop (the socket is full: the write goes on once it is
+  // writable; or the write failed, reported from the loop as an asynchronous
+  // write would be).
+  enum class WriteStep : std::uint8_t { Wrote, Retry, Stop };
+  WriteStep after_write(ssize_t w);
   void advance_cursor(std::size_t n);
   void encrypt_writing();
   // drain: send FIN and read until the peer closes; otherwise close at once.
@@ -1036,22 +1040,27 @@ void Connection::write_cipher() {
   while (ws_->cursor_offset < cipher.size()) {
     const ssize_t w =
         ::send(fd_.get(), cipher.data() + ws_->cursor_offset, cipher.size() - ws_->cursor_offset, MSG_NOSIGNAL);
-    if (w < 0) {
-      const int err = errno;
-      if (err == EINTR) continue;
-      if (err == EAGAIN || err == EWOULDBLOCK) {
-        wants_writable_ = true;
-        return;
-      }
-      return fail_write({err, boost::system::system_category()});
+    if (const auto step = after_write(w); step != WriteStep::Wrote) {
+      if (step == WriteStep::Retry) continue;
+      return;
     }
     ws_->cursor_offset += static_cast<std::size_t>(w);
   }
   on_written({});
 }
 
-void Connection::fail_write(const error_code& ec) {
-  asio::post(loop_.io(), [self = shared_from_this(), ec] { self->on_written(ec); });
+Connection::WriteStep Connection::after_write(ssize_t w) {
+  if (w >= 0) return WriteStep::Wrote;
+  const int err = errno;
+  if (err == EINTR) return WriteStep::Retry;
+  if (err == EAGAIN || err == EWOULDBLOCK) {
+    wants_writable_ = true;
+  } else {
+    asio::post(loop_.io(), [self = shared_from_this(), ec = error_code(err, boost::system::system_category())] {
+      self->on_written(ec);
+    });
+  }
+  return WriteStep::Stop;
 }
 
 void Connection::write_plain() {
@@ -1084,14 +1093,9 @@ void Connection::write_plain() {
     msg.msg_iov = iov.data();
     msg.msg_iovlen = n;
     const ssize_t w = ::sendmsg(fd, &msg, MSG_NOSIGNAL);
-    if (w < 0) {
-      const int err = errno;
-      if (err == EINTR) continue;
-      if (err == EAGAIN || err == EWOULDBLOCK) {
-        wants_writable_ = true;
-        return;
-      }
-      return fail_write({err, boost::system::system_category()});
+    if (const auto step = after_write(w); step != WriteStep::Wrote) {
+      if (step == WriteStep::Retry) continue;
+      return;
     }
     advance_cursor(static_cast<std::size_t>(w));
   }
