@@ -752,7 +752,6 @@ struct Client::Impl : std::enable_shared_from_this<Impl> {
     return u;
   }
 
-  // Sends queued messages while the in-flight window has room, in order.
   // A message may go now: connected, and QoS 0 or room in the in-flight window.
   bool may_send(QoS qos) const {
     return state == State::Connected && (qos == QoS::AtMostOnce || inflight.size() < opt.max_inflight);
@@ -770,6 +769,7 @@ struct Client::Impl : std::enable_shared_from_this<Impl> {
     inflight.push_back(Outbound{id, awaiting, std::move(message), std::move(done), id_steps - 1});
   }
 
+  // Sends queued messages while the in-flight window has room, in order.
   void pump() {
     while (!queued.empty() && may_send(queued.front().message.qos)) {
       Queued item = std::move(queued.front());
