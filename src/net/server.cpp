@@ -88,7 +88,12 @@ class Fd {
   int fd_ = -1;
 };
 
-error_code last_error() { return {errno, boost::system::system_category()}; }
+error_code from_errno(int err) {
+  return {err, boost::system::system_category()};
+}
+error_code last_error() {
+  return from_errno(errno);
+}
 
 // What a connection holds only while it has output: this turn's queue, output
 // held for store commits, the queues being written with the write cursor, and
@@ -223,6 +228,9 @@ class Connection final : public broker::Transport, public std::enable_shared_fro
   void keep_input(std::span<const std::uint8_t> bytes);
   void process_input();
   void on_written(const error_code& ec);
+  // Ends the write in progress with `ec` from the loop, as an asynchronous
+  // write would report it (not from inside the write call's caller).
+  void end_write_later(const error_code& ec);
   // Writes writing_ from the cursor with gather writes until done or the socket
   // would block (then waits for writability and goes on).
   void write_plain();
@@ -267,9 +275,9 @@ class Connection final : public broker::Transport, public std::enable_shared_fro
   bool dirty_ = false;           // on the loop's list of connections to write
   bool write_active_ = false;
   bool wants_writable_ = false;  // a write would block: goes on once the socket is writable
-  bool closing_ = false;   // no more input is handed to the broker
-  bool draining_ = false;  // FIN sent; reading until the peer closes too
-  bool dead_ = false;      // socket closed
+  bool closing_ = false;         // no more input is handed to the broker
+  bool draining_ = false;        // FIN sent; reading until the peer closes too
+  bool dead_ = false;            // socket closed
   // In place rather than on the heap of its own; made in start(), gone once the
   // connection is handed over.
   std::optional<broker::Client> client_;
@@ -380,6 +388,11 @@ class Loop {
   // commit still running. Its output is not sent: the connections are closing.
   void store_unfinished_turn();
   void mark_dirty(std::shared_ptr<Connection> c);
+  // Makes a connection of `socket` on this loop and starts it, from this loop's
+  // thread: a new one from a listener, or one handed over by another loop with
+  // its unread bytes and TLS session.
+  void adopt(Fd socket, const ListenerRuntime& listener, std::string peer, std::vector<std::uint8_t> unread,
+             std::optional<security::TlsEngine> tls, broker::ConnectionCounter::Slot slot);
   // The last store commit of this loop that is durable: output held for it or an
   // earlier one may be written.
   std::uint64_t durable_epoch() const { return durable_; }
@@ -712,8 +725,7 @@ void Connection::set_dead() {
   if (wants_writable_) {
     // The write that waited for room ends as an aborted one.
     wants_writable_ = false;
-    asio::post(loop_.io(),
-               [self = shared_from_this()] { self->on_written(asio::error::operation_aborted); });
+    end_write_later(asio::error::operation_aborted);
   }
 }
 
@@ -757,7 +769,7 @@ void Connection::on_readable() {
       const int err = errno;
       if (err == EINTR) continue;
       if (err == EAGAIN || err == EWOULDBLOCK) return;  // the next edge brings more
-      return on_read_error({err, boost::system::system_category()});
+      return on_read_error(from_errno(err));
     }
     if (r == 0) return on_read_error(asio::error::eof);
     const auto n = static_cast<std::size_t>(r);
@@ -888,12 +900,18 @@ void Connection::hand_over(std::uint32_t shard) {
   set_dead();
   client_.reset();
   std::vector<std::uint8_t> rest(in_.begin(), in_.begin() + static_cast<std::ptrdiff_t>(in_len_));
-  Loop& target = *(*loop_.bus().loops)[shard];
   // A TLS session moves with its socket: the engine is plain memory, not bound to a loop.
-  asio::post(target.io(), [&target, fd = std::move(fd_), &listener = listener_, peer = std::exchange(peer_, {}),
-                           rest = std::move(rest), tls = std::move(tls_), slot = std::move(slot_)]() mutable {
-    target.shard().set_now(broker::Clock::now());
-    std::make_shared<Connection>(target, std::move(fd), listener, std::move(peer), std::move(rest),
+  (*loop_.bus().loops)[shard]->adopt(std::move(fd_), listener_, std::exchange(peer_, {}), std::move(rest),
+                                     std::move(tls_), std::move(slot_));
+}
+
+void Loop::adopt(Fd socket, const ListenerRuntime& listener, std::string peer,
+                 std::vector<std::uint8_t> unread, std::optional<security::TlsEngine> tls,
+                 broker::ConnectionCounter::Slot slot) {
+  asio::post(io_, [this, fd = std::move(socket), &listener, peer = std::move(peer),
+                   unread = std::move(unread), tls = std::move(tls), slot = std::move(slot)]() mutable {
+    shard_.set_now(broker::Clock::now());
+    std::make_shared<Connection>(*this, std::move(fd), listener, std::move(peer), std::move(unread),
                                  std::move(tls), std::move(slot))
         ->start();
   });
@@ -1038,8 +1056,8 @@ void Connection::encrypt_writing() {
 void Connection::write_cipher() {
   auto& cipher = ws_->cipher;
   while (ws_->cursor_offset < cipher.size()) {
-    const ssize_t w =
-        ::send(fd_.get(), cipher.data() + ws_->cursor_offset, cipher.size() - ws_->cursor_offset, MSG_NOSIGNAL);
+    const ssize_t w = ::send(fd_.get(), cipher.data() + ws_->cursor_offset,
+                             cipher.size() - ws_->cursor_offset, MSG_NOSIGNAL);
     if (const auto step = after_write(w); step != WriteStep::Wrote) {
       if (step == WriteStep::Retry) continue;
       return;
@@ -1056,11 +1074,13 @@ Connection::WriteStep Connection::after_write(ssize_t w) {
   if (err == EAGAIN || err == EWOULDBLOCK) {
     wants_writable_ = true;
   } else {
-    asio::post(loop_.io(), [self = shared_from_this(), ec = error_code(err, boost::system::system_category())] {
-      self->on_written(ec);
-    });
+    end_write_later(from_errno(err));
   }
   return WriteStep::Stop;
+}
+
+void Connection::end_write_later(const error_code& ec) {
+  asio::post(loop_.io(), [self = shared_from_this(), ec] { self->on_written(ec); });
 }
 
 void Connection::write_plain() {
@@ -1135,7 +1155,7 @@ void Connection::recycle_written() {
 void Connection::on_written(const error_code& ec) {
   write_active_ = false;
   // Not kept: an idle TLS connection holds no write buffer.
-  if (ws_) std::vector<std::uint8_t>().swap(ws_->cipher);
+  if (ws_ && tls_) std::vector<std::uint8_t>().swap(ws_->cipher);
   recycle_written();
   if (dead_) return;
   if (ec) {
@@ -1264,29 +1284,26 @@ void Server::Impl::accept(std::size_t i) {
     for (int k = 0; k < kAcceptsPerWake; ++k) {
       sockaddr_storage address{};
       socklen_t length = sizeof address;
-      Fd s(::accept4(acceptors[i]->native_handle(), reinterpret_cast<sockaddr*>(&address),  // NOLINT
-                     &length, SOCK_NONBLOCK | SOCK_CLOEXEC));
+      Fd s(::accept4(
+          acceptors[i]->native_handle(),
+          reinterpret_cast<sockaddr*>(&address),  // NOLINT(cppcoreguidelines-pro-type-reinterpret-cast)
+          &length, SOCK_NONBLOCK | SOCK_CLOEXEC));
       if (!s) {
         const int err = errno;
         if (err == EAGAIN || err == EWOULDBLOCK) break;
         // The peer gave up before the accept, or its network failed: next one.
         if (err == EINTR || err == ECONNABORTED || err == EPROTO || err == ENETDOWN || err == ENETUNREACH ||
-            err == EHOSTDOWN || err == EHOSTUNREACH || err == ENONET || err == ENOPROTOOPT || err == EOPNOTSUPP)
+            err == EHOSTDOWN || err == EHOSTUNREACH || err == ENONET || err == ENOPROTOOPT ||
+            err == EOPNOTSUPP)
           continue;
-        return back_off({err, boost::system::system_category()});
+        return back_off(from_errno(err));
       }
       auto peer = format_peer(address, length);
       broker::ConnectionCounter::Slot slot;
       if (!admit(i, s, peer, slot)) continue;
       set_nodelay(s.get());
-      Loop& target = *loops[next_loop++ % loops.size()];
-      asio::post(target.io(), [&target, s = std::move(s), &policy = *policies[i], peer = std::move(peer),
-                               slot = std::move(slot)]() mutable {
-        target.shard().set_now(broker::Clock::now());
-        std::make_shared<Connection>(target, std::move(s), policy, std::move(peer), std::vector<std::uint8_t>{},
-                                     std::nullopt, std::move(slot))
-            ->start();
-      });
+      loops[next_loop++ % loops.size()]->adopt(std::move(s), *policies[i], std::move(peer), {}, std::nullopt,
+                                               std::move(slot));
     }
     accept(i);
   });
