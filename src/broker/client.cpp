@@ -648,7 +648,7 @@ void Client::handle_publish(const codec::Publish& p) {
     // Still acknowledged below when the topic's payload policy drops it.
     if (auto m = admit_payload(p.topic, p.payload, p.qos, p.retain, "publish")) {
       if (p.retain) shard_.retain(m, transport_.peer(), client_id_);
-      shard_.route(m);
+      shard_.route(m, p.topic);
     }
   }
   if (p.qos == QoS::AtLeastOnce) {

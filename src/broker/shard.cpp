@@ -380,9 +380,9 @@ void Shard::apply(std::vector<ShardEvent>& batch) {
   }
 }
 
-void Shard::route(const MessagePtr& m) {
+void Shard::route(const MessagePtr& m, std::string_view topic) {
   match_scratch_.clear();
-  subs_.match(m->topic, match_scratch_);
+  subs_.match(topic, match_scratch_);
   dedupe_max_qos(match_scratch_);
   for (const auto& sub : match_scratch_) {
     const QoS q = min_qos(m->qos, sub.qos);  // [MQTT-3.8.4-6]
