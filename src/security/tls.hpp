@@ -203,7 +203,8 @@ std::string_view to_slug(TlsFailure f);
 // change watches.
 std::vector<std::filesystem::path> watched_paths(const TlsServerConfig& config);
 
-// One TLS server connection over memory BIOs.
+// One TLS server connection: SSL reads the ciphertext fed to it and writes
+// records into ciphertext() through a BIO of the engine's own.
 class TlsEngine {
  public:
   using Clock = std::chrono::steady_clock;
@@ -243,8 +244,8 @@ class TlsEngine {
   std::string_view version() const;  // "TLSv1.2" | "TLSv1.3"
   std::string_view cipher() const;   // IANA/OpenSSL name, e.g. "TLS_AES_128_GCM_SHA256"
   bool resumed() const;              // resumed from a session ticket (not an external PSK)
-  const std::string& alpn() const;   // "" if none negotiated
-  const std::string& sni() const;    // server name the client asked for, "" if none
+  std::string_view alpn() const;     // "" if none negotiated
+  std::string sni() const;           // server name the client asked for, lower case; "" if none
   // The MQTT identity: with a PSK handshake the PSK identity (whatever
   // identity_from says); with a certificate the field chosen by identity_from;
   // "" without either, or if the field is absent or ambiguous.

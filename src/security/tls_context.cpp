@@ -26,6 +26,7 @@
 namespace moat::security {
 
 using tls_detail::ConnectionHooks;
+using tls_detail::lower;
 using tls_detail::SniEntry;
 using tls_detail::TicketKey;
 using tls_detail::TicketKeyRing;
@@ -86,9 +87,10 @@ std::string_view to_string(IdentityFrom i) {
 
 namespace tls_detail {
 
-int hooks_index() {
-  static const int index = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
-  return index;
+std::string lower(std::string_view s) {
+  std::string r(s);
+  for (char& c : r) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return r;
 }
 
 // ---------------------------------------------------------------- ticket keys
@@ -589,12 +591,6 @@ void read_psk_file(const std::filesystem::path& file, TlsServerContext::Impl& im
   if (impl.psk.empty()) fail("psk_file", file, "no 'identity:hexkey' line");
 }
 
-std::string lower(std::string_view s) {
-  std::string r(s);
-  for (char& c : r) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return r;
-}
-
 bool host_matches(const std::string& pattern, const std::string& host) {
   if (pattern == host) return true;
   if (pattern.size() > 2 && pattern[0] == '*' && pattern[1] == '.') {
@@ -615,7 +611,6 @@ int servername_cb(SSL* ssl, int* /*alert*/, void* arg) {
   const char* name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
   if (!name) return SSL_TLSEXT_ERR_NOACK;
   const std::string host = lower(name);
-  if (ConnectionHooks* h = tls_detail::hooks_of(ssl)) h->sni = host;
   for (const SniEntry& e : impl->sni) {
     if (!host_matches(e.hostname, host)) continue;
     if (SSL_use_cert_and_key(ssl, e.cert, e.key, e.chain, 1) != 1) return SSL_TLSEXT_ERR_ALERT_FATAL;
@@ -666,7 +661,7 @@ unsigned int psk_server_cb(SSL* ssl, const char* identity, unsigned char* psk, u
   if (it == impl->psk.end() || it->second.size() > max_len) {
     if (h) {
       h->psk_unknown = true;
-      h->psk_identity = std::string(id.substr(0, 128));
+      h->set().psk_identity = std::string(id.substr(0, 128));
     }
     return 0;  // OpenSSL answers unknown_psk_identity
   }
@@ -674,7 +669,7 @@ unsigned int psk_server_cb(SSL* ssl, const char* identity, unsigned char* psk, u
   if (h) {
     h->psk_used = true;
     h->psk_external = true;
-    h->psk_identity = std::string(id);
+    h->set().psk_identity = std::string(id);
   }
   return static_cast<unsigned int>(it->second.size());
 }
@@ -690,7 +685,7 @@ int psk_find_session_cb(SSL* ssl, const unsigned char* identity, std::size_t ide
   if (it == impl->psk.end()) {
     if (h) {
       h->psk_unknown = true;
-      h->psk_identity = std::string(id.substr(0, 128));
+      h->set().psk_identity = std::string(id.substr(0, 128));
     }
     return 1;  // no PSK: the handshake goes on with a certificate, if there is one
   }
@@ -710,7 +705,7 @@ int psk_find_session_cb(SSL* ssl, const unsigned char* identity, std::size_t ide
     h->psk_used = true;
     h->psk_external = true;
     h->psk_unknown = false;
-    h->psk_identity = std::string(id);
+    h->set().psk_identity = std::string(id);
   }
   return 1;
 }
@@ -752,7 +747,7 @@ int verify_cb(int preverify_ok, X509_STORE_CTX* x) {
   if (h && h->verify_depth < 0) {
     h->verify_depth = X509_STORE_CTX_get_error_depth(x);
     if (const X509* c = X509_STORE_CTX_get_current_cert(x))
-      h->verify_subject = name_text(X509_get_subject_name(c));
+      h->set().verify_subject = name_text(X509_get_subject_name(c));
   }
   return preverify_ok;
 }
@@ -766,7 +761,7 @@ int ticket_gen_cb(SSL* ssl, void* /*arg*/) {
   SSL_SESSION* s = SSL_get_session(ssl);
   if (!s) return 1;
   std::string data;
-  if (h && h->psk_used) data = std::string(kPskTag) + h->psk_identity;
+  if (h && h->psk_used) data = std::string(kPskTag) + h->psk_identity();
   return SSL_SESSION_set1_ticket_appdata(s, data.data(), data.size());
 }
 
@@ -786,7 +781,7 @@ SSL_TICKET_RETURN ticket_dec_cb(SSL* ssl, SSL_SESSION* ss, const unsigned char* 
         if (v.substr(0, kPskTag.size()) == kPskTag) {
           h->psk_used = true;
           h->psk_external = false;
-          h->psk_identity = std::string(v.substr(kPskTag.size()));
+          h->set().psk_identity = std::string(v.substr(kPskTag.size()));
         }
       }
       // TLS 1.3 tickets are for one connection (RFC 8446 section C.4; OpenSSL

@@ -254,6 +254,10 @@ std::string certificate_identity(const X509* cert, IdentityFrom from) {
   return {};
 }
 
+// What an idle established connection keeps here is this struct (about 160 B)
+// and SSL's own state: the strings that a PSK, a client certificate or a
+// failure fill are in `rare`, and what SSL knows already (version, cipher,
+// ALPN, SNI) is asked of SSL.
 struct TlsEngine::Impl : tls_detail::ConnectionHooks {
   std::shared_ptr<const TlsServerContext> context;
   SSL* ssl = nullptr;
@@ -261,29 +265,26 @@ struct TlsEngine::Impl : tls_detail::ConnectionHooks {
   // being fed, or of `input` (what a feed left over, kept for the next one).
   std::span<const std::uint8_t> in;
   std::vector<std::uint8_t> input;
-  TlsState state = TlsState::Handshaking;
-  TlsFailure failure = TlsFailure::None;
-  std::string error;
-  bool peer_closed = false;
   std::vector<std::uint8_t> plain;
   std::vector<std::uint8_t> cipher;
-  std::vector<std::uint8_t> pending_app;  // written before the handshake completed
   Clock::time_point start{};
-  std::optional<Clock::duration> duration;
-  std::string_view version;
-  std::string_view cipher_name;
+  Clock::duration duration{};
+  TlsState state = TlsState::Handshaking;
+  TlsFailure failure = TlsFailure::None;
+  bool peer_closed = false;
   bool resumed = false;
-  std::string alpn;
-  std::string identity;
+  bool completed = false;  // the handshake completed (version() and cipher() known)
+  bool timed = false;      // `duration` is known
 
-  ~Impl() { SSL_free(ssl); }  // frees both BIOs
+  ~Impl() { SSL_free(ssl); }  // frees the BIO
 
   void fail(TlsFailure f, std::string words) {
     state = TlsState::Failed;
     failure = f;
-    error = std::move(words);
+    set().error = std::move(words);
     ERR_clear_error();
   }
+  std::vector<std::uint8_t>* pending_app() { return rare ? &rare->pending_app : nullptr; }
   // Keeps what SSL left of the bytes just fed (in) for the next feed.
   void keep_unread();
   bool check_limits();
@@ -347,9 +348,14 @@ int engine_bio_create(BIO* b) {
   return 1;
 }
 
+int engine_bio_type() {
+  static const int type = BIO_get_new_index() | BIO_TYPE_SOURCE_SINK;
+  return type;
+}
+
 const BIO_METHOD* engine_bio_method() {
   static BIO_METHOD* const method = [] {
-    BIO_METHOD* m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "moat TLS engine");
+    BIO_METHOD* m = BIO_meth_new(engine_bio_type(), "moat TLS engine");
     if (!m) return m;
     BIO_meth_set_write_ex(m, engine_bio_write);
     BIO_meth_set_read_ex(m, engine_bio_read);
@@ -361,6 +367,12 @@ const BIO_METHOD* engine_bio_method() {
 }
 
 }  // namespace
+
+tls_detail::ConnectionHooks* tls_detail::hooks_of(SSL* ssl) {
+  BIO* b = SSL_get_rbio(ssl);
+  if (!b || BIO_method_type(b) != engine_bio_type()) return nullptr;
+  return engine_of(b);
+}
 
 void TlsEngine::Impl::keep_unread() {
   if (!input.empty()) {  // `in` is what is left of it
@@ -376,7 +388,8 @@ void TlsEngine::Impl::keep_unread() {
 
 bool TlsEngine::Impl::check_limits() {
   const TlsServerConfig& c = context->config();
-  if (plain.size() > c.max_plaintext_backlog || pending_app.size() > c.max_ciphertext_backlog) {
+  const std::vector<std::uint8_t>* pending = pending_app();
+  if (plain.size() > c.max_plaintext_backlog || (pending && pending->size() > c.max_ciphertext_backlog)) {
     fail(TlsFailure::BufferLimit, "buffer limit: more than " + std::to_string(c.max_plaintext_backlog) +
                                       " decrypted bytes not consumed");
     return false;
@@ -400,45 +413,44 @@ void TlsEngine::Impl::handshake() {
 
 void TlsEngine::Impl::on_established() {
   state = TlsState::Established;
-  version = SSL_get_version(ssl);
-  if (const SSL_CIPHER* c = SSL_get_current_cipher(ssl)) cipher_name = SSL_CIPHER_get_name(c);
+  completed = true;
   resumed = SSL_session_reused(ssl) == 1 && !psk_external;
-  const unsigned char* proto = nullptr;
-  unsigned int proto_len = 0;
-  SSL_get0_alpn_selected(ssl, &proto, &proto_len);
-  if (proto) alpn.assign(reinterpret_cast<const char*>(proto), proto_len);
   if (!psk_used && resumed) {
     // TLS 1.2 PSK sessions resumed from a ticket keep their identity in the session.
     if (const char* id = SSL_get_psk_identity(ssl)) {
       psk_used = true;
-      psk_identity = id;
+      set().psk_identity = id;
     }
   }
   const X509* peer = SSL_get0_peer_certificate(ssl);
   const TlsServerConfig& cfg = context->config();
   if (psk_used)
-    identity = psk_identity;
+    set().identity = psk_identity();
   else if (peer)
-    identity = certificate_identity(peer, cfg.identity_from);
-  if (start != Clock::time_point{} && now != Clock::time_point{}) duration = now - start;
+    if (std::string id = certificate_identity(peer, cfg.identity_from); !id.empty())
+      set().identity = std::move(id);
+  if (start != Clock::time_point{} && now != Clock::time_point{}) {
+    duration = now - start;
+    timed = true;
+  }
 
   // A resumed session skipped certificate checks: apply the current CRLs and mode.
   if (peer && context->revoked(peer)) {
-    verify_subject = name_rfc2253(X509_get_subject_name(peer));
-    return fail(TlsFailure::CertRevoked, "certificate revoked: " + verify_subject);
+    set().verify_subject = name_rfc2253(X509_get_subject_name(peer));
+    return fail(TlsFailure::CertRevoked, "certificate revoked: " + verify_subject());
   }
   // ... and the certificate's validity now: a session lives as long as its
   // ticket key (up to ticket_key_rotation), the certificate perhaps not.
   if (peer && resumed && X509_cmp_current_time(X509_get0_notAfter(peer)) < 0) {
-    verify_subject = name_rfc2253(X509_get_subject_name(peer));
-    return fail(TlsFailure::CertExpired, "certificate expired: " + verify_subject);
+    set().verify_subject = name_rfc2253(X509_get_subject_name(peer));
+    return fail(TlsFailure::CertExpired, "certificate expired: " + verify_subject());
   }
   if (!peer && !psk_used && cfg.client_cert == ClientCertMode::Required)
     return fail(TlsFailure::NoClientCert, "no client certificate");
 
-  if (!pending_app.empty()) {
+  if (std::vector<std::uint8_t>* pending = pending_app(); pending && !pending->empty()) {
     std::vector<std::uint8_t> app;
-    app.swap(pending_app);
+    app.swap(*pending);
     encrypt(app);
   }
 }
@@ -498,7 +510,7 @@ void TlsEngine::Impl::fail_from_openssl(int ssl_error) {
     (void)i;
   }
   const long vr = SSL_get_verify_result(ssl);
-  const std::string who = verify_subject.empty() ? std::string() : ": " + verify_subject;
+  const std::string who = verify_subject().empty() ? std::string() : ": " + verify_subject();
   if (vr != X509_V_OK && (reason == SSL_R_CERTIFICATE_VERIFY_FAILED || reason == 0)) {
     const VerifyWords w = verify_words(vr);
     const std::string words =
@@ -513,7 +525,8 @@ void TlsEngine::Impl::fail_from_openssl(int ssl_error) {
                 {SSL_R_NO_SHARED_CIPHER, SSL_R_NO_SHARED_GROUPS, SSL_R_NO_SUITABLE_SIGNATURE_ALGORITHM,
                  SSL_R_NO_SHARED_SIGNATURE_ALGORITHMS, SSL_R_NO_CIPHERS_AVAILABLE})) {
     if (psk_unknown)
-      return fail(TlsFailure::PskUnknownIdentity, "PSK identity unknown: '" + printable(psk_identity) + "'");
+      return fail(TlsFailure::PskUnknownIdentity,
+                  "PSK identity unknown: '" + printable(psk_identity()) + "'");
     return fail(TlsFailure::NoSharedCipher, "no shared cipher (" + reason_text + ")");
   }
   if (is_one_of(reason, {SSL_R_UNSUPPORTED_PROTOCOL, SSL_R_VERSION_TOO_LOW, SSL_R_UNSUPPORTED_SSL_VERSION,
@@ -528,16 +541,16 @@ void TlsEngine::Impl::fail_from_openssl(int ssl_error) {
   if (reason == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE)
     return fail(TlsFailure::NoClientCert, "no client certificate");
   if (reason == SSL_R_PSK_IDENTITY_NOT_FOUND)
-    return fail(TlsFailure::PskUnknownIdentity, "PSK identity unknown: '" + printable(psk_identity) + "'");
+    return fail(TlsFailure::PskUnknownIdentity, "PSK identity unknown: '" + printable(psk_identity()) + "'");
   if (reason == SSL_R_BINDER_DOES_NOT_VERIFY ||
       (psk_used && is_one_of(reason, {SSL_R_DECRYPTION_FAILED_OR_BAD_RECORD_MAC, SSL_R_DIGEST_CHECK_FAILED,
                                       SSL_R_DECRYPTION_FAILED})))
-    return fail(TlsFailure::PskMismatch, "PSK key mismatch for identity '" + printable(psk_identity) + "'");
+    return fail(TlsFailure::PskMismatch, "PSK key mismatch for identity '" + printable(psk_identity()) + "'");
   if (reason == SSL_R_NO_APPLICATION_PROTOCOL)
     return fail(TlsFailure::NoApplicationProtocol,
                 "no application protocol: the client did not offer \"mqtt\" in ALPN");
   if (psk_unknown && state == TlsState::Handshaking)
-    return fail(TlsFailure::PskUnknownIdentity, "PSK identity unknown: '" + printable(psk_identity) + "'");
+    return fail(TlsFailure::PskUnknownIdentity, "PSK identity unknown: '" + printable(psk_identity()) + "'");
   if (ssl_error == SSL_ERROR_SYSCALL && reason_text.empty()) reason_text = "unexpected end of input";
   return fail(TlsFailure::Protocol,
               "TLS protocol error: " + (reason_text.empty() ? std::string("unknown") : reason_text));
@@ -558,9 +571,8 @@ TlsEngine::TlsEngine(std::shared_ptr<const TlsServerContext> context, Clock::tim
     m.fail(TlsFailure::Protocol, "TLS protocol error: out of memory");
     return;
   }
-  BIO_set_data(bio, &m);
+  BIO_set_data(bio, &m);         // hooks_of(ssl) finds the engine here
   SSL_set_bio(m.ssl, bio, bio);  // one reference, owned by ssl from here
-  SSL_set_ex_data(m.ssl, tls_detail::hooks_index(), static_cast<tls_detail::ConnectionHooks*>(&m));
   SSL_set_accept_state(m.ssl);
 }
 
@@ -587,7 +599,8 @@ void TlsEngine::feed(std::span<const std::uint8_t> from_socket, Clock::time_poin
 void TlsEngine::write(std::span<const std::uint8_t> app) {
   Impl& m = *impl_;
   if (m.state == TlsState::Handshaking) {
-    m.pending_app.insert(m.pending_app.end(), app.begin(), app.end());
+    std::vector<std::uint8_t>& pending = m.set().pending_app;
+    pending.insert(pending.end(), app.begin(), app.end());
   } else if (m.state == TlsState::Established) {
     m.encrypt(app);
   } else {
@@ -619,32 +632,36 @@ TlsFailure TlsEngine::failure() const {
   return impl_->failure;
 }
 const std::string& TlsEngine::error() const {
-  return impl_->error;
+  return impl_->rare ? impl_->rare->error : Impl::no_words();
 }
 bool TlsEngine::peer_closed() const {
   return impl_->peer_closed;
 }
 std::string_view TlsEngine::version() const {
-  return impl_->version;
+  return impl_->completed ? SSL_get_version(impl_->ssl) : std::string_view();
 }
 std::string_view TlsEngine::cipher() const {
-  return impl_->cipher_name;
+  const SSL_CIPHER* c = impl_->completed ? SSL_get_current_cipher(impl_->ssl) : nullptr;
+  return c ? SSL_CIPHER_get_name(c) : std::string_view();
 }
 bool TlsEngine::resumed() const {
   return impl_->resumed;
 }
-const std::string& TlsEngine::alpn() const {
-  return impl_->alpn;
+std::string_view TlsEngine::alpn() const {
+  const unsigned char* proto = nullptr;
+  unsigned int len = 0;
+  if (impl_->completed) SSL_get0_alpn_selected(impl_->ssl, &proto, &len);
+  return proto ? std::string_view(reinterpret_cast<const char*>(proto), len) : std::string_view();
 }
-const std::string& TlsEngine::sni() const {
-  return impl_->sni;
+std::string TlsEngine::sni() const {
+  const char* name = impl_->ssl ? SSL_get_servername(impl_->ssl, TLSEXT_NAMETYPE_host_name) : nullptr;
+  return name ? tls_detail::lower(name) : std::string();
 }
 const std::string& TlsEngine::peer_identity() const {
-  return impl_->identity;
+  return impl_->rare ? impl_->rare->identity : Impl::no_words();
 }
 const std::string& TlsEngine::psk_identity() const {
-  static const std::string kEmpty;
-  return impl_->psk_used ? impl_->psk_identity : kEmpty;
+  return impl_->psk_used ? impl_->psk_identity() : Impl::no_words();
 }
 bool TlsEngine::psk_used() const {
   return impl_->psk_used;
@@ -673,6 +690,7 @@ std::string TlsEngine::peer_fingerprint_sha256() const {
   return certificate_fingerprint_sha256(peer_certificate());
 }
 std::optional<TlsEngine::Clock::duration> TlsEngine::handshake_duration() const {
+  if (!impl_->timed) return std::nullopt;
   return impl_->duration;
 }
 const TlsServerContext& TlsEngine::context() const {

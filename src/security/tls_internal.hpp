@@ -5,36 +5,58 @@
 #include <openssl/x509.h>
 
 #include <chrono>
+#include <cstdint>
 #include <ctime>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "security/tls.hpp"
 
 namespace moat::security::tls_detail {
 
-// What the SSL_CTX callbacks learn about one connection; reached through the
-// SSL's ex_data and owned by the engine (stable address: the engine's Impl).
+// What the SSL_CTX callbacks learn about one connection; owned by the engine
+// (its Impl, at a stable address) and reached through the engine's BIO, whose
+// data is the engine: an SSL ex_data slot would cost every connection a stack
+// of OpenSSL's (about 100 B).
 struct ConnectionHooks {
-  std::string sni;
-  std::string psk_identity;
+  // Strings that only a PSK, a client certificate, a failure or a write before
+  // the handshake ended fill: allocated when first set, so an established
+  // connection with a server certificate alone holds none of them.
+  struct Rare {
+    std::string psk_identity;
+    std::string verify_subject;             // the first certificate that failed verification (RFC 2253)
+    std::string identity;                   // TlsEngine::peer_identity()
+    std::string error;                      // TlsEngine::error()
+    std::vector<std::uint8_t> pending_app;  // written before the handshake completed
+  };
+  std::unique_ptr<Rare> rare;
+  std::chrono::steady_clock::time_point now{};
+  int verify_depth = -1;      // of the certificate in verify_subject
   bool psk_used = false;      // a PSK callback found the identity
   bool psk_external = false;  // the TLS 1.3 session came from the PSK file, not a ticket
   bool psk_unknown = false;   // a PSK identity was offered and not found
-  std::chrono::steady_clock::time_point now{};
-  // The first certificate that failed verification (RFC 2253 subject, depth).
-  std::string verify_subject;
-  int verify_depth = -1;
+
+  Rare& set() {
+    if (!rare) rare = std::make_unique<Rare>();
+    return *rare;
+  }
+  const std::string& psk_identity() const { return rare ? rare->psk_identity : no_words(); }
+  const std::string& verify_subject() const { return rare ? rare->verify_subject : no_words(); }
+  static const std::string& no_words() {
+    static const std::string empty;
+    return empty;
+  }
 };
 
-int hooks_index();
+// The hooks of an SSL driven by a TlsEngine; nullptr for any other SSL.
+ConnectionHooks* hooks_of(SSL* ssl);
+std::string lower(std::string_view s);  // ASCII
 // A certificate's serial number in upper-case hex ("" when it has none).
 std::string serial_hex(const X509* cert);
-inline ConnectionHooks* hooks_of(SSL* ssl) {
-  return static_cast<ConnectionHooks*>(SSL_get_ex_data(ssl, hooks_index()));
-}
 
 struct TicketKey {
   unsigned char name[16];
