@@ -56,11 +56,23 @@ Shard::Shard(std::uint32_t index, BrokerShared& shared, ShardBus& bus)
     acls_.push_back({l.acl ? l.acl->load() : nullptr, next_acl_version_++, l.authorizer});
 }
 
-Shard::~Shard() = default;
+Shard::~Shard() {
+  std::vector<Session*> all;
+  all.reserve(sessions_.size());
+  sessions_.for_each([&](Session& s) { all.push_back(&s); });
+  for (Session* s : all) delete s;  // NOLINT(cppcoreguidelines-owning-memory): adopt_session() took it
+}
 
 Session* Shard::find_session(std::string_view client_id) {
-  auto it = sessions_.find(client_id);
-  return it == sessions_.end() ? nullptr : it->second.get();
+  return sessions_.find(client_id);
+}
+
+Session& Shard::adopt_session(std::unique_ptr<Session> s) {
+  Session& ref = *s.release();
+  sessions_.insert(ref);
+  sessions_by_id_.insert(ref);
+  stats_.sessions.add();
+  return ref;
 }
 
 std::string Shard::assign_client_id() {
@@ -74,8 +86,8 @@ std::string Shard::assign_client_id() {
 
 Session& Shard::open_session(const std::string& client_id, bool clean, bool& present) {
   present = false;
-  if (auto it = sessions_.find(client_id); it != sessions_.end()) {
-    Session& old = *it->second;
+  if (Session* found = sessions_.find(client_id)) {
+    Session& old = *found;
     // [MQTT-3.1.2-4] resume a persistent session; [MQTT-3.1.2-6] clean 1 discards it.
     if (!clean && !old.clean_session) {
       present = true;
@@ -85,11 +97,7 @@ Session& Shard::open_session(const std::string& client_id, bool clean, bool& pre
   }
   // Unique across shards and restarts (the counter is restored from the store).
   const std::uint64_t id = shared_.next_session_id.fetch_add(1, std::memory_order_relaxed);
-  auto s = std::make_unique<Session>(client_id, id, clean);
-  Session& ref = *s;
-  sessions_by_id_[id] = s.get();
-  sessions_.emplace(ref.client_id, std::move(s));
-  stats_.sessions.add();
+  Session& ref = adopt_session(std::make_unique<Session>(client_id, id, clean));
   if (!clean) persist(ref);
   return ref;
 }
@@ -114,10 +122,10 @@ void Shard::destroy_session(Session& s) {
   subs_.remove_session(s.id);
   broadcast(SessionGoneEvent{s.id});
   if (s.durable() && shared_.store) writes().erase_session(s.client_id, s.id);
-  sessions_by_id_.erase(s.id);
+  sessions_by_id_.erase(s);
+  sessions_.erase(s);
   stats_.sessions.sub();
-  const auto it = sessions_.find(s.client_id);  // s and its key die inside erase
-  sessions_.erase(it);
+  delete &s;  // NOLINT(cppcoreguidelines-owning-memory): adopt_session() took it
 }
 
 void Shard::persist(const Session& s) {
@@ -261,13 +269,9 @@ void Shard::restore(const store::Snapshot& snapshot) {
         subs_.add(filter, Subscriber{r.session_id, owner, static_cast<QoS>(qos), true});
       continue;
     }
-    auto owned = std::make_unique<Session>(r.client_id, r.session_id, false);
-    Session& s = *owned;
+    Session& s = adopt_session(std::make_unique<Session>(r.client_id, r.session_id, false));
     s.identity_known = false;
     s.offline_since = offline_since(r, now_);
-    sessions_by_id_[s.id] = &s;
-    sessions_.emplace(s.client_id, std::move(owned));
-    stats_.sessions.add();
     for (const auto& [filter, qos] : r.subscriptions) {
       s.subscriptions.insert_or_assign(filter, static_cast<QoS>(qos));
       subs_.add(filter, Subscriber{s.id, index_, static_cast<QoS>(qos), true});
@@ -403,14 +407,14 @@ void Shard::route(const MessagePtr& m, std::string_view topic) {
 
 void Shard::deliver_local(std::uint64_t session_id, const MessagePtr& m, QoS qos, std::uint64_t seq,
                           bool matched_here) {
-  auto it = sessions_by_id_.find(session_id);
-  if (it == sessions_by_id_.end()) {
+  Session* found = sessions_by_id_.find(session_id);
+  if (!found) {
     // The session ended while this was on its way: forget what was stored for it.
     if (seq) writes().erase_queued(session_id, seq);
     return;
   }
   // [MQTT-3.3.1-9] a message matching an established subscription goes out with RETAIN 0.
-  deliver(*it->second, m, qos, false, seq, matched_here);
+  deliver(*found, m, qos, false, seq, matched_here);
 }
 
 bool Shard::receive_covered(Session& s) {
@@ -550,9 +554,10 @@ void Shard::acknowledged(Session& s, const Session::Inflight& f) {
 
 void Shard::expire_sessions() {
   std::vector<Session*> expired;
-  for (auto& [id, s] : sessions_)
-    if (!s->client && s->durable() && now_ - s->offline_since >= shared_.limits.session_expiry)
-      expired.push_back(s.get());
+  sessions_.for_each([&](Session& s) {
+    if (!s.client && s.durable() && now_ - s.offline_since >= shared_.limits.session_expiry)
+      expired.push_back(&s);
+  });
   for (Session* s : expired) {
     spdlog::info("session of client {} expired after {} s offline ({} queued messages dropped)", s->client_id,
                  shared_.limits.session_expiry.count(), s->queue.size() + s->inflight.size());

@@ -23,6 +23,7 @@
 #include "broker/connections.hpp"
 #include "broker/fifo.hpp"
 #include "broker/inflight.hpp"
+#include "broker/intrusive_table.hpp"
 #include "broker/lazy_vector.hpp"
 #include "broker/limits.hpp"
 #include "broker/message.hpp"
@@ -255,13 +256,17 @@ class Session {
   // Recent authorization decisions of the connected client (freed while offline).
   security::AccessCache access;
   TimePoint offline_since{};  // for session expiry
-  std::map<std::string, codec::QoS, std::less<>> subscriptions;
+  LazyMap<std::string, codec::QoS, std::less<>> subscriptions;
   InflightWindow<Inflight> inflight;  // in the order sent (at most max_inflight_messages)
   Fifo<Queued> queue;                 // waiting for the client or a window slot
   std::uint64_t queued_bytes = 0;     // topic + payload bytes in `queue`
   PacketIdSet awaiting_pubrel;        // inbound QoS 2 [MQTT-4.3.3-2]
   TimePoint last_drop_warning{};
   std::uint64_t drops_since_warning = 0;
+  // The shard's tables of sessions by client identifier and by id link their
+  // sessions through these (Shard::SessionsByName, Shard::SessionsById).
+  Session* next_by_name = nullptr;
+  Session* next_by_id = nullptr;
 };
 
 class Client {
@@ -559,9 +564,21 @@ class Shard {
   TimePoint now_{};
   ShardStats stats_;
   SubscriptionIndex subs_;
-  // Keyed by a view of the session's own client_id (a node holds no copy).
-  std::unordered_map<std::string_view, std::unique_ptr<Session>> sessions_;
-  std::unordered_map<std::uint64_t, Session*> sessions_by_id_;
+  struct SessionsByName {
+    static std::string_view key(const Session& s) { return s.client_id; }
+    static std::size_t hash(std::string_view k) { return std::hash<std::string_view>{}(k); }
+    static Session*& link(Session& s) { return s.next_by_name; }
+  };
+  struct SessionsById {
+    static std::uint64_t key(const Session& s) { return s.id; }
+    static std::size_t hash(std::uint64_t k) { return k ^ (k >> 32); }  // ids are counted up
+    static Session*& link(Session& s) { return s.next_by_id; }
+  };
+  // Every session of this shard is in both tables, owned by the shard:
+  // adopt_session() takes it, destroy_session() and ~Shard delete it.
+  IntrusiveTable<Session, std::string_view, SessionsByName> sessions_;
+  IntrusiveTable<Session, std::uint64_t, SessionsById> sessions_by_id_;
+  Session& adopt_session(std::unique_ptr<Session> s);
   // The attached clients, linked through Client::prev_/next_ (no node each).
   Client* clients_ = nullptr;
   std::vector<std::vector<ShardEvent>> outboxes_;        // deliveries
