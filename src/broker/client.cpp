@@ -38,8 +38,7 @@ Client::~Client() {
 
 std::size_t Client::on_bytes(std::span<const std::uint8_t> data) {
   std::size_t used = 0;
-  while (state_ != State::Closed && state_ != State::Authenticating && !migrating_ && !held_ &&
-         used < data.size()) {
+  while (takes_input() && used < data.size()) {
     auto r = codec::decode(data.subspan(used), decoder_);
     if (r.status == codec::DecodeStatus::NeedMore) break;
     if (r.status == codec::DecodeStatus::Error) {
@@ -585,8 +584,8 @@ void Client::finish_connect(const security::AuthResult& auth) {
       audit(e);
     }
     if (const auto dropped = shard_.revoke_subscriptions(s, revoked))
-      spdlog::debug("client {} ({}): {} queued message(s) of removed subscriptions dropped", client_id, identity_,
-                    dropped);
+      spdlog::debug("client {} ({}): {} queued message(s) of removed subscriptions dropped", client_id,
+                    identity_, dropped);
   }
   if (present) shard_.resume(s);
 }

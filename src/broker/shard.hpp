@@ -285,6 +285,11 @@ class Client {
   void check_deadlines(TimePoint now);
 
   bool connected() const { return state_ == State::Connected; }
+  // on_bytes() would decode input now: not while the CONNECT awaits
+  // authentication or a packet the remote authorizer's answer.
+  bool takes_input() const {
+    return state_ != State::Closed && state_ != State::Authenticating && !migrating_ && !held_;
+  }
   Session* session() const { return session_; }
   Transport& transport() { return transport_; }
 

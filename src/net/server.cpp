@@ -52,6 +52,12 @@ constexpr int kEventsPerPoll = 256;
 // loop turn.
 constexpr std::size_t kReadChunk = std::size_t{64} * 1024;
 constexpr int kReadsPerWake = 4;
+// While the broker takes no input from a connection (its CONNECT awaits a
+// password check or the IAM server; a packet awaits the IAM server's
+// authorization), at most this much more is read from it: then the socket
+// is left unread and TCP holds the sender back until the answer is in.
+// Reading on would let an unauthenticated client fill the broker's memory.
+constexpr std::size_t kMaxUntakenInput = std::size_t{64} * 1024;
 constexpr auto kTickInterval = std::chrono::milliseconds(200);
 constexpr auto kDrainTimeout = std::chrono::seconds(2);
 // Pieces per gather write (Linux's IOV_MAX). A QoS 0 message is one piece, a
@@ -189,17 +195,13 @@ class Connection final : public broker::Transport, public std::enable_shared_fro
   // Holds this turn's output until the store commit `epoch` is durable.
   void hold(std::uint64_t epoch);
   bool has_held() const { return ws_ && !ws_->held.empty(); }
-  bool waiting_for_commit = false;  // on the loop's list of connections with held output
-  bool needs_commit = false;        // this turn's output waits for this turn's commit
   void close() override;
   void migrate(std::uint32_t shard) override { migrate_to_ = shard; }
   void run_off_loop(std::function<void()> work, std::function<void()> then) override;
   void run_async(std::function<void(std::function<void()> resume)> start,
                  std::function<void()> then) override;
   void run_after(std::chrono::milliseconds delay, std::function<void()> then) override;
-  void resume_input() override {
-    if (!dead_ && !closing_) process_input();
-  }
+  void resume_input() override;
   void hold_until_stored() override { needs_commit = true; }
   const std::string& peer() const override { return peer_; }
   std::string_view certificate_identity() const override {
@@ -274,10 +276,13 @@ class Connection final : public broker::Transport, public std::enable_shared_fro
   bool handshake_done_ = false;  // counted in the listener's TlsHandshakeMetrics
   bool dirty_ = false;           // on the loop's list of connections to write
   bool write_active_ = false;
-  bool wants_writable_ = false;  // a write would block: goes on once the socket is writable
-  bool closing_ = false;         // no more input is handed to the broker
-  bool draining_ = false;        // FIN sent; reading until the peer closes too
-  bool dead_ = false;            // socket closed
+  bool wants_writable_ = false;     // a write would block: goes on once the socket is writable
+  bool closing_ = false;            // no more input is handed to the broker
+  bool draining_ = false;           // FIN sent; reading until the peer closes too
+  bool dead_ = false;               // socket closed
+  bool reading_paused_ = false;     // kMaxUntakenInput waits for a broker that takes none
+  bool waiting_for_commit = false;  // on the loop's list of connections with held output
+  bool needs_commit = false;        // this turn's output waits for this turn's commit
   // In place rather than on the heap of its own; made in start(), gone once the
   // connection is handed over.
   std::optional<broker::Client> client_;
@@ -764,6 +769,10 @@ void Connection::on_readable() {
   if (dead_) return;
   auto& buffer = loop_.read_buffer();
   for (int i = 0; i < kReadsPerWake; ++i) {
+    if (in_len_ >= kMaxUntakenInput && client_ && !client_->takes_input() && !closing_) {
+      reading_paused_ = true;  // resume_input() reads on
+      return;
+    }
     const ssize_t r = ::recv(fd_.get(), buffer.data(), buffer.size(), 0);
     if (r < 0) {
       const int err = errno;
@@ -892,6 +901,16 @@ void Connection::process_input() {
   }
   if (in_len_ == 0 && !in_.empty()) std::vector<std::uint8_t>().swap(in_);  // idle: hold nothing
   if (migrate_to_) hand_over(*migrate_to_);
+}
+
+void Connection::resume_input() {
+  if (dead_ || closing_) return;
+  process_input();
+  if (reading_paused_ && !dead_ && client_ && client_->takes_input()) {
+    // No edge comes for bytes that waited in the socket: read them now.
+    reading_paused_ = false;
+    asio::post(loop_.io(), [self = shared_from_this()] { self->on_readable(); });
+  }
 }
 
 void Connection::hand_over(std::uint32_t shard) {

@@ -7,6 +7,7 @@ The server counts the requests it gets per (kind, user name, action, topic),
 so the tests assert what reached it, not only what the broker answered."""
 
 import hashlib
+import select
 import json
 import socket
 import ssl
@@ -523,3 +524,59 @@ def test_certificate_subject_and_fingerprint_over_mtls(secure_broker, iam, tmp_p
     rc, out = run_pub(ep, "t", "x", ["--cafile", pki.ca_cert, "-u", "alice", "-P", "pw"])
     assert rc != 0 and "received CONNACK" not in out, out
     assert s.count("authenticate") == n
+
+
+def rss_bytes(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS for %d" % pid)
+
+
+def test_input_waits_in_tcp_while_the_connect_awaits_the_iam(secure_broker, iam):
+    """A client whose CONNECT waits for the IAM server's answer sends 32 MiB
+    of QoS 1 PUBLISH behind it: the broker reads at most a little of it
+    meanwhile (TCP holds the sender back, the broker's memory stays put),
+    and once the answer is in it takes the rest and acknowledges every
+    message in order."""
+    s = iam()
+    b = secure_broker(listeners=LISTENERS, threads=1,
+                      extra=http_table("http://127.0.0.1:%d/auth" % s.port, timeout=30, retries=0))
+    n = 512
+    payload = b"x" * (64 * 1024 - 16)
+    data = mqttraw.connect(uniq("flood"), username="slow", password="pw") + b"".join(
+        mqttraw.publish("flood/t", payload, qos=1, pid=i) for i in range(1, n + 1))
+    c = client(b, "flooder")
+    try:
+        before = rss_bytes(b.pid)
+        c.sock.setblocking(False)
+        sent = 0
+        stalled_since = None
+        deadline = time.monotonic() + 5  # well within auth_timeout (10 s)
+        while sent < len(data) and time.monotonic() < deadline:
+            try:
+                sent += c.sock.send(data[sent:sent + (1 << 20)])
+                stalled_since = None
+            except BlockingIOError:
+                stalled_since = stalled_since or time.monotonic()
+                if time.monotonic() - stalled_since > 1.0:
+                    break  # held back for a second: the broker stopped reading
+                select.select([], [c.sock], [], 0.05)
+        held = rss_bytes(b.pid) - before
+        assert s.count("authenticate", "slow") == 1
+        assert sent < len(data), "the broker read all %d bytes while the CONNECT waited" % len(data)
+        # The socket buffers take several MiB; the broker itself at most kMaxUntakenInput and a read.
+        assert held < 8 * 1024 * 1024, "moatd grew by %d bytes while the CONNECT waited" % held
+
+        s.release.set()  # the IAM server allows the client now
+        c.sock.setblocking(True)
+        c.sock.settimeout(scaled(30))
+        c.sock.sendall(data[sent:])
+        pkt = c.recv_packet(scaled(30))
+        assert pkt.type == mqttraw.CONNACK and mqttraw.decode_connack(pkt)[1] == 0, pkt
+        for i in range(1, n + 1):
+            pkt = c.recv_packet(scaled(30))
+            assert pkt.type == mqttraw.PUBACK and mqttraw.packet_id(pkt) == i, (i, pkt)
+    finally:
+        c.close()
