@@ -37,10 +37,12 @@ class IntrusiveTable {
     ++size_;
   }
 
-  // `t` must be in the table.
+  // Does nothing if `t` is not in the table.
   void erase(T& t) {
+    if (size_ == 0) return;
     T** p = &buckets_[Traits::hash(Traits::key(t)) & mask_];
-    while (*p != &t) p = &Traits::link(**p);
+    while (*p && *p != &t) p = &Traits::link(**p);
+    if (!*p) return;
     *p = Traits::link(t);
     Traits::link(t) = nullptr;
     --size_;

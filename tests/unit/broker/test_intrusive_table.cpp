@@ -77,7 +77,12 @@ TEST(IntrusiveTable, EmptyTableFindsNothing) {
   table.for_each([&](Item&) { ++visited; });
   EXPECT_EQ(visited, 0);
   Item a{"a"};
+  table.erase(a);  // not in: nothing happens
+  EXPECT_TRUE(table.empty());
   table.insert(a);
+  Item other{"b"};
+  table.erase(other);
+  EXPECT_EQ(table.size(), 1U);
   table.erase(a);
   EXPECT_EQ(table.find("a"), nullptr);
   EXPECT_EQ(a.next, nullptr);
