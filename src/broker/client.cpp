@@ -154,7 +154,7 @@ void Client::close(CloseKind kind, const char* reason) {
   // reason but a DISCONNECT (which discarded it already). The session is detached
   // first, so a persistent session subscribed to its own will queues it.
   if (kind == CloseKind::Abnormal && will_) {
-    const MessagePtr& w = *will_;
+    const MessagePtr& w = will_;
     if (w->retain) shard_.retain(w, transport_.peer(), client_id_);
     shard_.route(w);
   }
@@ -308,7 +308,7 @@ void Client::auth_step(std::size_t i) {
     // hold further input of this connection until the answer is in.
     state_ = State::Authenticating;
     auth_deferred_ = true;
-    const std::uint64_t step = ++auth_step_id_;
+    const std::uint32_t step = ++auth_step_id_;
     auto result = std::make_shared<security::AuthResult>();
     auto then = [this, result, i, step] {
       if (state_ != State::Authenticating || step != auth_step_id_) return;
@@ -561,7 +561,7 @@ void Client::finish_connect(const security::AuthResult& auth) {
   state_ = State::Connected;
   keep_alive_ = std::chrono::seconds(pc->keep_alive);
   last_packet_at_ = shard_.now();
-  will_ = pc->will;
+  will_ = pc->will ? *pc->will : nullptr;
   shard_.stats().clients_connected.add();
   spdlog::debug("client {} connected from {} on {} (MQTT {}, clean {}, keep-alive {} s{}{}{})", client_id,
                 transport_.peer(), listener_.name,
@@ -773,7 +773,7 @@ bool Client::has_unanswered() const {
 
 bool Client::ask_remote(const security::Identity& who, std::function<void()> ready) {
   security::RemoteAuthorizer& remote = *shard_.authorizer(listener_.acl_slot);  // the listener's IAM server
-  const std::uint64_t hold = ++hold_id_;
+  const std::uint32_t hold = ++hold_id_;
   held_ = true;
   asking_ = true;
   auto answered = [this, hold, ready](std::size_t k, security::RemoteAuthorizer::Answer a) {

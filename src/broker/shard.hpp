@@ -373,19 +373,19 @@ class Client {
   Session* session_ = nullptr;
   Client* prev_ = nullptr;  // the shard's list of clients (Shard::clients_)
   Client* next_ = nullptr;
-  std::optional<MessagePtr> will_;
+  MessagePtr will_;                                        // null without a will
   std::string client_id_;                                  // for logs
   std::string identity_;                                   // authenticated user name (ACL identity)
   std::shared_ptr<const security::OrderedRules> own_acl_;  // rules from the authenticator (JWT)
-  std::uint64_t auth_step_id_ = 0;  // the asynchronous step being awaited (its timeout checks it)
+  std::uint32_t auth_step_id_ = 0;  // the asynchronous step being awaited (its timeout checks it)
+  std::uint32_t hold_id_ = 0;       // the current hold (late answers of an older one are ignored)
   // Requests of the packet being handled that the remote authorizer decides.
   struct Asked {
     security::Action action;
     std::string topic;
     std::optional<security::RemoteAuthorizer::Answer> answer;
   };
-  LazyVector<Asked> asked_;    // empty unless a remote authorizer is asked
-  std::uint64_t hold_id_ = 0;  // the current hold (late answers of an older one are ignored)
+  LazyVector<Asked> asked_;  // empty unless a remote authorizer is asked
   std::shared_ptr<PendingConnect> pending_;
   std::uint64_t writes_mark_ = 0;  // Shard::writes_made() when the current packet began
   // payload.reject audit lines of this connection: at most kPayloadAuditBurst per

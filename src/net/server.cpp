@@ -197,6 +197,7 @@ class Connection final : public broker::Transport, public std::enable_shared_fro
   bool has_held() const { return ws_ && !ws_->held.empty(); }
   void close() override;
   void migrate(std::uint32_t shard) override { migrate_to_ = shard; }
+  static constexpr std::uint32_t kStay = UINT32_MAX;  // migrate_to_: no move pending
   void run_off_loop(std::function<void()> work, std::function<void()> then) override;
   void run_async(std::function<void(std::function<void()> resume)> start,
                  std::function<void()> then) override;
@@ -259,6 +260,8 @@ class Connection final : public broker::Transport, public std::enable_shared_fro
   void recycle_written();
   // The write state, lent by the loop if the connection holds none.
   WriteState& writes();
+  // timer_, made if need be, set to expire `after` from now.
+  void arm_timer(std::chrono::steady_clock::duration after);
 
   friend class Loop;  // watch() and unwatch() keep the fields below
 
@@ -276,13 +279,14 @@ class Connection final : public broker::Transport, public std::enable_shared_fro
   bool handshake_done_ = false;  // counted in the listener's TlsHandshakeMetrics
   bool dirty_ = false;           // on the loop's list of connections to write
   bool write_active_ = false;
-  bool wants_writable_ = false;     // a write would block: goes on once the socket is writable
-  bool closing_ = false;            // no more input is handed to the broker
-  bool draining_ = false;           // FIN sent; reading until the peer closes too
-  bool dead_ = false;               // socket closed
-  bool reading_paused_ = false;     // kMaxUntakenInput waits for a broker that takes none
-  bool waiting_for_commit = false;  // on the loop's list of connections with held output
-  bool needs_commit = false;        // this turn's output waits for this turn's commit
+  bool wants_writable_ = false;       // a write would block: goes on once the socket is writable
+  bool closing_ = false;              // no more input is handed to the broker
+  bool draining_ = false;             // FIN sent; reading until the peer closes too
+  bool dead_ = false;                 // socket closed
+  bool reading_paused_ = false;       // kMaxUntakenInput waits for a broker that takes none
+  bool waiting_for_commit = false;    // on the loop's list of connections with held output
+  bool needs_commit = false;          // this turn's output waits for this turn's commit
+  std::uint32_t migrate_to_ = kStay;  // the shard the client identifier belongs to
   // In place rather than on the heap of its own; made in start(), gone once the
   // connection is handed over.
   std::optional<broker::Client> client_;
@@ -290,12 +294,11 @@ class Connection final : public broker::Transport, public std::enable_shared_fro
   // or packets held while an asynchronous answer (authentication) is awaited.
   // Released when it empties.
   std::vector<std::uint8_t> in_;
-  std::size_t in_len_ = 0;
   std::unique_ptr<WriteState> ws_;  // null while there is nothing to write
-  std::optional<std::uint32_t> migrate_to_;
-  std::unique_ptr<asio::steady_timer> drain_timer_;
-  std::unique_ptr<asio::steady_timer> hold_timer_;  // a refusal held back (brute-force backoff)
-  broker::ConnectionCounter::Slot slot_;            // [limits] max_connections*, until destroyed
+  // The drain timeout, or a decision the broker waits for (run_after): a
+  // drain that starts ends the wait, which no longer matters.
+  std::unique_ptr<asio::steady_timer> timer_;
+  broker::ConnectionCounter::Slot slot_;  // [limits] max_connections*, until destroyed
 };
 
 // Commits one loop's store writes on a thread of its own when a commit waits for
@@ -719,7 +722,6 @@ Connection::Connection(Loop& loop, Fd socket, const ListenerRuntime& listener, s
   if (!tls_ && listener_.tls) tls_.emplace(listener_.tls->load(), broker::Clock::now());
   // An engine that moved here with its connection was counted where it finished.
   handshake_done_ = tls_ && tls_->state() != security::TlsState::Handshaking;
-  in_len_ = in_.size();
 }
 
 Connection::~Connection() = default;
@@ -739,7 +741,7 @@ void Connection::start() {
   // A connection that moved here may have missed a recheck that both loops ran
   // while it was on its way.
   if (handshake_done_ && &tls_->context() != listener_.tls->load().get()) recheck_certificate();
-  if (in_len_ > 0 && !closing_) {
+  if (!in_.empty() && !closing_) {
     // Bytes read on the loop that accepted the connection, CONNECT first.
     process_input();
     if (dead_) return;
@@ -769,7 +771,7 @@ void Connection::on_readable() {
   if (dead_) return;
   auto& buffer = loop_.read_buffer();
   for (int i = 0; i < kReadsPerWake; ++i) {
-    if (in_len_ >= kMaxUntakenInput && client_ && !client_->takes_input() && !closing_) {
+    if (in_.size() >= kMaxUntakenInput && client_ && !client_->takes_input() && !closing_) {
       reading_paused_ = true;  // resume_input() reads on
       return;
     }
@@ -783,7 +785,7 @@ void Connection::on_readable() {
     if (r == 0) return on_read_error(asio::error::eof);
     const auto n = static_cast<std::size_t>(r);
     if (closing_) {
-      in_len_ = 0;  // discard what arrives after we decided to close
+      in_.clear();  // discard what arrives after we decided to close
       continue;
     }
     if (tls_) {
@@ -792,7 +794,7 @@ void Connection::on_readable() {
       loop_.shard().set_now(broker::Clock::now());
       take_input({buffer.data(), n});
     }
-    if (migrate_to_ || dead_) return;
+    if (migrate_to_ != kStay || dead_) return;
     if (n < buffer.size()) return;
   }
   // More may be waiting: read it after the loop's other work (no edge will say so).
@@ -810,21 +812,18 @@ void Connection::on_read_error(const error_code& ec) {
 }
 
 void Connection::keep_input(std::span<const std::uint8_t> bytes) {
-  if (bytes.empty()) return;
-  if (in_.size() - in_len_ < bytes.size()) in_.resize(in_len_ + bytes.size());
-  std::memcpy(in_.data() + in_len_, bytes.data(), bytes.size());
-  in_len_ += bytes.size();
+  in_.insert(in_.end(), bytes.begin(), bytes.end());
 }
 
 void Connection::take_input(std::span<const std::uint8_t> bytes) {
-  if (in_len_ > 0) {
+  if (!in_.empty()) {
     keep_input(bytes);
     return process_input();
   }
   // Nothing held: the broker reads straight from the loop's buffer.
   const std::size_t used = client_->on_bytes(bytes);
   keep_input(bytes.subspan(used));
-  if (migrate_to_) hand_over(*migrate_to_);
+  if (migrate_to_ != kStay) hand_over(migrate_to_);
 }
 
 // TLS: decrypt what arrived; MQTT bytes join the plaintext input.
@@ -853,7 +852,7 @@ bool Connection::on_ciphertext(std::span<const std::uint8_t> bytes) {
     std::vector<std::uint8_t>().swap(plain);
     loop_.shard().set_now(now);
     process_input();
-    if (migrate_to_ || dead_) return false;
+    if (migrate_to_ != kStay || dead_) return false;
   }
   if (tls_->peer_closed()) {
     on_read_error(asio::error::eof);
@@ -894,13 +893,10 @@ void Connection::recheck_certificate() {
 }
 
 void Connection::process_input() {
-  const std::size_t used = client_->on_bytes({in_.data(), in_len_});
-  if (used > 0) {
-    std::memmove(in_.data(), in_.data() + used, in_len_ - used);
-    in_len_ -= used;
-  }
-  if (in_len_ == 0 && !in_.empty()) std::vector<std::uint8_t>().swap(in_);  // idle: hold nothing
-  if (migrate_to_) hand_over(*migrate_to_);
+  const std::size_t used = client_->on_bytes(in_);
+  in_.erase(in_.begin(), in_.begin() + static_cast<std::ptrdiff_t>(used));
+  if (in_.empty() && in_.capacity() > 0) std::vector<std::uint8_t>().swap(in_);  // idle: hold nothing
+  if (migrate_to_ != kStay) hand_over(migrate_to_);
 }
 
 void Connection::resume_input() {
@@ -918,7 +914,7 @@ void Connection::hand_over(std::uint32_t shard) {
   // loop's epoll instance and into the other's; the unread bytes travel with it.
   set_dead();
   client_.reset();
-  std::vector<std::uint8_t> rest(in_.begin(), in_.begin() + static_cast<std::ptrdiff_t>(in_len_));
+  std::vector<std::uint8_t> rest = std::move(in_);
   // A TLS session moves with its socket: the engine is plain memory, not bound to a loop.
   (*loop_.bus().loops)[shard]->adopt(std::move(fd_), listener_, std::exchange(peer_, {}), std::move(rest),
                                      std::move(tls_), std::move(slot_));
@@ -968,12 +964,18 @@ void Connection::run_async(std::function<void(std::function<void()> resume)> sta
 }
 
 void Connection::run_after(std::chrono::milliseconds delay, std::function<void()> then) {
-  hold_timer_ = std::make_unique<asio::steady_timer>(loop_.io(), delay);
-  hold_timer_->async_wait([self = shared_from_this(), then = std::move(then)](const error_code& ec) {
+  if (draining_ || dead_) return;  // closing: nothing waits for a decision; keep the drain timeout
+  arm_timer(delay);
+  timer_->async_wait([self = shared_from_this(), then = std::move(then)](const error_code& ec) {
     if (ec || self->dead_ || !self->client_) return;
     self->loop_.shard().set_now(broker::Clock::now());
     then();
   });
+}
+
+void Connection::arm_timer(std::chrono::steady_clock::duration after) {
+  if (!timer_) timer_ = std::make_unique<asio::steady_timer>(loop_.io());
+  timer_->expires_after(after);  // a wait still pending ends with operation_aborted
 }
 
 void Connection::flush_soon() {
@@ -1203,16 +1205,15 @@ void Connection::finish_close(bool drain) {
     // packet we wrote (a CONNACK with an error code, for instance).
     draining_ = true;
     if (::shutdown(fd_.get(), SHUT_WR) == 0) {
-      drain_timer_ = std::make_unique<asio::steady_timer>(loop_.io(), kDrainTimeout);
-      drain_timer_->async_wait([self = shared_from_this()](const error_code& tec) {
+      arm_timer(kDrainTimeout);
+      timer_->async_wait([self = shared_from_this()](const error_code& tec) {
         if (!tec) self->finish_close(false);
       });
       return;
     }
   }
   set_dead();
-  if (drain_timer_) drain_timer_->cancel();
-  if (hold_timer_) hold_timer_->cancel();
+  if (timer_) timer_->cancel();
   fd_.reset();
 }
 
