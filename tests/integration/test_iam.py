@@ -534,6 +534,40 @@ def rss_bytes(pid):
     raise AssertionError("no VmRSS for %d" % pid)
 
 
+def send_until_held_back(b, c, data):
+    """Sends `data` without blocking until the broker stops taking it (no
+    progress for a second; at most 5 s, well within auth_timeout) and checks
+    that it did stop and did not grow by what it read meanwhile. Returns the
+    number of bytes sent."""
+    before = rss_bytes(b.pid)
+    c.sock.setblocking(False)
+    sent = 0
+    stalled_since = None
+    deadline = time.monotonic() + 5
+    while sent < len(data) and time.monotonic() < deadline:
+        try:
+            sent += c.sock.send(data[sent:sent + (1 << 20)])
+            stalled_since = None
+        except BlockingIOError:
+            stalled_since = stalled_since or time.monotonic()
+            if time.monotonic() - stalled_since > 1.0:
+                break  # held back for a second: the broker stopped reading
+            select.select([], [c.sock], [], 0.05)
+    held = rss_bytes(b.pid) - before
+    assert sent < len(data), "the broker read all %d bytes while it waited for the IAM" % len(data)
+    # The socket buffers take several MiB; the broker itself at most 64 KiB and a read.
+    assert held < 8 * 1024 * 1024, "moatd grew by %d bytes while it waited for the IAM" % held
+    c.sock.setblocking(True)
+    c.sock.settimeout(scaled(30))
+    return sent
+
+
+def flood(topic, n):
+    """n QoS 1 PUBLISHes of 64 KiB, packet ids 1..n: 32 MiB for n = 512."""
+    payload = b"x" * (64 * 1024 - 16)
+    return b"".join(mqttraw.publish(topic, payload, qos=1, pid=i) for i in range(1, n + 1))
+
+
 def test_input_waits_in_tcp_while_the_connect_awaits_the_iam(secure_broker, iam):
     """A client whose CONNECT waits for the IAM server's answer sends 32 MiB
     of QoS 1 PUBLISH behind it: the broker reads at most a little of it
@@ -544,34 +578,12 @@ def test_input_waits_in_tcp_while_the_connect_awaits_the_iam(secure_broker, iam)
     b = secure_broker(listeners=LISTENERS, threads=1,
                       extra=http_table("http://127.0.0.1:%d/auth" % s.port, timeout=30, retries=0))
     n = 512
-    payload = b"x" * (64 * 1024 - 16)
-    data = mqttraw.connect(uniq("flood"), username="slow", password="pw") + b"".join(
-        mqttraw.publish("flood/t", payload, qos=1, pid=i) for i in range(1, n + 1))
+    data = mqttraw.connect(uniq("flood"), username="slow", password="pw") + flood("flood/t", n)
     c = client(b, "flooder")
     try:
-        before = rss_bytes(b.pid)
-        c.sock.setblocking(False)
-        sent = 0
-        stalled_since = None
-        deadline = time.monotonic() + 5  # well within auth_timeout (10 s)
-        while sent < len(data) and time.monotonic() < deadline:
-            try:
-                sent += c.sock.send(data[sent:sent + (1 << 20)])
-                stalled_since = None
-            except BlockingIOError:
-                stalled_since = stalled_since or time.monotonic()
-                if time.monotonic() - stalled_since > 1.0:
-                    break  # held back for a second: the broker stopped reading
-                select.select([], [c.sock], [], 0.05)
-        held = rss_bytes(b.pid) - before
+        sent = send_until_held_back(b, c, data)
         assert s.count("authenticate", "slow") == 1
-        assert sent < len(data), "the broker read all %d bytes while the CONNECT waited" % len(data)
-        # The socket buffers take several MiB; the broker itself at most kMaxUntakenInput and a read.
-        assert held < 8 * 1024 * 1024, "moatd grew by %d bytes while the CONNECT waited" % held
-
         s.release.set()  # the IAM server allows the client now
-        c.sock.setblocking(True)
-        c.sock.settimeout(scaled(30))
         c.sock.sendall(data[sent:])
         pkt = c.recv_packet(scaled(30))
         assert pkt.type == mqttraw.CONNACK and mqttraw.decode_connack(pkt)[1] == 0, pkt
@@ -580,3 +592,32 @@ def test_input_waits_in_tcp_while_the_connect_awaits_the_iam(secure_broker, iam)
             assert pkt.type == mqttraw.PUBACK and mqttraw.packet_id(pkt) == i, (i, pkt)
     finally:
         c.close()
+
+
+def test_input_waits_in_tcp_while_a_publish_awaits_the_iam(secure_broker, iam):
+    """The same behind a PUBLISH that waits for the IAM server's
+    authorization: the rest waits in TCP, and after the answer (a deny, for
+    "slow/x") every message is acknowledged in order and the allowed ones
+    are delivered."""
+    s = iam()
+    b = secure_broker(listeners=LISTENERS, threads=1,
+                      extra=http_table("http://127.0.0.1:%d/auth" % s.port, authorize=True,
+                                       timeout=30, retries=0))
+    root = connected(b, "root")
+    root.subscribe([("ok/#", 0)])
+    n = 512
+    c = connected(b, "alice")
+    data = mqttraw.publish("slow/x", b"held", qos=1, pid=n + 1) + flood("ok/flood", n)
+    try:
+        sent = send_until_held_back(b, c, data)
+        assert s.count("authorize", "alice", "publish", "slow/x") == 1
+        s.release.set()
+        c.sock.sendall(data[sent:])
+        for pid in [n + 1] + list(range(1, n + 1)):
+            pkt = c.recv_packet(scaled(30))
+            assert pkt.type == mqttraw.PUBACK and mqttraw.packet_id(pkt) == pid, (pid, pkt)
+        got = root.recv_publish(scaled(10))
+        assert got.topic == "ok/flood", got  # "slow/x" was denied and dropped
+    finally:
+        c.close()
+        root.close()
