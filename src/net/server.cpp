@@ -54,9 +54,11 @@ constexpr std::size_t kReadChunk = std::size_t{64} * 1024;
 constexpr int kReadsPerWake = 4;
 // While the broker takes no input from a connection (its CONNECT awaits a
 // password check or the IAM server; a packet awaits the IAM server's
-// authorization), at most this much more is read from it: then the socket
-// is left unread and TCP holds the sender back until the answer is in.
-// Reading on would let an unauthenticated client fill the broker's memory.
+// authorization), the socket is read only while less than this waits in the
+// connection's input, the waiting packet included (the read that crosses it
+// brings at most kReadChunk more); then it is left unread and TCP holds the
+// sender back until the answer is in. Reading on would let an
+// unauthenticated client fill the broker's memory.
 constexpr std::size_t kMaxUntakenInput = std::size_t{64} * 1024;
 constexpr auto kTickInterval = std::chrono::milliseconds(200);
 constexpr auto kDrainTimeout = std::chrono::seconds(2);
