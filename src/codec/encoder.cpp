@@ -10,9 +10,17 @@ void put_u16(std::uint16_t v, Bytes& out) {
   out.push_back(static_cast<std::uint8_t>(v & 0xFF));
 }
 
+// Through a uint8_t pointer: from char iterators the vector's range insert
+// copies byte by byte (no memmove for a different element type), which was a
+// sixth of `moat bench`'s time with 1 KiB payloads.
+void put_bytes(std::string_view s, Bytes& out) {
+  const auto* b = reinterpret_cast<const std::uint8_t*>(s.data());
+  out.insert(out.end(), b, b + s.size());
+}
+
 void put_string(std::string_view s, Bytes& out) {
   put_u16(static_cast<std::uint16_t>(s.size()), out);
-  out.insert(out.end(), s.begin(), s.end());
+  put_bytes(s, out);
 }
 
 std::size_t string_size(std::string_view s) {
@@ -109,7 +117,7 @@ void encode(const Packet& packet, Bytes& out) {
         } else if constexpr (std::is_same_v<T, Publish>) {
           encode_publish_prefix(p.qos, p.dup, p.retain, p.topic, p.payload.size(), out);
           if (p.qos != QoS::AtMostOnce) put_u16(p.packet_id, out);
-          out.insert(out.end(), p.payload.begin(), p.payload.end());
+          put_bytes(p.payload, out);
         } else if constexpr (std::is_same_v<T, Ack>) {
           put_header(p.type, p.type == PacketType::Pubrel ? 0x02 : 0, 2, out);
           put_u16(p.packet_id, out);
