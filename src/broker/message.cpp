@@ -32,15 +32,18 @@ Message::Message(std::uint8_t* wire, std::string_view topic_name, std::string_vi
 namespace {
 
 // Freed message blocks kept by the thread that freed them, per size class of
-// 64 bytes up to 512, for the next message of that class. Messages are made
+// 64 bytes up to 2 KiB, for the next message of that class. Messages are made
 // and released in bursts of a loop turn, more than the allocator's per-thread
-// cache holds; the keep list is bounded per class. A block taken from here
-// may be freed on any thread.
+// cache holds (and blocks above 1 KiB are not in that cache at all: freeing
+// one merges it with its neighbours, whose headers are cold by then). The
+// keep list is bounded per class and all classes together by kKeepBytes. A
+// block taken from here may be freed on any thread.
 class BlockPool {
  public:
   static constexpr std::size_t kGrain = 64;
-  static constexpr std::size_t kClasses = 8;
+  static constexpr std::size_t kClasses = 32;
   static constexpr std::size_t kKeep = 512;
+  static constexpr std::size_t kKeepBytes = std::size_t{2} << 20;
 
   static std::size_t rounded(std::size_t size) { return (size + kGrain - 1) / kGrain * kGrain; }
 
@@ -56,6 +59,7 @@ class BlockPool {
       if (!list.empty()) {
         void* p = list.back();
         list.pop_back();
+        pool_.kept_bytes_ -= (c + 1) * kGrain;
         return p;
       }
       return ::operator new(rounded(size));
@@ -69,7 +73,7 @@ class BlockPool {
     const std::size_t c = (size - 1) / kGrain;
     if (c < kClasses && !gone_) {
       auto& list = pool_.free_[c];
-      if (list.size() < kKeep) {
+      if (list.size() < kKeep && pool_.kept_bytes_ + (c + 1) * kGrain <= kKeepBytes) {
         bool room = list.capacity() > 0;
         if (!room) {
           try {
@@ -81,6 +85,7 @@ class BlockPool {
         }
         if (room) {
           list.push_back(p);
+          pool_.kept_bytes_ += (c + 1) * kGrain;
           return;
         }
       }
@@ -90,6 +95,7 @@ class BlockPool {
 
  private:
   std::vector<void*> free_[kClasses];
+  std::size_t kept_bytes_ = 0;
   static thread_local BlockPool pool_;
   static thread_local bool gone_;  // after this thread's pool was destroyed
 };
