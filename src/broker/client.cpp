@@ -25,7 +25,7 @@ void limit_hit(Shard& shard, Limit l, std::string_view peer, std::string_view cl
 Client::Client(Shard& shard, Transport& transport, const ListenerPolicy& listener)
     : shard_(shard), transport_(transport), listener_(listener) {
   decoder_.max_packet_size = shard.shared().limits.max_packet_size;
-  accepted_at_ = last_packet_at_ = shard.now();
+  last_packet_at_ = shard.now();
   shard_.add_client(this);
 }
 
@@ -72,7 +72,9 @@ void Client::on_disconnected() {
 
 void Client::check_deadlines(TimePoint now) {
   if (state_ == State::AwaitConnect) {
-    if (now - accepted_at_ >= shard_.shared().limits.connect_timeout)
+    // Waiting for CONNECT, no packet has been decoded yet: the last packet's
+    // time is still the accept time.
+    if (now - last_packet_at_ >= shard_.shared().limits.connect_timeout)
       protocol_error(ProtocolError::ConnectTimeout);
     return;
   }

@@ -124,6 +124,7 @@ void Shard::destroy_session(Session& s) {
   if (s.durable() && shared_.store) writes().erase_session(s.client_id, s.id);
   sessions_by_id_.erase(s);
   sessions_.erase(s);
+  drop_warnings_.erase(s.id);
   stats_.sessions.sub();
   delete &s;  // NOLINT(cppcoreguidelines-owning-memory): adopt_session() took it
 }
@@ -495,16 +496,17 @@ Session::Queued Shard::dequeue(Session& s) {
 void Shard::dropped_queue_full(Session& s, std::uint64_t seq) {
   if (seq) writes().erase_queued(s.id, seq, false);  // never sent: no in-flight entry
   stats_.dropped_queue_full.add();
-  ++s.drops_since_warning;
-  if (now_ - s.last_drop_warning >= kDropWarningInterval) {
+  DropWarning& w = drop_warnings_[s.id];
+  ++w.drops;
+  if (now_ - w.last >= kDropWarningInterval) {
     spdlog::warn(
         "queue full for client {} ({} messages, {} bytes; max_queued_messages {}, max_queued_bytes {}): {} "
         "message(s) dropped ({}) since the last warning",
         s.client_id, s.queue.size(), s.queued_bytes, shared_.limits.max_queued_messages,
-        shared_.limits.max_queued_bytes, s.drops_since_warning,
+        shared_.limits.max_queued_bytes, w.drops,
         shared_.limits.queue_full == QueueFullPolicy::DropOldest ? "oldest first" : "newest");
-    s.last_drop_warning = now_;
-    s.drops_since_warning = 0;
+    w.last = now_;
+    w.drops = 0;
   }
 }
 

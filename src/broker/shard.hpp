@@ -261,8 +261,6 @@ class Session {
   Fifo<Queued> queue;                 // waiting for the client or a window slot
   std::uint64_t queued_bytes = 0;     // topic + payload bytes in `queue`
   PacketIdSet awaiting_pubrel;        // inbound QoS 2 [MQTT-4.3.3-2]
-  TimePoint last_drop_warning{};
-  std::uint64_t drops_since_warning = 0;
   // The shard's tables of sessions by client identifier and by id link their
   // sessions through these (Shard::SessionsByName, Shard::SessionsById).
   Session* next_by_name = nullptr;
@@ -367,8 +365,7 @@ class Client {
   bool auth_deferred_ = false;  // authentication left the loop turn: resume input afterwards
   bool held_ = false;           // input held until every asked_ has its answer
   bool asking_ = false;         // inside ask_remote: answers arriving now need no `ready`
-  TimePoint accepted_at_;
-  TimePoint last_packet_at_;
+  TimePoint last_packet_at_;  // set when accepted, then at each packet
   std::chrono::milliseconds keep_alive_{0};
   Session* session_ = nullptr;
   Client* prev_ = nullptr;  // the shard's list of clients (Shard::clients_)
@@ -586,6 +583,14 @@ class Shard {
   Session& adopt_session(std::unique_ptr<Session> s);
   // The attached clients, linked through Client::prev_/next_ (no node each).
   Client* clients_ = nullptr;
+  // Sessions whose queue overflowed: when their last "queue full" warning was
+  // logged and how many drops since (kept here, not in every Session, which
+  // then fits a smaller allocation; erased with the session).
+  struct DropWarning {
+    TimePoint last{};
+    std::uint64_t drops = 0;
+  };
+  std::unordered_map<std::uint64_t, DropWarning> drop_warnings_;
   std::vector<std::vector<ShardEvent>> outboxes_;        // deliveries
   std::vector<std::vector<ShardEvent>> index_outboxes_;  // subscription index changes
   bool flush_requested_ = false;

@@ -175,14 +175,14 @@ class Connection final : public broker::Transport, public std::enable_shared_fro
   // `tls`: an engine moved from another loop with its connection; a new TLS
   // connection starts one from the listener's current context.
   Connection(Loop& loop, Fd socket, const ListenerRuntime& listener, std::string peer,
-             std::vector<std::uint8_t> pending_input, std::optional<security::TlsEngine> tls,
+             std::vector<std::uint8_t> pending_input, security::TlsEngine tls,
              broker::ConnectionCounter::Slot slot);
 
   ~Connection() override;
   void start();
   // Readiness reported by the loop's epoll instance.
   void on_events(std::uint32_t events);
-  bool is_tls() const { return tls_.has_value(); }
+  bool is_tls() const { return static_cast<bool>(tls_); }
   // Closes the connection at once if the listener's current TLS context no
   // longer accepts its client certificate (after a reload).
   void recheck_certificate();
@@ -208,19 +208,19 @@ class Connection final : public broker::Transport, public std::enable_shared_fro
   void hold_until_stored() override { needs_commit = true; }
   const std::string& peer() const override { return peer_; }
   std::string_view certificate_identity() const override {
-    return tls_ && tls_->established() && !tls_->psk_used() ? std::string_view(tls_->peer_identity())
+    return tls_ && tls_.established() && !tls_.psk_used() ? std::string_view(tls_.peer_identity())
                                                             : std::string_view();
   }
   std::string_view psk_identity() const override {
-    return tls_ && tls_->established() && tls_->psk_used() ? std::string_view(tls_->psk_identity())
+    return tls_ && tls_.established() && tls_.psk_used() ? std::string_view(tls_.psk_identity())
                                                            : std::string_view();
   }
   std::string certificate_subject() const override {
-    const X509* cert = tls_ && tls_->established() ? tls_->peer_certificate() : nullptr;
+    const X509* cert = tls_ && tls_.established() ? tls_.peer_certificate() : nullptr;
     return cert ? security::certificate_identity(cert, security::IdentityFrom::Subject) : std::string();
   }
   std::string certificate_fingerprint() const override {
-    return tls_ && tls_->established() ? tls_->peer_fingerprint_sha256() : std::string();
+    return tls_ && tls_.established() ? tls_.peer_fingerprint_sha256() : std::string();
   }
 
  private:
@@ -271,7 +271,7 @@ class Connection final : public broker::Transport, public std::enable_shared_fro
   Fd fd_;
   const ListenerRuntime& listener_;
   std::string peer_;
-  std::optional<security::TlsEngine> tls_;
+  security::TlsEngine tls_;
   // While the socket is in the loop's epoll instance: the loop's list of its
   // connections, and the reference that keeps this connection alive.
   Connection* prev_ = nullptr;
@@ -402,7 +402,7 @@ class Loop {
   // thread: a new one from a listener, or one handed over by another loop with
   // its unread bytes and TLS session.
   void adopt(Fd socket, const ListenerRuntime& listener, std::string peer, std::vector<std::uint8_t> unread,
-             std::optional<security::TlsEngine> tls, broker::ConnectionCounter::Slot slot);
+             security::TlsEngine tls, broker::ConnectionCounter::Slot slot);
   // The last store commit of this loop that is durable: output held for it or an
   // earlier one may be written.
   std::uint64_t durable_epoch() const { return durable_; }
@@ -712,7 +712,7 @@ void set_nodelay(int fd) {
 }
 
 Connection::Connection(Loop& loop, Fd socket, const ListenerRuntime& listener, std::string peer,
-                       std::vector<std::uint8_t> pending_input, std::optional<security::TlsEngine> tls,
+                       std::vector<std::uint8_t> pending_input, security::TlsEngine tls,
                        broker::ConnectionCounter::Slot slot)
     : loop_(loop),
       fd_(std::move(socket)),
@@ -721,9 +721,9 @@ Connection::Connection(Loop& loop, Fd socket, const ListenerRuntime& listener, s
       tls_(std::move(tls)),
       in_(std::move(pending_input)),
       slot_(std::move(slot)) {
-  if (!tls_ && listener_.tls) tls_.emplace(listener_.tls->load(), broker::Clock::now());
+  if (!tls_ && listener_.tls) tls_ = security::TlsEngine(listener_.tls->load(), broker::Clock::now());
   // An engine that moved here with its connection was counted where it finished.
-  handshake_done_ = tls_ && tls_->state() != security::TlsState::Handshaking;
+  handshake_done_ = tls_ && tls_.state() != security::TlsState::Handshaking;
 }
 
 Connection::~Connection() = default;
@@ -742,7 +742,7 @@ void Connection::start() {
   client_.emplace(loop_.shard(), *this, listener_.policy);
   // A connection that moved here may have missed a recheck that both loops ran
   // while it was on its way.
-  if (handshake_done_ && &tls_->context() != listener_.tls->load().get()) recheck_certificate();
+  if (handshake_done_ && &tls_.context() != listener_.tls->load().get()) recheck_certificate();
   if (!in_.empty() && !closing_) {
     // Bytes read on the loop that accepted the connection, CONNECT first.
     process_input();
@@ -831,32 +831,33 @@ void Connection::take_input(std::span<const std::uint8_t> bytes) {
 // TLS: decrypt what arrived; MQTT bytes join the plaintext input.
 bool Connection::on_ciphertext(std::span<const std::uint8_t> bytes) {
   const auto now = broker::Clock::now();
-  const bool was_established = tls_->established();
-  tls_->feed(bytes, now);
-  if (!handshake_done_ && tls_->state() != security::TlsState::Handshaking) on_handshake_done();
-  if (!tls_->ciphertext().empty()) flush_soon();  // handshake flights, alerts
-  if (tls_->state() == security::TlsState::Failed) {
-    on_tls_failure(listener_, peer_, *tls_, was_established, loop_.shard().shared().audit.get());
+  const bool was_established = tls_.established();
+  tls_.feed(bytes, now);
+  if (!handshake_done_ && tls_.state() != security::TlsState::Handshaking) on_handshake_done();
+  if (tls_.has_ciphertext()) flush_soon();  // handshake flights, alerts
+  if (tls_.state() == security::TlsState::Failed) {
+    on_tls_failure(listener_, peer_, tls_, was_established, loop_.shard().shared().audit.get());
     closing_ = true;
     client_->on_disconnected();
     flush_soon();  // flush() sends the alert, if any, then closes
     return false;
   }
   if (dead_ || closing_) return !dead_;  // closed by the recheck in on_handshake_done
-  if (!was_established && tls_->established())
-    spdlog::debug("TLS with {}: {} {}{}{}", peer_, tls_->version(), tls_->cipher(),
-                  tls_->resumed() ? ", resumed" : "",
-                  tls_->peer_identity().empty() ? std::string() : ", identity " + tls_->peer_identity());
-  auto& plain = tls_->plaintext();
-  if (!plain.empty()) {
+  if (!was_established && tls_.established())
+    spdlog::debug("TLS with {}: {} {}{}{}", peer_, tls_.version(), tls_.cipher(),
+                  tls_.resumed() ? ", resumed" : "",
+                  tls_.peer_identity().empty() ? std::string() : ", identity " + tls_.peer_identity());
+  if (tls_.has_plaintext()) {
     // Copied out first: a hand-over moves the engine, and its buffer with it.
+    auto& plain = tls_.plaintext();
     keep_input(plain);
     std::vector<std::uint8_t>().swap(plain);
+    tls_.release_idle_buffers();
     loop_.shard().set_now(now);
     process_input();
     if (migrate_to_ != kStay || dead_) return false;
   }
-  if (tls_->peer_closed()) {
+  if (tls_.peer_closed()) {
     on_read_error(asio::error::eof);
     return false;
   }
@@ -865,20 +866,20 @@ bool Connection::on_ciphertext(std::span<const std::uint8_t> bytes) {
 
 void Connection::on_handshake_done() {
   handshake_done_ = true;
-  listener_.tls_metrics->record(*tls_);
+  listener_.tls_metrics->record(tls_);
   // A handshake that began before a reload ran against the old context: check
   // the certificate against the current one, as the live connections were.
-  if (tls_->established() && &tls_->context() != listener_.tls->load().get()) recheck_certificate();
+  if (tls_.established() && &tls_.context() != listener_.tls->load().get()) recheck_certificate();
 }
 
 void Connection::recheck_certificate() {
-  if (dead_ || closing_ || !tls_ || !tls_->established() || !tls_->peer_certificate() || !client_) return;
+  if (dead_ || closing_ || !tls_ || !tls_.established() || !tls_.peer_certificate() || !client_) return;
   const auto current = listener_.tls->load();
   std::string why;
-  const auto failure = current->recheck(*tls_, &why);
+  const auto failure = current->recheck(tls_, &why);
   if (failure == security::TlsFailure::None) return;
   const broker::Session* session = client_->session();
-  on_tls_certificate_withdrawn(listener_, peer_, session ? std::string_view(session->client_id) : "", *tls_,
+  on_tls_certificate_withdrawn(listener_, peer_, session ? std::string_view(session->client_id) : "", tls_,
                                failure, why, loop_.shard().shared().audit.get());
   listener_.tls_metrics->record_closed_revoked();
   // Nothing more reaches this client: what is queued is dropped, the will is
@@ -889,7 +890,7 @@ void Connection::recheck_certificate() {
     ws_->held.clear();
   }
   client_->on_disconnected();
-  tls_->close_notify();
+  tls_.close_notify();
   close_notify_sent_ = true;
   flush_soon();
 }
@@ -923,7 +924,7 @@ void Connection::hand_over(std::uint32_t shard) {
 }
 
 void Loop::adopt(Fd socket, const ListenerRuntime& listener, std::string peer,
-                 std::vector<std::uint8_t> unread, std::optional<security::TlsEngine> tls,
+                 std::vector<std::uint8_t> unread, security::TlsEngine tls,
                  broker::ConnectionCounter::Slot slot) {
   asio::post(io_, [this, fd = std::move(socket), &listener, peer = std::move(peer),
                    unread = std::move(unread), tls = std::move(tls), slot = std::move(slot)]() mutable {
@@ -1025,18 +1026,18 @@ void Connection::flush(bool with_pending) {
     // Encrypt what may go, then write the records.
     encrypt_writing();
     recycle_written();
-    if (closing_ && all_out && !close_notify_sent_ && tls_->established()) {
-      tls_->close_notify();
+    if (closing_ && all_out && !close_notify_sent_ && tls_.established()) {
+      tls_.close_notify();
       close_notify_sent_ = true;
     }
-    auto& out = tls_->ciphertext();
-    if (out.empty()) {
+    if (!tls_.has_ciphertext()) {
       if (closing_ && all_out && !draining_) finish_close(true);
       return;
     }
     auto& cipher = writes().cipher;
-    cipher.swap(out);
-    out.clear();
+    cipher.swap(tls_.ciphertext());
+    tls_.ciphertext().clear();
+    tls_.release_idle_buffers();
     write_active_ = true;
     ws_->cursor_offset = 0;
     write_cipher();
@@ -1063,16 +1064,16 @@ void Connection::encrypt_writing() {
     for (const auto& p : q.pieces()) {
       const std::span<const std::uint8_t> bytes{q.piece_data(p), p.size};
       if (!plain.empty() && plain.size() + bytes.size() > kTlsRecord) {
-        tls_->write(plain);
+        tls_.write(plain);
         plain.clear();
       }
       if (bytes.size() >= kTlsRecord) {
-        tls_->write(bytes);
+        tls_.write(bytes);
       } else {
         plain.insert(plain.end(), bytes.begin(), bytes.end());
       }
     }
-  if (!plain.empty()) tls_->write(plain);
+  if (!plain.empty()) tls_.write(plain);
   if (plain.capacity() > 4 * kTlsRecord) std::vector<std::uint8_t>().swap(plain);
 }
 
@@ -1324,7 +1325,7 @@ void Server::Impl::accept(std::size_t i) {
       broker::ConnectionCounter::Slot slot;
       if (!admit(i, s, peer, slot)) continue;
       set_nodelay(s.get());
-      loops[next_loop++ % loops.size()]->adopt(std::move(s), *policies[i], std::move(peer), {}, std::nullopt,
+      loops[next_loop++ % loops.size()]->adopt(std::move(s), *policies[i], std::move(peer), {}, {},
                                                std::move(slot));
     }
     accept(i);

@@ -167,7 +167,7 @@ class TlsServerContext {
   std::unique_ptr<Impl> impl_;
 };
 
-enum class TlsState { Handshaking, Established, Failed, Closed };
+enum class TlsState : std::uint8_t { Handshaking, Established, Failed, Closed };
 
 // Why a handshake or connection failed; the counters of TlsHandshakeMetrics.
 enum class TlsFailure : std::uint8_t {
@@ -212,6 +212,10 @@ class TlsEngine {
   // `start` is when the connection was accepted; with it (and a `now` in feed)
   // the engine reports handshake_duration(). It never reads a clock itself.
   explicit TlsEngine(std::shared_ptr<const TlsServerContext> context, Clock::time_point start = {});
+  // No connection (a plain one, or an engine moved away): only operator bool,
+  // assignment and destruction may be used.
+  TlsEngine() noexcept;
+  explicit operator bool() const { return impl_ != nullptr; }
   ~TlsEngine();
   TlsEngine(TlsEngine&&) noexcept;
   TlsEngine& operator=(TlsEngine&&) noexcept;
@@ -226,9 +230,16 @@ class TlsEngine {
   // Queues a close_notify alert; the state becomes Closed.
   void close_notify();
 
-  // Buffers the caller drains (clear() or swap() them after use).
+  // Buffers the caller drains (clear() or swap() them after use). They are
+  // allocated while bytes pass through: once the caller has drained them,
+  // release_idle_buffers() gives their memory back (an idle connection then
+  // holds none). has_*() ask without allocating.
   std::vector<std::uint8_t>& plaintext();
   std::vector<std::uint8_t>& ciphertext();
+  bool has_plaintext() const;
+  bool has_ciphertext() const;
+  void release_idle_buffers();
+  bool holds_buffers() const;  // memory for bytes in passage is allocated
 
   TlsState state() const;
   bool established() const { return state() == TlsState::Established; }

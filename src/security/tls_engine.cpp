@@ -254,21 +254,35 @@ std::string certificate_identity(const X509* cert, IdentityFrom from) {
   return {};
 }
 
-// What an idle established connection keeps here is this struct (about 160 B)
-// and SSL's own state: the strings that a PSK, a client certificate or a
+// What an idle established connection keeps here is this struct (about 72 B)
+// and SSL's own state: the buffers are allocated while bytes pass through, the strings that a PSK, a client certificate or a
 // failure fill are in `rare`, and what SSL knows already (version, cipher,
 // ALPN, SNI) is asked of SSL.
 struct TlsEngine::Impl : tls_detail::ConnectionHooks {
   std::shared_ptr<const TlsServerContext> context;
   SSL* ssl = nullptr;
-  // Ciphertext from the socket that SSL has not read yet: a view of the bytes
-  // being fed, or of `input` (what a feed left over, kept for the next one).
-  std::span<const std::uint8_t> in;
-  std::vector<std::uint8_t> input;
-  std::vector<std::uint8_t> plain;
-  std::vector<std::uint8_t> cipher;
-  Clock::time_point start{};
-  Clock::duration duration{};
+  // Bytes on their way through, allocated while any are held: an idle
+  // connection holds none, and these are most of what it would keep here.
+  struct Buffers {
+    // Ciphertext from the socket that SSL has not read yet: a view of the bytes
+    // being fed, or of `input` (what a feed left over, kept for the next one).
+    std::span<const std::uint8_t> in;
+    std::vector<std::uint8_t> input;
+    std::vector<std::uint8_t> plain;
+    std::vector<std::uint8_t> cipher;
+  };
+  std::unique_ptr<Buffers> io;
+  Buffers& bufs() {
+    if (!io) io = std::make_unique<Buffers>();
+    return *io;
+  }
+  // Frees the buffers once nothing is in them (their capacity goes too).
+  void release_idle() {
+    if (io && io->in.empty() && io->input.empty() && io->plain.empty() && io->cipher.empty()) io.reset();
+  }
+  // The accept time until the handshake completes, then how long it took
+  // (`timed`): one field, as nothing needs the accept time afterwards.
+  Clock::duration start_or_duration{};
   TlsState state = TlsState::Handshaking;
   TlsFailure failure = TlsFailure::None;
   bool peer_closed = false;
@@ -307,7 +321,7 @@ TlsEngine::Impl* engine_of(BIO* b) {
 }
 
 int engine_bio_write(BIO* b, const char* data, std::size_t len, std::size_t* written) {
-  auto& cipher = engine_of(b)->cipher;
+  auto& cipher = engine_of(b)->bufs().cipher;
   const auto* bytes = reinterpret_cast<const std::uint8_t*>(data);
   cipher.insert(cipher.end(), bytes, bytes + len);
   *written = len;
@@ -315,13 +329,14 @@ int engine_bio_write(BIO* b, const char* data, std::size_t len, std::size_t* wri
 }
 
 int engine_bio_read(BIO* b, char* data, std::size_t len, std::size_t* read) {
-  auto& in = engine_of(b)->in;
+  TlsEngine::Impl* e = engine_of(b);
   BIO_clear_retry_flags(b);
-  if (in.empty()) {
+  if (!e->io || e->io->in.empty()) {
     BIO_set_retry_read(b);  // no input yet means "want more", not EOF
     *read = 0;
     return 0;
   }
+  auto& in = e->io->in;
   const std::size_t n = std::min(len, in.size());
   std::memcpy(data, in.data(), n);
   in = in.subspan(n);
@@ -335,8 +350,10 @@ long engine_bio_ctrl(BIO* b, int cmd, long num, void* ptr) {
   switch (cmd) {
     case BIO_CTRL_FLUSH:
       return 1;
-    case BIO_CTRL_PENDING:
-      return static_cast<long>(std::min<std::size_t>(engine_of(b)->in.size(), LONG_MAX));
+    case BIO_CTRL_PENDING: {
+      const TlsEngine::Impl* e = engine_of(b);
+      return e->io ? static_cast<long>(std::min<std::size_t>(e->io->in.size(), LONG_MAX)) : 0;
+    }
     default:
       // BIO_CTRL_WPENDING among them: written bytes are in `cipher` at once.
       return 0;
@@ -375,6 +392,9 @@ tls_detail::ConnectionHooks* tls_detail::hooks_of(SSL* ssl) {
 }
 
 void TlsEngine::Impl::keep_unread() {
+  if (!io) return;
+  auto& in = io->in;
+  auto& input = io->input;
   if (!input.empty()) {  // `in` is what is left of it
     if (in.empty())
       std::vector<std::uint8_t>().swap(input);  // idle: hold nothing
@@ -389,12 +409,14 @@ void TlsEngine::Impl::keep_unread() {
 bool TlsEngine::Impl::check_limits() {
   const TlsServerConfig& c = context->config();
   const std::vector<std::uint8_t>* pending = pending_app();
-  if (plain.size() > c.max_plaintext_backlog || (pending && pending->size() > c.max_ciphertext_backlog)) {
+  const std::size_t plain = io ? io->plain.size() : 0;
+  const std::size_t cipher = io ? io->cipher.size() : 0;
+  if (plain > c.max_plaintext_backlog || (pending && pending->size() > c.max_ciphertext_backlog)) {
     fail(TlsFailure::BufferLimit, "buffer limit: more than " + std::to_string(c.max_plaintext_backlog) +
                                       " decrypted bytes not consumed");
     return false;
   }
-  if (cipher.size() > c.max_ciphertext_backlog) {
+  if (cipher > c.max_ciphertext_backlog) {
     fail(TlsFailure::BufferLimit,
          "buffer limit: more than " + std::to_string(c.max_ciphertext_backlog) + " encrypted bytes not sent");
     return false;
@@ -429,8 +451,8 @@ void TlsEngine::Impl::on_established() {
   else if (peer)
     if (std::string id = certificate_identity(peer, cfg.identity_from); !id.empty())
       set().identity = std::move(id);
-  if (start != Clock::time_point{} && now != Clock::time_point{}) {
-    duration = now - start;
+  if (!timed && start_or_duration != Clock::duration{} && now != Clock::time_point{}) {
+    start_or_duration = now - Clock::time_point(start_or_duration);
     timed = true;
   }
 
@@ -465,6 +487,7 @@ void TlsEngine::Impl::read_records() {
     ERR_clear_error();
     const int r = SSL_read_ex(ssl, record.data(), record.size(), &n);
     if (r == 1) {
+      auto& plain = bufs().plain;
       plain.insert(plain.end(), record.data(), record.data() + n);
       continue;
     }
@@ -562,7 +585,7 @@ TlsEngine::TlsEngine(std::shared_ptr<const TlsServerContext> context, Clock::tim
     : impl_(std::make_unique<Impl>()) {
   Impl& m = *impl_;
   m.context = std::move(context);
-  m.start = start;
+  m.start_or_duration = start.time_since_epoch();
   m.ssl = SSL_new(m.context->native_handle());
   const BIO_METHOD* method = engine_bio_method();
   BIO* bio = method ? BIO_new(method) : nullptr;
@@ -576,6 +599,7 @@ TlsEngine::TlsEngine(std::shared_ptr<const TlsServerContext> context, Clock::tim
   SSL_set_accept_state(m.ssl);
 }
 
+TlsEngine::TlsEngine() noexcept = default;
 TlsEngine::~TlsEngine() = default;
 TlsEngine::TlsEngine(TlsEngine&&) noexcept = default;
 TlsEngine& TlsEngine::operator=(TlsEngine&&) noexcept = default;
@@ -584,16 +608,18 @@ void TlsEngine::feed(std::span<const std::uint8_t> from_socket, Clock::time_poin
   Impl& m = *impl_;
   if (m.state == TlsState::Failed || m.state == TlsState::Closed) return;
   if (now != Clock::time_point{}) m.now = now;
-  if (m.input.empty()) {
-    m.in = from_socket;  // read where it lies
+  Impl::Buffers& b = m.bufs();
+  if (b.input.empty()) {
+    b.in = from_socket;  // read where it lies
   } else {
-    m.input.insert(m.input.end(), from_socket.begin(), from_socket.end());  // behind what is left
-    m.in = std::span<const std::uint8_t>(m.input);
+    b.input.insert(b.input.end(), from_socket.begin(), from_socket.end());  // behind what is left
+    b.in = std::span<const std::uint8_t>(b.input);
   }
   if (m.state == TlsState::Handshaking) m.handshake();
   if (m.state == TlsState::Established) m.read_records();
   m.keep_unread();  // before from_socket's bytes go away
   if (m.state == TlsState::Established || m.state == TlsState::Handshaking) m.check_limits();
+  m.release_idle();
 }
 
 void TlsEngine::write(std::span<const std::uint8_t> app) {
@@ -620,10 +646,22 @@ void TlsEngine::close_notify() {
 }
 
 std::vector<std::uint8_t>& TlsEngine::plaintext() {
-  return impl_->plain;
+  return impl_->bufs().plain;
 }
 std::vector<std::uint8_t>& TlsEngine::ciphertext() {
-  return impl_->cipher;
+  return impl_->bufs().cipher;
+}
+bool TlsEngine::has_plaintext() const {
+  return impl_->io && !impl_->io->plain.empty();
+}
+bool TlsEngine::has_ciphertext() const {
+  return impl_->io && !impl_->io->cipher.empty();
+}
+bool TlsEngine::holds_buffers() const {
+  return impl_->io != nullptr;
+}
+void TlsEngine::release_idle_buffers() {
+  impl_->release_idle();
 }
 TlsState TlsEngine::state() const {
   return impl_->state;
@@ -691,7 +729,7 @@ std::string TlsEngine::peer_fingerprint_sha256() const {
 }
 std::optional<TlsEngine::Clock::duration> TlsEngine::handshake_duration() const {
   if (!impl_->timed) return std::nullopt;
-  return impl_->duration;
+  return impl_->start_or_duration;
 }
 const TlsServerContext& TlsEngine::context() const {
   return *impl_->context;

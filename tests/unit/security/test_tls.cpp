@@ -677,6 +677,48 @@ TEST(TlsEngine, ApplicationDataBothWays) {
   }
 }
 
+// An idle connection holds no buffers: they are allocated while bytes pass
+// and given back once drained; a partial record is not lost by that.
+TEST(TlsEngine, BuffersAreHeldOnlyWhileBytesPass) {
+  TestClient client({});
+  TlsEngine server(load(base_config()));
+  pump(client, server);
+  ASSERT_EQ(server.state(), TlsState::Established) << server.error();
+  server.release_idle_buffers();
+  EXPECT_FALSE(server.holds_buffers());
+  EXPECT_FALSE(server.has_plaintext());
+  EXPECT_FALSE(server.has_ciphertext());
+  EXPECT_FALSE(server.holds_buffers());  // asking allocates nothing
+
+  client.send("hello broker");
+  client.step();
+  const auto record = client.take_output();
+  ASSERT_GT(record.size(), 2u);
+  const std::size_t half = record.size() / 2;
+  server.feed(std::span(record).first(half));
+  EXPECT_FALSE(server.has_plaintext());
+  server.release_idle_buffers();  // SSL or the engine keeps the first half
+  server.feed(std::span(record).subspan(half));
+  ASSERT_TRUE(server.has_plaintext());
+  EXPECT_EQ(text(server.plaintext()), "hello broker");
+  std::vector<std::uint8_t>().swap(server.plaintext());
+  server.release_idle_buffers();
+  EXPECT_FALSE(server.holds_buffers());
+
+  const std::string reply = "PINGRESP";
+  server.write(std::span(reinterpret_cast<const std::uint8_t*>(reply.data()), reply.size()));
+  EXPECT_TRUE(server.has_ciphertext());
+  server.release_idle_buffers();  // not drained yet: kept
+  ASSERT_TRUE(server.has_ciphertext());
+  std::vector<std::uint8_t> out;
+  out.swap(server.ciphertext());
+  server.release_idle_buffers();
+  EXPECT_FALSE(server.holds_buffers());
+  client.give_input(out);
+  client.step();
+  EXPECT_EQ(std::string(client.received.begin(), client.received.end()), reply);
+}
+
 TEST(TlsEngine, WriteBeforeHandshakeIsSentAfterIt) {
   TestClient client({});
   TlsEngine server(load(base_config()));
