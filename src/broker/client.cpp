@@ -79,8 +79,8 @@ void Client::check_deadlines(TimePoint now) {
     return;
   }
   // [MQTT-3.1.2-24] one and a half times the keep-alive without a control packet.
-  if (state_ == State::Connected && keep_alive_.count() > 0 &&
-      now - last_packet_at_ >= keep_alive_ + keep_alive_ / 2)
+  if (state_ == State::Connected && keep_alive_s_ > 0 &&
+      now - last_packet_at_ >= std::chrono::milliseconds(std::uint32_t{keep_alive_s_} * 1500))
     protocol_error(ProtocolError::KeepAliveTimeout);
 }
 
@@ -461,10 +461,9 @@ void Client::auth_done(security::AuthResult auth) {
 void Client::finish_connect(const security::AuthResult& auth) {
   writes_mark_ = shard_.writes_made();
   identity_ = auth.identity;
-  own_acl_ = auth.acl;
   own_acl_only_ = auth.acl_only;
   superuser_ = auth.superuser;
-  const security::Identity who{identity_, pending_->client_id, own_acl_.get(), own_acl_only_, superuser_};
+  const security::Identity who{identity_, pending_->client_id, auth.acl.get(), own_acl_only_, superuser_};
   // [MQTT-3.1.2-9] the will is a PUBLISH like any other: the ACL must allow it.
   // A resumed session's subscriptions are decided again when the IAM server
   // that granted them is not this listener's or judged another identity.
@@ -554,14 +553,14 @@ void Client::finish_connect(const security::AuthResult& auth) {
     if (unchanged) writes_mark_ = shard_.writes_made();
   }
   s.username = identity_;
-  s.own_acl = own_acl_;
+  s.own_acl = auth.acl;
   s.own_acl_only = own_acl_only_;
   s.superuser = superuser_;
   s.acl_slot = listener_.acl_slot;  // before resume(): a restored queue is judged by it
   s.access.clear();                 // decisions cached for an earlier connection's identity
   s.coverage_version = 0;           // ... and what its subscriptions may receive
   state_ = State::Connected;
-  keep_alive_ = std::chrono::seconds(pc->keep_alive);
+  keep_alive_s_ = pc->keep_alive;
   last_packet_at_ = shard_.now();
   will_ = pc->will ? *pc->will : nullptr;
   shard_.stats().clients_connected.add();

@@ -322,7 +322,7 @@ class Client {
   // granted by it to this identity. Null otherwise.
   const Session* regranted_session(const PendingConnect& pc) const;
   security::Identity identity(const Session& s) const {
-    return {identity_, s.client_id, own_acl_.get(), own_acl_only_, superuser_};
+    return {identity_, s.client_id, s.own_acl.get(), own_acl_only_, superuser_};
   }
   // The decision for one request of this client. Ask: the remote authorizer
   // must be asked; the request is noted in asked_ and the packet being handled
@@ -356,24 +356,24 @@ class Client {
   Shard& shard_;
   Transport& transport_;
   const ListenerPolicy& listener_;
-  // The flags sit in the gaps around decoder_ (every connection has a Client).
+  // The flags and the keep-alive sit beside decoder_ (every connection has a Client).
   State state_ = State::AwaitConnect;
-  bool migrating_ = false;
-  bool own_acl_only_ = false;
-  bool superuser_ = false;
+  bool migrating_ : 1 = false;
+  bool own_acl_only_ : 1 = false;
+  bool superuser_ : 1 = false;
+  bool auth_deferred_ : 1 = false;  // authentication left the loop turn: resume input afterwards
+  bool held_ : 1 = false;           // input held until every asked_ has its answer
+  bool asking_ : 1 = false;         // inside ask_remote: answers arriving now need no `ready`
+  std::uint16_t keep_alive_s_ = 0;  // of the CONNECT, in seconds (0: none)
   codec::DecoderOptions decoder_;
-  bool auth_deferred_ = false;  // authentication left the loop turn: resume input afterwards
-  bool held_ = false;           // input held until every asked_ has its answer
-  bool asking_ = false;         // inside ask_remote: answers arriving now need no `ready`
   TimePoint last_packet_at_;  // set when accepted, then at each packet
-  std::chrono::milliseconds keep_alive_{0};
   Session* session_ = nullptr;
   Client* prev_ = nullptr;  // the shard's list of clients (Shard::clients_)
   Client* next_ = nullptr;
   MessagePtr will_;                                        // null without a will
   std::string client_id_;                                  // for logs
-  std::string identity_;                                   // authenticated user name (ACL identity)
-  std::shared_ptr<const security::OrderedRules> own_acl_;  // rules from the authenticator (JWT)
+  std::string identity_;  // authenticated user name (ACL identity); the rules from the
+                          // authenticator (JWT) are the session's own_acl
   std::uint32_t auth_step_id_ = 0;  // the asynchronous step being awaited (its timeout checks it)
   std::uint32_t hold_id_ = 0;       // the current hold (late answers of an older one are ignored)
   // Requests of the packet being handled that the remote authorizer decides.

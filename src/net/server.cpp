@@ -198,8 +198,8 @@ class Connection final : public broker::Transport, public std::enable_shared_fro
   void hold(std::uint64_t epoch);
   bool has_held() const { return ws_ && !ws_->held.empty(); }
   void close() override;
-  void migrate(std::uint32_t shard) override { migrate_to_ = shard; }
-  static constexpr std::uint32_t kStay = UINT32_MAX;  // migrate_to_: no move pending
+  void migrate(std::uint32_t shard) override { migrate_to_ = static_cast<std::uint16_t>(shard); }
+  static constexpr std::uint16_t kStay = UINT16_MAX;  // migrate_to_: no move pending (threads <= 256)
   void run_off_loop(std::function<void()> work, std::function<void()> then) override;
   void run_async(std::function<void(std::function<void()> resume)> start,
                  std::function<void()> then) override;
@@ -269,6 +269,20 @@ class Connection final : public broker::Transport, public std::enable_shared_fro
 
   Loop& loop_;
   Fd fd_;
+  // Bits beside the descriptor, in the 4 bytes its alignment leaves (only the
+  // loop's thread touches a connection).
+  bool close_notify_sent_ : 1 = false;
+  bool handshake_done_ : 1 = false;  // counted in the listener's TlsHandshakeMetrics
+  bool dirty_ : 1 = false;           // on the loop's list of connections to write
+  bool write_active_ : 1 = false;
+  bool wants_writable_ : 1 = false;     // a write would block: goes on once the socket is writable
+  bool closing_ : 1 = false;            // no more input is handed to the broker
+  bool draining_ : 1 = false;           // FIN sent; reading until the peer closes too
+  bool dead_ : 1 = false;               // socket closed
+  bool reading_paused_ : 1 = false;     // kMaxUntakenInput waits for a broker that takes none
+  bool waiting_for_commit : 1 = false;  // on the loop's list of connections with held output
+  bool needs_commit : 1 = false;        // this turn's output waits for this turn's commit
+  std::uint16_t migrate_to_ = kStay;    // the shard the client identifier belongs to
   const ListenerRuntime& listener_;
   std::string peer_;
   security::TlsEngine tls_;
@@ -277,25 +291,14 @@ class Connection final : public broker::Transport, public std::enable_shared_fro
   Connection* prev_ = nullptr;
   Connection* next_ = nullptr;
   std::shared_ptr<Connection> watched_;
-  bool close_notify_sent_ = false;
-  bool handshake_done_ = false;  // counted in the listener's TlsHandshakeMetrics
-  bool dirty_ = false;           // on the loop's list of connections to write
-  bool write_active_ = false;
-  bool wants_writable_ = false;       // a write would block: goes on once the socket is writable
-  bool closing_ = false;              // no more input is handed to the broker
-  bool draining_ = false;             // FIN sent; reading until the peer closes too
-  bool dead_ = false;                 // socket closed
-  bool reading_paused_ = false;       // kMaxUntakenInput waits for a broker that takes none
-  bool waiting_for_commit = false;    // on the loop's list of connections with held output
-  bool needs_commit = false;          // this turn's output waits for this turn's commit
-  std::uint32_t migrate_to_ = kStay;  // the shard the client identifier belongs to
   // In place rather than on the heap of its own; made in start(), gone once the
   // connection is handed over.
   std::optional<broker::Client> client_;
   // Input the broker has not taken yet: the start of a packet still arriving,
   // or packets held while an asynchronous answer (authentication) is awaited.
-  // Released when it empties.
-  std::vector<std::uint8_t> in_;
+  // Allocated while there is some (an idle connection holds nothing here).
+  std::unique_ptr<std::vector<std::uint8_t>> in_;
+  std::size_t held_input() const { return in_ ? in_->size() : 0; }
   std::unique_ptr<WriteState> ws_;  // null while there is nothing to write
   // The drain timeout, or a decision the broker waits for (run_after): a
   // drain that starts ends the wait, which no longer matters.
@@ -719,7 +722,8 @@ Connection::Connection(Loop& loop, Fd socket, const ListenerRuntime& listener, s
       listener_(listener),
       peer_(std::move(peer)),
       tls_(std::move(tls)),
-      in_(std::move(pending_input)),
+      in_(pending_input.empty() ? nullptr
+                                : std::make_unique<std::vector<std::uint8_t>>(std::move(pending_input))),
       slot_(std::move(slot)) {
   if (!tls_ && listener_.tls) tls_ = security::TlsEngine(listener_.tls->load(), broker::Clock::now());
   // An engine that moved here with its connection was counted where it finished.
@@ -743,7 +747,7 @@ void Connection::start() {
   // A connection that moved here may have missed a recheck that both loops ran
   // while it was on its way.
   if (handshake_done_ && &tls_.context() != listener_.tls->load().get()) recheck_certificate();
-  if (!in_.empty() && !closing_) {
+  if (held_input() > 0 && !closing_) {
     // Bytes read on the loop that accepted the connection, CONNECT first.
     process_input();
     if (dead_) return;
@@ -773,7 +777,7 @@ void Connection::on_readable() {
   if (dead_) return;
   auto& buffer = loop_.read_buffer();
   for (int i = 0; i < kReadsPerWake; ++i) {
-    if (in_.size() >= kMaxUntakenInput && client_ && !client_->takes_input() && !closing_) {
+    if (held_input() >= kMaxUntakenInput && client_ && !client_->takes_input() && !closing_) {
       reading_paused_ = true;  // resume_input() reads on
       return;
     }
@@ -787,7 +791,7 @@ void Connection::on_readable() {
     if (r == 0) return on_read_error(asio::error::eof);
     const auto n = static_cast<std::size_t>(r);
     if (closing_) {
-      in_.clear();  // discard what arrives after we decided to close
+      in_.reset();  // discard what arrives after we decided to close
       continue;
     }
     if (tls_) {
@@ -814,11 +818,13 @@ void Connection::on_read_error(const error_code& ec) {
 }
 
 void Connection::keep_input(std::span<const std::uint8_t> bytes) {
-  in_.insert(in_.end(), bytes.begin(), bytes.end());
+  if (bytes.empty()) return;
+  if (!in_) in_ = std::make_unique<std::vector<std::uint8_t>>();
+  in_->insert(in_->end(), bytes.begin(), bytes.end());
 }
 
 void Connection::take_input(std::span<const std::uint8_t> bytes) {
-  if (!in_.empty()) {
+  if (held_input() > 0) {
     keep_input(bytes);
     return process_input();
   }
@@ -896,9 +902,11 @@ void Connection::recheck_certificate() {
 }
 
 void Connection::process_input() {
-  const std::size_t used = client_->on_bytes(in_);
-  in_.erase(in_.begin(), in_.begin() + static_cast<std::ptrdiff_t>(used));
-  if (in_.empty() && in_.capacity() > 0) std::vector<std::uint8_t>().swap(in_);  // idle: hold nothing
+  if (in_) {
+    const std::size_t used = client_->on_bytes(*in_);
+    in_->erase(in_->begin(), in_->begin() + static_cast<std::ptrdiff_t>(used));
+    if (in_->empty()) in_.reset();  // idle: hold nothing
+  }
   if (migrate_to_ != kStay) hand_over(migrate_to_);
 }
 
@@ -917,7 +925,8 @@ void Connection::hand_over(std::uint32_t shard) {
   // loop's epoll instance and into the other's; the unread bytes travel with it.
   set_dead();
   client_.reset();
-  std::vector<std::uint8_t> rest = std::move(in_);
+  std::vector<std::uint8_t> rest = in_ ? std::move(*in_) : std::vector<std::uint8_t>();
+  in_.reset();
   // A TLS session moves with its socket: the engine is plain memory, not bound to a loop.
   (*loop_.bus().loops)[shard]->adopt(std::move(fd_), listener_, std::exchange(peer_, {}), std::move(rest),
                                      std::move(tls_), std::move(slot_));
