@@ -52,9 +52,13 @@ class BlockPool {
     for (auto& list : free_)
       for (void* p : list) ::operator delete(p);
   }
+  // A block of a class is always its class's full size, even from a thread
+  // whose pool is gone: another thread may keep it and hand it out for any
+  // size of that class.
   static void* take(std::size_t size) {
     const std::size_t c = (size - 1) / kGrain;
-    if (c < kClasses && !gone_) {
+    if (c >= kClasses) return ::operator new(size);
+    if (!gone_) {
       auto& list = pool_.free_[c];
       if (!list.empty()) {
         void* p = list.back();
@@ -62,9 +66,8 @@ class BlockPool {
         pool_.kept_bytes_ -= (c + 1) * kGrain;
         return p;
       }
-      return ::operator new(rounded(size));
     }
-    return ::operator new(size);
+    return ::operator new(rounded(size));
   }
   // Called from a noexcept deallocate: it must not throw. The keep list is
   // reserved on first use; without memory for it the block is freed instead,

@@ -255,9 +255,10 @@ std::string certificate_identity(const X509* cert, IdentityFrom from) {
 }
 
 // What an idle established connection keeps here is this struct (about 72 B)
-// and SSL's own state: the buffers are allocated while bytes pass through, the strings that a PSK, a client certificate or a
-// failure fill are in `rare`, and what SSL knows already (version, cipher,
-// ALPN, SNI) is asked of SSL.
+// and SSL's own state: the buffers are allocated while bytes pass through,
+// the strings that a PSK, a client certificate or a failure fill are in
+// `rare`, and what SSL knows already (version, cipher, ALPN, SNI) is asked
+// of SSL.
 struct TlsEngine::Impl : tls_detail::ConnectionHooks {
   std::shared_ptr<const TlsServerContext> context;
   SSL* ssl = nullptr;
