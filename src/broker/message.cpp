@@ -46,6 +46,7 @@ class BlockPool {
   static constexpr std::size_t kKeepBytes = std::size_t{2} << 20;
 
   static std::size_t rounded(std::size_t size) { return (size + kGrain - 1) / kGrain * kGrain; }
+  static constexpr std::size_t class_bytes(std::size_t c) { return (c + 1) * kGrain; }
 
   ~BlockPool() {
     gone_ = true;
@@ -63,7 +64,7 @@ class BlockPool {
       if (!list.empty()) {
         void* p = list.back();
         list.pop_back();
-        pool_.kept_bytes_ -= (c + 1) * kGrain;
+        pool_.kept_bytes_ -= class_bytes(c);
         return p;
       }
     }
@@ -76,7 +77,7 @@ class BlockPool {
     const std::size_t c = (size - 1) / kGrain;
     if (c < kClasses && !gone_) {
       auto& list = pool_.free_[c];
-      if (list.size() < kKeep && pool_.kept_bytes_ + (c + 1) * kGrain <= kKeepBytes) {
+      if (list.size() < kKeep && pool_.kept_bytes_ + class_bytes(c) <= kKeepBytes) {
         bool room = list.capacity() > 0;
         if (!room) {
           try {
@@ -88,7 +89,7 @@ class BlockPool {
         }
         if (room) {
           list.push_back(p);
-          pool_.kept_bytes_ += (c + 1) * kGrain;
+          pool_.kept_bytes_ += class_bytes(c);
           return;
         }
       }

@@ -855,10 +855,7 @@ bool Connection::on_ciphertext(std::span<const std::uint8_t> bytes) {
                   tls_.peer_identity().empty() ? std::string() : ", identity " + tls_.peer_identity());
   if (tls_.has_plaintext()) {
     // Copied out first: a hand-over moves the engine, and its buffer with it.
-    auto& plain = tls_.plaintext();
-    keep_input(plain);
-    std::vector<std::uint8_t>().swap(plain);
-    tls_.release_idle_buffers();
+    keep_input(tls_.take_plaintext());
     loop_.shard().set_now(now);
     process_input();
     if (migrate_to_ != kStay || dead_) return false;
@@ -1043,10 +1040,7 @@ void Connection::flush(bool with_pending) {
       if (closing_ && all_out && !draining_) finish_close(true);
       return;
     }
-    auto& cipher = writes().cipher;
-    cipher.swap(tls_.ciphertext());
-    tls_.ciphertext().clear();
-    tls_.release_idle_buffers();
+    writes().cipher = tls_.take_ciphertext();  // empty since the last write (on_written)
     write_active_ = true;
     ws_->cursor_offset = 0;
     write_cipher();

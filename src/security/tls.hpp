@@ -239,6 +239,10 @@ class TlsEngine {
   bool has_plaintext() const;
   bool has_ciphertext() const;
   void release_idle_buffers();
+  // The buffer's bytes moved out, then release_idle_buffers(): how a
+  // connection drains them.
+  std::vector<std::uint8_t> take_plaintext();
+  std::vector<std::uint8_t> take_ciphertext();
   bool holds_buffers() const;  // memory for bytes in passage is allocated
 
   TlsState state() const;

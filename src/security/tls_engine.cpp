@@ -10,6 +10,8 @@
 #include <array>
 #include <climits>
 #include <cstring>
+#include <utility>
+#include <vector>
 
 #include "security/tls.hpp"
 #include "security/tls_internal.hpp"
@@ -663,6 +665,16 @@ bool TlsEngine::holds_buffers() const {
 }
 void TlsEngine::release_idle_buffers() {
   impl_->release_idle();
+}
+std::vector<std::uint8_t> TlsEngine::take_plaintext() {
+  std::vector<std::uint8_t> out = std::exchange(impl_->bufs().plain, {});
+  impl_->release_idle();
+  return out;
+}
+std::vector<std::uint8_t> TlsEngine::take_ciphertext() {
+  std::vector<std::uint8_t> out = std::exchange(impl_->bufs().cipher, {});
+  impl_->release_idle();
+  return out;
 }
 TlsState TlsEngine::state() const {
   return impl_->state;

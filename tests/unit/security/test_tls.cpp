@@ -717,6 +717,19 @@ TEST(TlsEngine, BuffersAreHeldOnlyWhileBytesPass) {
   client.give_input(out);
   client.step();
   EXPECT_EQ(std::string(client.received.begin(), client.received.end()), reply);
+
+  // take_*() drain and release in one step, as the connection does.
+  client.send("again");
+  client.step();
+  server.feed(client.take_output());
+  EXPECT_EQ(text(server.take_plaintext()), "again");
+  EXPECT_FALSE(server.holds_buffers());
+  server.write(std::span(reinterpret_cast<const std::uint8_t*>(reply.data()), reply.size()));
+  const auto records = server.take_ciphertext();
+  EXPECT_FALSE(server.holds_buffers());
+  client.give_input(records);
+  client.step();
+  EXPECT_EQ(std::string(client.received.begin(), client.received.end()), reply + reply);
 }
 
 TEST(TlsEngine, WriteBeforeHandshakeIsSentAfterIt) {
