@@ -518,9 +518,13 @@ void Shard::send_publish(Session& s, const MessagePtr& m, QoS qos, bool retain, 
       id = s.next_packet_id++;
       if (s.next_packet_id == 0) s.next_packet_id = 1;
     } while (s.inflight.in_use(id));
+    // A clean session is never resumed [MQTT-3.1.2-6], so its PUBLISH is never
+    // sent again: its entry keeps the id and the state, and the message goes
+    // once its bytes are written, while they are still in the cache, not a
+    // window later when the acknowledgement comes back.
     s.inflight.push_back(Session::Inflight{
-        id, qos == QoS::AtLeastOnce ? Session::OutState::AwaitPuback : Session::OutState::AwaitPubrec, m, qos,
-        retain, seq});
+        id, qos == QoS::AtLeastOnce ? Session::OutState::AwaitPuback : Session::OutState::AwaitPubrec,
+        s.durable() ? m : MessagePtr{}, qos, retain, seq});
     // The packet id is stored before the PUBLISH leaves (output waits for the
     // commit): after a restart the resend carries the same id, which is what
     // lets the receiver recognise a QoS 2 duplicate.

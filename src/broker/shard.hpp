@@ -208,7 +208,7 @@ class Session {
   struct Inflight {
     std::uint16_t packet_id;
     OutState state;
-    MessagePtr message;
+    MessagePtr message;  // to resend on resume: null in a clean session, and once PUBREC came
     codec::QoS qos;
     bool retain;
     std::uint64_t seq;  // store key, 0 when not stored

@@ -398,6 +398,38 @@ TEST_F(ShardTest, CleanSessionDiscardsPersistentState_MQTT_3_1_2_6) {
   EXPECT_TRUE(store.load().sessions.empty());
 }
 
+// A clean session is never resumed, so its window keeps ids and states only:
+// once written, the message is held by nothing of that session. A persistent
+// session's window keeps it, to resend after a reconnect, until acknowledged.
+TEST_F(ShardTest, OnlyAPersistentSessionsWindowKeepsTheMessage_MQTT_4_4_0_1) {
+  make();
+  auto& clean = connect("c");
+  subscribe(clean, "x", QoS::AtLeastOnce);
+  auto& durable = connect("d", false);
+  subscribe(durable, "x", QoS::AtLeastOnce);
+  clean.take();
+  durable.take();
+  auto& pub = connect("p");
+  publish(pub, "x", std::string(1024, 'm'), QoS::AtLeastOnce, 1);
+  const auto to_clean = clean.take();
+  const auto to_durable = durable.take();
+  ASSERT_EQ(to_clean.size(), 1u);
+  ASSERT_EQ(to_durable.size(), 1u);
+  const broker::Session* c = shard_list[0]->find_session("c");
+  const broker::Session* d = shard_list[0]->find_session("d");
+  ASSERT_EQ(c->inflight.size(), 1u);
+  ASSERT_EQ(d->inflight.size(), 1u);
+  EXPECT_EQ(c->inflight.begin()->message, nullptr);
+  const std::weak_ptr<const broker::Message> kept = d->inflight.begin()->message;
+  EXPECT_EQ(kept.use_count(), 1);  // the persistent window only
+  clean.send(codec::Ack{PacketType::Puback, to_clean[0].packet_id});
+  EXPECT_TRUE(c->inflight.empty());
+  EXPECT_FALSE(kept.expired());
+  durable.send(codec::Ack{PacketType::Puback, to_durable[0].packet_id});
+  EXPECT_TRUE(d->inflight.empty());
+  EXPECT_TRUE(kept.expired());
+}
+
 TEST_F(ShardTest, InflightWindowQueuesInOrderAndFullQueueIsCounted) {
   auto& sub = qos1_backlog(2, 3, 7);
   auto got = sub.take();
