@@ -701,6 +701,11 @@ void Client::handle_subscribe(const codec::Subscribe& sub) {
     decisions.push_back(check(identity(s), &s.access, security::Action::Subscribe, f.filter));
   if (has_unanswered()) return;
   const Limits& limits = shard_.shared().limits;
+  // [MQTT-3.3.1-6][MQTT-3.8.4-3] the retained messages of each (re-)subscribed
+  // filter, looked up before the subscription takes effect and sent after the
+  // SUBACK. The other loops learn of the subscription after this lookup; what
+  // they set in between, they deliver when they learn (Shard::apply).
+  std::vector<std::vector<MessagePtr>> retained(sub.subscriptions.size());
   for (std::size_t i = 0; i < sub.subscriptions.size(); ++i) {
     const auto& f = sub.subscriptions[i];
     // Filters are valid here (the decoder closes on a malformed one).
@@ -730,18 +735,16 @@ void Client::handle_subscribe(const codec::Subscribe& sub) {
       ack.return_codes.push_back(codec::kSubackFailure);
       continue;
     }
-    shard_.subscribe(s, f.filter, f.qos);
+    auto found = shard_.shared().retained.match(f.filter);
+    retained[i] = std::move(found.messages);
+    shard_.subscribe(s, f.filter, f.qos, found.version);
     ack.return_codes.push_back(static_cast<std::uint8_t>(f.qos));
   }
   // [MQTT-3.8.4-5] one return code per filter, in order.
   send(ack);
-  // [MQTT-3.3.1-6][MQTT-3.8.4-3] retained messages for each (re-)subscribed filter.
   for (std::size_t i = 0; i < sub.subscriptions.size(); ++i) {
-    if (ack.return_codes[i] == codec::kSubackFailure) continue;
     const auto granted = sub.subscriptions[i].qos;
-    shard_.shared().retained.for_each_match(sub.subscriptions[i].filter, [&](const MessagePtr& m) {
-      shard_.deliver(s, m, min_qos(granted, m->qos), true);
-    });
+    for (const auto& m : retained[i]) shard_.deliver(s, m, min_qos(granted, m->qos), true);
   }
 }
 

@@ -60,7 +60,7 @@ bool RetainedStore::update(const MessagePtr& m) {
   return update(m, Limits{}) == Update::Changed;
 }
 
-RetainedStore::Update RetainedStore::update(const MessagePtr& m, const Limits& limits) {
+RetainedStore::Update RetainedStore::update(const MessagePtr& m, const Limits& limits, std::uint32_t loop) {
   std::lock_guard lock(mu_);
   Node* node = find(root_, m->topic);
   const MessagePtr* old = node && node->message ? &node->message : nullptr;
@@ -74,6 +74,7 @@ RetainedStore::Update RetainedStore::update(const MessagePtr& m, const Limits& l
     }
     --size_;
     erase(m->topic);
+    ++version_;
     return Update::Changed;
   }
   if (counted) {
@@ -85,7 +86,10 @@ RetainedStore::Update RetainedStore::update(const MessagePtr& m, const Limits& l
     if (!old) ++counted_;
   }
   if (!old) ++size_;
-  (node ? *node : make(m->topic)).message = m;
+  Node& n = node ? *node : make(m->topic);
+  n.message = m;
+  n.version = ++version_;
+  n.loop = loop;
   return Update::Changed;
 }
 
@@ -94,69 +98,92 @@ std::uint64_t RetainedStore::bytes() const {
   return bytes_;
 }
 
-void RetainedStore::for_each_match(std::string_view filter,
-                                   const std::function<void(const MessagePtr&)>& f) const {
-  std::vector<MessagePtr> hits;
-  {
-    std::lock_guard lock(mu_);
-    if (filter.find_first_of("+#") == std::string_view::npos) {
-      if (const Node* n = find(root_, filter); n && n->message) hits.push_back(n->message);
-    } else {
-      // Every message at or below a node ('#').
-      const auto subtree = [&hits](const Node& start) {
-        std::vector<const Node*> todo{&start};
-        while (!todo.empty()) {
-          const Node* n = todo.back();
-          todo.pop_back();
-          if (n->message) hits.push_back(n->message);
-          for (const auto& [level, child] : n->children) todo.push_back(child.get());
-        }
-      };
-      // Depth-first over (node, rest of the filter). [MQTT-4.7.2-1] a wildcard
-      // at the first level does not match topics that start with '$'.
-      struct Step {
-        const Node* node;
-        std::string_view rest;
-        bool first;
-      };
-      std::vector<Step> todo{{&root_, filter, true}};
-      while (!todo.empty()) {
-        const Step step = todo.back();
-        todo.pop_back();
-        std::string_view rest = step.rest;
-        bool more = false;
-        const std::string_view level = codec::next_level(rest, more);
-        const auto visible = [&step](const std::string& name) {
-          return !step.first || name.empty() || name[0] != '$';
-        };
-        if (level == "#") {
-          // "a/#" matches "a" itself too [MQTT-4.7.1-2].
-          if (!step.first && step.node->message) hits.push_back(step.node->message);
-          for (const auto& [name, child] : step.node->children)
-            if (visible(name)) subtree(*child);
-          continue;
-        }
-        const auto visit = [&](const Node& child) {
-          if (more)
-            todo.push_back({&child, rest, false});
-          else if (child.message)
-            hits.push_back(child.message);
-        };
-        if (level == "+") {
-          for (const auto& [name, child] : step.node->children)
-            if (visible(name)) visit(*child);
-        } else if (auto it = step.node->children.find(level); it != step.node->children.end()) {
-          visit(*it->second);
-        }
-      }
+template <typename F>
+void RetainedStore::walk(std::string_view filter, F&& f) const {
+  if (filter.find_first_of("+#") == std::string_view::npos) {
+    if (const Node* n = find(root_, filter); n && n->message) f(*n);
+    return;
+  }
+  // Every message at or below a node ('#').
+  const auto subtree = [&f](const Node& start) {
+    std::vector<const Node*> todo{&start};
+    while (!todo.empty()) {
+      const Node* n = todo.back();
+      todo.pop_back();
+      if (n->message) f(*n);
+      for (const auto& [level, child] : n->children) todo.push_back(child.get());
+    }
+  };
+  // Depth-first over (node, rest of the filter). [MQTT-4.7.2-1] a wildcard
+  // at the first level does not match topics that start with '$'.
+  struct Step {
+    const Node* node;
+    std::string_view rest;
+    bool first;
+  };
+  std::vector<Step> todo{{&root_, filter, true}};
+  while (!todo.empty()) {
+    const Step step = todo.back();
+    todo.pop_back();
+    std::string_view rest = step.rest;
+    bool more = false;
+    const std::string_view level = codec::next_level(rest, more);
+    const auto visible = [&step](const std::string& name) {
+      return !step.first || name.empty() || name[0] != '$';
+    };
+    if (level == "#") {
+      // "a/#" matches "a" itself too [MQTT-4.7.1-2].
+      if (!step.first && step.node->message) f(*step.node);
+      for (const auto& [name, child] : step.node->children)
+        if (visible(name)) subtree(*child);
+      continue;
+    }
+    const auto visit = [&](const Node& child) {
+      if (more)
+        todo.push_back({&child, rest, false});
+      else if (child.message)
+        f(child);
+    };
+    if (level == "+") {
+      for (const auto& [name, child] : step.node->children)
+        if (visible(name)) visit(*child);
+    } else if (auto it = step.node->children.find(level); it != step.node->children.end()) {
+      visit(*it->second);
     }
   }
-  // In topic order, whatever the walk's order: the same subscription always
-  // gets its retained messages in the same order.
-  std::sort(hits.begin(), hits.end(),
-            [](const MessagePtr& a, const MessagePtr& b) { return a->topic < b->topic; });
-  // Deliver outside the lock: delivery may take other locks or run long.
-  for (const auto& m : hits) f(m);
+}
+
+namespace {
+// In topic order, whatever the walk's order: the same subscription always
+// gets its retained messages in the same order.
+void sort_by_topic(std::vector<MessagePtr>& v) {
+  std::sort(v.begin(), v.end(), [](const MessagePtr& a, const MessagePtr& b) { return a->topic < b->topic; });
+}
+}  // namespace
+
+RetainedStore::Matches RetainedStore::match(std::string_view filter) const {
+  Matches out;
+  {
+    std::lock_guard lock(mu_);
+    walk(filter, [&out](const Node& n) { out.messages.push_back(n.message); });
+    out.version = version_;
+  }
+  sort_by_topic(out.messages);
+  return out;
+}
+
+std::vector<MessagePtr> RetainedStore::changed_since(std::string_view filter, std::uint64_t version,
+                                                     std::uint32_t loop) const {
+  std::vector<MessagePtr> out;
+  {
+    std::lock_guard lock(mu_);
+    if (version == version_) return out;  // nothing changed at all: the common case
+    walk(filter, [&](const Node& n) {
+      if (n.version > version && n.loop == loop) out.push_back(n.message);
+    });
+  }
+  sort_by_topic(out);
+  return out;
 }
 
 std::size_t RetainedStore::size() const {

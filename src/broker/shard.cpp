@@ -229,7 +229,7 @@ void Shard::forget_failures(std::string_view key) {
 
 void Shard::retain(const MessagePtr& m, std::string_view peer, std::string_view client_id) {
   const Limits& l = shared_.limits;
-  const auto r = shared_.retained.update(m, {l.max_retained_messages, l.max_retained_bytes});
+  const auto r = shared_.retained.update(m, {l.max_retained_messages, l.max_retained_bytes}, index_);
   if (r == RetainedStore::Update::Changed) return persist_retained(m);
   if (r == RetainedStore::Update::Unchanged) return;
   // Not retained; the message is still delivered to the subscribers it matches.
@@ -295,13 +295,13 @@ void Shard::restore(const store::Snapshot& snapshot) {
   }
 }
 
-void Shard::subscribe(Session& s, std::string_view filter, QoS qos) {
+void Shard::subscribe(Session& s, std::string_view filter, QoS qos, std::uint64_t retained_seen) {
   // [MQTT-3.8.4-3] a subscription to an existing filter replaces its QoS.
   s.subscriptions.insert_or_assign(std::string(filter), qos);
   s.coverage_version = 0;
   const Subscriber sub{s.id, index_, qos, s.durable()};
   subs_.add(filter, sub);
-  broadcast(SubscribeEvent{std::string(filter), sub});
+  broadcast(SubscribeEvent{std::string(filter), sub, retained_seen});
   persist(s);
 }
 
@@ -375,6 +375,10 @@ void Shard::apply(std::vector<ShardEvent>& batch) {
             deliver_local(ev.session_id, ev.message, ev.qos, ev.seq, false);
           } else if constexpr (std::is_same_v<T, SubscribeEvent>) {
             subs_.add(ev.filter, ev.subscriber);
+            // Retained messages this loop set and routed since the subscriber's
+            // loop looked them up: the lookup missed them, and so did routing.
+            for (const auto& m : shared_.retained.changed_since(ev.filter, ev.retained_seen, index_))
+              route_to(ev.subscriber, m);
           } else if constexpr (std::is_same_v<T, UnsubscribeEvent>) {
             subs_.remove(ev.filter, ev.session_id);
           } else {
@@ -389,21 +393,23 @@ void Shard::route(const MessagePtr& m, std::string_view topic) {
   match_scratch_.clear();
   subs_.match(topic, match_scratch_);
   dedupe_max_qos(match_scratch_);
-  for (const auto& sub : match_scratch_) {
-    const QoS q = min_qos(m->qos, sub.qos);  // [MQTT-3.8.4-6]
-    // A QoS 1/2 delivery to a persistent session is stored by the shard that
-    // routes it, in this turn's batch: the publisher's PUBACK/PUBREC waits for it.
-    std::uint64_t seq = 0;
-    if (sub.durable && q != QoS::AtMostOnce && shared_.store) {
-      seq = shared_.next_seq.fetch_add(1, std::memory_order_relaxed);
-      writes().put_queued(sub.session_id, {seq, std::string(m->topic), std::string(m->payload),
-                                           static_cast<std::uint8_t>(q), false, 0, 0});
-    }
-    if (sub.shard == index_)
-      deliver_local(sub.session_id, m, q, seq, true);
-    else
-      queue_event(sub.shard, DeliverEvent{sub.session_id, m, q, seq});
+  for (const auto& sub : match_scratch_) route_to(sub, m);
+}
+
+void Shard::route_to(const Subscriber& sub, const MessagePtr& m) {
+  const QoS q = min_qos(m->qos, sub.qos);  // [MQTT-3.8.4-6]
+  // A QoS 1/2 delivery to a persistent session is stored by the shard that
+  // routes it, in this turn's batch: the publisher's PUBACK/PUBREC waits for it.
+  std::uint64_t seq = 0;
+  if (sub.durable && q != QoS::AtMostOnce && shared_.store) {
+    seq = shared_.next_seq.fetch_add(1, std::memory_order_relaxed);
+    writes().put_queued(sub.session_id, {seq, std::string(m->topic), std::string(m->payload),
+                                         static_cast<std::uint8_t>(q), false, 0, 0});
   }
+  if (sub.shard == index_)
+    deliver_local(sub.session_id, m, q, seq, true);
+  else
+    queue_event(sub.shard, DeliverEvent{sub.session_id, m, q, seq});
 }
 
 void Shard::deliver_local(std::uint64_t session_id, const MessagePtr& m, QoS qos, std::uint64_t seq,

@@ -125,6 +125,9 @@ struct DeliverEvent {
 struct SubscribeEvent {
   std::string filter;
   Subscriber subscriber;
+  // The retained store's version when the subscriber's loop looked up the
+  // filter's retained messages (RetainedStore::changed_since).
+  std::uint64_t retained_seen = 0;
 };
 struct UnsubscribeEvent {
   std::string filter;
@@ -450,6 +453,8 @@ class Shard {
   // reading it there first waits for those writes (with 1 KiB payloads and deep
   // queues, about a tenth of the broker's CPU per delivery).
   void route(const MessagePtr& m, std::string_view topic);
+  // Routes to one matching subscription.
+  void route_to(const Subscriber& sub, const MessagePtr& m);
 
   // The ACL's decision (the identity's own rules first) under the policy of
   // slot `acl_slot` (ListenerPolicy::acl_slot); true when nothing is configured.
@@ -498,7 +503,9 @@ class Shard {
   void remove_client(Client* c);
   Session& open_session(const std::string& client_id, bool clean, bool& present);
   void destroy_session(Session& s);
-  void subscribe(Session& s, std::string_view filter, codec::QoS qos);
+  // `retained_seen`: the retained store's version when the caller looked up
+  // the filter's retained messages, before this call (RetainedStore::match).
+  void subscribe(Session& s, std::string_view filter, codec::QoS qos, std::uint64_t retained_seen);
   void unsubscribe(Session& s, std::string_view filter);
   // Removes subscriptions the session may no longer hold (decided again at
   // its reconnect) and drops the queued messages that none of the rest

@@ -18,7 +18,7 @@ using codec::QoS;
 
 std::vector<std::string> lookup(const RetainedStore& store, std::string_view filter) {
   std::vector<std::string> got;
-  store.for_each_match(filter, [&](const broker::MessagePtr& m) { got.emplace_back(m->topic); });
+  for (const auto& m : store.match(filter).messages) got.emplace_back(m->topic);
   return got;
 }
 
@@ -76,13 +76,49 @@ TEST(RetainedStore, ClearingPrunesAndReplacingKeepsOneMessage) {
   store.update(broker::make_message("a/b/c", "1", QoS::AtMostOnce, true));
   store.update(broker::make_message("a/b/c", "2", QoS::AtMostOnce, true));
   std::vector<std::string> payloads;
-  store.for_each_match("a/#", [&](const broker::MessagePtr& m) { payloads.emplace_back(m->payload); });
+  for (const auto& m : store.match("a/#").messages) payloads.emplace_back(m->payload);
   EXPECT_EQ(payloads, std::vector<std::string>{"2"});
   store.update(broker::make_message("a/b/c", "", QoS::AtMostOnce, true));
   EXPECT_EQ(store.size(), 0u);
   EXPECT_TRUE(lookup(store, "#").empty());
   store.update(broker::make_message("a/b", "3", QoS::AtMostOnce, true));
   EXPECT_EQ(lookup(store, "a/+/#"), std::vector<std::string>{"a/b"});
+}
+
+// What a loop must deliver to a subscription that reaches it late: the
+// matching messages it set after the subscriber's lookup, and nothing else.
+TEST(RetainedStore, ChangedSinceGivesWhatOneLoopSetAfterALookup) {
+  RetainedStore store;
+  const RetainedStore::Limits none;
+  auto set = [&](const char* topic, const char* payload, std::uint32_t loop) {
+    return store.update(broker::make_message(topic, payload, QoS::AtMostOnce, true), none, loop);
+  };
+  auto topics = [](const std::vector<broker::MessagePtr>& v) {
+    std::vector<std::string> out;
+    for (const auto& m : v) out.push_back(std::string(m->topic) + "=" + std::string(m->payload));
+    return out;
+  };
+  set("a/1", "x", 1);
+  set("a/2", "x", 0);
+  const auto seen = store.match("a/#");
+  EXPECT_EQ(topics(seen.messages), (std::vector<std::string>{"a/1=x", "a/2=x"}));
+  EXPECT_TRUE(store.changed_since("a/#", seen.version, 1).empty());  // nothing since
+
+  set("a/3", "y", 1);
+  set("a/2", "y", 1);  // replaced by loop 1
+  set("a/1", "y", 0);  // replaced by loop 0: no longer loop 1's
+  set("b/1", "y", 1);  // does not match
+  EXPECT_EQ(store.update(broker::make_message("a/9", "", QoS::AtMostOnce, true), none, 1),
+            RetainedStore::Update::Unchanged);
+  EXPECT_EQ(topics(store.changed_since("a/#", seen.version, 1)), (std::vector<std::string>{"a/2=y", "a/3=y"}));
+  EXPECT_EQ(topics(store.changed_since("a/+", seen.version, 0)), (std::vector<std::string>{"a/1=y"}));
+  EXPECT_EQ(topics(store.changed_since("a/3", seen.version, 1)), (std::vector<std::string>{"a/3=y"}));
+  // A lookup now has seen all of it.
+  EXPECT_TRUE(store.changed_since("a/#", store.match("a/#").version, 1).empty());
+  // Restored and $SYS messages belong to no loop.
+  store.update(broker::make_message("a/4", "z", QoS::AtMostOnce, true));
+  EXPECT_EQ(topics(store.changed_since("a/4", seen.version, 1)), std::vector<std::string>{});
+  EXPECT_EQ(topics(store.changed_since("a/4", seen.version, 0)), std::vector<std::string>{});
 }
 
 }  // namespace

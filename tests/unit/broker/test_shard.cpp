@@ -263,6 +263,49 @@ TEST_F(ShardTest, RetainedSetReplaceClearAndDeliveredWithRetainFlag) {
   EXPECT_EQ(store.load().retained.size(), 1u);
 }
 
+// Two loops, the subscriber's and the publisher's, at the same moment: the
+// subscriber's loop looks the retained messages up before the publisher's sets
+// one, and the publisher's routes it before it learns of the subscription.
+// Neither path saw it; the publisher's loop delivers it once it learns.
+TEST_F(ShardTest, RetainedMessageSetWhileASubscriptionTravelsIsDeliveredOnce) {
+  make(2);
+  std::string sid = "s", pid = "p";
+  while (broker::shard_of(sid, 2) != 0) sid += "s";
+  while (broker::shard_of(pid, 2) != 1) pid += "p";
+  auto& sub = connect(sid);
+  auto& pub = connect(pid);
+  auto& other = connect(pid + "-other");  // on either loop: sets a topic before the subscription
+  publish(other, "r/old", "o", QoS::AtMostOnce, 0, true);
+
+  codec::Subscribe s;
+  s.packet_id = 1;
+  s.subscriptions.push_back({"r/#", QoS::AtLeastOnce});
+  sub.send(s);  // handled on loop 0; the news waits in its outbox (no settle)
+  codec::Publish p;
+  p.topic = "r/new";
+  p.payload = "n";
+  p.qos = QoS::AtLeastOnce;
+  p.packet_id = 1;
+  p.retain = true;
+  pub.send(p);  // handled on loop 1, which does not know the subscription yet
+  bus.settle();
+
+  auto got = sub.take();
+  ASSERT_EQ(got.size(), 3u);
+  EXPECT_EQ(got[0].type, PacketType::Suback);
+  EXPECT_EQ(got[1].payload, "o");  // looked up at the subscription
+  EXPECT_TRUE(got[1].retain);
+  EXPECT_EQ(got[2].topic, "r/new");  // published at the same moment: a live delivery
+  EXPECT_EQ(got[2].payload, "n");
+  EXPECT_FALSE(got[2].retain);
+  EXPECT_EQ(got[2].qos, QoS::AtLeastOnce);
+  // Once both loops know the subscription, a retained publish arrives once.
+  publish(pub, "r/new", "n2", QoS::AtMostOnce, 0, true);
+  got = sub.take();
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].payload, "n2");
+}
+
 TEST_F(ShardTest, WildcardsDoNotMatchDollarTopics_MQTT_4_7_2_1) {
   make();
   auto& pub = connect("p");
