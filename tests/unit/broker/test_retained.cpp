@@ -95,6 +95,7 @@ TEST(RetainedStore, ChangedSinceGivesWhatOneLoopSetAfterALookup) {
   };
   auto topics = [](const std::vector<broker::MessagePtr>& v) {
     std::vector<std::string> out;
+    out.reserve(v.size());
     for (const auto& m : v) out.push_back(std::string(m->topic) + "=" + std::string(m->payload));
     return out;
   };
