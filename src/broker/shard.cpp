@@ -374,11 +374,12 @@ void Shard::apply(std::vector<ShardEvent>& batch) {
           if constexpr (std::is_same_v<T, DeliverEvent>) {
             deliver_local(ev.session_id, ev.message, ev.qos, ev.seq, false);
           } else if constexpr (std::is_same_v<T, SubscribeEvent>) {
-            subs_.add(ev.filter, ev.subscriber);
             // Retained messages this loop set and routed since the subscriber's
-            // loop looked them up: the lookup missed them, and so did routing.
-            for (const auto& m : shared_.retained.changed_since(ev.filter, ev.retained_seen, index_))
-              route_to(ev.subscriber, m);
+            // loop looked them up: the lookup missed them, and so did routing,
+            // unless the subscription was here already (a QoS change).
+            if (subs_.add(ev.filter, ev.subscriber))
+              for (const auto& m : shared_.retained.changed_since(ev.filter, ev.retained_seen, index_))
+                route_to(ev.subscriber, m);
           } else if constexpr (std::is_same_v<T, UnsubscribeEvent>) {
             subs_.remove(ev.filter, ev.session_id);
           } else {

@@ -304,6 +304,21 @@ TEST_F(ShardTest, RetainedMessageSetWhileASubscriptionTravelsIsDeliveredOnce) {
   got = sub.take();
   ASSERT_EQ(got.size(), 1u);
   EXPECT_EQ(got[0].payload, "n2");
+  // The same subscription made again while a retained message is set on the
+  // other loop: that loop routes it to the subscription it has, and does not
+  // deliver it a second time when the repeat arrives.
+  s.packet_id = 2;
+  sub.send(s);
+  p.payload = "n3";
+  p.packet_id = 2;
+  pub.send(p);
+  bus.settle();
+  got = sub.take();
+  ASSERT_EQ(got.size(), 4u);  // SUBACK, the two retained messages again, "n3" once
+  EXPECT_EQ(got[0].type, PacketType::Suback);
+  EXPECT_EQ(got[1].payload, "n2");
+  EXPECT_EQ(got[2].payload, "o");
+  EXPECT_EQ(got[3].payload, "n3");
 }
 
 TEST_F(ShardTest, WildcardsDoNotMatchDollarTopics_MQTT_4_7_2_1) {
