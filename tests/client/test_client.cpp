@@ -103,8 +103,9 @@ TEST(Client, BurstsAndALargePacketArriveIntactWhateverTheReadSize) {
   ClientLoop loop;
   Signal sig;
   std::vector<std::string> sent;
+  sent.reserve(951);
   for (int i = 0; i < 900; ++i) sent.push_back(std::to_string(i) + std::string(1024, 'b'));
-  sent.push_back(std::string(600 * 1024, 'L'));
+  sent.push_back(std::string(std::size_t{600} * 1024, 'L'));
   for (int i = 0; i < 50; ++i) sent.push_back("small-" + std::to_string(i));
   std::vector<std::string> got;
   bool subscribed = false;
