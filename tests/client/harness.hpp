@@ -3,6 +3,8 @@
 // runs the clients, and a condition to wait on.
 #pragma once
 
+#include <gtest/gtest.h>
+
 #include <boost/asio.hpp>
 #include <chrono>
 #include <condition_variable>
@@ -163,6 +165,49 @@ inline client::Options options(std::uint16_t port, std::string id) {
   o.client_id = std::move(id);
   o.connect_timeout = 5s;
   return o;
+}
+
+// What one client received, guarded by the Signal's mutex.
+struct Inbox {
+  std::vector<client::Message> messages;
+  std::vector<client::Rejected> rejected;
+  int connects = 0;
+};
+
+// A client on `loop` that records into `box` and subscribes to `filter` (QoS 1)
+// on its first connection; returns once the subscription is acknowledged.
+inline std::unique_ptr<client::Client> subscriber(ClientLoop& loop, Signal& sig, Inbox& box,
+                                                  client::Options o, const std::string& filter) {
+  bool subscribed = false;
+  auto c = loop.run([&] {
+    auto cl = std::make_unique<client::Client>(loop.io(), std::move(o));
+    cl->on_message([&](const client::Message& m) {
+      std::lock_guard l(sig.mu);
+      box.messages.push_back(m);
+      sig.notify();
+    });
+    cl->on_rejected([&](const client::Rejected& r) {
+      std::lock_guard l(sig.mu);
+      box.rejected.push_back(r);
+      sig.notify();
+    });
+    cl->on_connect([&](const client::ConnectResult& r) {
+      std::lock_guard l(sig.mu);
+      if (r.ok()) ++box.connects;
+      sig.notify();
+    });
+    cl->subscribe({{filter, client::QoS::AtLeastOnce}},
+                  [&](client::Error e, const std::vector<std::uint8_t>&) {
+                    std::lock_guard l(sig.mu);
+                    EXPECT_EQ(e, client::Error::None);
+                    subscribed = true;
+                    sig.notify();
+                  });
+    cl->connect();
+    return cl;
+  });
+  EXPECT_TRUE(sig.wait([&] { return subscribed; }));
+  return c;
 }
 
 }  // namespace moat::test

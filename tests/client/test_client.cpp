@@ -107,37 +107,22 @@ TEST(Client, BurstsAndALargePacketArriveIntactWhateverTheReadSize) {
   for (int i = 0; i < 900; ++i) sent.push_back(std::to_string(i) + std::string(1024, 'b'));
   sent.push_back(std::string(std::size_t{600} * 1024, 'L'));
   for (int i = 0; i < 50; ++i) sent.push_back("small-" + std::to_string(i));
-  std::vector<std::string> got;
-  bool subscribed = false;
-  auto sub = loop.run([&] {
-    auto cl = std::make_unique<client::Client>(loop.io(), options(broker.port(), "burst-sub"));
-    cl->on_message([&](const client::Message& m) {
-      std::lock_guard l(sig.mu);
-      got.push_back(m.payload);
-      sig.notify();
-    });
-    cl->subscribe({{"burst", QoS::AtLeastOnce}}, [&](client::Error e, const std::vector<std::uint8_t>&) {
-      std::lock_guard l(sig.mu);
-      EXPECT_EQ(e, client::Error::None);
-      subscribed = true;
-      sig.notify();
-    });
-    cl->connect();
-    return cl;
-  });
-  ASSERT_TRUE(sig.wait([&] { return subscribed; }));
+  Inbox box;
+  auto sub = subscriber(loop, sig, box, options(broker.port(), "burst-sub"), "burst");
   auto pub = loop.run([&] {
     auto cl = std::make_unique<client::Client>(loop.io(), options(broker.port(), "burst-pub"));
     cl->connect();
     for (const auto& p : sent) cl->publish("burst", p, QoS::AtLeastOnce, false, nullptr);
     return cl;
   });
-  ASSERT_TRUE(sig.wait([&] { return got.size() >= sent.size(); }, 30s)) << got.size() << " received";
+  ASSERT_TRUE(sig.wait([&] { return box.messages.size() >= sent.size(); }, 30s))
+      << box.messages.size() << " received";
   {
     std::lock_guard l(sig.mu);
-    ASSERT_EQ(got.size(), sent.size());
+    ASSERT_EQ(box.messages.size(), sent.size());
     for (std::size_t i = 0; i < sent.size(); ++i)
-      ASSERT_TRUE(got[i] == sent[i]) << "message " << i << " differs (" << got[i].size() << " bytes)";
+      ASSERT_TRUE(box.messages[i].payload == sent[i])
+          << "message " << i << " differs (" << box.messages[i].payload.size() << " bytes)";
   }
   loop.run([&] {
     sub.reset();

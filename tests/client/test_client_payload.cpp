@@ -51,48 +51,6 @@ class KeyDir {
   std::filesystem::path dir_;
 };
 
-// What one client received, guarded by the Signal's mutex.
-struct Inbox {
-  std::vector<client::Message> messages;
-  std::vector<client::Rejected> rejected;
-  int connects = 0;
-};
-
-// A client on `loop` that records into `box` and subscribes to `filter` (QoS 1)
-// on its first connection; returns once the subscription is acknowledged.
-std::unique_ptr<client::Client> subscriber(ClientLoop& loop, Signal& sig, Inbox& box, client::Options o,
-                                           const std::string& filter) {
-  bool subscribed = false;
-  auto c = loop.run([&] {
-    auto cl = std::make_unique<client::Client>(loop.io(), std::move(o));
-    cl->on_message([&](const client::Message& m) {
-      std::lock_guard l(sig.mu);
-      box.messages.push_back(m);
-      sig.notify();
-    });
-    cl->on_rejected([&](const client::Rejected& r) {
-      std::lock_guard l(sig.mu);
-      box.rejected.push_back(r);
-      sig.notify();
-    });
-    cl->on_connect([&](const client::ConnectResult& r) {
-      std::lock_guard l(sig.mu);
-      if (r.ok()) ++box.connects;
-      sig.notify();
-    });
-    cl->subscribe({{filter, QoS::AtLeastOnce}}, [&](client::Error e, const std::vector<std::uint8_t>&) {
-      std::lock_guard l(sig.mu);
-      EXPECT_EQ(e, client::Error::None);
-      subscribed = true;
-      sig.notify();
-    });
-    cl->connect();
-    return cl;
-  });
-  EXPECT_TRUE(sig.wait([&] { return subscribed; }));
-  return c;
-}
-
 // Publishes and waits for the completion.
 client::Error publish(ClientLoop& loop, client::Client& c, const std::string& topic, std::string payload,
                       QoS qos = QoS::AtLeastOnce) {
